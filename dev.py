@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Project runner: creates ``.venv`` under the repository, installs the package and runs a job.
+
+Usage::
+
+    python3 dev.py demo        # the main job: record simulated members through the local voice server
+    python3 dev.py test        # the whole test suite
+    python3 dev.py bench       # the benchmarks
+    python3 dev.py shell ARGS  # run ``python ARGS`` inside the environment
+
+Only Python 3.11+ is needed: every dependency comes from PyPI as a wheel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / ("python.exe" if os.name == "nt" else "python")
+STAMP = VENV / ".installed-stamp"
+
+
+def _source_digest() -> str:
+    h = hashlib.sha256()
+    for path in sorted((ROOT / "src").rglob("*")) + [ROOT / "pyproject.toml"]:
+        if path.is_file() and "__pycache__" not in path.parts:
+            h.update(str(path.relative_to(ROOT)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def ensure_env() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit(f"Python 3.11+ is required (this is {sys.version.split()[0]})")
+    if not PY.exists():
+        print(f"creating virtualenv in {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+        subprocess.check_call([str(PY), "-m", "pip", "install", "-q", "--upgrade", "pip"])
+    digest = _source_digest()
+    if STAMP.exists() and STAMP.read_text() == digest:
+        return
+    print("installing discord-ext-listening and its test dependencies into .venv", flush=True)
+    subprocess.check_call(
+        [str(PY), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-warn-script-location", ".[test]"],
+        cwd=ROOT,
+    )
+    # A non-editable install: discord.ext.listening must live inside discord.py's own package
+    # directory, which an editable (path-hook) install cannot provide.
+    subprocess.check_call(
+        [str(PY), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", "--force-reinstall", "."],
+        cwd=ROOT,
+    )
+    STAMP.write_text(digest)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(__doc__)
+        return 0
+    job, rest = argv[0], argv[1:]
+    ensure_env()
+    env = dict(os.environ)
+    if job == "demo":
+        cmd = [str(PY), "-m", "discord.ext.listening", "demo", *rest]
+    elif job == "test":
+        cmd = [str(PY), "-m", "pytest", *rest]
+    elif job == "bench":
+        cmd = [str(PY), str(ROOT / "benchmarks" / "run.py"), *rest]
+    elif job == "shell":
+        cmd = [str(PY), *rest]
+    else:
+        print(f"unknown job {job!r}; expected demo, test, bench or shell", file=sys.stderr)
+        return 2
+    return subprocess.call(cmd, cwd=ROOT, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
