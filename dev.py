@@ -27,13 +27,9 @@ PY = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / ".installed-stamp"
 
 
-def _source_digest() -> str:
-    h = hashlib.sha256()
-    for path in sorted((ROOT / "src").rglob("*")) + [ROOT / "pyproject.toml"]:
-        if path.is_file() and "__pycache__" not in path.parts:
-            h.update(str(path.relative_to(ROOT)).encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()
+def _project_digest() -> str:
+    # The install is editable, so only the project metadata decides whether to reinstall.
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
 
 
 def ensure_env() -> None:
@@ -43,18 +39,12 @@ def ensure_env() -> None:
         print(f"creating virtualenv in {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
         subprocess.check_call([str(PY), "-m", "pip", "install", "-q", "--upgrade", "pip"])
-    digest = _source_digest()
+    digest = _project_digest()
     if STAMP.exists() and STAMP.read_text() == digest:
         return
     print("installing discord-ext-listening and its test dependencies into .venv", flush=True)
     subprocess.check_call(
-        [str(PY), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-warn-script-location", ".[test]"],
-        cwd=ROOT,
-    )
-    # A non-editable install: discord.ext.listening must live inside discord.py's own package
-    # directory, which an editable (path-hook) install cannot provide.
-    subprocess.check_call(
-        [str(PY), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", "--force-reinstall", "."],
+        [str(PY), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-warn-script-location", "-e", ".[test]"],
         cwd=ROOT,
     )
     STAMP.write_text(digest)
