@@ -579,6 +579,21 @@ def test_unknown_users_and_bad_arguments_raise_value_errors():
     assert_all_decrypt(members)
 
 
+def test_deliver_reports_errors_and_keeps_routing():
+    server, members = make_group((ALICE, BOB))
+    bad = DaveBinaryMessage(ALICE, OP_KEY_PACKAGE, b"garbage")
+    with pytest.raises(DaveProtocolError):
+        deliver(server, members, [bad])
+    errors = []
+    carol = LocalDaveMember(CAROL, CHANNEL)
+    members[CAROL] = carol
+    good = join_without_delivery(server, carol)
+    assert deliver(server, members, [bad, good], on_error=lambda m, e: errors.append((m, e))) == []
+    assert [(m, type(e)) for m, e in errors] == [(bad, DaveProtocolError)]
+    assert server.epoch == 2
+    assert_all_decrypt(members)
+
+
 def test_garbage_key_packages_are_rejected_without_state_change():
     server, members = make_group((ALICE, BOB))
     carol = LocalDaveMember(CAROL, CHANNEL)

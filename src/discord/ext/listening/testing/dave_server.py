@@ -44,7 +44,7 @@ import logging
 import struct
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import davey
 
@@ -1261,6 +1261,7 @@ def deliver(
     *,
     max_messages: int = 10_000,
     trace: Optional[List[DaveMessage]] = None,
+    on_error: Optional[Callable[[DaveMessage, Exception], None]] = None,
 ) -> List[DaveMessage]:
     """Route messages between the server and in-process members until none are left.
 
@@ -1278,6 +1279,11 @@ def deliver(
         Safety bound against a protocol loop.
     trace : list, optional
         Every routed message is appended to it, in processing order (diagnostics).
+    on_error : callable, optional
+        ``on_error(message, exc)`` is called when the server or a member raises while
+        handling ``message`` (a :class:`DaveProtocolError`, a davey ``ValueError``...);
+        routing then goes on with the other messages. Without it the exception
+        propagates and the remaining messages are not routed.
 
     Returns
     -------
@@ -1295,12 +1301,18 @@ def deliver(
         message = queue.popleft()
         if trace is not None:
             trace.append(message)
-        if message.from_client:
-            queue.extend(server.handle(message))
-        elif message.user_id in members:
-            queue.extend(members[message.user_id].handle(message))
-        else:
+        if not message.from_client and message.user_id not in members:
             external.append(message)
+            continue
+        try:
+            if message.from_client:
+                queue.extend(server.handle(message))
+            else:
+                queue.extend(members[message.user_id].handle(message))
+        except Exception as exc:
+            if on_error is None:
+                raise
+            on_error(message, exc)
     return external
 
 
