@@ -1,0 +1,38 @@
+"""Testing tools: a local Discord voice server for unmodified discord.py, with real DAVE.
+
+The entry point is :class:`VoiceServerEmulator`::
+
+    from discord.ext.listening.testing import VoiceServerEmulator, speechlike
+
+    async with VoiceServerEmulator(seed=1) as server:
+        alice = await server.add_member(1001, "alice")
+        vc = await server.connect()           # the real channel.connect()
+        await alice.speak(speechlike(2.0))    # DAVE + transport encrypted RTP to the bot
+
+Everything binds to ``127.0.0.1``; no token and no network access are needed.
+"""
+
+from .audio import load_pcm, speechlike, tone
+from .emulator import EmulatorError, SimulatedMember, VoiceServerEmulator
+from .gateway import GatewayEvent, Op, VoiceSession
+from .impairment import Impairment
+from .media import BotPacket
+from .speech import OutgoingFrame, SenderClock, SentRecord, SpurtRecord
+
+__all__ = (
+    "VoiceServerEmulator",
+    "SimulatedMember",
+    "EmulatorError",
+    "BotPacket",
+    "GatewayEvent",
+    "Op",
+    "VoiceSession",
+    "Impairment",
+    "SenderClock",
+    "OutgoingFrame",
+    "SpurtRecord",
+    "SentRecord",
+    "load_pcm",
+    "tone",
+    "speechlike",
+)

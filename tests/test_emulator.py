@@ -1,0 +1,597 @@
+"""The voice server emulator against unmodified discord.py 2.7.1, on 127.0.0.1 with real DAVE.
+
+Every test connects a real ``discord.VoiceClient`` (or a subclass that only adds AES-GCM
+*sending*, which discord.py lacks) through ``VoiceChannel.connect()``; nothing of discord.py
+is patched except the voice websocket's ``wss://`` -> ``ws://`` dial (see harness.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import davey
+import discord
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from discord.ext.listening.opus import SILENCE_FRAME, OpusDecoder
+from discord.ext.listening.rtp import SenderReport, is_rtcp, parse_audio_level, parse_rtcp, parse_rtp_header, split_plaintext
+from discord.ext.listening.testing import (
+    EmulatorError,
+    Impairment,
+    Op,
+    SimulatedMember,
+    VoiceServerEmulator,
+    speechlike,
+    tone,
+)
+from discord.ext.listening.transport import AES_GCM, XCHACHA20, DecryptionFailed, transport_cipher
+
+pytestmark = pytest.mark.timeout(60)
+
+ALICE, BOB, CAROL, DAVE_ = 1001, 1002, 1003, 1004
+
+
+class AESGCMVoiceClient(discord.VoiceClient):
+    """discord.py's VoiceClient plus AES-256-GCM sending (PyNaCl 1.5 has no AES-GCM)."""
+
+    supported_modes = ("aead_aes256_gcm_rtpsize",) + discord.VoiceClient.supported_modes  # type: ignore[assignment]
+
+    def _encrypt_aead_aes256_gcm_rtpsize(self, header: bytes, data: Any) -> bytes:
+        # Same layout as discord.py's xchacha method, with a 12-byte nonce.
+        nonce = bytearray(12)
+        nonce[:4] = struct.pack(">I", self._incr_nonce)
+        self.checked_add("_incr_nonce", 1, 4294967295)
+        return header + AESGCM(bytes(self.secret_key)).encrypt(bytes(nonce), bytes(data), bytes(header)) + nonce[:4]
+
+
+class MiniReceiver:
+    """The smallest possible receive loop, written against discord.py's public-ish hooks.
+
+    The socket listener runs on discord.py's SocketReader thread and only hands datagrams
+    to the event loop; all decryption happens on the loop (the DAVE session is not shared
+    across threads).
+    """
+
+    def __init__(self, vc: discord.VoiceClient) -> None:
+        self.vc = vc
+        self.loop = asyncio.get_running_loop()
+        self.raw: list[bytes] = []
+        self._event = asyncio.Event()
+        vc._connection.add_socket_listener(self._on_datagram)
+
+    def _on_datagram(self, data: bytes) -> None:  # SocketReader thread
+        self.loop.call_soon_threadsafe(self._append, data)
+
+    def _append(self, data: bytes) -> None:
+        self.raw.append(data)
+        self._event.set()
+
+    def close(self) -> None:
+        self.vc._connection.remove_socket_listener(self._on_datagram)
+
+    async def wait_count(self, n: int, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.raw) < n:
+                self._event.clear()
+                await self._event.wait()
+
+    async def settle(self, quiet: float = 0.15, timeout: float = 10.0) -> None:
+        """Wait until no datagram arrived for ``quiet`` seconds."""
+        async with asyncio.timeout(timeout):
+            while True:
+                before = len(self.raw)
+                await asyncio.sleep(quiet)
+                if len(self.raw) == before:
+                    return
+
+    def rtp(self, ssrc_to_user: dict[int, int]) -> tuple[dict[int, list[tuple[int, bytes, int | None]]], Counter[str]]:
+        """Decrypt everything received: ``user -> [(sequence, opus, audio level)]`` + drop reasons."""
+        state = self.vc._connection
+        cipher = transport_cipher(state.mode, bytes(state.secret_key))
+        out: dict[int, list[tuple[int, bytes, int | None]]] = {}
+        dropped: Counter[str] = Counter()
+        for data in self.raw:
+            if is_rtcp(data):
+                dropped["rtcp"] += 1
+                continue
+            try:
+                header = parse_rtp_header(data)
+                ext, payload = split_plaintext(cipher.decrypt(data, header.aad_length), header)
+            except (ValueError, DecryptionFailed):
+                dropped["undecryptable"] += 1
+                continue
+            if header.payload_type != 120:
+                dropped["not_audio"] += 1
+                continue
+            user = ssrc_to_user.get(header.ssrc)
+            if user is None:
+                dropped["unknown_ssrc"] += 1
+                continue
+            if payload != SILENCE_FRAME and state.dave_session is not None:
+                payload = state.dave_session.decrypt(user, davey.MediaType.audio, payload)
+            out.setdefault(user, []).append((header.sequence, bytes(payload), parse_audio_level(ext)))
+        return out, dropped
+
+
+async def _assert_member_audio_roundtrip(server: VoiceServerEmulator, vc: discord.VoiceClient, members: list[SimulatedMember]) -> None:
+    receiver = MiniReceiver(vc)
+    try:
+        records = [await m.speak(speechlike(0.3, seed=i), realtime=False) for i, m in enumerate(members)]
+        await server.drain()
+        expected = sum(len(r.frames) for r in records)
+        await receiver.wait_count(expected)
+        got, dropped = receiver.rtp({m.ssrc: m.user_id for m in members})
+        assert not dropped
+        for member, record in zip(members, records):
+            assert [(f.sequence, f.opus) for f in record.frames] == [(s, o) for s, o, _ in got[member.user_id]]
+            assert [f.audio_level for f in record.frames] == [lvl for _, _, lvl in got[member.user_id]]
+    finally:
+        receiver.close()
+
+
+async def _assert_bot_audio_roundtrip(server: VoiceServerEmulator, vc: discord.VoiceClient, *, dave: bool) -> None:
+    frames = [bytes([0xFC]) + bytes([i]) * (20 + i) for i in range(10)]
+    start = len(server.received_from_bot)
+    for frame in frames:
+        vc.send_audio_packet(frame, encode=False)
+    await server.wait_until(lambda: len(server.received_from_bot) >= start + len(frames), what="the bot's packets")
+    got = server.received_from_bot[start:]
+    assert [p.opus for p in got] == frames
+    assert all(p.decrypted and p.ssrc == vc.ssrc and p.dave == dave for p in got)
+
+
+# -- connecting ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dave", [True, False], ids=["dave", "no-dave"])
+@pytest.mark.parametrize("mode", [AES_GCM, XCHACHA20])
+async def test_unmodified_client_connects_both_modes(dave: bool, mode: str) -> None:
+    cls = AESGCMVoiceClient if mode == AES_GCM else discord.VoiceClient
+    async with VoiceServerEmulator(dave=dave, seed=11) as server:
+        alice = await server.add_member(ALICE, "alice")
+        vc = await server.connect(cls=cls)
+        assert vc.is_connected()
+        assert vc._connection.mode == mode
+        assert vc._connection.dave_protocol_version == (1 if dave else 0)
+        assert (vc._connection.dave_session is not None) == dave
+        if dave:
+            assert vc._connection.dave_session.ready
+        assert server.session is not None and server.session.ssrc == vc.ssrc
+        # The handshake, in order, as discord.py drives it.
+        recv_ops = [e.op for e in server.events if e.direction == "recv" and e.op in (0, 1)]
+        assert recv_ops == [Op.IDENTIFY, Op.SELECT_PROTOCOL]
+        assert server.events[0].op == Op.HELLO
+        # CLIENT_CONNECT announced the member that was already there.
+        assert any(e.data["user_id"] == str(ALICE) and e.data["audio_ssrc"] == alice.ssrc for e in server.ops_sent(Op.CLIENT_CONNECT))
+        await _assert_member_audio_roundtrip(server, vc, [alice])
+        await _assert_bot_audio_roundtrip(server, vc, dave=dave)
+
+
+async def test_stock_voice_client_picks_xchacha_from_aes_first_list() -> None:
+    async with VoiceServerEmulator(dave=False, seed=1) as server:
+        vc = await server.connect()
+        ready = server.ops_sent(Op.READY)[0].data
+        assert ready["modes"][0] == AES_GCM and ready["ip"] == "127.0.0.1" and ready["port"] == server.media.port
+        assert vc._connection.mode == XCHACHA20
+        assert server.harness.dialled[0].startswith("wss://127.0.0.1:") and server.harness.dialled[0].endswith("/?v=8")
+
+
+async def test_client_and_guild_state_are_real() -> None:
+    async with VoiceServerEmulator(dave=False, seed=2) as server:
+        alice = await server.add_member(ALICE, "alice")
+        assert server.client.user is not None and server.client.user.id == server.bot_user_id
+        assert alice.member in server.channel.members
+        vc = await server.connect()
+        assert server.guild.voice_client is vc
+        assert server.guild.me.voice is not None and server.guild.me.voice.channel == server.channel
+        assert {m.id for m in server.channel.members} == {server.bot_user_id, ALICE}
+        await alice.leave()
+        await asyncio.sleep(0)
+        assert alice.member not in server.channel.members
+        op4 = server.harness.gateway.voice_state_requests
+        assert op4[0]["channel_id"] == server.channel_id
+    # Closing the emulator disconnected the bot through the real op 4 path.
+    assert op4[-1]["channel_id"] is None
+
+
+# -- DAVE ----------------------------------------------------------------------------------------
+
+
+async def test_dave_group_of_bot_and_three_members_survives_leave_and_join() -> None:
+    async with VoiceServerEmulator(seed=3) as server:
+        members = [await server.add_member(uid, name) for uid, name in ((ALICE, "alice"), (BOB, "bob"))]
+        vc = await server.connect()
+        members.append(await server.add_member(CAROL, "carol"))
+        await server.wait_dave_ready()
+        session = vc._connection.dave_session
+        assert session.ready
+        group = server._calls[server.channel_id].dave
+        assert set(group.members) == {server.bot_user_id, ALICE, BOB, CAROL}
+        assert set(session.get_user_ids()) >= {str(ALICE), str(BOB), str(CAROL)} or set(map(int, session.get_user_ids())) >= {ALICE, BOB, CAROL}
+        epoch = session.epoch
+        await _assert_member_audio_roundtrip(server, vc, members)
+
+        await members[0].leave()
+        await server.wait_dave_ready()
+        assert session.epoch > epoch
+        assert set(group.members) == {server.bot_user_id, BOB, CAROL}
+        assert [e.data for e in server.ops_sent(Op.CLIENT_DISCONNECT)] == [{"user_id": str(ALICE)}]
+
+        dave = await server.add_member(DAVE_, "dave")
+        await server.wait_dave_ready()
+        assert set(group.members) == {server.bot_user_id, BOB, CAROL, DAVE_}
+        assert vc._connection.dave_session.ready
+        await _assert_member_audio_roundtrip(server, vc, [members[1], dave])
+        await _assert_bot_audio_roundtrip(server, vc, dave=True)
+        # The DAVE ops really went over the websocket, binary and JSON.
+        assert server.ops_received(Op.MLS_KEY_PACKAGE) and server.ops_received(Op.MLS_COMMIT_WELCOME) or server.ops_sent(Op.MLS_WELCOME)
+        assert server.ops_sent(Op.MLS_EXTERNAL_SENDER) and server.ops_received(Op.DAVE_TRANSITION_READY)
+
+
+async def test_bot_alone_then_members_join() -> None:
+    async with VoiceServerEmulator(seed=4) as server:
+        vc = await server.connect()
+        # Alone, the bot has a key package but no group: it cannot encrypt and sends plain Opus.
+        assert not vc._connection.dave_session.ready and not vc._connection.can_encrypt
+        await _assert_bot_audio_roundtrip(server, vc, dave=False)
+        alice = await server.add_member(ALICE, "alice")
+        await server.wait_dave_ready()
+        assert vc._connection.dave_session.ready
+        await _assert_member_audio_roundtrip(server, vc, [alice])
+        await _assert_bot_audio_roundtrip(server, vc, dave=True)
+        # The last member leaving puts the bot back in the sole-member state.
+        await alice.leave()
+        await server.wait_dave_ready()
+        assert not vc._connection.can_encrypt
+
+
+async def test_member_receive_loop_recovers_exact_frames_with_wraps() -> None:
+    async with VoiceServerEmulator(seed=5) as server:
+        alice = await server.add_member(ALICE, "alice", sequence=65530, timestamp=2**32 - 2000)
+        bob = await server.add_member(BOB, "bob", clock="discordpy")
+        vc = await server.connect()
+        receiver = MiniReceiver(vc)
+        try:
+            ra = await alice.speak(tone(440, 0.2), realtime=False, padding=7)
+            rb = await bob.speak(speechlike(0.2, seed=9), realtime=False)
+            await server.drain()
+            await receiver.wait_count(len(ra.frames) + len(rb.frames))
+            got, dropped = receiver.rtp({alice.ssrc: ALICE, bob.ssrc: BOB})
+            assert not dropped
+            assert [o for _, o, _ in got[ALICE]] == [f.opus for f in ra.frames]
+            assert [s for s, _, _ in got[ALICE]][:8] == [65530, 65531, 65532, 65533, 65534, 65535, 0, 1]
+            assert [o for _, o, _ in got[BOB]] == [f.opus for f in rb.frames]
+            assert all(level is None for _, _, level in got[BOB])  # discord.py senders: no extension
+            assert ra.frames[-5:] == ra.silence_frames and all(f.opus == SILENCE_FRAME for f in ra.silence_frames)
+            # And it is real Opus of the audio that was sent.
+            pcm = OpusDecoder().decode(got[ALICE][0][1])
+            assert len(pcm) == 3840
+        finally:
+            receiver.close()
+
+
+# -- gateway behaviour -----------------------------------------------------------------------
+
+
+async def test_4015_close_is_resumed_with_same_session() -> None:
+    async with VoiceServerEmulator(seed=6) as server:
+        alice = await server.add_member(ALICE, "alice")
+        vc = await server.connect()
+        ssrc, key, session = vc.ssrc, bytes(vc._connection.secret_key), server.session
+        mark = len(server.events)
+        await server.close_voice(4015)
+        resume = await server.wait_for_op(Op.RESUME, after=mark)
+        assert resume.data["session_id"] == session.session_id and resume.data["token"] == session.token
+        assert resume.data["seq_ack"] == session.seq_ack or resume.data["seq_ack"] > 0
+        await server.wait_for_op(Op.RESUMED, direction="send", after=mark)
+        await server.wait_until(lambda: vc.is_connected() and session.connection is not None, what="the resume")
+        await server.wait_dave_ready()
+        assert server.session is session and session.resumes == 1
+        assert vc.ssrc == ssrc and bytes(vc._connection.secret_key) == key
+        assert not [e for e in server.events[mark:] if e.direction == "recv" and e.op == Op.IDENTIFY]
+        await _assert_member_audio_roundtrip(server, vc, [alice])
+        await _assert_bot_audio_roundtrip(server, vc, dave=True)
+
+
+async def test_heartbeats_are_acked_and_seq_acked() -> None:
+    async with VoiceServerEmulator(dave=False, seed=7, heartbeat_interval=0.2) as server:
+        await server.connect()
+        beat = await server.wait_for_op(Op.HEARTBEAT, timeout=5)
+        ack = await server.wait_for_op(Op.HEARTBEAT_ACK, direction="send", timeout=5)
+        assert ack.data == {"t": beat.data["t"]}
+        beat2 = await server.wait_for_op(Op.HEARTBEAT, after=server.events.index(ack) + 1, timeout=5)
+        assert beat2.data["seq_ack"] == server.session.seq  # discord.py echoes our last seq
+
+
+async def test_move_bot_to_other_channel() -> None:
+    async with VoiceServerEmulator(seed=8) as server:
+        await server.add_member(ALICE, "alice")
+        bob = await server.add_member(BOB, "bob", channel=server.other_channel)
+        vc = await server.connect()
+        first = server.session
+        await server.move_bot(server.other_channel)
+        await server.wait_until(lambda: vc.is_connected() and server.session is not None and server.session.established, what="the move")
+        await server.wait_dave_ready()
+        assert vc.channel == server.other_channel and server.session is not first
+        assert vc._connection.dave_session.channel_id == server.other_channel_id
+        await _assert_member_audio_roundtrip(server, vc, [bob])
+
+
+async def test_client_initiated_move_to() -> None:
+    async with VoiceServerEmulator(seed=14) as server:
+        bob = await server.add_member(BOB, "bob", channel=server.other_channel)
+        vc = await server.connect()
+        # discord.py replaces its UDP socket here; the emulator's RTCP BYE on the old session
+        # wakes its SocketReader (else it sits in select() on the old socket for up to 30 s).
+        await asyncio.wait_for(vc.move_to(server.other_channel, timeout=10), 10)
+        assert vc.is_connected() and vc.channel == server.other_channel
+        await server.wait_dave_ready()
+        await _assert_member_audio_roundtrip(server, vc, [bob])
+
+
+async def test_close_4006_makes_discord_py_reconnect_from_scratch() -> None:
+    async with VoiceServerEmulator(seed=15) as server:
+        alice = await server.add_member(ALICE, "alice")
+        vc = await server.connect()
+        first = server.session
+        mark = len(server.events)
+        await server.close_voice(4006)
+        await server.wait_until(
+            lambda: server.session not in (None, first) and server.session.established and vc.is_connected(),
+            timeout=15, what="the reconnect",
+        )
+        await server.wait_dave_ready()
+        assert server.ops_received(Op.IDENTIFY)[-1].time > server.events[mark].time
+        assert not [e for e in server.events[mark:] if e.direction == "recv" and e.op == Op.RESUME]
+        assert vc.ssrc == server.session.ssrc != first.ssrc
+        await _assert_member_audio_roundtrip(server, vc, [alice])
+
+
+async def test_bot_plays_audio_through_discord_py_encoder() -> None:
+    async with VoiceServerEmulator(seed=16) as server:
+        await server.add_member(ALICE, "alice")
+        vc = await server.connect()
+        vc.play(discord.PCMAudio(io.BytesIO(tone(440, 0.2))))
+        await server.wait_until(lambda: not vc.is_playing() and len(server.received_from_bot) >= 15, what="playback")
+        got = server.received_from_bot
+        audio = [p for p in got if p.opus != SILENCE_FRAME]
+        assert len(audio) == 10 and all(p.dave and p.decrypted for p in audio)
+        assert [p.opus for p in got[-5:]] == [SILENCE_FRAME] * 5  # discord.py's trailing silence
+        assert len(OpusDecoder().decode(audio[0].opus)) == 3840
+
+
+async def test_kick_disconnects_the_bot() -> None:
+    async with VoiceServerEmulator(dave=False, seed=9) as server:
+        vc = await server.connect()
+        await server.kick_bot()
+        await server.wait_until(lambda: not vc.is_connected() and server.guild.voice_client is None, what="the disconnect")
+
+
+async def test_new_session_key_rotates_transport_key() -> None:
+    async with VoiceServerEmulator(seed=10) as server:
+        alice = await server.add_member(ALICE, "alice")
+        vc = await server.connect()
+        old = bytes(vc._connection.secret_key)
+        new = await server.new_session_key()
+        await server.wait_until(lambda: bytes(vc._connection.secret_key) == new, what="the new key")
+        await server.wait_dave_ready()
+        assert new != old
+        await _assert_member_audio_roundtrip(server, vc, [alice])
+        await _assert_bot_audio_roundtrip(server, vc, dave=True)
+
+
+async def test_speaking_event_before_and_after_first_packet() -> None:
+    async with VoiceServerEmulator(dave=False, seed=12) as server:
+        alice = await server.add_member(ALICE, "alice")
+        vc = await server.connect()
+        # Instrument the emulator's own UDP socket: when did each datagram leave?
+        wire: list[float] = []
+        transport = server.media._transport
+        real_sendto = transport.sendto
+
+        def sendto(data: bytes, addr: Any = None) -> None:
+            wire.append(time.monotonic())
+            real_sendto(data, addr)
+
+        transport.sendto = sendto  # type: ignore[method-assign]
+        await alice.speak(tone(300, 0.04), realtime=False, speaking_event="before")
+        await server.drain()
+        speaking = server.ops_sent(Op.SPEAKING)
+        assert speaking[-1].data == {"user_id": str(ALICE), "ssrc": alice.ssrc, "speaking": 1}
+        assert speaking[-1].time < wire[0]
+        mark = len(server.events)
+        await alice.speak(tone(300, 0.04), realtime=False, speaking_event="none")
+        assert not [e for e in server.events[mark:] if e.op == Op.SPEAKING and e.direction == "send"]
+        await server.drain()
+        first = len(wire)
+        await alice.speak(tone(300, 0.04), realtime=False, speaking_event="after")
+        assert server.ops_sent(Op.SPEAKING)[-1].time > wire[first]
+        # discord.py's own SPEAKING (speaking 0 after SESSION_DESCRIPTION) reached the server.
+        assert server.bot_speaking and server.bot_speaking[0]["ssrc"] == vc.ssrc
+
+
+async def test_realtime_pacing_and_sender_report() -> None:
+    async with VoiceServerEmulator(dave=False, seed=13) as server:
+        alice = await server.add_member(ALICE, "alice")
+        vc = await server.connect()
+        receiver = MiniReceiver(vc)
+        arrivals: list[float] = []
+        loop = asyncio.get_running_loop()
+        original = receiver._append
+
+        def stamp(data: bytes) -> None:
+            arrivals.append(loop.time())
+            original(data)
+
+        receiver._append = stamp  # type: ignore[method-assign]
+        try:
+            record = await alice.speak(tone(440, 0.2), realtime=True)
+            await receiver.wait_count(len(record.frames))
+            # Paced (a flood would take a few ms); generous bounds: CI machines are busy.
+            nominal = 0.02 * (len(record.frames) - 1)
+            span = arrivals[len(record.frames) - 1] - arrivals[0]
+            assert 0.5 * nominal <= span <= nominal + 0.5
+            clear = await alice.send_sender_report()
+            await receiver.wait_count(len(record.frames) + 1)
+            rtcp = receiver.raw[-1]
+            cipher = transport_cipher(vc._connection.mode, bytes(vc._connection.secret_key))
+            (report,) = parse_rtcp(cipher.decrypt_rtcp(rtcp))
+            assert isinstance(report, SenderReport) and report.ssrc == alice.ssrc
+            assert report.packet_count == len(record.frames)
+            assert cipher.decrypt_rtcp(rtcp) == clear
+        finally:
+            receiver.close()
+
+
+# -- impairment and faults --------------------------------------------------------------------
+
+
+async def test_loss_rate_for_fixed_seed() -> None:
+    async with VoiceServerEmulator(dave=False, seed=21, loss=0.2) as server:
+        alice = await server.add_member(ALICE, "alice")
+        vc = await server.connect()
+        receiver = MiniReceiver(vc)
+        try:
+            record = await alice.speak(speechlike(6.0, seed=1), realtime=False)
+            await server.drain()
+            await receiver.settle()
+            got, _ = receiver.rtp({alice.ssrc: ALICE})
+            sent = len(record.frames)
+            stats = server.impairment.stats
+            assert stats.sent == sent and len(got[ALICE]) == sent - stats.dropped
+            assert 0.13 <= stats.dropped / sent <= 0.27
+            # Lost packets are gone; the rest arrive exactly as sent.
+            by_seq = {f.sequence: f.opus for f in record.frames}
+            assert all(by_seq[s] == o for s, o, _ in got[ALICE])
+        finally:
+            receiver.close()
+
+
+async def test_reorder_duplicate_and_per_member_impairment() -> None:
+    async with VoiceServerEmulator(dave=False, seed=22, duplicate=0.1) as server:
+        alice = await server.add_member(ALICE, "alice", impairment=Impairment(reorder=0.2, seed=5))
+        bob = await server.add_member(BOB, "bob")
+        vc = await server.connect()
+        receiver = MiniReceiver(vc)
+        try:
+            ra = await alice.speak(speechlike(1.5, seed=2), realtime=False)
+            rb = await bob.speak(speechlike(1.5, seed=3), realtime=False)
+            await server.drain()
+            await receiver.settle()
+            got, _ = receiver.rtp({alice.ssrc: ALICE, bob.ssrc: BOB})
+            a_seq = [s for s, _, _ in got[ALICE]]
+            b_seq = [s for s, _, _ in got[BOB]]
+            assert a_seq != sorted(a_seq, key=lambda s: (s - ra.first_sequence) % 65536)  # reordered
+            assert b_seq == sorted(b_seq, key=lambda s: (s - rb.first_sequence) % 65536)  # bob: no reorder
+            assert len(a_seq) > len(set(a_seq)) and len(b_seq) > len(set(b_seq))  # global duplicates
+            assert set(a_seq) == {f.sequence for f in ra.frames}  # nothing lost
+            assert alice.impairment.stats.reordered > 0
+        finally:
+            receiver.close()
+
+
+async def test_delay_is_applied() -> None:
+    async with VoiceServerEmulator(dave=False, seed=23, delay=0.3) as server:
+        alice = await server.add_member(ALICE, "alice")
+        vc = await server.connect()
+        receiver = MiniReceiver(vc)
+        try:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            record = await alice.speak(tone(440, 0.06), realtime=False)
+            await asyncio.sleep(0.15)
+            assert not receiver.raw
+            await receiver.wait_count(len(record.frames))
+            assert loop.time() - t0 >= 0.3
+        finally:
+            receiver.close()
+
+
+async def test_injected_faults_reach_the_bot_and_do_no_harm() -> None:
+    async with VoiceServerEmulator(seed=24) as server:
+        alice = await server.add_member(ALICE, "alice")
+        vc = await server.connect()
+        receiver = MiniReceiver(vc)
+        try:
+            sent = []
+            sent += await server.inject("garbage", count=3, size=40)
+            sent += await server.inject("wrong_tag", member=alice)
+            sent += await server.inject("unknown_ssrc", ssrc=424242)
+            sent += await server.inject("video", member=alice, count=2)
+            sent += await server.inject("raw", payload=b"\x00")
+            await receiver.wait_count(len(sent))
+            assert receiver.raw == sent
+            got, dropped = receiver.rtp({alice.ssrc: ALICE})
+            assert dropped["undecryptable"] >= 1 and dropped["unknown_ssrc"] == 1 and dropped["not_audio"] == 2
+            assert vc.is_connected()
+        finally:
+            receiver.close()
+        await _assert_member_audio_roundtrip(server, vc, [alice])
+
+
+# -- misuse and teardown ----------------------------------------------------------------------
+
+
+async def test_misuse_raises_clear_errors() -> None:
+    with pytest.raises(ValueError, match="unsupported mode"):
+        VoiceServerEmulator(modes=("xsalsa20_poly1305",))
+    with pytest.raises(ValueError, match="loss"):
+        VoiceServerEmulator(loss=1.5)
+    async with VoiceServerEmulator(dave=False, seed=25) as server:
+        alice = await server.add_member(ALICE, "alice")
+        with pytest.raises(EmulatorError, match="connect"):
+            await alice.speak(tone(440, 0.04), realtime=False)
+        with pytest.raises(EmulatorError, match="already exists"):
+            await server.add_member(ALICE)
+        with pytest.raises(EmulatorError, match="bot's own id"):
+            await server.add_member(server.bot_user_id)
+        with pytest.raises(EmulatorError, match="no simulated member"):
+            server.member(99)
+        with pytest.raises(ValueError, match="clock"):
+            await server.add_member(BOB, clock="sundial")
+        with pytest.raises(EmulatorError, match="no open voice websocket"):
+            await server.close_voice(4015)
+        vc = await server.connect()
+        with pytest.raises(EmulatorError, match="already connected"):
+            await server.connect()
+        with pytest.raises(ValueError, match="speaking_event"):
+            await alice.speak(tone(440, 0.04), speaking_event="during")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="fault kind"):
+            await server.inject("meteor")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="close code"):
+            await server.close_voice(1)
+        await alice.leave()
+        with pytest.raises(EmulatorError, match="not in a call"):
+            await alice.speak(tone(440, 0.04))
+        with pytest.raises(EmulatorError, match="not in a call"):
+            await alice.leave()
+        assert vc.is_connected()
+    with pytest.raises(EmulatorError, match="not running"):
+        await server.add_member(CAROL)
+
+
+async def test_teardown_leaves_no_emulator_threads_or_tasks() -> None:
+    before = set(threading.enumerate())
+    async with VoiceServerEmulator(seed=26) as server:
+        alice = await server.add_member(ALICE, "alice")
+        vc = await server.connect()
+        await alice.speak(tone(440, 0.1), realtime=False)
+    assert not vc.is_connected()
+    assert server.gateway._runner is None and server.media._transport is None and not server._tasks
+    # discord.py's SocketReader and keep-alive threads end shortly after the disconnect (the
+    # emulator's RTCP BYE wakes the reader out of its select()).
+    for _ in range(100):
+        left = [t for t in set(threading.enumerate()) - before if t.is_alive()]
+        if not left:
+            break
+        await asyncio.sleep(0.02)
+    assert not left, left
+    current = asyncio.current_task()
+    assert not [t for t in asyncio.all_tasks() if t is not current and not t.done() and "voice-emulator" in t.get_name()]
