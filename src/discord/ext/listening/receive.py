@@ -1,0 +1,377 @@
+"""The receive path of one voice connection, sans-I/O: datagram in, ordered Opus packets out.
+
+On arrival (discord.py's socket thread, so it must stay cheap): parse the clear header ->
+drop non-audio -> transport-decrypt (authenticates) -> strip extension and padding -> push
+into the SSRC's jitter buffer.
+
+On each poll (the session's pump thread, every ~10 ms): release packets in sequence order ->
+place them on the recording timeline (by RTP timestamp within a talk spurt, by arrival time
+across gaps) -> find the SSRC's user -> DAVE-decrypt, in order.
+
+A packet that cannot be decrypted *yet* (its SSRC's user is not known, or the DAVE key for
+that user has not arrived: a member's first words) stays at the head of its SSRC's queue,
+bounded in count and time, and is retried on every poll; its place on the timeline was fixed
+when it was released, so waiting does not move it. Nothing here reads a clock or touches a
+socket: ``now`` is passed in, and the listening session owns the threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Final, Optional
+
+import davey
+
+from . import dave
+from .reorder import JitterBuffer
+from .rtp import OPUS_PAYLOAD_TYPE, MalformedPacket, RTCPPacket, is_rtcp, parse_audio_level, parse_rtcp, parse_rtp_header, split_plaintext
+from .ssrc import SSRCMap
+from .stats import DropReason, ListenStats
+from .timeline import StreamClock
+from .transport import DecryptionFailed, TransportCipher, transport_cipher
+
+__all__ = ("ReceivedPacket", "SpeakingChange", "PacketReceiver")
+
+_log = logging.getLogger(__name__)
+
+_AUDIO: Final = davey.MediaType.audio
+#: A talker is "stopped" after this long without a packet (senders stop sending in silence).
+SPEAKING_TIMEOUT: Final = 0.25
+#: ValueError texts from davey meaning "the key is not here yet" (worth holding and retrying).
+_RETRYABLE_DAVE: Final = ("NoDecryptorForUser", "NoValidCryptorFound", "NoDecryptor", "MissingKey")
+
+
+@dataclass(slots=True)
+class ReceivedPacket:
+    """An authenticated, decrypted Opus packet released in sequence order for its SSRC.
+
+    ``lost_before`` counts sequence numbers missing right before this one (to be concealed).
+    ``position`` is the sample offset of the packet's first sample on the recording timeline.
+    """
+
+    ssrc: int
+    user_id: Optional[int]
+    sequence: int
+    timestamp: int
+    opus: bytes
+    lost_before: int
+    position: int
+    arrival: float
+    audio_level: Optional[int]
+    new_stream: bool = False
+
+
+@dataclass(slots=True)
+class SpeakingChange:
+    """A user started or stopped sending audio."""
+
+    ssrc: int
+    user_id: Optional[int]
+    speaking: bool
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Released by the jitter buffer (so in order and placed in time), not yet E2E-decrypted."""
+
+    sequence: int
+    timestamp: int
+    payload: bytes
+    audio_level: Optional[int]
+    arrival: float
+    lost_before: int
+    position: int
+    new_stream: bool
+
+
+@dataclass(slots=True)
+class _Stream:
+    ssrc: int
+    buffer: JitterBuffer
+    clock: StreamClock
+    pending: deque[_Pending] = field(default_factory=deque)
+    last_arrival: float = 0.0
+    speaking: bool = False
+    #: Sequence numbers dropped after release (undecryptable...), to add to the next
+    #: packet's ``lost_before`` so the decoder conceals them.
+    carry_lost: int = 0
+
+
+class PacketReceiver:
+    """Turns one connection's datagrams into ordered, decrypted Opus packets per SSRC.
+
+    Transport decryption happens on arrival (it authenticates: forged packets never touch
+    any state). DAVE decryption happens after the jitter buffer put the packets in order,
+    because davey refuses a sender's frames older than the first one it decrypted: decrypting
+    in arrival order would lose the first words whenever they arrive reordered.
+
+    Parameters
+    ----------
+    connection: Any
+        discord.py's ``VoiceConnectionState`` (read for ``mode``, ``secret_key``,
+        ``dave_session``, ``dave_protocol_version``), or any object with those attributes.
+    ssrc_map: :class:`SSRCMap`
+        Who owns which SSRC.
+    stats: :class:`ListenStats`
+        Where counters go.
+    origin: :class:`float`
+        The monotonic time of the recording timeline's sample 0.
+    jitter_depth: :class:`float`
+        Seconds a packet waits for missing predecessors before they are declared lost.
+    hold_time: :class:`float`
+        Seconds a packet may wait for its user or DAVE key before it is dropped (counted).
+    max_held: :class:`int`
+        Packets held per SSRC at most (older ones are dropped, counted as overflow).
+    max_streams: :class:`int`
+        SSRCs tracked at most; a flood of fresh SSRCs beyond this is dropped and counted.
+    """
+
+    def __init__(
+        self,
+        connection: Any,
+        ssrc_map: SSRCMap,
+        stats: ListenStats,
+        *,
+        origin: float,
+        jitter_depth: float = 0.06,
+        hold_time: float = 5.0,
+        max_held: int = 500,
+        max_streams: int = 256,
+    ) -> None:
+        if not 0.0 <= jitter_depth <= 2.0:
+            raise ValueError(f"jitter_depth must be within 0..2 seconds, got {jitter_depth!r}")
+        if not hold_time > 0:
+            raise ValueError(f"hold_time must be positive, got {hold_time!r}")
+        if max_held < 1 or max_streams < 1:
+            raise ValueError("max_held and max_streams must be at least 1")
+        self._conn = connection
+        self._map = ssrc_map
+        self.stats = stats
+        self.origin = origin
+        self.jitter_depth = jitter_depth
+        self.hold_time = hold_time
+        self.max_held = max_held
+        self.max_streams = max_streams
+        self._lock = threading.Lock()
+        self._streams: dict[int, _Stream] = {}
+        self._cipher: Optional[TransportCipher] = None
+        self._cipher_key: Any = None
+        self._cipher_mode: Optional[str] = None
+        self.paused = False
+
+    # -- socket thread -------------------------------------------------------------------
+
+    def _current_cipher(self) -> Optional[TransportCipher]:
+        key = getattr(self._conn, "secret_key", None)
+        mode = getattr(self._conn, "mode", None)
+        # discord.py assigns a fresh list on every SESSION_DESCRIPTION, so identity tells us
+        # the key changed without comparing 32 bytes per packet.
+        if key is not self._cipher_key or mode is not self._cipher_mode:
+            self._cipher_key, self._cipher_mode = key, mode
+            self._cipher = None
+            if key and mode:
+                try:
+                    self._cipher = transport_cipher(mode, bytes(key))
+                except ValueError:
+                    _log.error("voice connection uses unsupported mode %r; cannot decrypt", mode)
+        return self._cipher
+
+    def datagram(self, data: bytes, now: float) -> Optional[list[RTCPPacket]]:
+        """Take one datagram from the voice socket.
+
+        Returns the parsed RTCP packets if it was RTCP, else ``None``. Never raises for bad
+        input: every rejected datagram is counted.
+        """
+        try:
+            if is_rtcp(data):
+                return self._rtcp(data)
+            self._rtp(data, now)
+        except Exception:  # a bug must not kill discord.py's socket thread
+            _log.exception("unexpected error handling a %d-byte datagram", len(data))
+            self.stats.drop_unattributed(DropReason.malformed)
+        return None
+
+    def _rtcp(self, data: bytes) -> Optional[list[RTCPPacket]]:
+        cipher = self._current_cipher()
+        if cipher is None:
+            return None
+        try:
+            packets = parse_rtcp(cipher.decrypt_rtcp(data))
+        except DecryptionFailed:
+            self.stats.drop_unattributed(DropReason.auth_failed)
+            return None
+        except MalformedPacket:
+            self.stats.drop_unattributed(DropReason.malformed)
+            return None
+        self.stats.rtcp_packets += len(packets)
+        return packets
+
+    def _rtp(self, data: bytes, now: float) -> None:
+        stats = self.stats
+        if len(data) == 74 and data[1] == 0x02:
+            return  # an IP discovery reply: discord.py's own business
+        try:
+            header = parse_rtp_header(data)
+        except MalformedPacket:
+            stats.drop_unattributed(DropReason.malformed)
+            return
+        ssrc = header.ssrc
+        if header.payload_type != OPUS_PAYLOAD_TYPE or self._map.is_video(ssrc):
+            stats.drop(self._map.user_for(ssrc), DropReason.not_audio)
+            return
+        cipher = self._current_cipher()
+        if cipher is None:
+            stats.drop_unattributed(DropReason.auth_failed)
+            return
+        try:
+            ext, payload = split_plaintext(cipher.decrypt(data, header.aad_length), header)
+        except DecryptionFailed:
+            stats.drop_unattributed(DropReason.auth_failed)
+            return
+        except MalformedPacket:
+            stats.drop(self._map.user_for(ssrc), DropReason.malformed)
+            return
+        level = parse_audio_level(ext) if ext else None
+        with self._lock:
+            stream = self._streams.get(ssrc)
+            if stream is None:
+                if len(self._streams) >= self.max_streams and not self._evict_idle(now):
+                    stats.add(self._map.user_for(ssrc), "received")
+                    stats.drop(self._map.user_for(ssrc), DropReason.overflow)
+                    return
+                stream = self._streams[ssrc] = _Stream(
+                    ssrc, JitterBuffer(depth=self.jitter_depth), StreamClock(origin=self.origin)
+                )
+            stream.last_arrival = now
+            if self.paused:
+                stats.add(self._map.user_for(ssrc), "received")
+                stats.drop(self._map.user_for(ssrc), DropReason.paused)
+                return
+            result = stream.buffer.push(header.sequence, header.timestamp, (payload, level), now)
+            if not result.accepted:
+                user_id = self._map.user_for(ssrc)
+                stats.add(user_id, "received")
+                stats.drop(user_id, DropReason.duplicate if result.duplicate else DropReason.late)
+
+    def _evict_idle(self, now: float) -> bool:
+        # Called with the lock held. Frees the stream idle the longest if it has been idle a
+        # while; a flood of fresh SSRCs then cannot push out people who are talking.
+        idle = [s for s in self._streams.values() if now - s.last_arrival > 5.0 and not s.pending and not len(s.buffer)]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda s: s.last_arrival)
+        del self._streams[victim.ssrc]
+        return True
+
+    # -- pump thread ---------------------------------------------------------------------
+
+    def poll(self, now: float) -> tuple[list[ReceivedPacket], list[SpeakingChange]]:
+        """Release what is ready: ordered, decrypted packets of every SSRC, and speaking changes.
+
+        Call this every ~10 ms from one thread.
+        """
+        out: list[ReceivedPacket] = []
+        changes: list[SpeakingChange] = []
+        with self._lock:
+            for stream in self._streams.values():
+                self._place(stream, stream.buffer.pop_ready(now))
+                if stream.pending:
+                    self._decrypt_pending(stream, now, out, final=False)
+                self._speaking(stream, now, changes)
+        return out, changes
+
+    def flush(self, now: float) -> list[ReceivedPacket]:
+        """Release everything buffered (listening is ending); what cannot be decrypted now is dropped."""
+        out: list[ReceivedPacket] = []
+        with self._lock:
+            for stream in self._streams.values():
+                self._place(stream, stream.buffer.flush())
+                self._decrypt_pending(stream, now, out, final=True)
+        return out
+
+    def reset_streams(self, now: float) -> list[ReceivedPacket]:
+        """Flush and forget every SSRC's ordering state (after a pause: a fresh start)."""
+        out: list[ReceivedPacket] = []
+        with self._lock:
+            for stream in self._streams.values():
+                self._place(stream, stream.buffer.reset())
+                self._decrypt_pending(stream, now, out, final=False)
+        return out
+
+    def _place(self, stream: _Stream, released: list[Any]) -> None:
+        """Put released packets on the timeline and queue them for E2E decryption."""
+        pending = stream.pending
+        for r in released:
+            payload, level = r.payload
+            position = stream.clock.position(r.timestamp, r.arrival, lost_before=r.lost_before, new_stream=r.new_stream)
+            if len(pending) >= self.max_held:
+                self._drop_head(stream, DropReason.overflow)
+            pending.append(_Pending(r.sequence, r.timestamp, payload, level, r.arrival, r.lost_before, position, r.new_stream))
+
+    def _drop_head(self, stream: _Stream, reason: DropReason) -> None:
+        p = stream.pending.popleft()
+        user_id = self._map.user_for(stream.ssrc)
+        self.stats.add(user_id, "received")
+        self.stats.drop(user_id, reason)
+        # The decoder must still conceal this frame's slot (and any loss before it).
+        stream.carry_lost += 1 + p.lost_before
+
+    def _decrypt_pending(self, stream: _Stream, now: float, out: list[ReceivedPacket], *, final: bool) -> None:
+        ssrc = stream.ssrc
+        user_id = self._map.user_for(ssrc)
+        session = getattr(self._conn, "dave_session", None)
+        e2ee = session is not None and bool(getattr(self._conn, "dave_protocol_version", 0))
+        pending = stream.pending
+        stats = self.stats
+        while pending:
+            p = pending[0]
+            may_wait = not final and now - p.arrival < self.hold_time
+            payload = p.payload
+            if dave.is_dave_frame(payload) or (e2ee and not dave.is_silence(payload)):
+                # E2E-encrypted, or clear audio under DAVE (allowed only while davey's
+                # passthrough is on during a transition, which decrypt() knows).
+                if user_id is None or session is None:
+                    if may_wait:
+                        return  # the SPEAKING / CLIENT_CONNECT or the MLS welcome is on its way
+                    self._drop_head(stream, DropReason.unknown_ssrc if user_id is None else DropReason.undecryptable)
+                    continue
+                try:
+                    payload = session.decrypt(user_id, _AUDIO, payload)
+                except ValueError as exc:
+                    text = str(exc)
+                    if may_wait and any(tag in text for tag in _RETRYABLE_DAVE):
+                        return  # the key for this user arrives with the next commit/welcome
+                    unencrypted = "Unencrypted" in text
+                    self._drop_head(stream, DropReason.unencrypted if unencrypted else DropReason.undecryptable)
+                    continue
+            elif user_id is None and may_wait:
+                # No E2EE: decodable, but a sink wants to know whose audio it is. Wait a
+                # little for SPEAKING; after hold_time it goes out with user None, not lost.
+                return
+            pending.popleft()
+            stats.add(user_id, "received")
+            stats.add(user_id, "decrypted")
+            lost = p.lost_before + stream.carry_lost
+            stream.carry_lost = 0
+            if lost:
+                stats.add(user_id, "lost", lost)
+            out.append(
+                ReceivedPacket(
+                    ssrc, user_id, p.sequence, p.timestamp, payload, lost, p.position, p.arrival, p.audio_level,
+                    p.new_stream,
+                )
+            )
+
+    def _speaking(self, stream: _Stream, now: float, changes: list[SpeakingChange]) -> None:
+        active = stream.last_arrival > 0 and now - stream.last_arrival < SPEAKING_TIMEOUT
+        if active != stream.speaking:
+            stream.speaking = active
+            changes.append(SpeakingChange(stream.ssrc, self._map.user_for(stream.ssrc), active))
+
+    @property
+    def ssrcs(self) -> list[int]:
+        """SSRCs currently tracked."""
+        return list(self._streams)
