@@ -1,0 +1,344 @@
+"""Recording timeline placement (discord.ext.listening.timeline)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from discord.ext.listening.reorder import JitterBuffer, seq_add, ts_add
+from discord.ext.listening.rtp import unix_to_ntp
+from discord.ext.listening.timeline import StreamClock, Timeline
+
+RATE = 48000
+FRAME = 960
+BASE_DELAY = 0.04  # one-way network delay: the "truth" is where a frame arrives without jitter
+
+
+@dataclass
+class Pkt:
+    spurt: int
+    seq: int
+    ts: int
+    spoken: int  # sample (on the receiver's timeline) where the frame truly belongs
+    arrival: float
+
+
+def talk(
+    sender: str,
+    spurts: list[tuple[float, int]],
+    *,
+    jitter: float = 0.015,
+    ts0: int = 0x12345678,
+    seq0: int = 4321,
+    seed: int = 0,
+    one_sided: bool = False,
+) -> list[Pkt]:
+    """Packets of one member, in sequence order.
+
+    ``spurts`` are ``(start seconds, frames)``; ``sender`` is ``"webrtc"`` (RTP clock runs
+    through silence) or ``"discordpy"`` (timestamp advances 960 per packet sent only).
+    Arrival = spoken + BASE_DELAY + jitter (uniform in +-jitter, or 0..jitter if one_sided).
+    """
+    rng = random.Random(seed)
+    out = []
+    sent = 0
+    first = round(spurts[0][0] * RATE)
+    for n, (start, frames) in enumerate(spurts):
+        s = round(start * RATE)
+        for i in range(frames):
+            spoken = s + FRAME * i
+            ts = ts0 + (spoken - first if sender == "webrtc" else FRAME * sent)
+            j = rng.uniform(0, jitter) if one_sided else rng.uniform(-jitter, jitter)
+            out.append(Pkt(n, seq_add(seq0, sent), ts & 0xFFFFFFFF, spoken + round(BASE_DELAY * RATE), spoken / RATE + BASE_DELAY + j))
+            sent += 1
+    return out
+
+
+def place(clock: StreamClock, packets: list[Pkt]) -> list[int]:
+    return [clock.position(p.ts, p.arrival) for p in packets]
+
+
+def check(packets: list[Pkt], positions: list[int], *, within: int = FRAME) -> None:
+    """Every frame within ``within`` samples of the truth; exactly 960 apart inside a spurt."""
+    for p, pos in zip(packets, positions):
+        assert abs(pos - p.spoken) <= within, f"frame seq {p.seq} of spurt {p.spurt}: {pos} vs {p.spoken}"
+    for a, b, pa, pb in zip(packets, packets[1:], positions, positions[1:]):
+        assert pb >= pa + FRAME, "overlap"
+        if a.spurt == b.spurt:
+            assert pb - pa == FRAME, f"spacing {pb - pa} inside spurt {a.spurt}"
+
+
+SENDERS = ["webrtc", "discordpy"]
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+@pytest.mark.parametrize("pause", [0.1, 1.0, 60.0])
+def test_pause_in_speech_is_placed_within_one_frame(sender: str, pause: float) -> None:
+    spurts = []
+    t = 0.5
+    for _ in range(6):
+        spurts.append((t, 50))
+        t += 50 * 0.02 + pause
+    for seed in range(5):
+        packets = talk(sender, spurts, seed=seed)
+        check(packets, place(StreamClock(0.0), packets))
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+def test_ten_minutes_of_jittery_speech_do_not_drift(sender: str) -> None:
+    # One continuous 10-minute spurt with +-15 ms jitter: exactly 960 apart all the way,
+    # and the last frame is as close to the truth as the first.
+    packets = talk(sender, [(0.3, 30_000)], seed=3)
+    clock = StreamClock(0.0)
+    positions = place(clock, packets)
+    check(packets, positions)
+    assert positions[-1] - positions[0] == FRAME * 29_999
+    assert clock.resyncs == 0
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+def test_ten_minutes_of_talk_spurts_with_random_pauses(sender: str) -> None:
+    rng = random.Random(11)
+    spurts = []
+    t = 0.2
+    while t < 600:
+        frames = rng.randint(10, 500)
+        spurts.append((t, frames))
+        t += frames * 0.02 + rng.uniform(0.1, 5.0)
+    packets = talk(sender, spurts, seed=5)
+    clock = StreamClock(0.0)
+    check(packets, place(clock, packets))
+    # Every spurt start after the first re-decided by arrival at most once.
+    assert clock.resyncs <= len(spurts) - 1
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+def test_timestamp_wrap(sender: str) -> None:
+    # The 32-bit timestamp wraps inside a spurt and (webrtc) inside a pause.
+    packets = talk(sender, [(1.0, 40), (1.9, 40), (3.0, 40)], ts0=0xFFFFFFFF - 960 * 20 + 1, seq0=65520)
+    assert any(p.ts < 960 * 20 for p in packets) and packets[0].ts > 0xFFFF0000
+    check(packets, place(StreamClock(0.0), packets))
+
+
+def test_through_the_jitter_buffer() -> None:
+    # Reordered arrivals (jitter 30 ms span > 20 ms spacing) go through the jitter buffer;
+    # placement uses each packet's own arrival time, not its release time.
+    packets = talk("discordpy", [(0.5, 200), (5.0, 200)], seed=9)
+    by_seq = {p.seq: p for p in packets}
+    jb = JitterBuffer(depth=0.06)
+    clock = StreamClock(0.0)
+    placed: list[tuple[Pkt, int]] = []
+    for p in sorted(packets, key=lambda p: p.arrival):
+        jb.push(p.seq, p.ts, None, p.arrival)
+        for r in jb.pop_ready(p.arrival):
+            pos = clock.position(r.timestamp, r.arrival, lost_before=r.lost_before, new_stream=r.new_stream)
+            placed.append((by_seq[r.sequence], pos))
+    for r in jb.flush():
+        placed.append((by_seq[r.sequence], clock.position(r.timestamp, r.arrival)))
+    assert [p.seq for p, _ in placed] == [p.seq for p in packets]
+    check([p for p, _ in placed], [pos for _, pos in placed])
+
+
+def test_lost_frames_leave_room_for_concealment() -> None:
+    packets = talk("webrtc", [(0.5, 30)], jitter=0.0)
+    clock = StreamClock(0.0)
+    kept = [p for i, p in enumerate(packets) if i not in (10, 11, 12)]
+    positions = [clock.position(p.ts, p.arrival, lost_before=3 if p is packets[13] else 0) for p in kept]
+    # The RTP distance places the packet after the hole exactly.
+    assert positions[10] - positions[9] == 4 * FRAME
+    assert clock.resyncs == 0
+
+
+def test_room_for_lost_frames_even_when_arrival_decides() -> None:
+    # A discord.py sender pauses; the first 2 packets after the pause are lost and the
+    # third arrives early (jitter), only 10 ms after the previous frame's end. Arrival
+    # decides, and the position leaves room for the 2 concealed frames (30 ms past arrival,
+    # inside tolerance).
+    clock = StreamClock(0.0)
+    for i in range(10):
+        clock.position(960 * i, 0.5 + 0.02 * i)
+    end = clock.end
+    assert end is not None
+    pos = clock.position(960 * 12 + 50_000, end / RATE + 0.01, lost_before=2)
+    assert pos == end + 2 * FRAME
+    # A absurd report of 1000 lost frames cannot push the stream into the future: at most
+    # tolerance past arrival.
+    end = clock.end
+    assert end is not None
+    now = end / RATE + 0.5
+    pos = clock.position(10**9, now, lost_before=1000)
+    assert round(now * RATE) <= pos <= round(now * RATE) + round(0.06 * RATE)
+
+
+def test_new_stream_uses_arrival_but_never_overlaps() -> None:
+    clock = StreamClock(0.0)
+    for i in range(10):
+        clock.position(960 * i, 1.0 + 0.02 * i)
+    end = clock.end
+    assert end is not None
+    # The sender restarted with an unrelated timestamp that happens to look contiguous.
+    assert clock.position(960 * 10, 3.0, new_stream=True) == round(3.0 * RATE)
+    # And a restart arriving before the previous frame ended is pushed after it.
+    clock2 = StreamClock(0.0)
+    clock2.position(5, 1.0)
+    assert clock2.position(77, 1.001, new_stream=True) == round(1.0 * RATE) + FRAME
+
+
+def test_discordpy_stall_detected_inside_the_gap_window() -> None:
+    # A bot pauses 120 ms (arrival gap 140 ms < gap=0.2 s): its timestamp does not move,
+    # but the disagreement with arrival (> tolerance) re-decides the position.
+    clock = StreamClock(0.0)
+    for i in range(20):
+        clock.position(960 * i, 1.0 + 0.02 * i)
+    pos = clock.position(960 * 20, 1.0 + 0.02 * 20 + 0.12)
+    assert pos == round((1.0 + 0.02 * 20 + 0.12) * RATE)
+    assert clock.resyncs == 1
+
+
+def test_sender_reports_remove_arrival_jitter_from_spurt_starts() -> None:
+    # One-sided queuing delay (0..15 ms). A WebRTC sender pauses 2 s between spurts; its
+    # RTCP sender reports map RTP to its wall clock. With them, every spurt start lands on
+    # the least-delayed path (within 1 ms of the truth); without them on its own packet's
+    # delay.
+    spurts = [(0.5 + 3.0 * n, 50) for n in range(8)]
+    packets = talk("webrtc", spurts, jitter=0.015, one_sided=True, seed=2)
+    wall0 = 1_700_000_000.0  # the sender's Unix time when it spoke its first frame
+    ts0 = packets[0].ts
+    rng = random.Random(4)
+
+    def report(clock: StreamClock, at: float) -> None:
+        # Sent at sender time ``at`` (seconds after the first frame was spoken).
+        ntp = unix_to_ntp(wall0 + at)
+        rtp = ts_add(ts0, round(at * RATE))
+        clock.sender_report(ntp, rtp, packets[0].spoken / RATE + at + rng.uniform(0, 0.015))
+
+    with_sr = StreamClock(0.0)
+    without = StreamClock(0.0)
+    for n in range(10):
+        report(with_sr, -1.0 + 0.1 * n)
+    starts = [i for i, p in enumerate(packets) if i == 0 or p.spurt != packets[i - 1].spurt]
+    err_sr, err_plain, positions = [], [], []
+    for i, p in enumerate(packets):
+        a = with_sr.position(p.ts, p.arrival)
+        b = without.position(p.ts, p.arrival)
+        positions.append(a)
+        if i in starts:
+            err_sr.append(abs(a - p.spoken))
+            err_plain.append(abs(b - p.spoken))
+    assert max(err_sr) <= 48  # 1 ms
+    assert max(err_plain) > 96  # the plain arrival is visibly off on some start
+    check(packets, positions)
+
+
+def test_sender_report_that_disagrees_with_arrival_is_ignored() -> None:
+    # A sender whose RTP clock stands still in silence makes its report's mapping wrong
+    # after a pause: arrival decides, within one frame.
+    packets = talk("discordpy", [(0.5, 50), (5.0, 50)])
+    clock = StreamClock(0.0)
+    clock.sender_report(unix_to_ntp(1000.0), packets[0].ts, packets[0].arrival)
+    check(packets, place(clock, packets))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.just(None),  # the next contiguous frame, arriving exactly one frame later
+            st.tuples(
+                st.integers(-3000, 100_000),  # timestamp step beyond contiguous
+                st.floats(-0.05, 3.0),  # arrival step
+                st.integers(0, 3),  # lost_before
+                st.booleans(),  # new_stream
+                st.sampled_from([480, 960, 1920]),  # frame size
+            ),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    st.integers(0, 0xFFFFFFFF),
+)
+def test_positions_never_overlap_and_contiguous_frames_stay_exact(steps, ts0) -> None:
+    clock = StreamClock(0.0)
+    ts, now = ts0, 10.0
+    prev_end = None
+    size = 960
+    for step in steps:
+        if step is None:
+            ts_step, dt, lost, new = 0, size / RATE, 0, False
+        else:
+            ts_step, dt, lost, new, size = step
+        ts = ts_add(ts, ts_step)
+        now += dt
+        pos = clock.position(ts, now, size, lost_before=lost, new_stream=new)
+        if prev_end is not None:
+            assert pos >= prev_end
+            # Room for the lost frames, unless that would be more than tolerance past arrival.
+            assert pos >= min(prev_end + lost * size, round(now * RATE) + round(0.06 * RATE))
+            if step is None:
+                assert pos == prev_end
+        prev_end = pos + size
+        ts = ts_add(ts, size)
+        assert clock.end == prev_end
+
+
+def test_timeline_pause_is_silence_and_positions_follow_the_wall_clock() -> None:
+    tl = Timeline(100.0)
+    assert tl.position(100.0) == 0 and tl.position(101.0) == RATE
+    assert not tl.paused
+    assert tl.pause(103.0) == 3 * RATE
+    assert tl.paused and tl.paused_at(3 * RATE) and tl.paused_at(10 * RATE)
+    assert tl.pause(103.5) == 3 * RATE  # already paused: unchanged
+    assert tl.resume(104.0) == 4 * RATE
+    assert tl.position(105.0) == 5 * RATE  # not shifted by the pause
+    assert tl.pauses == ((3 * RATE, 4 * RATE),)
+    assert tl.paused_at(3 * RATE + 1) and not tl.paused_at(4 * RATE) and not tl.paused_at(3 * RATE - 1)
+    tl.pause(110.0)
+    assert tl.paused_samples(110.5) == RATE + RATE // 2
+    tl.resume(111.0)
+    assert tl.paused_samples(200.0) == 2 * RATE
+    assert tl.resume(112.0) == 12 * RATE and len(tl.pauses) == 2
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+@pytest.mark.parametrize("pause", [0.1, 1.0, 60.0])
+def test_recording_pause_drops_frames_and_resumes_on_the_wall_clock(sender: str, pause: float) -> None:
+    # The member speaks throughout; the recording pauses 3 s in for ``pause`` seconds.
+    # Frames arriving while paused are dropped by the caller; after resume, frames sit where
+    # they were spoken and none lands inside the paused span.
+    origin = 50.0
+    packets = talk(sender, [(0.5, round((4.0 + pause) / 0.02))], seed=1)
+    for p in packets:
+        p.arrival += origin
+    tl = Timeline(origin)
+    clock = tl.stream_clock()
+    kept, positions = [], []
+    paused_at, resumed_at = origin + 3.0, origin + 3.0 + pause
+    for p in packets:
+        if paused_at <= p.arrival < resumed_at:
+            tl.pause(paused_at)
+            continue
+        if p.arrival >= resumed_at and tl.paused:
+            tl.resume(resumed_at)
+        kept.append(p)
+        positions.append(clock.position(p.ts, p.arrival))
+    assert tl.pauses and len(kept) < len(packets)
+    for p, pos in zip(kept, positions):
+        assert abs(pos - p.spoken) <= FRAME
+        assert not tl.paused_at(pos) or pause < 0.2  # a short pause may be bridged by RTP
+    after = [pos for p, pos in zip(kept, positions) if p.arrival >= resumed_at]
+    assert after[0] >= tl.pauses[0][1] - FRAME
+
+
+def test_after_more_than_gap_without_packets_arrival_decides() -> None:
+    # RTP and arrival roughly agree (50 ms apart, inside tolerance) but nothing arrived for
+    # 0.24 s > gap: a new spurt, placed by arrival.
+    clock = StreamClock(0.0, gap=0.2, tolerance=0.06)
+    for i in range(10):
+        clock.position(960 * i, 1.0 + 0.02 * i)
+    last = 1.0 + 0.02 * 9
+    pos = clock.position(960 * 10 + 9000, last + 0.24)
+    assert pos == round((last + 0.24) * RATE) and clock.resyncs == 1
