@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import aiohttp
 import davey
 import discord
 import pytest
@@ -98,8 +99,7 @@ class MiniReceiver:
         out: dict[int, list[tuple[int, bytes, int | None]]] = {}
         dropped: Counter[str] = Counter()
         for data in self.raw:
-            if is_rtcp(data):
-                dropped["rtcp"] += 1
+            if is_rtcp(data):  # sender reports, the emulator's BYEs: not audio, not a drop
                 continue
             try:
                 header = parse_rtp_header(data)
@@ -214,7 +214,7 @@ async def test_dave_group_of_bot_and_three_members_survives_leave_and_join() -> 
         assert session.ready
         group = server._calls[server.channel_id].dave
         assert set(group.members) == {server.bot_user_id, ALICE, BOB, CAROL}
-        assert set(session.get_user_ids()) >= {str(ALICE), str(BOB), str(CAROL)} or set(map(int, session.get_user_ids())) >= {ALICE, BOB, CAROL}
+        assert set(map(int, session.get_user_ids())) == {server.bot_user_id, ALICE, BOB, CAROL}
         epoch = session.epoch
         await _assert_member_audio_roundtrip(server, vc, members)
 
@@ -222,6 +222,7 @@ async def test_dave_group_of_bot_and_three_members_survives_leave_and_join() -> 
         await server.wait_dave_ready()
         assert session.epoch > epoch
         assert set(group.members) == {server.bot_user_id, BOB, CAROL}
+        assert set(map(int, session.get_user_ids())) == {server.bot_user_id, BOB, CAROL}
         assert [e.data for e in server.ops_sent(Op.CLIENT_DISCONNECT)] == [{"user_id": str(ALICE)}]
 
         dave = await server.add_member(DAVE_, "dave")
@@ -231,8 +232,11 @@ async def test_dave_group_of_bot_and_three_members_survives_leave_and_join() -> 
         await _assert_member_audio_roundtrip(server, vc, [members[1], dave])
         await _assert_bot_audio_roundtrip(server, vc, dave=True)
         # The DAVE ops really went over the websocket, binary and JSON.
-        assert server.ops_received(Op.MLS_KEY_PACKAGE) and server.ops_received(Op.MLS_COMMIT_WELCOME) or server.ops_sent(Op.MLS_WELCOME)
+        assert server.ops_received(Op.MLS_KEY_PACKAGE) and server.ops_sent(Op.MLS_PROPOSALS)
+        assert server.ops_sent(Op.MLS_WELCOME) or server.ops_sent(Op.MLS_ANNOUNCE_COMMIT_TRANSITION)
+        assert all(e.binary for e in server.ops_sent(Op.MLS_PROPOSALS))
         assert server.ops_sent(Op.MLS_EXTERNAL_SENDER) and server.ops_received(Op.DAVE_TRANSITION_READY)
+        assert not server.dave_errors
 
 
 async def test_bot_alone_then_members_join() -> None:
@@ -450,6 +454,44 @@ async def test_realtime_pacing_and_sender_report() -> None:
             receiver.close()
 
 
+async def test_gateway_rejects_bad_clients_with_voice_close_codes() -> None:
+    async with VoiceServerEmulator(seed=17) as server:
+        # A real op 4 from discord.py's Guild API makes the server allocate a session.
+        await server.guild.change_voice_state(channel=server.channel)
+        await server.wait_until(lambda: server.session is not None, what="a session")
+        session = server.session
+        url = f"ws://{server.gateway.endpoint}/?v=8"
+
+        async def close_code(*frames: Any) -> int:
+            async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+                hello = await ws.receive_json(timeout=5)
+                assert hello["op"] == Op.HELLO and "seq" not in hello
+                for frame in frames:
+                    if isinstance(frame, bytes):
+                        await ws.send_bytes(frame)
+                    elif isinstance(frame, str):
+                        await ws.send_str(frame)
+                    else:
+                        await ws.send_json(frame)
+                while True:
+                    msg = await ws.receive(timeout=5)
+                    if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                        return ws.close_code
+
+        identify = {"server_id": str(server.guild_id), "user_id": str(server.bot_user_id), "session_id": session.session_id, "token": session.token}
+        assert await close_code("{not json") == 4002
+        assert await close_code({"op": 1, "d": {}}) == 4003
+        assert await close_code(b"\x1a") == 4003  # DAVE key package before IDENTIFY
+        assert await close_code({"op": 99, "d": {}}) == 4001
+        assert await close_code({"op": 0, "d": {**identify, "token": "nope", "max_dave_protocol_version": 1}}) == 4004
+        assert await close_code({"op": 0, "d": {**identify, "server_id": "1", "max_dave_protocol_version": 1}}) == 4011
+        assert await close_code({"op": 0, "d": {**identify, "max_dave_protocol_version": 0}}) == 4017
+        assert await close_code({"op": 7, "d": {**identify, "seq_ack": -1}}) == 4006  # never identified
+        ok = {"op": 0, "d": {**identify, "max_dave_protocol_version": 1}}
+        assert await close_code(ok, {"op": 1, "d": {"protocol": "udp", "data": {"address": "127.0.0.1", "port": 1, "mode": "xsalsa20_poly1305"}}}) == 4016
+        assert await close_code(ok, ok) == 4005
+
+
 # -- impairment and faults --------------------------------------------------------------------
 
 
@@ -572,6 +614,12 @@ async def test_misuse_raises_clear_errors() -> None:
             await alice.speak(tone(440, 0.04))
         with pytest.raises(EmulatorError, match="not in a call"):
             await alice.leave()
+        bob = await server.add_member(BOB, "bob", join=False)
+        assert not bob.in_call and bob.member not in server.channel.members
+        await bob.join()
+        with pytest.raises(EmulatorError, match="already in channel"):
+            await bob.join()
+        await bob.speak(tone(440, 0.04), realtime=False)
         assert vc.is_connected()
     with pytest.raises(EmulatorError, match="not running"):
         await server.add_member(CAROL)

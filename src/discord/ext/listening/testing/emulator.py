@@ -271,8 +271,8 @@ class VoiceServerEmulator:
         Close with 4017 when a client that cannot do DAVE identifies (Discord does since
         2026-03). Default: the value of ``dave``.
     goodbye_on_close: :class:`bool`
-        When the bot's voice websocket or session ends, send it an RTCP BYE for its own
-        SSRC. This wakes discord.py's SocketReader thread, which otherwise sits up to 30 s
+        When the bot's voice session ends or the bot closes its voice websocket, send it
+        an RTCP BYE for its own SSRC (not after a 4015 close: that session goes on). This wakes discord.py's SocketReader thread, which otherwise sits up to 30 s
         in ``select()`` on a socket discord.py already replaced or closed (stalling a
         reconnect after 4006 or ``move_to``, and outliving the client). Not known to be
         what Discord sends; turn it off to see discord.py's stall.
@@ -368,6 +368,8 @@ class VoiceServerEmulator:
         self.bot_speaking: list[dict[str, Any]] = []
         #: The DAVE messages routed, ``(direction, user_id, op)``; for tests and logs.
         self.dave_log: list[tuple[str, int, int]] = []
+        #: DAVE messages the group server or a simulated member rejected, with the error.
+        self.dave_errors: list[tuple[dave_server.DaveMessage, Exception]] = []
         self.max_received = 100000
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -1347,11 +1349,14 @@ class VoiceServerEmulator:
         """:class:`.gateway.GatewayHandler`: a websocket ended; the session stays resumable."""
         if session is not None and session.connection is connection:
             session.connection = None
-            self._goodbye(session, "websocket closed")
+            if not connection.closed_by_server:
+                # discord.py closes its websocket right before it closes or replaces its
+                # UDP socket (disconnect, reconnect): the last moment a BYE can wake it.
+                self._goodbye(session, "websocket closed")
         self._notify()
 
     def _goodbye(self, session: VoiceSession, reason: str) -> None:
-        """Send the bot an RTCP BYE for its own SSRC when its websocket or session ends.
+        """Send the bot an RTCP BYE for its own SSRC when its session ends or it closes its websocket.
 
         Why: discord.py's SocketReader thread blocks in ``select(socket, 30 s)`` and only
         notices a replaced or closed socket when that returns. Without a datagram it stalls
@@ -1385,13 +1390,18 @@ class VoiceServerEmulator:
     async def _dave_route(self, call: _Call, messages: list[dave_server.DaveMessage]) -> None:
         """Run ``messages`` through the in-process members; send the bot its share."""
         group = self._dave_group(call)
-        trace: list[Any] = []
-        try:
-            external = dave_server.deliver(group, self._local_members(call), messages, trace=trace)
-        except Exception:
+        trace: list[dave_server.DaveMessage] = []
+
+        def on_error(message: dave_server.DaveMessage, exc: Exception) -> None:
             # A member's davey session refusing something ends its websocket in discord.py;
-            # here it must not take the emulator down. The test will see the group stall.
-            _log.exception("DAVE routing failed in channel %s", call.channel_id)
+            # here it must not take the emulator down, and the other messages still flow.
+            self.dave_errors.append((message, exc))
+            _log.warning("DAVE op %s for/from %s failed: %s", message.op, message.user_id, exc)
+
+        try:
+            external = dave_server.deliver(group, self._local_members(call), messages, trace=trace, on_error=on_error)
+        except RuntimeError:  # a protocol loop: the bound in deliver() fired
+            _log.exception("DAVE routing ran away in channel %s", call.channel_id)
             external = []
         for message in trace:
             self.dave_log.append(("client" if message.from_client else "server", message.user_id, message.op))

@@ -206,6 +206,8 @@ class VoiceGatewayConnection:
         self.session: Optional[VoiceSession] = None
         self._send_lock = asyncio.Lock()
         self.close_code: Optional[int] = None
+        #: Whether the server (rather than the client) started the closing handshake.
+        self.closed_by_server = False
         self.last_heartbeat: float = time.monotonic()
 
     def __repr__(self) -> str:
@@ -265,6 +267,7 @@ class VoiceGatewayConnection:
         if self.close_code is not None:
             return
         self.close_code = code
+        self.closed_by_server = True
         self._record("send", -1, {"close": code, "reason": reason}, None, False)
         _log.debug("closing voice connection %s with %s (%s)", self.id, code, reason)
         try:
