@@ -208,7 +208,6 @@ class VoiceGatewayConnection:
         self.close_code: Optional[int] = None
         #: Whether the server (rather than the client) started the closing handshake.
         self.closed_by_server = False
-        self.last_heartbeat: float = time.monotonic()
 
     def __repr__(self) -> str:
         return f"<VoiceGatewayConnection id={self.id} session={self.session and self.session.session_id}>"
@@ -304,7 +303,6 @@ class VoiceGatewayConnection:
         except (ValueError, KeyError, TypeError):
             raise GatewayClose(4002, "Failed to decode payload") from None
         self._record("recv", op, data, None, False)
-        self.last_heartbeat = time.monotonic()
         if op not in _CLIENT_JSON_OPS:
             raise GatewayClose(4001, f"Unknown opcode {op}")
         if op == Op.HEARTBEAT:
