@@ -1,1 +1,56 @@
+"""discord.ext.listening: voice receive for discord.py.
+
+Hear every member of a voice channel (transport and DAVE end-to-end decryption), decode
+Opus in worker processes, in order per speaker, and hand sample-aligned audio to sinks that
+write files or feed your code::
+
+    from discord.ext import listening
+
+    vc = await channel.connect(cls=listening.VoiceClient)
+    vc.listen(listening.AudioFileSink(listening.WaveAudioFile, "recordings"))
+"""
+
+from __future__ import annotations
+
 __version__ = "0.1.0"
+
+from .frames import AudioFrame, FrameKind
+from .opus import OpusDecoder, OpusEncoder
+from .pool import AudioProcessPool, init_audio_processing_pool
+from .rtp import (
+    ApplicationDefined,
+    Goodbye,
+    ReceiverReport,
+    ReportBlock,
+    RTCPMessageType,
+    RTCPPacket,
+    SenderReport,
+    SourceDescription,
+)
+from .sink import AudioHandlingSink, AudioSink, FanOutSink
+from .stats import DropReason, ListenStats, UserStats
+from .voice_client import VoiceClient
+
+__all__ = (
+    "VoiceClient",
+    "AudioProcessPool",
+    "init_audio_processing_pool",
+    "AudioFrame",
+    "FrameKind",
+    "AudioSink",
+    "AudioHandlingSink",
+    "FanOutSink",
+    "RTCPMessageType",
+    "RTCPPacket",
+    "SenderReport",
+    "ReceiverReport",
+    "ReportBlock",
+    "SourceDescription",
+    "Goodbye",
+    "ApplicationDefined",
+    "ListenStats",
+    "UserStats",
+    "DropReason",
+    "OpusEncoder",
+    "OpusDecoder",
+)

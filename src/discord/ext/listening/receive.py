@@ -26,7 +26,8 @@ from typing import Any, Final, Optional
 import davey
 
 from . import dave
-from .reorder import JitterBuffer
+from .opus import FRAME_SAMPLES, SAMPLE_RATE
+from .reorder import JitterBuffer, seq_diff, ts_diff
 from .rtp import OPUS_PAYLOAD_TYPE, MalformedPacket, RTCPPacket, is_rtcp, parse_audio_level, parse_rtcp, parse_rtp_header, split_plaintext
 from .ssrc import SSRCMap
 from .stats import DropReason, ListenStats
@@ -38,6 +39,7 @@ __all__ = ("ReceivedPacket", "SpeakingChange", "PacketReceiver")
 _log = logging.getLogger(__name__)
 
 _AUDIO: Final = davey.MediaType.audio
+FRAME_SECONDS: Final = FRAME_SAMPLES / SAMPLE_RATE
 #: A talker is "stopped" after this long without a packet (senders stop sending in silence).
 SPEAKING_TIMEOUT: Final = 0.25
 #: ValueError texts from davey meaning "the key is not here yet" (worth holding and retrying).
@@ -48,8 +50,9 @@ _RETRYABLE_DAVE: Final = ("NoDecryptorForUser", "NoValidCryptorFound", "NoDecryp
 class ReceivedPacket:
     """An authenticated, decrypted Opus packet released in sequence order for its SSRC.
 
-    ``lost_before`` counts sequence numbers missing right before this one (to be concealed).
-    ``position`` is the sample offset of the packet's first sample on the recording timeline.
+    ``position`` is the sample offset of the packet's first sample on the recording timeline;
+    ``lost_positions`` holds one position per frame missing right before this packet (oldest
+    first), where the decoder's concealment of them belongs.
     """
 
     ssrc: int
@@ -57,11 +60,16 @@ class ReceivedPacket:
     sequence: int
     timestamp: int
     opus: bytes
-    lost_before: int
+    lost_positions: tuple[int, ...]
     position: int
     arrival: float
     audio_level: Optional[int]
     new_stream: bool = False
+
+    @property
+    def lost_before(self) -> int:
+        """How many frames are missing right before this packet."""
+        return len(self.lost_positions)
 
 
 @dataclass(slots=True)
@@ -82,7 +90,7 @@ class _Pending:
     payload: bytes
     audio_level: Optional[int]
     arrival: float
-    lost_before: int
+    lost_positions: tuple[int, ...]
     position: int
     new_stream: bool
 
@@ -95,9 +103,9 @@ class _Stream:
     pending: deque[_Pending] = field(default_factory=deque)
     last_arrival: float = 0.0
     speaking: bool = False
-    #: Sequence numbers dropped after release (undecryptable...), to add to the next
-    #: packet's ``lost_before`` so the decoder conceals them.
-    carry_lost: int = 0
+    #: Timeline positions of frames dropped after release (undecryptable...), handed on with
+    #: the next packet's ``lost_positions`` so the decoder conceals them.
+    carry_lost: tuple[int, ...] = ()
 
 
 class PacketReceiver:
@@ -302,14 +310,26 @@ class PacketReceiver:
         return out
 
     def _place(self, stream: _Stream, released: list[Any]) -> None:
-        """Put released packets on the timeline and queue them for E2E decryption."""
+        """Put released packets (and the frames lost before them) on the timeline, and queue
+        them for E2E decryption."""
+        if not released:
+            return
         pending = stream.pending
-        for r in released:
+        clock = stream.clock
+        for r, arrival in zip(released, _debursted_arrivals(released)):
             payload, level = r.payload
-            position = stream.clock.position(r.timestamp, r.arrival, lost_before=r.lost_before, new_stream=r.new_stream)
+            lost_positions: tuple[int, ...] = ()
+            if r.lost_before:
+                # Place each lost frame like a received one, so concealment can never overlap
+                # earlier audio even when the clock re-anchors at this packet.
+                first = r.timestamp - FRAME_SAMPLES * r.lost_before
+                lost_positions = tuple(
+                    clock.position((first + FRAME_SAMPLES * i) & 0xFFFFFFFF, arrival) for i in range(r.lost_before)
+                )
+            position = clock.position(r.timestamp, arrival, new_stream=r.new_stream)
             if len(pending) >= self.max_held:
                 self._drop_head(stream, DropReason.overflow)
-            pending.append(_Pending(r.sequence, r.timestamp, payload, level, r.arrival, r.lost_before, position, r.new_stream))
+            pending.append(_Pending(r.sequence, r.timestamp, payload, level, r.arrival, lost_positions, position, r.new_stream))
 
     def _drop_head(self, stream: _Stream, reason: DropReason) -> None:
         p = stream.pending.popleft()
@@ -317,7 +337,7 @@ class PacketReceiver:
         self.stats.add(user_id, "received")
         self.stats.drop(user_id, reason)
         # The decoder must still conceal this frame's slot (and any loss before it).
-        stream.carry_lost += 1 + p.lost_before
+        stream.carry_lost += p.lost_positions + (p.position,)
 
     def _decrypt_pending(self, stream: _Stream, now: float, out: list[ReceivedPacket], *, final: bool) -> None:
         ssrc = stream.ssrc
@@ -354,14 +374,14 @@ class PacketReceiver:
             pending.popleft()
             stats.add(user_id, "received")
             stats.add(user_id, "decrypted")
-            lost = p.lost_before + stream.carry_lost
-            stream.carry_lost = 0
-            if lost:
-                stats.add(user_id, "lost", lost)
+            lost_positions = stream.carry_lost + p.lost_positions if stream.carry_lost else p.lost_positions
+            stream.carry_lost = ()
+            if lost_positions:
+                stats.add(user_id, "lost", len(lost_positions))
             out.append(
                 ReceivedPacket(
-                    ssrc, user_id, p.sequence, p.timestamp, payload, lost, p.position, p.arrival, p.audio_level,
-                    p.new_stream,
+                    ssrc, user_id, p.sequence, p.timestamp, payload, lost_positions, p.position, p.arrival,
+                    p.audio_level, p.new_stream,
                 )
             )
 
@@ -375,3 +395,25 @@ class PacketReceiver:
     def ssrcs(self) -> list[int]:
         """SSRCs currently tracked."""
         return list(self._streams)
+
+
+def _debursted_arrivals(released: list[Any]) -> list[float]:
+    """Arrival times with bursts undone, for placing packets on the timeline.
+
+    When the receiving thread stalls (GIL, a busy machine), packets that were sent 20 ms
+    apart are read together; taken at face value, the first of them looks late and would
+    shift the speech on the timeline. A packet cannot have been sent later than its
+    successor minus their RTP distance, so within one contiguous release each arrival is
+    capped by the next one's. This only ever moves arrivals earlier.
+    """
+    out = [r.arrival for r in released]
+    for i in range(len(released) - 2, -1, -1):
+        a, b = released[i], released[i + 1]
+        if b.new_stream:
+            continue
+        step = seq_diff(b.sequence, a.sequence)
+        if step >= 1 and ts_diff(b.timestamp, a.timestamp) == FRAME_SAMPLES * step:
+            cap = out[i + 1] - step * FRAME_SECONDS
+            if cap < out[i]:
+                out[i] = cap
+    return out

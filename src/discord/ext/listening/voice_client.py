@@ -1,0 +1,211 @@
+"""``listening.VoiceClient``: discord.py's VoiceClient that can also hear the channel."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Optional
+
+import discord
+from discord.voice_state import VoiceConnectionState
+
+from . import pool as _pool
+from .session import ListeningSession
+from .sink import AudioSink
+from .ssrc import SSRCMap
+from .stats import ListenStats
+from .transport import AES_GCM, XCHACHA20, transport_cipher
+
+if TYPE_CHECKING:
+    from .pool import AudioProcessPool
+
+__all__ = ("VoiceClient",)
+
+_log = logging.getLogger(__name__)
+
+AfterCallback = Callable[..., Coroutine[Any, Any, Any]]
+
+
+class VoiceClient(discord.VoiceClient):
+    """A :class:`discord.VoiceClient` that can listen as well as speak.
+
+    Connect with ``await channel.connect(cls=listening.VoiceClient)``, then call
+    :meth:`listen` with a sink. Everything :class:`discord.VoiceClient` does still works,
+    including playing audio while listening.
+
+    On top of discord.py's modes it negotiates ``aead_aes256_gcm_rtpsize`` first (Discord's
+    preferred mode, and the cheaper one to decrypt) and encrypts outgoing audio in it.
+    """
+
+    supported_modes = (AES_GCM, XCHACHA20) + tuple(
+        m for m in discord.VoiceClient.supported_modes if m not in (AES_GCM, XCHACHA20)
+    )  # type: ignore[assignment]
+
+    def __init__(self, client: discord.Client, channel: discord.abc.Connectable) -> None:
+        self._ssrc_map = SSRCMap()
+        self._listening: Optional[ListeningSession] = None
+        self._last_session: Optional[ListeningSession] = None
+        self._send_cipher: Any = None
+        self._send_cipher_key: Any = None
+        super().__init__(client, channel)
+
+    # -- connection plumbing -------------------------------------------------------------
+
+    def create_connection_state(self) -> VoiceConnectionState:
+        return VoiceConnectionState(self, hook=self._on_gateway_message)
+
+    async def _on_gateway_message(self, ws: Any, msg: dict[str, Any]) -> None:
+        # discord.py awaits this after its own handling of every JSON voice gateway message.
+        op = msg.get("op")
+        data = msg.get("d")
+        self._ssrc_map.update_from_gateway(op, data)  # type: ignore[arg-type]
+        session = self._listening
+        if session is not None:
+            session.on_gateway_message(op, data)
+
+    def _encrypt_aead_aes256_gcm_rtpsize(self, header: bytes, data: bytes) -> bytes:
+        key = self.secret_key
+        if self._send_cipher is None or self._send_cipher_key is not key:
+            self._send_cipher = transport_cipher(AES_GCM, bytes(key))
+            self._send_cipher_key = key
+        counter = self._incr_nonce
+        self.checked_add("_incr_nonce", 1, 4294967295)
+        return self._send_cipher.encrypt(bytes(header), bytes(data), counter)
+
+    def cleanup(self) -> None:
+        # discord.py calls this when the connection ends for good (disconnect, kick); a
+        # reconnect does not. Listening ends with it.
+        session = self._listening
+        if session is not None:
+            session.stop(reason="disconnected")
+        super().cleanup()
+
+    # -- listening -----------------------------------------------------------------------
+
+    def listen(
+        self,
+        sink: AudioSink,
+        processing_pool: Optional[AudioProcessPool] = None,
+        *,
+        decode: bool = True,
+        after: Optional[AfterCallback] = None,
+        jitter_depth: float = 0.06,
+        sink_queue_size: int = 5000,
+        **kwargs: Any,
+    ) -> None:
+        """Start receiving audio into ``sink``.
+
+        Parameters
+        ----------
+        sink: :class:`AudioSink`
+            Receives every user's frames (in order per user) and RTCP packets, on a
+            dedicated thread.
+        processing_pool: Optional[:class:`AudioProcessPool`]
+            The pool whose worker processes decode Opus. Defaults to the process-wide pool
+            from :func:`init_audio_processing_pool` (created on first use).
+        decode: :class:`bool`
+            ``False`` hands sinks the Opus packets instead of PCM (no decoding at all: the
+            cheapest way to record many speakers, e.g. into :class:`OggOpusAudioFile`).
+        after: Optional[Callable[..., Coroutine]]
+            A coroutine function awaited once when listening ends for any reason, as
+            ``await after(sink, error, **kwargs)``; ``error`` is ``None`` unless listening
+            ended because of an exception.
+        jitter_depth: :class:`float`
+            Seconds a packet may wait for the ones before it (reordering tolerance); also the
+            added latency after a loss.
+        sink_queue_size: :class:`int`
+            Frames buffered for a slow sink before frames are dropped (and counted).
+        **kwargs
+            Passed to ``after``.
+
+        Raises
+        ------
+        discord.ClientException
+            Not connected, or already listening.
+        TypeError
+            ``sink`` is not an :class:`AudioSink`, or ``after`` is not a coroutine function.
+        """
+        if not self.is_connected():
+            raise discord.ClientException("Not connected to voice.")
+        if not isinstance(sink, AudioSink):
+            raise TypeError(f"sink must be an AudioSink, not {type(sink).__name__}")
+        if after is not None and not asyncio.iscoroutinefunction(after):
+            raise TypeError("after must be a coroutine function (async def), called as after(sink, error, **kwargs)")
+        if self._listening is not None and not self._listening.done:
+            raise discord.ClientException("Already listening.")
+        if self._last_session is not None and not self._last_session.cleaned_up:
+            raise discord.ClientException(
+                "The previous listen() is still cleaning up; await wait_for_listen_ready() first."
+            )
+        if processing_pool is None and decode:
+            processing_pool = _pool.get_default_pool()
+        session = ListeningSession(
+            self,
+            sink,
+            processing_pool if decode else None,
+            ssrc_map=self._ssrc_map,
+            decode=decode,
+            after=after,
+            after_kwargs=kwargs,
+            jitter_depth=jitter_depth,
+            sink_queue_size=sink_queue_size,
+        )
+        self._listening = self._last_session = session
+        session.start()
+
+    def stop_listening(self) -> None:
+        """Stop listening; the sink's ``cleanup`` and ``after`` run once everything is flushed."""
+        session = self._listening
+        if session is not None:
+            session.stop()
+
+    def pause_listening(self) -> None:
+        """Pause: packets arriving while paused are dropped; the recording timeline keeps
+        running, so the paused span becomes silence in time-aligned outputs."""
+        if self._listening is not None:
+            self._listening.pause()
+
+    def resume_listening(self) -> None:
+        """Resume after :meth:`pause_listening`."""
+        if self._listening is not None:
+            self._listening.resume()
+
+    def is_listening(self) -> bool:
+        """Whether a :meth:`listen` is running (paused or not)."""
+        return self._listening is not None and not self._listening.done
+
+    def is_listening_paused(self) -> bool:
+        """Whether listening is paused."""
+        return self.is_listening() and self._listening.paused  # type: ignore[union-attr]
+
+    async def wait_for_listen_ready(self, timeout: Optional[float] = None) -> None:
+        """Wait until a new :meth:`listen` cannot collide with the last one.
+
+        Returns once the previous session has stopped, flushed and cleaned up its sink
+        (immediately if there was none).
+
+        Raises
+        ------
+        asyncio.TimeoutError
+            ``timeout`` seconds passed first.
+        """
+        session = self._last_session
+        if session is not None:
+            await asyncio.wait_for(session.wait_cleaned_up(), timeout)
+
+    @property
+    def listen_stats(self) -> Optional[ListenStats]:
+        """Counters of the current (or last) listening session, or ``None``."""
+        session = self._last_session
+        return session.stats if session is not None else None
+
+    @property
+    def ssrc_map(self) -> SSRCMap:
+        """Who owns which SSRC in this call, as far as the voice gateway said."""
+        return self._ssrc_map
+
+    @staticmethod
+    def init_audio_processing_pool(max_processes: int, **kwargs: Any) -> AudioProcessPool:
+        """Same as :func:`discord.ext.listening.init_audio_processing_pool`."""
+        return _pool.init_audio_processing_pool(max_processes, **kwargs)
+

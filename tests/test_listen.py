@@ -1,0 +1,292 @@
+"""VoiceClient.listen end to end: the emulator speaks real DAVE + transport-encrypted Opus over
+UDP on 127.0.0.1 to a real discord.py voice connection; the frames that come out of the sink
+must be what each member said, in order, for the right user."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+import discord
+from discord.ext import listening
+from discord.ext.listening.opus import OpusDecoder
+from discord.ext.listening.reorder import seq_diff
+from discord.ext.listening.stats import DropReason
+from discord.ext.listening.testing import SpurtRecord, VoiceServerEmulator, speechlike
+
+pytestmark = pytest.mark.timeout(90)
+
+
+class Collect(listening.AudioSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[listening.AudioFrame] = []
+        self.rtcp: list[listening.RTCPPacket] = []
+        self.stopped_at: int | None = None
+        self.cleaned = 0
+
+    def on_audio(self, frame: listening.AudioFrame) -> None:
+        self.frames.append(frame)
+
+    def on_rtcp(self, packet: listening.RTCPPacket) -> None:
+        self.rtcp.append(packet)
+
+    def on_stop(self, position: int) -> None:
+        self.stopped_at = position
+
+    def cleanup(self) -> None:
+        self.cleaned += 1
+
+    def by_user(self) -> dict[int | None, list[listening.AudioFrame]]:
+        out: dict[int | None, list[listening.AudioFrame]] = defaultdict(list)
+        for f in self.frames:
+            out[f.user_id].append(f)
+        return out
+
+
+def reference(spurts: list[SpurtRecord]) -> dict[int, bytes]:
+    """What a lossless receiver decodes for each sequence number of a member's spurts."""
+    dec = OpusDecoder()
+    return {f.sequence: dec.decode(f.opus) for s in spurts for f in s.frames}
+
+
+def corr(a: bytes, b: bytes) -> float:
+    x = np.frombuffer(a, np.int16).astype(float)
+    y = np.frombuffer(b, np.int16).astype(float)
+    d = np.linalg.norm(x) * np.linalg.norm(y)
+    return float(np.dot(x, y) / d) if d else (1.0 if not x.any() and not y.any() else 0.0)
+
+
+async def listen_until_done(vc: listening.VoiceClient, sink: listening.AudioSink, pool, **kw) -> asyncio.Event:
+    done = asyncio.Event()
+    results: list[object] = []
+
+    async def after(s: listening.AudioSink, exc: BaseException | None, **extra: object) -> None:
+        results.append((s, exc, extra))
+        done.set()
+
+    vc.listen(sink, pool, after=after, **kw)
+    done.results = results  # type: ignore[attr-defined]
+    return done
+
+
+async def test_three_members_under_dave_with_loss_reorder_and_jitter(pool) -> None:
+    async with VoiceServerEmulator(seed=11, loss=0.05, reorder=0.05, jitter=0.008) as server:
+        members = [await server.add_member(100 + i, f"m{i}") for i in range(3)]
+        vc = await server.connect(cls=listening.VoiceClient)
+        assert vc._connection.dave_protocol_version == 1 and vc._connection.dave_session.ready
+        assert vc.mode == "aead_aes256_gcm_rtpsize"
+        sink = Collect()
+        done = await listen_until_done(vc, sink, pool)
+        spurts = await asyncio.gather(*(m.speak(speechlike(2.0, seed=7 + i)) for i, m in enumerate(members)))
+        await server.drain()
+        await asyncio.sleep(0.3)
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 15)
+
+    frames = sink.by_user()
+    assert set(frames) == {100, 101, 102}, "frames for an unknown or wrong user"
+    refs = {m.user_id: reference([s]) for m, s in zip(members, spurts)}
+    concealed_total = 0
+    for m, spurt in zip(members, spurts):
+        got = frames[m.user_id]
+        seqs = [f.sequence for f in got]
+        assert all(seq_diff(b, a) == 1 for a, b in zip(seqs, seqs[1:])), "frames out of order or repeated"
+        audio_seqs = [f.sequence for f in spurt.audio_frames]
+        assert set(audio_seqs) <= set(seqs), "an audio frame neither decoded nor concealed"
+        decoded = [f for f in got if f.kind is listening.FrameKind.decoded and refs[m.user_id][f.sequence].count(0) < 3800]
+        scores = [corr(f.audio, refs[m.user_id][f.sequence]) for f in decoded]
+        assert np.median(scores) > 0.99 and np.mean(scores) > 0.9
+        # the same stretch of another member's speech does not match: attribution is right
+        mine = b"".join(f.audio for f in got[20:70])
+        for other, ref in refs.items():
+            if other != m.user_id:
+                theirs = b"".join(list(ref.values())[20:70])
+                assert abs(corr(mine, theirs)) < 0.3, "another member's audio in this user's frames"
+        concealed = [f for f in got if f.concealed]
+        assert all(f.kind in (listening.FrameKind.fec, listening.FrameKind.plc) for f in concealed)
+        concealed_total += len(concealed)
+        # within a spurt frames sit exactly 960 samples apart on the recording timeline
+        pos = [f.position for f in got]
+        assert all(b - a == 960 for a, b in zip(pos, pos[1:])), [(f.sequence, f.kind.value, f.position) for f in got if True][:0] or [(a.sequence, a.kind.value, a.position, b.sequence, b.kind.value, b.position) for a, b in zip(got, got[1:]) if b.position - a.position != 960]
+        assert all(isinstance(f.user, discord.Member) and f.user.id == m.user_id for f in got)
+    assert concealed_total > 5, "5% loss but nothing concealed: the impairment did not happen?"
+    stats = vc.listen_stats
+    assert stats is not None and stats.total.concealed == concealed_total
+    assert sink.cleaned == 1 and sink.stopped_at is not None
+    assert done.results[0][1] is None  # type: ignore[attr-defined]
+
+
+async def test_first_words_of_a_member_who_speaks_right_after_joining(pool) -> None:
+    async with VoiceServerEmulator(seed=5) as server:
+        await server.add_member(300, "early-bird-friend")
+        vc = await server.connect(cls=listening.VoiceClient)
+        sink = Collect()
+        done = await listen_until_done(vc, sink, pool)
+        # Joins and talks at once: SPEAKING comes after the first packet, the DAVE commit
+        # that gives the bot this member's key is still in flight.
+        member = await server.add_member(301, "early-bird")
+        spurt = await member.speak(speechlike(1.0, seed=3), speaking_event="after")
+        await server.drain()
+        await asyncio.sleep(0.3)
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 15)
+    got = sink.by_user()[301]
+    assert got, "nothing heard from the early speaker"
+    assert got[0].sequence == spurt.frames[0].sequence and got[0].kind is listening.FrameKind.decoded
+    ref = reference([spurt])
+    assert corr(got[0].audio, ref[got[0].sequence]) > 0.99
+    assert vc.listen_stats.user(301).dropped == {}
+
+
+async def test_sequence_and_timestamp_wrap_mid_speech_loses_nothing(pool) -> None:
+    async with VoiceServerEmulator(seed=2, dave=False) as server:
+        m = await server.add_member(400, "wrapper", sequence=65500, timestamp=2**32 - 960 * 40)
+        vc = await server.connect(cls=listening.VoiceClient)
+        sink = Collect()
+        done = await listen_until_done(vc, sink, pool)
+        spurt = await m.speak(speechlike(2.0, seed=9), realtime=False)
+        await server.drain()
+        await asyncio.sleep(0.4)
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 15)
+    got = sink.by_user()[400]
+    assert [f.sequence for f in got] == [f.sequence for f in spurt.frames]
+    assert all(f.kind is listening.FrameKind.decoded for f in got)
+    ref = reference([spurt])
+    assert all(f.audio == ref[f.sequence] for f in got)  # lossless and in order: bit exact
+    assert got[0].sequence > 65000 and got[-1].sequence < 100
+    pos = [f.position for f in got]
+    assert all(b - a == 960 for a, b in zip(pos, pos[1:]))
+
+
+async def test_garbage_forged_unknown_and_video_packets_are_counted_and_ignored(pool) -> None:
+    async with VoiceServerEmulator(seed=8) as server:
+        m = await server.add_member(500, "speaker")
+        vc = await server.connect(cls=listening.VoiceClient)
+        sink = Collect()
+        done = await listen_until_done(vc, sink, pool)
+        talk = asyncio.create_task(m.speak(speechlike(1.5, seed=4)))
+        for kind in ("garbage", "wrong_tag", "unknown_ssrc", "video"):
+            await server.inject(kind, member=m, count=20)
+            await asyncio.sleep(0.1)
+        spurt = await talk
+        await server.drain()
+        await asyncio.sleep(0.3)
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 15)
+    got = sink.by_user()
+    assert [f.sequence for f in got[500]] == [f.sequence for f in spurt.frames]
+    ref = reference([spurt])
+    assert all(f.audio == ref[f.sequence] for f in got[500])
+    dropped = vc.listen_stats.total.dropped
+    assert dropped[DropReason.auth_failed] >= 20
+    assert dropped[DropReason.not_audio] >= 20
+    assert dropped[DropReason.malformed] + dropped[DropReason.auth_failed] + dropped[DropReason.not_audio] >= 60
+    # unknown-SSRC audio is authentic (the server sent it) but nobody owns it: delivered as
+    # user None after the hold time, or counted; never attributed to the speaker
+    assert all(f.user_id in (500, None) for f in sink.frames)
+
+
+async def test_killing_a_decode_worker_mid_speech_keeps_listening(pool) -> None:
+    async with VoiceServerEmulator(seed=9, dave=False) as server:
+        m = await server.add_member(600, "survivor")
+        vc = await server.connect(cls=listening.VoiceClient)
+        sink = Collect()
+        done = await listen_until_done(vc, sink, pool)
+        talk = asyncio.create_task(m.speak(speechlike(3.0, seed=5)))
+        await asyncio.sleep(1.0)
+        victim = pool.worker_pids()[pool.worker_index(vc.guild.id)]
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        spurt = await talk
+        await server.drain()
+        await asyncio.sleep(0.5)
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 15)
+    got = sink.by_user()[600]
+    seqs = [f.sequence for f in got]
+    late = [f for f in got if f.sequence in {x.sequence for x in spurt.frames[-40:]}]
+    assert len(late) >= 35, "listening did not go on after the worker died"
+    assert all(seq_diff(b, a) > 0 for a, b in zip(seqs, seqs[1:]))
+    stats = vc.listen_stats.user(600)
+    sent = len(spurt.frames)
+    assert stats.frames + stats.dropped[DropReason.worker_lost] >= sent - 1  # every frame accounted for
+
+
+async def test_stop_pause_resume_and_listen_again(pool) -> None:
+    async with VoiceServerEmulator(seed=4, dave=False) as server:
+        m = await server.add_member(700, "talker")
+        vc = await server.connect(cls=listening.VoiceClient)
+        assert not vc.is_listening()
+        with pytest.raises(TypeError):
+            vc.listen(object(), pool)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            vc.listen(Collect(), pool, after=lambda *a: None)  # type: ignore[arg-type]
+        sink = Collect()
+        done = await listen_until_done(vc, sink, pool, marker="first")
+        assert vc.is_listening() and not vc.is_listening_paused()
+        with pytest.raises(discord.ClientException):
+            vc.listen(Collect(), pool)
+        await m.speak(speechlike(0.5, seed=1))
+        await asyncio.sleep(0.2)
+        vc.pause_listening()
+        assert vc.is_listening_paused()
+        await m.speak(speechlike(0.5, seed=2))  # unheard
+        await asyncio.sleep(0.2)
+        vc.resume_listening()
+        third = await m.speak(speechlike(0.5, seed=3))
+        await asyncio.sleep(0.3)
+        vc.stop_listening()
+        vc.stop_listening()  # idempotent
+        await vc.wait_for_listen_ready(timeout=10)
+        assert done.is_set() and done.results == [(sink, None, {"marker": "first"})]  # type: ignore[attr-defined]
+        assert sink.cleaned == 1
+        heard = {f.sequence for f in sink.frames}
+        assert {f.sequence for f in third.frames} <= heard
+        assert vc.listen_stats.user(700).dropped[DropReason.paused] >= 25
+        # the paused span is silence on the timeline: the third spurt sits after it
+        first_pos = min(f.position for f in sink.frames)
+        third_pos = min(f.position for f in sink.frames if f.sequence == third.frames[0].sequence)
+        assert (third_pos - first_pos) / 48000 > 1.2
+
+        # listen again on the same connection
+        sink2 = Collect()
+        done2 = await listen_until_done(vc, sink2, pool)
+        again = await m.speak(speechlike(0.4, seed=6))
+        await asyncio.sleep(0.3)
+        # a disconnect while listening ends listening through after()
+        await vc.disconnect()
+        await asyncio.wait_for(done2.wait(), 10)
+        assert {f.sequence for f in again.frames} <= {f.sequence for f in sink2.frames}
+        assert not vc.is_listening()
+
+
+async def test_member_leaves_and_another_joins_mid_recording(pool) -> None:
+    async with VoiceServerEmulator(seed=6) as server:
+        a = await server.add_member(800, "leaver")
+        b = await server.add_member(801, "stayer")
+        vc = await server.connect(cls=listening.VoiceClient)
+        sink = Collect()
+        done = await listen_until_done(vc, sink, pool)
+        s1 = await asyncio.gather(a.speak(speechlike(0.6, seed=1)), b.speak(speechlike(0.6, seed=2)))
+        await a.leave()
+        c = await server.add_member(802, "joiner")
+        await server.wait_dave_ready()
+        s2 = await asyncio.gather(b.speak(speechlike(0.6, seed=3)), c.speak(speechlike(0.6, seed=4)))
+        await server.drain()
+        await asyncio.sleep(0.3)
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 15)
+    got = sink.by_user()
+    for member, spurt in [(a, s1[0]), (b, s1[1]), (b, s2[0]), (c, s2[1])]:
+        ref = reference([spurt])
+        heard = {f.sequence: f for f in got[member.user_id]}
+        assert set(ref) <= set(heard), f"lost audio of {member.name}"
+        assert all(heard[s].kind is listening.FrameKind.decoded for s in ref)
+    assert vc.listen_stats.total.dropped == {}
