@@ -290,3 +290,119 @@ async def test_member_leaves_and_another_joins_mid_recording(pool) -> None:
         assert set(ref) <= set(heard), f"lost audio of {member.name}"
         assert all(heard[s].kind is listening.FrameKind.decoded for s in ref)
     assert vc.listen_stats.total.dropped == {}
+
+
+async def test_reconnects_keep_the_same_sink_and_users(pool) -> None:
+    async with VoiceServerEmulator(seed=12) as server:
+        m = await server.add_member(900, "steady")
+        vc = await server.connect(cls=listening.VoiceClient)
+        sink = Collect()
+        done = await listen_until_done(vc, sink, pool)
+        spurts = [await m.speak(speechlike(0.5, seed=1))]
+        await asyncio.sleep(0.2)
+
+        # discord.py rebuilds its DAVE session on every SESSION_DESCRIPTION, so each of these
+        # costs one MLS epoch; speech resumes once the bot is back in the group.
+        async def rejoined(epoch: int) -> None:
+            session = vc._connection.dave_session
+            await server.wait_until(lambda: session.ready and (session.epoch or 0) > epoch, what="DAVE re-join")
+
+        epoch = vc._connection.dave_session.epoch
+        await server.close_voice(4015)  # voice server crashed: discord.py resumes
+        await server.wait_for_op(7)  # RESUME
+        await server.wait_until(vc.is_connected, what="resumed")
+        await rejoined(epoch)
+        spurts.append(await m.speak(speechlike(0.5, seed=2)))
+        await asyncio.sleep(0.2)
+
+        epoch = vc._connection.dave_session.epoch
+        await server.new_session_key()  # a new SESSION_DESCRIPTION key mid-call
+        await rejoined(epoch)
+        spurts.append(await m.speak(speechlike(0.5, seed=3)))
+        await asyncio.sleep(0.2)
+
+        # moved to another channel: new voice session, new SSRCs, same listen()
+        other = await server.add_member(901, "over-there", channel=server.other_channel)
+        await server.move_bot(server.other_channel)
+        await server.wait_until(lambda: vc.is_connected() and vc.channel.id == server.other_channel.id, what="moved")
+        await server.wait_dave_ready()
+        moved = await other.speak(speechlike(0.5, seed=4))
+        await server.drain()
+        await asyncio.sleep(0.3)
+        assert vc.is_listening()
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 15)
+    got = sink.by_user()
+    heard = {f.sequence for f in got[900] if f.kind is listening.FrameKind.decoded}
+    for spurt in spurts:
+        assert {f.sequence for f in spurt.audio_frames} <= heard
+    assert {f.sequence for f in moved.audio_frames} <= {f.sequence for f in got[901]}
+    assert set(got) == {900, 901}
+    assert sink.cleaned == 1
+
+
+async def test_speaking_events_slow_and_failing_sinks(pool) -> None:
+    class Slow(listening.AudioSink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.frames = 0
+
+        def on_audio(self, frame: listening.AudioFrame) -> None:
+            import time
+
+            time.sleep(0.03)  # slower than real time: 20 ms of audio takes 30 ms
+            self.frames += 1
+
+    class Broken(Collect):
+        def on_audio(self, frame: listening.AudioFrame) -> None:
+            super().on_audio(frame)
+            raise RuntimeError("user code bug")
+
+    async with VoiceServerEmulator(seed=13, dave=False) as server:
+        m = await server.add_member(950, "chatty")
+        vc = await server.connect(cls=listening.VoiceClient)
+        started = asyncio.ensure_future(server.client.wait_for("voice_member_speaking_start", timeout=10))
+        stopped = asyncio.ensure_future(server.client.wait_for("voice_member_speaking_stop", timeout=10))
+        slow = Slow()
+        done = await listen_until_done(vc, slow, pool, sink_queue_size=10)
+        spurt = await m.speak(speechlike(1.0, seed=8))
+        assert (await started).id == 950
+        assert (await stopped).id == 950
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 20)
+        stats = vc.listen_stats.user(950)
+        # a slow sink costs counted drops, never a blocked receiver or lost accounting
+        assert stats.dropped[DropReason.sink_overflow] > 0
+        assert slow.frames == stats.frames
+        assert stats.frames + stats.dropped[DropReason.sink_overflow] == len(spurt.frames)
+
+        await vc.wait_for_listen_ready(timeout=10)
+        broken = Broken()
+        done = await listen_until_done(vc, broken, pool)
+        spurt = await m.speak(speechlike(0.5, seed=9))
+        await asyncio.sleep(0.3)
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 10)
+        assert [f.sequence for f in broken.frames] == [f.sequence for f in spurt.frames]
+        assert broken.cleaned == 1 and done.results[0][1] is None  # type: ignore[attr-defined]
+
+
+async def test_playing_while_listening_in_aes_gcm(pool) -> None:
+    async with VoiceServerEmulator(seed=14) as server:
+        m = await server.add_member(960, "listener-friend")
+        vc = await server.connect(cls=listening.VoiceClient)
+        assert vc.mode == "aead_aes256_gcm_rtpsize"
+        sink = Collect()
+        done = await listen_until_done(vc, sink, pool)
+        frames = [bytes([0xFC]) + bytes([i]) * 40 for i in range(1, 11)]
+        talk = asyncio.create_task(m.speak(speechlike(0.6, seed=10)))
+        for f in frames:
+            vc.send_audio_packet(f, encode=False)
+            await asyncio.sleep(0.02)
+        spurt = await talk
+        await server.wait_until(lambda: len(server.received_from_bot) >= len(frames), what="bot audio")
+        await asyncio.sleep(0.3)
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 10)
+    assert [p.opus for p in server.received_from_bot[-len(frames):]] == frames
+    assert {f.sequence for f in spurt.frames} <= {f.sequence for f in sink.by_user()[960]}

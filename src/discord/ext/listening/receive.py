@@ -40,6 +40,10 @@ _log = logging.getLogger(__name__)
 
 _AUDIO: Final = davey.MediaType.audio
 FRAME_SECONDS: Final = FRAME_SAMPLES / SAMPLE_RATE
+#: Seconds around a transport key change during which either key is accepted.
+KEY_GRACE: Final = 1.0
+#: Packets that failed authentication kept for a retry when the key changes.
+MAX_PARKED: Final = 64
 #: A talker is "stopped" after this long without a packet (senders stop sending in silence).
 SPEAKING_TIMEOUT: Final = 0.25
 #: ValueError texts from davey meaning "the key is not here yet" (worth holding and retrying).
@@ -168,6 +172,14 @@ class PacketReceiver:
         self._cipher: Optional[TransportCipher] = None
         self._cipher_key: Any = None
         self._cipher_mode: Optional[str] = None
+        # Around a key change the UDP and websocket paths race: packets sealed with the new
+        # key can arrive before SESSION_DESCRIPTION does, and ones sealed with the old key
+        # after it. The old cipher stays usable for a grace period, and packets that fail
+        # authentication are parked (bounded) and retried once when the key changes.
+        self._prev_cipher: Optional[TransportCipher] = None
+        self._prev_until = 0.0
+        self._parked: deque[tuple[bytes, float]] = deque()
+        self._key_changed = False
         self.paused = False
 
     # -- socket thread -------------------------------------------------------------------
@@ -179,7 +191,8 @@ class PacketReceiver:
         # the key changed without comparing 32 bytes per packet.
         if key is not self._cipher_key or mode is not self._cipher_mode:
             self._cipher_key, self._cipher_mode = key, mode
-            self._cipher = None
+            self._prev_cipher, self._cipher = self._cipher, None
+            self._key_changed = True
             if key and mode:
                 try:
                     self._cipher = transport_cipher(mode, bytes(key))
@@ -218,6 +231,34 @@ class PacketReceiver:
         return packets
 
     def _rtp(self, data: bytes, now: float) -> None:
+        self._rtp_one(data, now)
+        if self._key_changed:
+            self._key_changed = False
+            self._prev_until = now + KEY_GRACE
+            parked, self._parked = list(self._parked), deque()
+            for old, arrival in parked:
+                self._rtp_one(old, arrival, retry=True)
+
+    def _park(self, data: bytes, now: float) -> None:
+        parked = self._parked
+        while parked and (len(parked) >= MAX_PARKED or now - parked[0][1] > KEY_GRACE):
+            parked.popleft()
+            self.stats.drop_unattributed(DropReason.auth_failed)
+        parked.append((data, now))
+
+    def _open(self, cipher: TransportCipher, data: bytes, aad_length: int, now: float) -> Optional[bytes]:
+        try:
+            return cipher.decrypt(data, aad_length)
+        except DecryptionFailed:
+            prev = self._prev_cipher
+            if prev is not None and now < self._prev_until:
+                try:
+                    return prev.decrypt(data, aad_length)
+                except DecryptionFailed:
+                    pass
+            return None
+
+    def _rtp_one(self, data: bytes, now: float, retry: bool = False) -> None:
         stats = self.stats
         if len(data) == 74 and data[1] == 0x02:
             return  # an IP discovery reply: discord.py's own business
@@ -231,14 +272,15 @@ class PacketReceiver:
             stats.drop(self._map.user_for(ssrc), DropReason.not_audio)
             return
         cipher = self._current_cipher()
-        if cipher is None:
-            stats.drop_unattributed(DropReason.auth_failed)
+        plain = None if cipher is None else self._open(cipher, data, header.aad_length, now)
+        if plain is None:
+            if retry:
+                stats.drop_unattributed(DropReason.auth_failed)
+            else:
+                self._park(data, now)
             return
         try:
-            ext, payload = split_plaintext(cipher.decrypt(data, header.aad_length), header)
-        except DecryptionFailed:
-            stats.drop_unattributed(DropReason.auth_failed)
-            return
+            ext, payload = split_plaintext(plain, header)
         except MalformedPacket:
             stats.drop(self._map.user_for(ssrc), DropReason.malformed)
             return
@@ -298,6 +340,9 @@ class PacketReceiver:
             for stream in self._streams.values():
                 self._place(stream, stream.buffer.flush())
                 self._decrypt_pending(stream, now, out, final=True)
+        if self._parked:
+            self.stats.drop_unattributed(DropReason.auth_failed, len(self._parked))
+            self._parked.clear()
         return out
 
     def reset_streams(self, now: float) -> list[ReceivedPacket]:
@@ -365,6 +410,7 @@ class PacketReceiver:
                     if may_wait and any(tag in text for tag in _RETRYABLE_DAVE):
                         return  # the key for this user arrives with the next commit/welcome
                     unencrypted = "Unencrypted" in text
+                    _log.debug("DAVE frame of user %s seq %d not decryptable: %s", user_id, p.sequence, text)
                     self._drop_head(stream, DropReason.unencrypted if unencrypted else DropReason.undecryptable)
                     continue
             elif user_id is None and may_wait:
