@@ -14,6 +14,16 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .file_sink import AudioFileSink, Mixer
+from .files import (
+    AudioFile,
+    FLACAudioFile,
+    MP3AudioFile,
+    OggOpusAudioFile,
+    RecordingError,
+    WaveAudioFile,
+    repair_wav,
+)
 from .frames import AudioFrame, FrameKind
 from .opus import OpusDecoder, OpusEncoder
 from .pool import AudioProcessPool, init_audio_processing_pool
@@ -40,6 +50,15 @@ __all__ = (
     "AudioSink",
     "AudioHandlingSink",
     "FanOutSink",
+    "AudioFileSink",
+    "Mixer",
+    "AudioFile",
+    "WaveAudioFile",
+    "MP3AudioFile",
+    "FLACAudioFile",
+    "OggOpusAudioFile",
+    "RecordingError",
+    "repair_wav",
     "RTCPMessageType",
     "RTCPPacket",
     "SenderReport",

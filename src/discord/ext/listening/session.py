@@ -39,9 +39,12 @@ __all__ = ("ListeningSession",)
 _log = logging.getLogger(__name__)
 
 PUMP_INTERVAL = 0.01
+#: Seconds between ``on_tick`` calls to the sink (file sinks flush to disk on it).
+TICK_INTERVAL = 0.5
 #: How long stop() waits for frames still inside the decode workers.
 DRAIN_TIMEOUT = 5.0
 _STOP = object()
+_TICK = object()
 
 
 class ListeningSession:
@@ -156,8 +159,13 @@ class ListeningSession:
 
     def _pump(self) -> None:
         try:
+            next_tick = time.monotonic() + TICK_INTERVAL
             while not self._stopping.wait(PUMP_INTERVAL):
-                packets, changes = self.receiver.poll(time.monotonic())
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + TICK_INTERVAL
+                    self._enqueue(_TICK, None)
+                packets, changes = self.receiver.poll(now)
                 if packets:
                     self._submit(packets)
                 if changes:
@@ -260,7 +268,8 @@ class ListeningSession:
         try:
             self._queue.put_nowait(item)
         except queue.Full:
-            self.stats.drop(user_id, DropReason.sink_overflow)
+            if isinstance(item, AudioFrame):
+                self.stats.drop(user_id, DropReason.sink_overflow)
 
     def _put_blocking(self, item: Any) -> None:
         # The stop marker must get in even if the sink is slow; bounded wait, then make room.
@@ -288,7 +297,9 @@ class ListeningSession:
             item = self._queue.get()
             if item is _STOP:
                 break
-            if isinstance(item, AudioFrame):
+            if item is _TICK:
+                self._call_sink("on_tick", self.position())
+            elif isinstance(item, AudioFrame):
                 self.stats.add(item.user_id, "frames")
                 try:
                     sink.on_audio(item)
@@ -302,7 +313,7 @@ class ListeningSession:
 
     def _finish(self) -> None:
         self.cleaned_up = True
-        error = self._error
+        error = self._error or getattr(self.sink, "error", None)
         _log.info("listening ended in guild %s (%s): %r", self.voice_client.guild.id, self._stop_reason, self.stats)
 
         async def finish() -> None:

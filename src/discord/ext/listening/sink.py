@@ -27,7 +27,15 @@ class AudioSink:
     Override any of the methods; the defaults do nothing. A subclass that calls
     ``super().__init__()`` and overrides :meth:`on_audio`, :meth:`on_rtcp` and
     :meth:`cleanup` is a working sink.
+
+    Attributes
+    ----------
+    error: Optional[:class:`BaseException`]
+        A sink that fails for good (a full disk...) sets this; the ``after`` callback of
+        :meth:`VoiceClient.listen` then receives it as its error.
     """
+
+    error: "BaseException | None" = None
 
     def __init__(self) -> None:
         pass
@@ -44,6 +52,16 @@ class AudioSink:
 
     def on_rtcp(self, packet: RTCPPacket) -> None:
         """Called for every RTCP packet received (sender reports, goodbyes...)."""
+
+    def on_tick(self, position: int) -> None:
+        """Called about every half second while listening, between frames.
+
+        Parameters
+        ----------
+        position: :class:`int`
+            The recording timeline's current sample position (48 kHz). Frames still in the
+            pipeline (jitter buffer, decoders) may arrive later with smaller positions.
+        """
 
     def on_stop(self, position: int) -> None:
         """Called once when listening ends, before :meth:`cleanup`.
@@ -117,6 +135,9 @@ class FanOutSink(AudioSink):
 
     def on_rtcp(self, packet: RTCPPacket) -> None:
         self._each("on_rtcp", packet)
+
+    def on_tick(self, position: int) -> None:
+        self._each("on_tick", position)
 
     def on_stop(self, position: int) -> None:
         self._each("on_stop", position)

@@ -1,0 +1,261 @@
+"""AudioFileSink: one file per user (and optionally a mixed track), all on one timeline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from .files import AudioFile, RecordingError, render_filename, unique_path
+from .frames import AudioFrame, FrameKind
+from .opus import CHANNELS, SAMPLE_RATE, OpusDecoder
+from .sink import AudioSink
+
+__all__ = ("AudioFileSink", "Mixer")
+
+_log = logging.getLogger(__name__)
+
+StrPath = Union[str, "os.PathLike[str]"]
+
+
+class Mixer:
+    """Sums every user's frames into one track, streamed to an :class:`AudioFile`.
+
+    Frames of different users reach the sink at different times (each user's pipeline runs
+    at its own pace), so the mix is kept in a sliding window of ``window`` seconds and only
+    the part older than the newest frame minus the window is written. A frame older than the
+    window is too late to be mixed: it is counted in :attr:`late_frames`. Memory is fixed:
+    ``window`` seconds of 32-bit stereo samples.
+
+    The written mix equals the sum of the users' tracks, clipped to 16 bits, sample for
+    sample.
+    """
+
+    def __init__(self, file: AudioFile, *, window: float = 10.0) -> None:
+        if not 1.0 <= window <= 600.0:
+            raise ValueError(f"window must be within 1..600 seconds, got {window!r}")
+        self.file = file
+        self._size = int(window * SAMPLE_RATE)
+        # A ring over the timeline: position p lives at index p % size.
+        self._buf = np.zeros((self._size, CHANNELS), dtype=np.int32)
+        self._written = 0  # everything before this position is in the file
+        self._newest = 0
+        self._decoders: dict[int, OpusDecoder] = {}
+        #: Frames that arrived after their part of the mix was written.
+        self.late_frames = 0
+
+    def add(self, frame: AudioFrame) -> None:
+        """Add one frame (PCM, or Opus which is decoded here) at its timeline position."""
+        audio = frame.audio
+        if frame.kind is FrameKind.opus:
+            dec = self._decoders.get(frame.ssrc)
+            if dec is None:
+                dec = self._decoders[frame.ssrc] = OpusDecoder()
+            try:
+                audio = dec.decode(audio)
+            except Exception:
+                return
+        samples = np.frombuffer(audio, dtype="<i2").reshape(-1, CHANNELS)
+        start = frame.position
+        if start < self._written:
+            skip = self._written - start
+            if skip >= len(samples):
+                self.late_frames += 1
+                return
+            samples, start = samples[skip:], self._written
+        end = start + len(samples)
+        if end - self._written > self._size:
+            self._flush_to(end - self._size)
+        i = start % self._size
+        n = len(samples)
+        first = min(n, self._size - i)
+        self._buf[i : i + first] += samples[:first]
+        if first < n:
+            self._buf[: n - first] += samples[first:]
+        if end > self._newest:
+            self._newest = end
+
+    def _flush_to(self, position: int) -> None:
+        # Write [written, position) and zero it for reuse.
+        while self._written < position:
+            i = self._written % self._size
+            n = min(position - self._written, self._size - i, SAMPLE_RATE)
+            block = self._buf[i : i + n]
+            pcm = np.clip(block, -32768, 32767).astype("<i2").tobytes()
+            self.file.write_pcm(pcm, self._written)
+            block[:] = 0
+            self._written += n
+
+    def flush(self, position: Optional[int] = None) -> None:
+        """Write everything up to ``position`` (default: the newest sample)."""
+        self._flush_to(self._newest if position is None else max(position, self._written))
+
+
+class AudioFileSink(AudioSink):
+    """Records every user into their own file, sample-aligned, optionally with a mixed track.
+
+    Every file starts at the moment listening started and all of them end on the same
+    sample, so they can be laid on top of each other in any editor. A user whose SSRC
+    changes (a reconnect) continues the same file.
+
+    Parameters
+    ----------
+    file_type: Type[:class:`AudioFile`]
+        :class:`WaveAudioFile`, :class:`FLACAudioFile`, :class:`MP3AudioFile` or
+        :class:`OggOpusAudioFile` (use ``listen(decode=False)`` with the latter to store the
+        received Opus without decoding it).
+    output_dir: Union[:class:`str`, :class:`os.PathLike`]
+        Directory for the files (created if missing).
+    mixed: :class:`bool`
+        Also write ``mixed.<ext>``: the sum of everyone.
+    filename: :class:`str`
+        Template for per-user file names; fields ``{user_id}``, ``{user_name}``,
+        ``{display_name}``, ``{start}`` (a datetime: ``{start:%Y%m%d-%H%M%S}``), ``{ssrc}``.
+        Names are sanitized and never collide.
+    mix_window: :class:`float`
+        Seconds of audio the mixer waits for late frames (see :class:`Mixer`).
+    **file_options
+        Passed to every file (e.g. ``bitrate=`` for MP3, ``sync_interval=``).
+
+    Attributes
+    ----------
+    output_files: Dict[Optional[:class:`int`], :class:`AudioFile`]
+        The per-user files by user id (``None``: audio of an SSRC never mapped to a user).
+    mixed_file: Optional[:class:`AudioFile`]
+        The mixed track, when ``mixed=True``.
+    error: Optional[:class:`RecordingError`]
+        The first file error (full disk, unwritable directory); listening's ``after``
+        receives it. Other files keep recording.
+    """
+
+    def __init__(
+        self,
+        file_type: type[AudioFile],
+        output_dir: StrPath = ".",
+        *,
+        mixed: bool = False,
+        filename: str = "{user_id}-{user_name}",
+        mix_window: float = 10.0,
+        **file_options: Any,
+    ) -> None:
+        super().__init__()
+        if not (isinstance(file_type, type) and issubclass(file_type, AudioFile)):
+            raise TypeError(f"file_type must be an AudioFile subclass such as WaveAudioFile, got {file_type!r}")
+        self.file_type = file_type
+        self.output_dir = Path(output_dir)
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RecordingError(f"cannot create the output directory {self.output_dir}: {exc.strerror}") from exc
+        if not os.access(self.output_dir, os.W_OK):
+            raise RecordingError(f"the output directory {self.output_dir} is not writable")
+        self.filename = filename
+        self.file_options = file_options
+        self.started = datetime.now(timezone.utc)
+        self.output_files: dict[Optional[int], AudioFile] = {}
+        self.mixed_file: Optional[AudioFile] = None
+        self.error: Optional[BaseException] = None
+        self._lock = threading.Lock()
+        self._failed: set[Optional[int]] = set()
+        self._mixer: Optional[Mixer] = None
+        self._closed = False
+        if mixed:
+            path = unique_path(self.output_dir, f"mixed{file_type.extension}")
+            self.mixed_file = file_type(path, **file_options)
+            self._mixer = Mixer(self.mixed_file, window=mix_window)
+
+    def __repr__(self) -> str:
+        return f"<AudioFileSink {self.file_type.__name__} dir={str(self.output_dir)!r} users={len(self.output_files)}>"
+
+    def _file_for(self, frame: AudioFrame) -> AudioFile:
+        key = frame.user_id
+        f = self.output_files.get(key)
+        if f is None:
+            user = frame.user
+            name = getattr(user, "name", None)
+            display = getattr(user, "display_name", None)
+            stem = render_filename(
+                self.filename, user_id=key, user_name=name, display_name=display, start=self.started,
+                ssrc=frame.ssrc, ext=self.file_type.extension.lstrip("."),
+            )
+            path = unique_path(self.output_dir, stem if stem.endswith(self.file_type.extension) else stem + self.file_type.extension)
+            f = self.file_type(path, **self.file_options)
+            self.output_files[key] = f
+        return f
+
+    def _fail(self, key: object, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        _log.error("recording %s failed: %s", key, exc)
+
+    def on_audio(self, frame: AudioFrame) -> None:
+        key = frame.user_id
+        if key not in self._failed:
+            try:
+                self._file_for(frame).write(frame)
+            except (RecordingError, OSError) as exc:
+                self._failed.add(key)
+                self._fail(key, exc)
+        if self._mixer is not None and "mixed" not in self._failed:
+            try:
+                self._mixer.add(frame)
+            except (RecordingError, OSError) as exc:
+                self._failed.add("mixed")  # type: ignore[arg-type]
+                self._fail("the mixed track", exc)
+
+    def on_tick(self, position: int) -> None:
+        """Flush buffered audio to disk (called periodically while listening)."""
+        for key, f in list(self.output_files.items()):
+            if key not in self._failed:
+                try:
+                    f.sync()
+                except (RecordingError, OSError) as exc:
+                    self._failed.add(key)
+                    self._fail(key, exc)
+
+    def on_stop(self, position: int) -> None:
+        """Extend every file with silence to the recording's end so all end on one sample."""
+        if self._mixer is not None and "mixed" not in self._failed:
+            try:
+                self._mixer.flush(position)
+                self._mixer.file.pad_to(position)
+            except (RecordingError, OSError) as exc:
+                self._failed.add("mixed")  # type: ignore[arg-type]
+                self._fail("the mixed track", exc)
+        for key, f in self.output_files.items():
+            if key not in self._failed:
+                try:
+                    f.pad_to(max(position, f.end_position))
+                except (RecordingError, OSError) as exc:
+                    self._failed.add(key)
+                    self._fail(key, exc)
+
+    def cleanup(self) -> None:
+        """Close every file (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for f in [*self.output_files.values(), *([self.mixed_file] if self.mixed_file else [])]:
+            try:
+                f.close()
+            except Exception as exc:  # keep closing the others
+                self._fail(f.path, exc)
+
+    async def convert_files(self) -> list[Path]:
+        """Finish every file off the event loop; returns their paths (per-user files, then mixed)."""
+        files = [*self.output_files.values(), *([self.mixed_file] if self.mixed_file else [])]
+        paths = await asyncio.gather(*(f.convert() for f in files), return_exceptions=True)
+        out: list[Path] = []
+        for f, p in zip(files, paths):
+            if isinstance(p, BaseException):
+                self._fail(f.path, p)
+            else:
+                out.append(p)
+        return out
