@@ -1,0 +1,122 @@
+"""The demo: record simulated members through the real pipeline, with no token and no network.
+
+A local voice server (:class:`~.testing.VoiceServerEmulator`) plays Discord; four members
+speak bundled speech clips over DAVE-encrypted RTP with some packet loss; a real
+discord.py voice client with :meth:`VoiceClient.listen` records them into per-user files
+and a mixed file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import av
+import numpy as np
+
+from .file_sink import AudioFileSink
+from .files import FORMATS, AudioFile
+from .pool import AudioProcessPool
+from .report import ProgressPrinter, SpeechMeter, summary_table
+from .sink import FanOutSink
+from .voice_client import VoiceClient
+
+__all__ = ("load_clip", "run_demo", "CLIPS")
+
+_log = logging.getLogger(__name__)
+
+#: Who says what, when: (user id, name, clip, seconds after recording starts, join late?)
+CLIPS: tuple[tuple[int, str, str, float, bool], ...] = (
+    (1001, "alice", "alice", 0.3, False),
+    (1002, "bob", "bob", 2.0, False),
+    (1003, "carol", "carol", 4.0, False),
+    (1004, "dave", "dave", 5.5, True),
+)
+
+
+def load_clip(name: str) -> bytes:
+    """Decode a bundled speech clip to 48 kHz stereo s16le PCM."""
+    ref = resources.files(__package__).joinpath("data", f"{name}.opus")
+    with resources.as_file(ref) as path, av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="s16", layout="stereo", rate=48000)
+        chunks = []
+        for frame in container.decode(audio=0):
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().reshape(-1))
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1))
+    return np.concatenate(chunks).astype("<i2").tobytes()
+
+
+async def run_demo(
+    output: Path, *, file_format: str = "wav", loss: float = 0.03, seed: int = 1, workers: int = 2,
+    clips: Optional[int] = None, progress_interval: float = 1.0,
+) -> int:
+    """Run the demo; returns the process exit code."""
+    file_type: type[AudioFile] = FORMATS[file_format]
+    start = datetime.now()
+    out_dir = output / start.strftime("%Y-%m-%d_%H-%M-%S")
+    plan = CLIPS[: clips or len(CLIPS)]
+    pcm = {name: load_clip(clip) for _, name, clip, _, _ in plan}
+    print(f"discord-ext-listening demo: {len(plan)} simulated members, DAVE on, {loss:.0%} packet loss")
+    print(f"recording to {out_dir}/ as {file_format}\n")
+    with AudioProcessPool(workers) as pool:
+        from .testing import VoiceServerEmulator  # the emulator is only needed by the demo
+
+        async with VoiceServerEmulator(dave=True, loss=loss, jitter=0.004, seed=seed) as server:
+            members = {}
+            for uid, name, _, _, late in plan:
+                members[uid] = await server.add_member(uid, name, join=not late)
+            vc = await server.connect(cls=VoiceClient)
+            print(f"connected: {vc.channel.name!r} in {vc.guild.name!r}, mode {vc.mode}, "
+                  f"DAVE v{vc._connection.dave_protocol_version} epoch {vc._connection.dave_session.epoch}")
+            files = AudioFileSink(file_type, out_dir, mixed=True, filename="{user_name}")
+            meter = SpeechMeter()
+            finished = asyncio.Event()
+            result: dict[str, Any] = {}
+
+            async def after(sink: Any, error: Optional[BaseException]) -> None:
+                result["error"] = error
+                finished.set()
+
+            vc.listen(FanOutSink(files, meter), pool, after=after)
+            names = {uid: name for uid, name, _, _, _ in plan}
+            progress = ProgressPrinter(vc.listen_stats, meter, names)  # type: ignore[arg-type]
+
+            async def talk(uid: int, name: str, at: float, late: bool) -> None:
+                await asyncio.sleep(max(0.0, at - 0.4) if late else at)
+                if late:
+                    await members[uid].join()
+                    print(f"[{progress.line().split(']')[0][1:]}] {name} joined the call (new DAVE epoch)")
+                    await asyncio.sleep(0.4)
+                await members[uid].speak(pcm[name])
+
+            talks = asyncio.gather(*(talk(uid, name, at, late) for uid, name, _, at, late in plan))
+            while not talks.done():
+                await asyncio.wait([talks], timeout=progress_interval)
+                progress.print()
+            await talks
+            await server.drain()
+            await asyncio.sleep(0.3)
+            vc.stop_listening()
+            await asyncio.wait_for(finished.wait(), 30)
+            paths = await files.convert_files()
+            await vc.disconnect()
+    stats = vc.listen_stats
+    assert stats is not None
+    by_user = {uid: f.path for uid, f in files.output_files.items()}
+    print()
+    print(summary_table(stats, meter, by_user, names, files.mixed_file.path if files.mixed_file else None))
+    total = stats.total
+    print(
+        f"\n{total.received} packets, {total.lost} lost on the network and concealed "
+        f"({total.concealed} frames), {sum(total.dropped.values())} dropped; {len(paths)} files written."
+    )
+    if result.get("error") is not None:
+        print(f"error: {result['error']}")
+        return 1
+    return 0
