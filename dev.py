@@ -42,11 +42,17 @@ def ensure_env() -> None:
     digest = _project_digest()
     if STAMP.exists() and STAMP.read_text() == digest:
         return
-    print("installing discord-ext-listening and its test dependencies into .venv", flush=True)
-    subprocess.check_call(
+    print("installing discord-ext-listening and its test dependencies into .venv (wheels from PyPI)", flush=True)
+    done = subprocess.run(
         [str(PY), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-warn-script-location", "-e", ".[test]"],
         cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
+    if done.returncode:
+        # pip's own output only matters when it failed; build back-end chatter hides the result.
+        sys.stderr.write(done.stdout + done.stderr)
+        sys.exit(f"installing into {VENV} failed (pip exit code {done.returncode})")
     STAMP.write_text(digest)
 
 
