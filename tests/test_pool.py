@@ -1,0 +1,577 @@
+"""AudioProcessPool: real worker processes decoding with the real libopus."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from discord.ext.listening import pool as pool_mod
+from discord.ext.listening.frames import FrameKind
+from discord.ext.listening.opus import FRAME_BYTES, SILENCE_FRAME, OpusDecoder, OpusEncoder, packet_has_fec
+from discord.ext.listening.pool import (
+    AudioProcessPool,
+    DecodedFrame,
+    DecodeItem,
+    StreamStats,
+    get_default_pool,
+    init_audio_processing_pool,
+)
+from discord.ext.listening.worker import StreamDecoder
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def speech(seconds: float, seed: int = 0) -> bytes:
+    """Voiced, speech-like stereo s16le PCM (a gliding harmonic tone with an envelope), the
+    kind of signal for which Opus runs SILK and embeds FEC."""
+    rng = np.random.default_rng(seed)
+    n = int(48000 * seconds)
+    t = np.arange(n) / 48000
+    f0 = 140 + 30 * np.sin(2 * np.pi * 0.7 * t + seed)
+    phase = 2 * np.pi * np.cumsum(f0) / 48000
+    x = sum(np.sin(k * phase) / k for k in range(1, 12))
+    x = x * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t + seed)) * 5000 + rng.normal(0, 200, n)
+    return np.repeat(np.clip(x, -32000, 32000).astype("<i2"), 2).tobytes()
+
+
+def encode(seconds: float, seed: int = 0, expected_loss: int = 20) -> list[bytes]:
+    enc = OpusEncoder(expected_loss=expected_loss)
+    pcm = speech(seconds, seed)
+    return [enc.encode(pcm[i : i + FRAME_BYTES]) for i in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES)]
+
+
+def correlation(a: bytes, b: bytes) -> float:
+    x = np.frombuffer(a, "<i2").astype(float)
+    y = np.frombuffer(b, "<i2").astype(float)
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+class Collector:
+    """An on_frames that only appends (as the receive pipeline's does) and can be waited on."""
+
+    def __init__(self) -> None:
+        self.frames: list[DecodedFrame] = []
+        self.calls = 0
+        self._cond = threading.Condition()
+
+    def __call__(self, frames: list[DecodedFrame]) -> None:
+        with self._cond:
+            self.frames.extend(frames)
+            self.calls += 1
+            self._cond.notify_all()
+
+    def wait_for(self, n: int, timeout: float = 15.0) -> list[DecodedFrame]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.frames) < n:
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"only {len(self.frames)} of {n} frames arrived"
+                self._cond.wait(remaining)
+            return list(self.frames)
+
+    def by_ssrc(self, ssrc: int) -> list[DecodedFrame]:
+        with self._cond:
+            return [f for f in self.frames if f.ssrc == ssrc]
+
+
+def wait_until(predicate, timeout: float = 15.0, interval: float = 0.01) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(interval)
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_ready(pool: AudioProcessPool, index: int, timeout: float = 20.0) -> int:
+    slot = pool._slots[index]
+    wait_until(lambda: slot.inc is not None and slot.inc.ready, timeout)
+    return slot.inc.pid
+
+
+@pytest.fixture(scope="module")
+def shared_pool():
+    # One pool for the tests that do not hurt their workers: start-up is paid once.
+    with AudioProcessPool(2) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def packets() -> list[bytes]:
+    return encode(2.0, seed=1)
+
+
+# -- decoding ------------------------------------------------------------------------------
+
+
+def test_frames_equal_an_in_process_decoder(shared_pool: AudioProcessPool, packets: list[bytes]) -> None:
+    other = encode(2.0, seed=2) + [SILENCE_FRAME] * 5
+    got = Collector()
+    stream = shared_pool.open_stream(1234, got)
+    items_a = [DecodeItem(111, (65530 + i) & 0xFFFF, (2**32 - 960 * 3 + 960 * i) & 0xFFFFFFFF, p, 0, i) for i, p in enumerate(packets)]
+    items_b = [(222, i, 5000 + 960 * i, p, 0, 10_000 + i) for i, p in enumerate(other)]
+    # Interleaved, in batches of varying size, as a jitter buffer would release them.
+    merged = [x for pair in zip(items_a, items_b) for x in pair] + items_b[len(items_a) :]
+    for start in range(0, len(merged), 7):
+        assert stream.submit(merged[start : start + 7])
+    assert stream.flush(15)
+    got.wait_for(len(merged))
+    for ssrc, pkts, items in ((111, packets, items_a), (222, other, items_b)):
+        ref = OpusDecoder()
+        frames = got.by_ssrc(ssrc)
+        assert [f.kind for f in frames] == [FrameKind.decoded] * len(pkts)
+        assert [f.audio for f in frames] == [ref.decode(p) for p in pkts]
+        assert [(f.sequence, f.timestamp, f.extra) for f in frames] == [(i[1], i[2], i[5]) for i in items]
+    stats = stream.stats()
+    assert stats == StreamStats(submitted=len(merged), decoded=len(merged))
+    assert stream.decoded == len(merged) and stream.concealed == 0 and stream.in_flight == 0
+    stream.close()
+
+
+def test_gap_of_one_recovers_by_fec(shared_pool: AudioProcessPool, packets: list[bytes]) -> None:
+    lost = next(i for i in range(20, len(packets) - 1) if packet_has_fec(packets[i + 1]))
+    got = Collector()
+    stream = shared_pool.open_stream(1, got)
+    items = [(7, i, 960 * i, p, 0, i) for i, p in enumerate(packets) if i != lost]
+    items[lost] = items[lost][:4] + (1, items[lost][5])  # the packet after the hole reports it
+    assert stream.submit(items)
+    frames = got.wait_for(len(packets))
+    assert [f.sequence for f in frames] == list(range(len(packets)))
+    assert frames[lost].kind is FrameKind.fec
+    assert (frames[lost].timestamp, frames[lost].extra) == (960 * lost, lost + 1)
+    assert frames[lost + 1].kind is FrameKind.decoded
+    # Close to what the lost packet itself would have decoded to...
+    ref = OpusDecoder()
+    original = [ref.decode(p) for p in packets]
+    assert correlation(frames[lost].audio, original[lost]) > 0.8
+    # ...and exactly what an in-process decoder doing the same recovery produces.
+    ref = OpusDecoder()
+    expect = [ref.decode(p) for p in packets[:lost]] + [ref.decode_fec(packets[lost + 1])]
+    expect += [ref.decode(p) for p in packets[lost + 1 :]]
+    assert [f.audio for f in frames] == expect
+    assert stream.stats().fec == 1 and stream.concealed == 1
+    stream.close()
+
+
+def test_gap_of_three_is_plc_then_fec(shared_pool: AudioProcessPool, packets: list[bytes]) -> None:
+    nxt = next(i for i in range(30, len(packets)) if packet_has_fec(packets[i]))
+    got = Collector()
+    stream = shared_pool.open_stream(2, got)
+    items = [(9, i, 960 * i, p, 0, i) for i, p in enumerate(packets[: nxt - 3])]
+    items.append((9, nxt, 960 * nxt, packets[nxt], 3, nxt))
+    assert stream.submit(items)
+    frames = got.wait_for(nxt + 1)
+    tail = frames[nxt - 3 :]
+    assert [f.kind for f in tail] == [FrameKind.plc, FrameKind.plc, FrameKind.fec, FrameKind.decoded]
+    assert [(f.sequence, f.timestamp) for f in tail] == [(nxt - 3 + k, 960 * (nxt - 3 + k)) for k in range(4)]
+    ref = OpusDecoder()
+    expect = [ref.decode(p) for p in packets[: nxt - 3]] + [ref.conceal(), ref.conceal(), ref.decode_fec(packets[nxt])]
+    expect.append(ref.decode(packets[nxt]))
+    assert [f.audio for f in frames] == expect
+    assert (stream.stats().plc, stream.stats().fec) == (2, 1)
+    stream.close()
+
+
+def test_long_gap_conceals_up_to_the_limit_then_silence(shared_pool: AudioProcessPool, packets: list[bytes]) -> None:
+    got = Collector()
+    stream = shared_pool.open_stream(3, got, conceal_limit=5)
+    nxt = next(i for i in range(40, len(packets)) if packet_has_fec(packets[i]))
+    items = [(5, i, 960 * i, p, 0, i) for i, p in enumerate(packets[:20])]
+    items.append((5, nxt, 960 * nxt, packets[nxt], nxt - 20, nxt))  # 20..nxt-1 lost
+    # Wrapping sequence numbers and timestamps across a gap that ends without FEC.
+    items.append((6, 2, 100, SILENCE_FRAME, 8, 0))
+    # A position the jitter buffer gave up on (payload None), after a 2-frame gap.
+    items.append((7, 50, 48000, packets[0], 0, 0))
+    items.append((7, 53, 48000 + 960 * 3, None, 2, 1))
+    assert stream.submit(items)
+    frames = got.wait_for(nxt + 1 + 9 + 4)
+    five = frames[: nxt + 1]
+    gap = [f.kind for f in five[20:]]
+    lost = nxt - 20
+    assert gap == [FrameKind.plc] * 5 + [FrameKind.silence] * (lost - 6) + [FrameKind.fec, FrameKind.decoded]
+    assert all(f.audio == bytes(FRAME_BYTES) for f in five if f.kind is FrameKind.silence)
+    six = [f for f in frames if f.ssrc == 6]
+    assert [f.kind for f in six] == [FrameKind.plc] * 5 + [FrameKind.silence] * 3 + [FrameKind.decoded]
+    assert [f.sequence for f in six] == [(2 - 8 + k) & 0xFFFF for k in range(9)]
+    assert [f.timestamp for f in six] == [(100 - 960 * (8 - k)) & 0xFFFFFFFF for k in range(9)]
+    seven = [f for f in frames if f.ssrc == 7]
+    assert [(f.sequence, f.kind) for f in seven] == [
+        (50, FrameKind.decoded), (51, FrameKind.plc), (52, FrameKind.plc), (53, FrameKind.plc),
+    ]
+    s = stream.stats()
+    assert (s.plc, s.fec, s.silence, s.errors) == (5 + 5 + 3, 1, (lost - 6) + 3, 0)
+    stream.close()
+
+
+def test_corrupt_packet_is_counted_and_concealed(shared_pool: AudioProcessPool, packets: list[bytes]) -> None:
+    got = Collector()
+    stream = shared_pool.open_stream(4, got)
+    bad = b"\xff" + b"\xff" * 40  # code 3 with an impossible frame count
+    items = [(1, i, 960 * i, p, 0, i) for i, p in enumerate(packets[:10])]
+    items[5] = (1, 5, 960 * 5, bad, 0, 5)
+    items.append(("not", "an", "item"))  # malformed: counted, produces nothing
+    assert stream.submit(items)
+    frames = got.wait_for(10)
+    assert [f.kind for f in frames] == [FrameKind.decoded] * 5 + [FrameKind.plc] + [FrameKind.decoded] * 4
+    wait_until(lambda: stream.in_flight == 0)
+    assert stream.errors == 2
+    # The worker survived and keeps decoding.
+    assert stream.submit([(1, 10, 9600, packets[10], 0, 10)])
+    assert got.wait_for(11)[-1].kind is FrameKind.decoded
+    stream.close()
+
+
+def test_many_small_batches_keep_their_order(shared_pool: AudioProcessPool) -> None:
+    # Small batches in a burst take both routes to the worker (direct writes while the pipe
+    # has room, the writer thread once it fills): the order must survive the switches.
+    voices = {ssrc: encode(3.0, seed=ssrc) for ssrc in (1, 2, 3)}
+    items = [(ssrc, i, 960 * i, voices[ssrc][i], 0, i) for i in range(150) for ssrc in voices]
+    got = Collector()
+    stream = shared_pool.open_stream(8, got)
+    rng = np.random.default_rng(5)
+    start = 0
+    while start < len(items):
+        size = int(rng.integers(1, 10))
+        assert stream.submit(items[start : start + size])
+        start += size
+    got.wait_for(len(items))
+    for ssrc, pkts in voices.items():
+        ref = OpusDecoder()
+        assert [f.audio for f in got.by_ssrc(ssrc)] == [ref.decode(p) for p in pkts[:150]]
+    stream.close()
+
+
+def test_payload_types(shared_pool: AudioProcessPool, packets: list[bytes]) -> None:
+    got = Collector()
+    stream = shared_pool.open_stream(9, got)
+    # A memoryview payload (pickle refuses it) is copied to bytes rather than refused.
+    assert stream.submit([(1, 0, 0, memoryview(packets[0]), 0, 0), (1, 1, 960, bytearray(packets[1]), 0, 1)])
+    ref = OpusDecoder()
+    assert [f.audio for f in got.wait_for(2)] == [ref.decode(packets[0]), ref.decode(packets[1])]
+    with pytest.raises(TypeError, match="DecodeItem"):
+        stream.submit([(1, 2, 1920, packets[2], 0, lambda: None)])
+    with pytest.raises(TypeError, match="DecodeItem"):
+        stream.submit([(1, 2, 1920, memoryview(packets[2]))])
+    assert stream.submitted == 2
+    stream.close()
+
+
+def test_decoder_table_is_bounded() -> None:
+    # Sans-I/O: the worker's per-stream table keeps the most recently used SSRCs only.
+    dec = StreamDecoder(max_ssrcs=2)
+    pkt = encode(0.1)[0]
+    for ssrc in (1, 2, 1, 3):  # 2 is the least recently used when 3 arrives
+        out: list[tuple] = []
+        dec.decode([(ssrc, 0, 0, pkt, 0, 0)], 5, out, [0] * 5)
+    assert sorted(dec._states) == [1, 3]
+    dec.reset()
+    assert not dec._states
+
+
+def test_reset_drops_decoder_state(shared_pool: AudioProcessPool, packets: list[bytes]) -> None:
+    got = Collector()
+    stream = shared_pool.open_stream(5, got)
+    stream.submit([(3, i, 960 * i, p, 0, i) for i, p in enumerate(packets[:30])])
+    stream.reset(3)
+    stream.submit([(3, 1000 + i, 0, p, 0, i) for i, p in enumerate(packets[30:40])])
+    frames = got.wait_for(40)
+    fresh = OpusDecoder()
+    assert [f.audio for f in frames[30:]] == [fresh.decode(p) for p in packets[30:40]]
+    with pytest.raises(ValueError):
+        stream.reset(-1)
+    stream.close()
+
+
+def test_on_frames_exception_does_not_stop_the_stream(shared_pool: AudioProcessPool, packets: list[bytes]) -> None:
+    got = Collector()
+    calls = []
+
+    def flaky(frames):
+        calls.append(len(frames))
+        if len(calls) == 1:
+            raise RuntimeError("sink bug")
+        got(frames)
+
+    stream = shared_pool.open_stream(6, flaky)
+    stream.submit([(1, 0, 0, packets[0], 0, 0)])
+    wait_until(lambda: calls)
+    stream.submit([(1, 1, 960, packets[1], 0, 1)])
+    assert got.wait_for(1)[0].sequence == 1
+    stream.close()
+
+
+def test_decode_false_passes_opus_through_in_the_parent(shared_pool: AudioProcessPool, packets: list[bytes]) -> None:
+    got = Collector()
+    stream = shared_pool.open_stream(7, got, decode=False)
+    assert stream.worker_index is None
+    assert stream.submit([(1, 0, 0, packets[0], 0, "a"), (1, 3, 2880, packets[3], 2, "b"), (1, 4, 3840, None, 0, "c")])
+    frames = got.frames  # delivered synchronously, on this thread
+    assert [(f.sequence, f.kind, f.audio, f.extra) for f in frames] == [
+        (0, FrameKind.opus, packets[0], "a"),
+        (1, FrameKind.silence, b"", "b"),
+        (2, FrameKind.silence, b"", "b"),
+        (3, FrameKind.opus, packets[3], "b"),
+        (4, FrameKind.silence, b"", "c"),
+    ]
+    assert stream.stats() == StreamStats(submitted=3, decoded=2, silence=3)
+    stream.close()
+    assert not stream.submit([(1, 5, 0, packets[5], 0, 0)]) and stream.dropped == 1
+
+
+def test_two_guilds_use_two_workers(shared_pool: AudioProcessPool, packets: list[bytes]) -> None:
+    a, b = Collector(), Collector()
+    sa = shared_pool.open_stream(10, a)
+    sb = shared_pool.open_stream(11, b)
+    assert (sa.worker_index, sb.worker_index) == (0, 1)
+    pids = [wait_ready(shared_pool, 0), wait_ready(shared_pool, 1)]
+    assert pids[0] != pids[1] and all(psutil.pid_exists(p) for p in pids)
+    items = [(42, i, 960 * i, p, 0, i) for i, p in enumerate(packets[:50])]
+    sa.submit(items)
+    sb.submit(items)
+    ref = OpusDecoder()
+    expect = [ref.decode(p) for p in packets[:50]]
+    assert [f.audio for f in a.wait_for(50)] == expect
+    assert [f.audio for f in b.wait_for(50)] == expect
+    sa.close()
+    sb.close()
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+def test_idle_workers_stay_up(shared_pool: AudioProcessPool) -> None:
+    # A worker with nothing to do only checks on its parent (every second): it must not
+    # mistake the forkserver, its actual parent, for an orphaning and quit.
+    shared_pool.open_stream(20, print).close()
+    shared_pool.open_stream(21, print).close()
+    pids = [wait_ready(shared_pool, 0), wait_ready(shared_pool, 1)]
+    restarts = shared_pool.restarts
+    time.sleep(1.6)  # past the worker's 1 s idle check
+    assert shared_pool.worker_pids() == pids and shared_pool.restarts == restarts
+
+
+_ORPHAN_SCRIPT = """
+import sys, time
+from discord.ext.listening.pool import AudioProcessPool
+if __name__ == "__main__":
+    pool = AudioProcessPool(2)
+    pool.open_stream(0, print), pool.open_stream(1, print)
+    while not all(s.inc is not None and s.inc.ready for s in pool._slots):
+        time.sleep(0.01)
+    print(*pool.worker_pids(), flush=True)
+    time.sleep(60)
+"""
+
+
+def test_workers_exit_when_the_parent_is_killed(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "orphan.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(x) for x in parent.stdout.readline().split()]
+        assert len(pids) == 2
+    finally:
+        parent.kill()
+        parent.wait(10)
+        parent.stdout.close()
+    wait_until(lambda: all(process_gone(pid) for pid in pids), timeout=10)
+
+
+
+def test_spawn_start_method(packets: list[bytes]) -> None:
+    got = Collector()
+    with AudioProcessPool(1, start_method="spawn") as p:
+        stream = p.open_stream(99, got)
+        stream.submit([(1, i, 960 * i, pk, 0, i) for i, pk in enumerate(packets[:20])])
+        ref = OpusDecoder()
+        assert [f.audio for f in got.wait_for(20, timeout=30)] == [ref.decode(pk) for pk in packets[:20]]
+        pid = p.worker_pids()[0]
+    assert process_gone(pid)
+
+
+def test_killed_worker_is_restarted_and_loss_is_counted(packets: list[bytes]) -> None:
+    got = Collector()
+    lost: list[tuple] = []
+    with AudioProcessPool(1) as p:
+        stream = p.open_stream(0, got, on_lost=lost.extend)
+        pid = wait_ready(p, 0)
+        stream.submit([(1, i, 960 * i, pk, 0, i) for i, pk in enumerate(packets[:10])])
+        got.wait_for(10)
+        # Freeze the worker so the next batch is certainly inside it when it dies.
+        os.kill(pid, signal.SIGSTOP)
+        stream.submit([(1, i, 960 * i, pk, 0, i) for i, pk in enumerate(packets[10:20], 10)])
+        slot = p._slots[0]
+        wait_until(lambda: slot.inc.sent == 20)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: p.restarts == [1] and p.worker_pids()[0] not in (None, pid))
+        assert stream.lost_in_worker == 10 and stream.in_flight == 0
+        assert [item[1] for item in lost] == list(range(10, 20))  # exactly the batch that died
+        # The stream continues on a fresh decoder.
+        stream.submit([(1, i, 960 * i, pk, 0, i) for i, pk in enumerate(packets[20:40], 20)])
+        frames = got.wait_for(30)
+        fresh = OpusDecoder()
+        assert [f.sequence for f in frames] == list(range(10)) + list(range(20, 40))
+        assert [f.audio for f in frames[10:]] == [fresh.decode(pk) for pk in packets[20:40]]
+        s = stream.stats()
+        assert s.submitted == s.decoded + s.lost_in_worker == 40
+        new_pid = p.worker_pids()[0]
+    assert process_gone(new_pid)
+
+
+def test_hung_worker_is_restarted_after_patience(packets: list[bytes]) -> None:
+    got = Collector()
+    with AudioProcessPool(1, process_patience=0.5) as p:
+        stream = p.open_stream(0, got)
+        pid = wait_ready(p, 0)
+        os.kill(pid, signal.SIGSTOP)
+        stream.submit([(1, i, 960 * i, pk, 0, i) for i, pk in enumerate(packets[:5])])
+        started = time.monotonic()
+        wait_until(lambda: p.restarts == [1], timeout=10)
+        assert 0.4 < time.monotonic() - started < 5
+        assert stream.lost_in_worker == 5
+        stream.submit([(1, 5, 4800, packets[5], 0, 5)])
+        assert got.wait_for(1)[0].sequence == 5
+
+
+def test_backlog_is_bounded_and_drops_are_counted(packets: list[bytes]) -> None:
+    got = Collector()
+    lost: list[tuple] = []
+    with AudioProcessPool(1, max_backlog=20, wait_timeout=0.2) as p:
+        stream = p.open_stream(0, got, on_lost=lost.extend)
+        pid = wait_ready(p, 0)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            assert stream.submit([(1, i, 960 * i, pk, 0, i) for i, pk in enumerate(packets[:15])])
+            started = time.monotonic()
+            assert not stream.submit([(1, i, 960 * i, pk, 0, i) for i, pk in enumerate(packets[15:25], 15)])
+            assert 0.15 < time.monotonic() - started < 2
+            assert stream.dropped == 10 and stream.submitted == 15
+            assert [item[1] for item in lost] == list(range(15, 25))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert stream.flush(10)
+        assert len(got.wait_for(15)) == 15
+        # Room again: accepted.
+        assert stream.submit([(1, 15, 960 * 15, packets[15], 0, 15)])
+
+
+def test_cleanup_of_a_stuck_worker_reports_what_it_held(packets: list[bytes]) -> None:
+    got = Collector()
+    lost: list[tuple] = []
+    p = AudioProcessPool(1)
+    stream = p.open_stream(0, got, on_lost=lost.extend)
+    pid = wait_ready(p, 0)
+    os.kill(pid, signal.SIGSTOP)  # killed (SIGKILL works on stopped processes) by the cleanup
+    stream.submit([(1, i, 960 * i, pk, 0, i) for i, pk in enumerate(packets[:30])])
+    started = time.monotonic()
+    p.cleanup_processes(timeout=0.3)
+    assert time.monotonic() - started < 5
+    assert sorted(item[1] for item in lost) == list(range(30)) and stream.lost_in_worker == 30
+    assert not got.frames
+    assert process_gone(pid)
+
+
+def test_cleanup_leaves_no_processes_or_threads(packets: list[bytes]) -> None:
+    me = psutil.Process()
+    before = {c.pid for c in me.children(recursive=True)}
+    got = Collector()
+    p = AudioProcessPool(2)
+    s0, s1 = p.open_stream(0, got), p.open_stream(1, got)
+    pids = [wait_ready(p, 0), wait_ready(p, 1)]
+    s0.submit([(1, i, 960 * i, pk, 0, i) for i, pk in enumerate(packets[:40])])
+    s1.submit([(2, i, 960 * i, pk, 0, i) for i, pk in enumerate(packets[:40])])
+    p.cleanup_processes()
+    # Queued work finished before the workers stopped.
+    assert len(got.frames) == 80
+    p.cleanup_processes()  # idempotent
+    assert p.closed and s0.closed and s1.closed
+    for pid in pids:
+        assert process_gone(pid)
+    # Whatever new child remains is multiprocessing's own helper (forkserver, resource tracker).
+    for child in me.children(recursive=True):
+        if child.pid not in before and child.status() != psutil.STATUS_ZOMBIE:
+            cmdline = " ".join(child.cmdline())
+            assert "forkserver" in cmdline or "resource_tracker" in cmdline, cmdline
+    assert not [t for t in threading.enumerate() if t.name.startswith(f"listening-pool{p._id}-")]
+    with pytest.raises(RuntimeError):
+        p.open_stream(0, got)
+    assert not s0.submit([(1, 0, 0, packets[0], 0, 0)]) and s0.dropped == 1
+
+
+# -- arguments and the default pool -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"max_processes": 0}, ValueError),
+        ({"max_processes": 65}, ValueError),
+        ({"max_processes": 1.5}, TypeError),
+        ({"max_processes": True}, TypeError),
+        ({"max_processes": "2"}, TypeError),
+        ({"max_processes": 1, "wait_timeout": -1}, ValueError),
+        ({"max_processes": 1, "wait_timeout": float("nan")}, ValueError),
+        ({"max_processes": 1, "wait_timeout": "1"}, TypeError),
+        ({"max_processes": 1, "process_patience": 0}, ValueError),
+        ({"max_processes": 1, "process_patience": float("inf")}, ValueError),
+        ({"max_processes": 1, "start_method": "threads"}, ValueError),
+        ({"max_processes": 1, "start_method": 3}, TypeError),
+        ({"max_processes": 1, "max_backlog": 0}, ValueError),
+        ({"max_processes": 1, "conceal_limit": -1}, ValueError),
+    ],
+)
+def test_bad_arguments(kwargs: dict, error: type) -> None:
+    with pytest.raises(error) as info:
+        AudioProcessPool(**kwargs)
+    assert any(name in str(info.value) for name in kwargs)
+
+
+def test_bad_stream_arguments(shared_pool: AudioProcessPool) -> None:
+    with pytest.raises(ValueError, match="guild_id"):
+        shared_pool.open_stream(-1, print)
+    with pytest.raises(TypeError, match="guild_id"):
+        shared_pool.open_stream("1", print)
+    with pytest.raises(TypeError, match="on_frames"):
+        shared_pool.open_stream(1, None)
+    with pytest.raises(TypeError, match="decode"):
+        shared_pool.open_stream(1, print, decode="yes")
+    with pytest.raises(ValueError, match="conceal_limit"):
+        shared_pool.open_stream(1, print, conceal_limit=-2)
+    with pytest.raises(TypeError, match="on_lost"):
+        shared_pool.open_stream(1, print, on_lost=3)
+
+
+def test_default_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Start from no default pool, and give back whatever another test module left there.
+    monkeypatch.setattr(pool_mod, "_default_pool", None)
+    try:
+        p = init_audio_processing_pool(1, process_patience=3)
+        assert init_audio_processing_pool(1, process_patience=3) is p
+        assert get_default_pool() is p
+        with pytest.raises(RuntimeError, match="cleanup_processes"):
+            init_audio_processing_pool(2)
+        with pytest.raises(ValueError, match="max_processes"):
+            init_audio_processing_pool(0)
+        p.cleanup_processes()
+        q = get_default_pool()
+        assert q is not p and not q.closed
+        assert q.max_processes == max(1, min(2, os.cpu_count() or 1))
+    finally:
+        get_default_pool().cleanup_processes()
