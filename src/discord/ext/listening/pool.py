@@ -22,6 +22,12 @@ How a batch travels::
   ``on_frames`` with a list, in order.
 - A monitor thread per pool restarts workers that die or hang.
 
+The contract with the receive pipeline: every well-formed item given to
+:meth:`StreamHandle.submit` comes back exactly once, either as frames through
+``on_frames`` (its own frame, whose ``sequence`` is the item's, preceded by one frame per
+frame lost before it) or through ``on_lost`` (worker died or hung, batch dropped by
+backpressure, pool cleaned up), until the stream is closed.
+
 Processes are started with the ``forkserver`` method where it exists and ``spawn``
 elsewhere (``fork`` is allowed but unsafe once discord.py's threads run: a child forked
 while another thread holds a lock, e.g. logging's, can deadlock). Both import the main
