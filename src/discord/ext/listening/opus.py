@@ -231,6 +231,8 @@ class OpusDecoder:
         if err.value != _OPUS_OK or not self._state:
             raise OpusError(err.value, "opus_decoder_create")
         self._pcm = ctypes.create_string_buffer(_MAX_FRAME_SAMPLES * CHANNELS * 2)
+        # Slicing a memoryview copies only the decoded bytes; ``.raw[:n]`` copies all 23 kB.
+        self._view = memoryview(self._pcm).cast("B")
         self._decode = lib.opus_decode
 
     def decode(self, packet: bytes) -> bytes:
@@ -244,7 +246,7 @@ class OpusDecoder:
         n = self._decode(self._state, packet, len(packet), self._pcm, _MAX_FRAME_SAMPLES, 0)
         if n < 0:
             raise OpusError(n, "opus_decode")
-        return self._pcm.raw[: n * 4]
+        return self._view[: n * 4].tobytes()
 
     def decode_fec(self, next_packet: bytes, samples: int = FRAME_SAMPLES) -> bytes:
         """Recover the frame *before* ``next_packet`` from its in-band FEC data.
@@ -255,14 +257,14 @@ class OpusDecoder:
         n = self._decode(self._state, next_packet, len(next_packet), self._pcm, samples, 1)
         if n < 0:
             raise OpusError(n, "opus_decode(fec)")
-        return self._pcm.raw[: n * 4]
+        return self._view[: n * 4].tobytes()
 
     def conceal(self, samples: int = FRAME_SAMPLES) -> bytes:
         """Packet loss concealment: synthesize ``samples`` samples continuing the last audio."""
         n = self._decode(self._state, None, 0, self._pcm, samples, 0)
         if n < 0:
             raise OpusError(n, "opus_decode(plc)")
-        return self._pcm.raw[: n * 4]
+        return self._view[: n * 4].tobytes()
 
     def __del__(self) -> None:
         state, self._state = getattr(self, "_state", None), None

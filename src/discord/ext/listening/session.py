@@ -104,7 +104,7 @@ class ListeningSession:
     def start(self) -> None:
         if self.decode:
             assert self._pool is not None
-            self._stream = self._pool.open_stream(self.voice_client.guild.id, self._on_decoded)
+            self._stream = self._pool.open_stream(self.voice_client.guild.id, self._on_decoded, on_lost=self._on_lost)
         self._pump_thread.start()
         self._dispatch_thread.start()
         self.voice_client._connection.add_socket_listener(self._on_datagram)
@@ -201,19 +201,22 @@ class ListeningSession:
                 self._meta[ident] = p
                 items.append(DecodeItem(p.ssrc, p.sequence, p.timestamp, p.opus, len(p.lost_positions), ident))
         try:
-            self._stream.submit(items)
+            self._stream.submit(items)  # a batch it cannot take comes back through _on_lost
         except Exception:
             _log.exception("submitting %d packets to the decode pool failed", len(items))
-            with self._meta_lock:
-                for it in items:
-                    p = self._meta.pop(it.extra, None)
-                    if p is not None:
-                        self.stats.drop(p.user_id, DropReason.worker_lost, 1 + p.lost_before)
+            self._on_lost(items)
+
+    def _on_lost(self, items: list[Any]) -> None:
+        """The pool gave up on these packets (a worker died, or it was backlogged)."""
+        with self._meta_lock:
+            for it in items:
+                p = self._meta.pop(it[5], None)  # DecodeItem.extra
+                if p is not None:
+                    self.stats.drop(p.user_id, DropReason.worker_lost, 1 + p.lost_before)
 
     def _drain(self) -> None:
-        deadline = time.monotonic() + DRAIN_TIMEOUT
-        while self._meta and time.monotonic() < deadline:
-            time.sleep(0.005)
+        if self._stream is not None:
+            self._stream.flush(DRAIN_TIMEOUT)
         with self._meta_lock:
             for p in self._meta.values():
                 self.stats.drop(p.user_id, DropReason.worker_lost, 1 + p.lost_before)
