@@ -262,7 +262,7 @@ def test_long_idle_gap_is_not_loss() -> None:
 def test_restart_is_a_new_stream_not_thirty_thousand_losses() -> None:
     jb = JitterBuffer(depth=DEPTH)
     old = stream(30, s0=1000)
-    new = [(0.7 + k * FRAME, seq_add(40000, k), (999 + 960 * k) & 0xFFFFFFFF) for k in range(30)]
+    new = [(0.7 + k * FRAME, seq_add(40000, k), (TS0 + 10**8 + 960 * k) & 0xFFFFFFFF) for k in range(30)]
     # A straggler of the old stream arrives after the new one began; it must not restart again.
     straggler = [(0.75, seq_add(1000, 25), TS0 + 960 * 25)]
     out = simulate(jb, old + new + straggler)
@@ -274,10 +274,48 @@ def test_restart_is_a_new_stream_not_thirty_thousand_losses() -> None:
 
 
 def test_restart_behind_in_sequence() -> None:
-    # A restarted sender whose random sequence number lands far behind the old one.
+    # A restarted sender whose random sequence number lands far behind the old one (and
+    # whose random timestamp lands ahead: see the next test for one behind).
     jb = JitterBuffer(depth=DEPTH)
-    out = simulate(jb, stream(20, s0=30000) + stream(20, s0=20000, start=0.5))
+    new = [(0.5 + k * FRAME, seq_add(20000, k), TS0 + 10**8 + 960 * k) for k in range(20)]
+    out = simulate(jb, stream(20, s0=30000) + new)
     assert len(out) == 40 and jb.stats.restarts == 1 and jb.stats.late == 0
+
+
+def test_replayed_old_packets_are_late_and_do_not_disturb_the_stream() -> None:
+    # Authentic packets replayed seconds or minutes later (transport encryption does not
+    # stop replays): behind in timestamp, outside the windows in sequence. They must not
+    # restart the stream (which would re-release old audio and declare the live packets
+    # after them lost), whether they look behind or, past half the sequence space, ahead.
+    jb = JitterBuffer(depth=DEPTH)
+    live = stream(3000, s0=65000)
+    replays = []
+    for k in range(150, 3000, 7):  # each live packet k comes with a replay of an older one
+        old = k - 101 - (k * 37) % (k - 101) if k > 101 else 0
+        replays.append((live[k][0] + 0.001, live[old][1], live[old][2]))
+    far = [(30.0 + k * FRAME, seq_add(65000, 2999 + 20000 + k), TS0 + 960 * 100 + 960 * k) for k in range(10)]
+    out = simulate(jb, live + replays + far)
+    assert [r.sequence for _, r in out] == [seq for _, seq, _ in live]
+    assert [i for i, (_, r) in enumerate(out) if r.new_stream] == [0]
+    s = jb.stats
+    assert s.restarts == 0 and s.lost == 0 and s.late + s.duplicates == len(replays) + len(far)
+
+
+def test_restart_behind_in_both_sequence_and_timestamp_needs_probation() -> None:
+    # A real restart whose random numbers land behind in both: it looks like replayed old
+    # packets until restart_probation of them arrived in a row with the old stream quiet.
+    jb = JitterBuffer(depth=DEPTH, restart_probation=10)
+    new = stream(30, s0=20000, start=0.5)  # TS0-based: behind the old stream's timestamps
+    out = simulate(jb, stream(20, s0=30000) + new)
+    items = [r for _, r in out]
+    assert [r.sequence for r in items[20:]] == [seq for _, seq, _ in new[9:]]
+    assert items[20].new_stream and jb.stats.restarts == 1 and jb.stats.late == 9
+    # The same run interleaved with live packets of the current stream never restarts it.
+    jb = JitterBuffer(depth=DEPTH, restart_probation=10)
+    live = stream(60, s0=30000)
+    fake = [(t + 0.3 + 0.001, seq, ts) for t, seq, ts in stream(40, s0=20000)]
+    out = simulate(jb, live + fake)
+    assert [r.sequence for _, r in out] == [seq for _, seq, _ in live] and jb.stats.restarts == 0
 
 
 def test_timestamp_moving_against_sequence_is_a_restart() -> None:
@@ -297,8 +335,8 @@ def test_old_packets_held_at_restart_come_out_first_and_in_order() -> None:
     for k in (0, 1, 3):  # 2 missing, 3 held waiting for it
         jb.push(10 + k, TS0 + 960 * k, k, 0.01 * k)
     assert [r.payload for r in jb.pop_ready(0.0 + DEPTH)] == [0, 1]
-    assert jb.push(50000, 7, "n0", 0.04) is PushResult.RESTART
-    assert jb.push(50001, 967, "n1", 0.05).accepted
+    assert jb.push(50000, TS0 + 10**8, "n0", 0.04) is PushResult.RESTART
+    assert jb.push(50001, TS0 + 10**8 + 960, "n1", 0.05).accepted
     got = jb.pop_ready(0.04 + DEPTH) + jb.pop_ready(1.0)
     assert [(r.payload, r.lost_before, r.new_stream) for r in got] == [
         (3, 1, False),
@@ -413,7 +451,7 @@ def test_straggler_of_the_old_stream_fills_its_hole_after_a_restart() -> None:
     for k in (0, 1, 2, 4, 5):  # 3 delayed
         jb.push(100 + k, TS0 + 960 * k, k, 0.02 * k)
     jb.pop_ready(0.0 + DEPTH)
-    assert jb.push(40000, 5, "n0", 0.105) is PushResult.RESTART
+    assert jb.push(40000, TS0 + 10**8, "n0", 0.105) is PushResult.RESTART
     # The old stream's 3 arrives after the restart, still within depth: filled in.
     assert jb.push(103, TS0 + 960 * 3, 3, 0.11) is PushResult.ACCEPTED
     got = jb.flush()
@@ -436,11 +474,11 @@ def test_a_stream_emptied_by_overflow_is_skipped_cleanly() -> None:
     # dropped on overflow: the third still comes out as one stream.
     jb = JitterBuffer(depth=DEPTH, max_packets=4)
     jb.push(100, TS0, "a", 0.0)
-    jb.push(30000, 5, "b0", 0.01)  # restart
-    jb.push(30001, 965, "b1", 0.02)
-    jb.push(60000, 7, "c0", 0.03)  # restart
+    jb.push(30000, TS0 + 10**8, "b0", 0.01)  # restart
+    jb.push(30001, TS0 + 10**8 + 960, "b1", 0.02)
+    jb.push(60000, TS0 + 2 * 10**8, "c0", 0.03)  # restart
     for k in range(1, 4):  # overflow drops a, b0, b1
-        jb.push(60000 + k, 7 + 960 * k, f"c{k}", 0.03 + 0.001 * k)
+        jb.push(60000 + k, TS0 + 2 * 10**8 + 960 * k, f"c{k}", 0.03 + 0.001 * k)
     got = jb.pop_ready(1.0)
     assert [(r.payload, r.new_stream, r.lost_before) for r in got] == [("c0", True, 0), ("c1", False, 0), ("c2", False, 0), ("c3", False, 0)]
     s = jb.stats

@@ -294,6 +294,15 @@ class JitterBuffer:
       timestamp) is also a restart: within one audio stream both always move together.
       Late stragglers of the previous stream are still recognised as such (filled in if
       their place is still held, else counted late) rather than restarting again.
+    - except a packet outside the windows whose RTP timestamp is *behind* the stream's
+      newest: that is what an old packet of this very stream looks like (a duplicate
+      delivered seconds late, or a *replayed* datagram: replays authenticate, the transport
+      has no replay protection), so it is counted late and never restarts the stream. A
+      sender that really restarted with such numbers is recognised once
+      ``restart_probation`` consecutive packets of its new stream arrived with no packet of
+      the current stream in between (those are counted late; the next one restarts). A
+      replay therefore cannot re-insert old audio while the stream is alive, nor make the
+      following live packets look lost.
 
     Long idle gaps are not losses: both Discord's clients and discord.py keep the sequence
     contiguous across silence (only the timestamp may jump), so the first packet after
@@ -316,6 +325,9 @@ class JitterBuffer:
     max_misorder: :class:`int`
         Largest backward distance still treated as reordering (late/duplicate) rather than a
         restart.
+    restart_probation: :class:`int`
+        Consecutive packets, with no packet of the current stream in between, needed to
+        accept a restart whose timestamps lie behind the current stream's (see above).
 
     Notes
     -----
@@ -350,6 +362,9 @@ class JitterBuffer:
         "_lost",
         "_overflow",
         "_restarts",
+        "restart_probation",
+        "_live_at",
+        "_probe",
     )
 
     def __init__(
@@ -359,6 +374,7 @@ class JitterBuffer:
         *,
         max_dropout: int = 1000,
         max_misorder: int = 100,
+        restart_probation: int = 50,
     ) -> None:
         if not depth >= 0.0:  # also rejects NaN
             raise ValueError(f"depth must be >= 0 seconds, got {depth!r}")
@@ -368,6 +384,14 @@ class JitterBuffer:
             raise ValueError(f"max_dropout must be within 1..{_SEQ_HALF - 1}, got {max_dropout!r}")
         if not 1 <= max_misorder < _SEQ_HALF:
             raise ValueError(f"max_misorder must be within 1..{_SEQ_HALF - 1}, got {max_misorder!r}")
+        if restart_probation < 1:
+            raise ValueError(f"restart_probation must be >= 1, got {restart_probation!r}")
+        self.restart_probation = restart_probation
+        # Arrival of the newest in-window packet of the current stream, and the run of
+        # old-looking packets that may turn out to be a restarted sender:
+        # (sequence, timestamp, count, arrival of the first).
+        self._live_at = float("-inf")
+        self._probe: Optional[tuple[int, int, int, float]] = None
         self.depth = float(depth)
         self.max_packets = max_packets
         self.max_dropout = max_dropout
@@ -461,8 +485,12 @@ class JitterBuffer:
         if d > 0:
             # Forward. Within one stream the timestamp never goes back while the sequence
             # goes forward, so a backward timestamp means a new stream even in the window.
-            if d > self.max_dropout or ((timestamp - self._ref_ts + _TS_HALF) & _TS_MASK) - _TS_HALF < 0:
+            td = ((timestamp - self._ref_ts + _TS_HALF) & _TS_MASK) - _TS_HALF
+            if d > self.max_dropout or td < 0:
+                if td < 0 and d > self.max_dropout:
+                    return self._old(sequence, timestamp, payload, now)
                 return self._restart(sequence, timestamp, payload, now)
+            self._live_at = now
             ext = ref + d
             self._ref_ext = ext
             self._ref_seq = sequence
@@ -479,7 +507,10 @@ class JitterBuffer:
                 self._fifo = deque(e for e in fifo if e in buf)
             return _ACCEPTED
         if d < -self.max_misorder or (d < 0 and ((timestamp - self._ref_ts + _TS_HALF) & _TS_MASK) - _TS_HALF > 0):
+            if d < -self.max_misorder and ((timestamp - self._ref_ts + _TS_HALF) & _TS_MASK) - _TS_HALF <= 0:
+                return self._old(sequence, timestamp, payload, now)
             return self._restart(sequence, timestamp, payload, now)
+        self._live_at = now
         ext = ref + d
         if ext in self._buf:
             self._duplicates += 1
@@ -528,7 +559,34 @@ class JitterBuffer:
         # evicted packet arriving later is still accepted (the data is not lost after all).
         _log.debug("jitter buffer full (%d): dropped ext seq %d", self.max_packets, head)
 
-    def _restart(self, sequence: int, timestamp: int, payload: Any, now: float) -> PushResult:
+    def _old(self, sequence: int, timestamp: int, payload: Any, now: float) -> PushResult:
+        # Behind the current stream in timestamp and outside the windows in sequence: an
+        # old packet of this stream (late duplicate, replay), or a sender restart that
+        # happened to land behind. Only a run of such packets with no current-stream packet
+        # in between is taken for a restart.
+        result = self._straggler(sequence, timestamp, payload, now)
+        if result is not None:
+            return result
+        probe = self._probe
+        if (
+            probe is not None
+            and sequence == (probe[0] + 1) & _SEQ_MASK
+            and ((timestamp - probe[1] + _TS_HALF) & _TS_MASK) - _TS_HALF > 0
+            and self._live_at < probe[3]
+        ):
+            count, first = probe[2] + 1, probe[3]
+        else:
+            count, first = 1, now
+        if count >= self.restart_probation:
+            self._probe = None
+            return self._restart(sequence, timestamp, payload, now)
+        self._probe = (sequence, timestamp, count, first)
+        self._late += 1
+        return PushResult.LATE
+
+    def _straggler(self, sequence: int, timestamp: int, payload: Any, now: float) -> Optional[PushResult]:
+        # A packet of the stream before the last restart? Judged within that stream (filled
+        # in while it is being released, else duplicate or late); None if it is not one.
         prev = self._prev_ext
         if prev is not None:
             d_old = ((sequence - self._prev_seq + _SEQ_HALF) & _SEQ_MASK) - _SEQ_HALF
@@ -556,6 +614,13 @@ class JitterBuffer:
                         return PushResult.DUPLICATE
                 self._late += 1
                 return PushResult.LATE
+        return None
+
+    def _restart(self, sequence: int, timestamp: int, payload: Any, now: float) -> PushResult:
+        result = self._straggler(sequence, timestamp, payload, now)
+        if result is not None:
+            return result
+        self._probe = None
         self._restarts += 1
         _log.debug(
             "sequence %d / timestamp %d after %d / %d: sender restarted, new stream",
@@ -633,6 +698,7 @@ class JitterBuffer:
         self._ref_ext = None
         self._prev_ext = None
         self._prev_nxt = None
+        self._probe = None
         return out
 
     def next_deadline(self) -> Optional[float]:
