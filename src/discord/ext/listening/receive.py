@@ -27,7 +27,7 @@ import davey
 
 from . import dave
 from .opus import FRAME_SAMPLES, SAMPLE_RATE
-from .reorder import JitterBuffer, seq_diff, ts_diff
+from .reorder import JitterBuffer, PushResult, seq_diff, ts_diff
 from .rtp import OPUS_PAYLOAD_TYPE, MalformedPacket, RTCPPacket, is_rtcp, parse_audio_level, parse_rtcp, parse_rtp_header, split_plaintext
 from .ssrc import SSRCMap
 from .stats import DropReason, ListenStats
@@ -39,6 +39,7 @@ __all__ = ("ReceivedPacket", "SpeakingChange", "PacketReceiver")
 _log = logging.getLogger(__name__)
 
 _AUDIO: Final = davey.MediaType.audio
+_ACCEPTED: Final = PushResult.ACCEPTED
 FRAME_SECONDS: Final = FRAME_SAMPLES / SAMPLE_RATE
 #: Seconds around a transport key change during which either key is accepted.
 KEY_GRACE: Final = 1.0
@@ -288,7 +289,7 @@ class PacketReceiver:
         with self._lock:
             stream = self._streams.get(ssrc)
             if stream is None:
-                if len(self._streams) >= self.max_streams and not self._evict_idle(now):
+                if len(self._streams) >= self.max_streams and not self._evict_idle(now, self._map.user_for(ssrc) is not None):
                     stats.add(self._map.user_for(ssrc), "received")
                     stats.drop(self._map.user_for(ssrc), DropReason.overflow)
                     return
@@ -301,18 +302,37 @@ class PacketReceiver:
                 stats.drop(self._map.user_for(ssrc), DropReason.paused)
                 return
             result = stream.buffer.push(header.sequence, header.timestamp, (payload, level), now)
-            if not result.accepted:
+            if result is not _ACCEPTED:
                 user_id = self._map.user_for(ssrc)
-                stats.add(user_id, "received")
-                stats.drop(user_id, DropReason.duplicate if result.duplicate else DropReason.late)
+                if not result.accepted:
+                    stats.add(user_id, "received")
+                    stats.drop(user_id, DropReason.duplicate if result.duplicate else DropReason.late)
+                elif result is PushResult.OVERFLOW:
+                    # The buffer let its oldest packet go to take this one (nobody polled):
+                    # that packet arrived, so it is counted; its place is concealed later.
+                    stats.add(user_id, "received")
+                    stats.drop(user_id, DropReason.overflow)
 
-    def _evict_idle(self, now: float) -> bool:
+    def _evict_idle(self, now: float, known: bool = False) -> bool:
         # Called with the lock held. Frees the stream idle the longest if it has been idle a
-        # while; a flood of fresh SSRCs then cannot push out people who are talking.
+        # while; a flood of fresh SSRCs then cannot push out people who are talking. For an
+        # SSRC the gateway mapped to a member (``known``), a stream nobody claimed makes room
+        # even if not idle (what it holds is counted): a flood of fresh SSRCs cannot lock
+        # out a member who joins after it.
         idle = [s for s in self._streams.values() if now - s.last_arrival > 5.0 and not s.pending and not len(s.buffer)]
-        if not idle:
+        if idle:
+            victim = min(idle, key=lambda s: s.last_arrival)
+        elif known:
+            unclaimed = [s for s in self._streams.values() if self._map.user_for(s.ssrc) is None]
+            if not unclaimed:
+                return False
+            victim = min(unclaimed, key=lambda s: s.last_arrival)
+            held = len(victim.buffer) + len(victim.pending)
+            if held:
+                self.stats.add(None, "received", held)
+                self.stats.drop(None, DropReason.overflow, held)
+        else:
             return False
-        victim = min(idle, key=lambda s: s.last_arrival)
         del self._streams[victim.ssrc]
         return True
 
