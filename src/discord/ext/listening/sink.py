@@ -120,6 +120,18 @@ class FanOutSink(AudioSink):
         self.sinks: tuple[AudioSink, ...] = sinks
         #: Exceptions raised by child sinks, counted per sink index.
         self.errors: list[int] = [0] * len(sinks)
+        self._error: "BaseException | None" = None
+
+    @property  # type: ignore[override]
+    def error(self) -> "BaseException | None":
+        """The first error a child sink reported (a full disk...), so ``after`` receives it."""
+        if self._error is not None:
+            return self._error
+        return next((e for e in (getattr(s, "error", None) for s in self.sinks) if e is not None), None)
+
+    @error.setter
+    def error(self, value: "BaseException | None") -> None:
+        self._error = value
 
     def _each(self, method: str, *args: object) -> None:
         for i, s in enumerate(self.sinks):
