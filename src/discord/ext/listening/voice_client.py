@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, Optional
 
 import discord
@@ -24,6 +26,54 @@ __all__ = ("VoiceClient",)
 _log = logging.getLogger(__name__)
 
 AfterCallback = Callable[..., Coroutine[Any, Any, Any]]
+
+
+def _reader_waker(sock: Any) -> Callable[[], None]:
+    """Something that wakes a thread blocked in ``select()`` on ``sock`` once it is closed.
+
+    Closing a socket does not wake a ``select()`` waiting on it in another thread, and
+    discord.py's SocketReader waits up to 30 s there. It only reads while a listener is
+    registered, so while listening a reconnect (close codes 4006, 4009...) replaced the
+    socket under a reader stuck on the old one: IP discovery on the new socket then timed
+    out until the 30 s were over. A duplicate of the descriptor keeps the old socket alive
+    past discord.py's close; shutting it down wakes the reader, which finds its reader
+    paused (or stopped) and goes on with the new socket.
+    """
+    try:
+        fd = os.dup(sock.fileno()) if os.name == "posix" and sock else -1
+    except (OSError, ValueError, AttributeError):
+        fd = -1
+    if fd < 0:
+        return lambda: None
+
+    def wake() -> None:
+        s = socket.socket(fileno=fd)
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # ENOTCONN still wakes the waiters on Linux
+        finally:
+            s.close()
+
+    return wake
+
+
+class _ConnectionState(VoiceConnectionState):
+    """discord.py's connection state; wakes its socket reader when it closes a socket."""
+
+    async def disconnect(self, *args: Any, **kwargs: Any) -> None:
+        wake = _reader_waker(getattr(self, "socket", None))
+        try:
+            await super().disconnect(*args, **kwargs)
+        finally:
+            wake()
+
+    async def soft_disconnect(self, *args: Any, **kwargs: Any) -> None:
+        wake = _reader_waker(getattr(self, "socket", None))
+        try:
+            await super().soft_disconnect(*args, **kwargs)
+        finally:
+            wake()
 
 
 class VoiceClient(discord.VoiceClient):
@@ -52,7 +102,7 @@ class VoiceClient(discord.VoiceClient):
     # -- connection plumbing -------------------------------------------------------------
 
     def create_connection_state(self) -> VoiceConnectionState:
-        return VoiceConnectionState(self, hook=self._on_gateway_message)
+        return _ConnectionState(self, hook=self._on_gateway_message)
 
     async def _on_gateway_message(self, ws: Any, msg: dict[str, Any]) -> None:
         # discord.py awaits this after its own handling of every JSON voice gateway message.
