@@ -92,6 +92,25 @@ def assert_heard_exactly(sink: Collect, member, spurts) -> None:
     assert not bad, f"{member.name}: {len(bad)} frames differ from what was sent"
 
 
+def udp_receive_buffer_drops() -> int:
+    """Datagrams the kernel dropped because a socket's receive buffer was full (Linux, all
+    sockets of the machine): a busy receive thread can lose a flood there before our code
+    sees it, and such a loss is the network's, not the receiver's."""
+    try:
+        with open("/proc/net/snmp") as fh:
+            rows = [line.split() for line in fh if line.startswith("Udp:")]
+        return int(rows[1][rows[0].index("RcvbufErrors")])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _corr(a: bytes, b: bytes) -> float:
+    x = np.frombuffer(a, np.int16).astype(float)
+    y = np.frombuffer(b, np.int16).astype(float)
+    d = np.linalg.norm(x) * np.linalg.norm(y)
+    return float(np.dot(x, y) / d) if d else 1.0
+
+
 def tap_outgoing(server: VoiceServerEmulator) -> list[bytes]:
     """Record every datagram the emulator schedules for the bot (authentic traffic to replay)."""
     captured: list[bytes] = []
@@ -153,7 +172,11 @@ async def test_forged_replayed_flooding_and_malformed_traffic_is_dropped_counted
                 clear += rtp.build_goodbye([alice.ssrc], b"x" * 10)[:-4]  # a truncated second packet
             bad.append(link.seal_rtcp(bytes(clear)))
         bad = [p for p in bad if not (len(p) == 74 and p[1] == 2)]  # (IP discovery replies are discord.py's)
-        flood = await server.inject("unknown_ssrc", count=600)  # authentic audio from 600 fresh SSRCs
+        kernel_drops = udp_receive_buffer_drops()
+        flood = []
+        for _ in range(12):  # authentic audio from 600 fresh SSRCs
+            flood += await server.inject("unknown_ssrc", count=50)
+            await asyncio.sleep(0.01)
         talk = asyncio.create_task(alice.speak(speechlike(2.0, seed=2)))
         for chunk in range(0, len(bad), 20):
             for p in bad[chunk : chunk + 20]:
@@ -184,9 +207,14 @@ async def test_forged_replayed_flooding_and_malformed_traffic_is_dropped_counted
     ), stats.user(1100).dropped
     assert stats.user(1101).dropped == {}
     counted = sum(total.dropped.values())
-    assert counted == len(bad) + len(replays) + len(flood), (counted, len(bad), len(replays), len(flood), total.dropped)
+    injected = len(bad) + len(replays) + len(flood)
+    lost_in_kernel = udp_receive_buffer_drops() - kernel_drops
+    assert counted <= injected and counted + lost_in_kernel >= injected, (
+        counted, lost_in_kernel, len(bad), len(replays), len(flood), total.dropped
+    )
     assert total.dropped[DropReason.malformed] >= 30  # the lying RTCP at least
-    assert total.dropped[DropReason.overflow] + total.dropped[DropReason.unknown_ssrc] == len(flood)
+    flood_counted = total.dropped[DropReason.overflow] + total.dropped[DropReason.unknown_ssrc]
+    assert flood_counted <= len(flood) and flood_counted + lost_in_kernel >= len(flood)
 
 
 # -- the receive path's own bounds (sans-I/O) ----------------------------------------------------
@@ -302,3 +330,244 @@ def test_dave_downgrade_and_upgrade_lose_no_audio_of_members_with_keys() -> None
     assert [p.opus for p in out] == frames, "audio lost or changed across a protocol transition"
     assert stats.user(alice_id).dropped == {}
     assert phases[0] == (1, 1) and phases[2] == (0, 0) and phases[-1] == (1, 1)
+
+
+# -- faults ---------------------------------------------------------------------------------------
+
+
+class _FullDisk:
+    """Stands in for the OS file: every write fails with ENOSPC (a fake of the OS only)."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+
+    def write(self, data: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+
+def read_wav(path: Path) -> np.ndarray:
+    data, rate = sf.read(str(path), dtype="int16", always_2d=True)
+    assert rate == RATE and data.shape[1] == 2
+    return data
+
+
+async def test_workers_killed_at_random_moments_and_a_full_disk(pool, tmp_path: Path) -> None:
+    """Decode workers are SIGKILLed three times at random moments while two members talk, and
+    one member's file hits a full disk: listening goes on, every frame is decoded, concealed
+    or counted as lost in a worker, ``after`` gets the disk error, and both files are valid
+    WAVs (the healthy one exactly as long as the recording)."""
+    rng = random.Random(77)
+    async with VoiceServerEmulator(seed=31) as server:
+        a = await server.add_member(1200, "steady")
+        b = await server.add_member(1201, "unlucky-disk")
+        vc = await server.connect(cls=listening.VoiceClient)
+        files = listening.AudioFileSink(WaveAudioFile, tmp_path)
+        collect = Collect()
+        sink = listening.FanOutSink(collect, files)
+        done = await start_listening(vc, sink, pool)
+        talk = asyncio.gather(a.speak(speechlike(3.0, seed=11)), b.speak(speechlike(3.0, seed=12)))
+        slot = pool.worker_index(vc.guild.id)
+        killed: list[int] = []
+        for _ in range(3):
+            await asyncio.sleep(rng.uniform(0.2, 0.7))
+            # (the restarted worker must be up before it can be killed again)
+            await server.wait_until(lambda: pool.worker_pids()[slot] not in (None, *killed), timeout=5, what="restart")
+            pid = pool.worker_pids()[slot]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            if b.user_id in files.output_files and not isinstance(files.output_files[b.user_id]._out.fh, _FullDisk):
+                out = files.output_files[b.user_id]._out
+                out.fh = _FullDisk(out.fh)
+        spurts = await talk
+        await server.drain()
+        await asyncio.sleep(0.5)
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 20)
+    assert len(killed) == 3
+    (_, error, _), = done.results  # type: ignore[attr-defined]
+    assert isinstance(error, listening.RecordingError) and error.errno == errno.ENOSPC, error
+    end = collect.stopped_at
+    stats = vc.listen_stats
+    for member, spurt in zip((a, b), spurts):
+        s = stats.user(member.user_id)
+        sent = len(spurt.frames)
+        assert s.frames + s.dropped[DropReason.worker_lost] >= sent, (member.name, s)
+        got = [f for f in collect.by_user()[member.user_id]]
+        seqs = [f.sequence for f in got]
+        assert all(seq_diff(y, x) > 0 for x, y in zip(seqs, seqs[1:])), "frames out of order after a restart"
+        assert any(f.sequence == spurt.frames[-1].sequence for f in got), "listening stopped after a kill"
+    # The healthy file: valid, as long as the recording, every frame where it was placed.
+    healthy = read_wav(files.output_files[a.user_id].path)
+    assert len(healthy) == end
+    for f in collect.by_user()[a.user_id]:
+        if f.kind is not listening.FrameKind.silence:
+            assert healthy[f.position : f.position + 960].tobytes() == f.audio
+    # The file that hit the full disk: a valid WAV of what reached the disk.
+    broken = files.output_files[b.user_id]
+    assert broken.error is error
+    partial = read_wav(broken.path)
+    assert 0 < len(partial) < end
+
+
+async def test_blocked_loop_and_a_sink_that_blocks_and_raises(pool) -> None:
+    """The event loop is blocked for a second mid-speech, and the sink blocks for 1.5 s and
+    raises from every callback: the receiver never stalls (every packet is received), what
+    the sink could not take is counted, ``after`` still runs, and a second listen() works."""
+
+    class Hostile(listening.AudioSink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.frames = 0
+            self.blocked = False
+
+        def on_audio(self, frame):
+            self.frames += 1
+            if not self.blocked:
+                self.blocked = True
+                time.sleep(1.5)
+            raise RuntimeError("sink bug")
+
+        def on_tick(self, position):
+            raise RuntimeError("tick bug")
+
+        def on_stop(self, position):
+            raise RuntimeError("stop bug")
+
+        def cleanup(self):
+            raise RuntimeError("cleanup bug")
+
+    async with VoiceServerEmulator(seed=32) as server:
+        m = await server.add_member(1300, "talker")
+        vc = await server.connect(cls=listening.VoiceClient)
+        hostile = Hostile()
+        done = await start_listening(vc, hostile, pool, sink_queue_size=20)
+        talk = asyncio.create_task(m.speak(speechlike(3.0, seed=13)))
+        await asyncio.sleep(0.8)
+        time.sleep(1.0)  # the event loop blocked (a bot doing blocking work in a coroutine)
+        spurt = await talk
+        await server.drain()
+        await asyncio.sleep(0.4)
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 20)
+        s = vc.listen_stats.user(1300)
+        assert s.received == len(spurt.frames) and s.decrypted == len(spurt.frames), s
+        assert s.dropped[DropReason.sink_overflow] > 0
+        assert hostile.frames == s.frames and s.frames + s.dropped[DropReason.sink_overflow] == len(spurt.frames)
+        assert done.results[0][1] is None  # type: ignore[attr-defined]
+        # The connection is fine: listen again and hear everything.
+        await vc.wait_for_listen_ready(timeout=10)
+        sink = Collect()
+        done = await start_listening(vc, sink, pool)
+        again = await m.speak(speechlike(0.6, seed=14), realtime=False)
+        await server.drain()
+        await asyncio.sleep(0.4)
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 10)
+    assert_heard_exactly(sink, m, [again])
+
+
+@pytest.mark.parametrize("codes", [(4015, 4006, 4009, 4014), (4022, 4021, 1000)])
+async def test_voice_websocket_close_codes(pool, tmp_path: Path, codes: tuple[int, ...]) -> None:
+    """Every close code discord.py handles: 4015 resumes, 4006/4009 reconnect (listening goes
+    on with the same sink), 4014/4022 without a move, 4021 and 1000 disconnect (listening ends
+    through ``after``). Files stay valid either way."""
+    async with VoiceServerEmulator(seed=33, dave=False) as server:
+        m = await server.add_member(1400, "talker")
+        for code in codes:
+            vc = server.voice_client or await server.connect(cls=listening.VoiceClient, timeout=3.0)
+            files = listening.AudioFileSink(WaveAudioFile, tmp_path / str(code))
+            collect = Collect()
+            done = await start_listening(vc, listening.FanOutSink(collect, files), pool)
+            before = await m.speak(speechlike(0.4, seed=code))
+            await server.drain()
+            await asyncio.sleep(0.2)
+            await server.close_voice(code)
+            if code in (4015, 4006, 4009):  # discord.py resumes or reconnects: listening goes on
+                if code == 4015:
+                    await server.wait_for_op(7)
+                await server.wait_until(lambda: vc.is_connected() and server.session is not None
+                                        and server.session.established, timeout=15, what=f"reconnect after {code}")
+                await asyncio.sleep(0.3)
+                assert vc.is_listening() and not done.is_set()
+                after_close = await m.speak(speechlike(0.4, seed=code + 1))
+                await server.drain()
+                await asyncio.sleep(0.3)
+                vc.stop_listening()
+                await asyncio.wait_for(done.wait(), 15)
+                assert_heard_exactly(collect, m, [before, after_close])
+            else:  # disconnected for good: after() says so
+                await asyncio.wait_for(done.wait(), 15)
+                assert not vc.is_listening()
+                assert_heard_exactly(collect, m, [before])
+                # (the client must have seen its own VOICE_STATE_UPDATE leaving before it joins again)
+                await server.wait_until(lambda: server.voice_client is None and server.guild.me.voice is None,
+                                        timeout=10, what="disconnect")
+            (_, error, _), = done.results  # type: ignore[attr-defined]
+            assert error is None
+            wav = read_wav(files.output_files[m.user_id].path)
+            assert len(wav) == collect.stopped_at
+        if server.voice_client is not None:
+            await server.voice_client.disconnect()
+
+
+# -- DAVE under churn ----------------------------------------------------------------------------
+
+
+async def test_dave_churn_and_an_invalid_commit_lose_no_audio_the_bot_has_keys_for(pool) -> None:
+    """Two members talk for six seconds while others join and leave about every second (each
+    one a new MLS epoch) and the bot is sent an invalid commit (it recovers by re-joining):
+    every frame of the steady members that the bot could decrypt is heard, bit for bit; the
+    only frames not heard are counted per user as undecryptable, and only around the
+    invalid commit, when the bot has no keys by design."""
+    rng = random.Random(5)
+    async with VoiceServerEmulator(seed=34) as server:
+        steady = [await server.add_member(1500 + i, f"steady{i}") for i in range(2)]
+        vc = await server.connect(cls=listening.VoiceClient)
+        sink = Collect()
+        done = await start_listening(vc, sink, pool)
+        talk = asyncio.gather(*(s.speak(speechlike(6.0, seed=20 + i)) for i, s in enumerate(steady)))
+        churners: list = []
+        events = 0
+        invalid_window = None
+        for step in range(6):
+            await asyncio.sleep(0.6 + rng.uniform(0, 0.4))
+            if churners and (step % 2 or len(churners) > 2):
+                await churners.pop(0).leave()
+            else:
+                c = await server.add_member(1600 + step, f"churn{step}")
+                churners.append(c)
+                asyncio.ensure_future(c.speak(speechlike(0.4, seed=40 + step)))
+            events += 1
+            if step == 3:  # an invalid commit (garbage op 29) to the bot
+                t_lo = server.sender_now()
+                await server.session.connection.send_binary(29, struct.pack(">H", 4242) + os.urandom(64))
+                await server.wait_for_op(31, timeout=5)  # discord.py reports it and re-joins
+                await server.wait_dave_ready(timeout=10)
+                invalid_window = (t_lo - 0.1, server.sender_now() + 0.1)
+        spurts = await talk
+        await server.drain()
+        await asyncio.sleep(0.5)
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 20)
+    assert events == 6 and invalid_window is not None
+    stats = vc.listen_stats
+    for member, spurt in zip(steady, spurts):
+        ref = reference([spurt])
+        heard = {f.sequence: f for f in sink.by_user()[member.user_id] if f.kind is listening.FrameKind.decoded}
+        missing = [q for q in ref if q not in heard]
+        sent_at = {f.sequence: f.send_time for f in spurt.frames}
+        lo, hi = invalid_window
+        outside = [q for q in missing if not lo <= sent_at[q] <= hi]
+        assert not outside, f"{member.name}: {len(outside)} frames lost away from the invalid commit"
+        # Bit for bit up to the first loss; after a concealment the decoder's state differs
+        # from a lossless decoder's for a while, so from there on: the same signal.
+        first_loss = sent_at[missing[0]] if missing else float("inf")
+        assert all(heard[q].audio == ref[q] for q in heard if q in ref and sent_at[q] < first_loss)
+        scores = [_corr(heard[q].audio, ref[q]) for q in heard if q in ref and ref[q].count(0) < 3800]
+        assert np.median(scores) > 0.99 and np.mean(scores) > 0.95, (np.median(scores), np.mean(scores))
+        dropped = stats.user(member.user_id).dropped
+        assert set(dropped) <= {DropReason.undecryptable}, dropped
+        assert dropped[DropReason.undecryptable] >= len(missing) - 2 * 5  # silence frames are clear, not counted
