@@ -483,3 +483,20 @@ def test_a_stream_emptied_by_overflow_is_skipped_cleanly() -> None:
     assert [(r.payload, r.new_stream, r.lost_before) for r in got] == [("c0", True, 0), ("c1", False, 0), ("c2", False, 0), ("c3", False, 0)]
     s = jb.stats
     assert s.restarts == 2 and s.overflow == 3 and s.received == s.released + s.overflow
+
+
+def test_straggler_of_a_stream_that_overflow_just_finished_is_late_not_a_huge_gap() -> None:
+    # Found by fuzzing (fuzz/targets.py jitter, replayed here as it was found): a straggler
+    # of the previous stream came in while the buffer was full; evicting the new stream's
+    # first packet finished the old stream, yet the straggler was stored into it with no
+    # boundary left, so the new stream's next packet came out with lost_before=262128
+    # (87 minutes for the decoder to conceal, and as many timeline positions to compute).
+    jb = JitterBuffer(depth=DEPTH, max_packets=2, max_dropout=3, max_misorder=214)
+    pushes = [(1034, 101128905), (1037, 101131785), (1042, 101136585), (1042, 101136585), (1047, 101141385),
+              (1052, 101146185), (1048, 101142345), (1043, 101137545), (1043, 101137545), (1053, 101147145)]
+    results = [jb.push(seq, ts, i, 0.0) for i, (seq, ts) in enumerate(pushes)]
+    assert results[2] is PushResult.RESTART and results[-1] is PushResult.LATE
+    got = jb.flush()
+    assert all(r.lost_before < 10 for r in got), got
+    s = jb.stats
+    assert s.received == s.released + s.duplicates + s.late + s.overflow

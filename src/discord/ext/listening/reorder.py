@@ -532,7 +532,13 @@ class JitterBuffer:
     def _store(self, ext: int, sequence: int, timestamp: int, payload: Any, now: float, result: PushResult) -> PushResult:
         buf = self._buf
         if len(buf) >= self.max_packets:
+            bound = self._bounds[0] if self._bounds else None
             self._evict()
+            if bound is not None and ext < bound and not (self._bounds and self._bounds[0] == bound):
+                # The eviction finished the stream this packet (a straggler) belongs to:
+                # its place is gone with it. Holding it would put it in the next stream.
+                self._late += 1
+                return PushResult.LATE
             if result is PushResult.ACCEPTED:
                 result = PushResult.OVERFLOW
         buf[ext] = _tuple_new(Released, (sequence, timestamp, payload, now, 0, False))
@@ -763,6 +769,10 @@ class JitterBuffer:
             if head == nxt:
                 hist = ((hist << 1) | 1) & mask
             elif nxt is None:
+                item = item._replace(new_stream=True)
+                hist = 1
+            elif head - nxt >= _STREAM_GAP // 2:  # pragma: no cover - a stream boundary lost: never a gap
+                _log.warning("jitter buffer: ext seq %d after %d is no gap; starting a new stream", head, nxt)
                 item = item._replace(new_stream=True)
                 hist = 1
             else:
