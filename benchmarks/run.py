@@ -1,0 +1,378 @@
+"""Benchmarks of discord-ext-listening's receive path, in one command.
+
+    python3 dev.py bench            # the full run (about 8 minutes on a 2-core machine)
+    python3 dev.py bench --quick    # a ~1-2 minute version (coarser searches, fewer cases)
+
+Prints one table and writes every number to ``benchmarks/results/latest.json``.
+Everything runs on this machine: local voice servers (the project's emulator) on 127.0.0.1,
+a sender process, and the bot's processes. Each measurement is a fresh process
+(``scenario.py`` / ``floors.py``). discord-ext-voice-recv runs from its own environment,
+``benchmarks/.venv-voicerecv``, which this script creates (``python -m venv`` + pip) and
+never adds to the project's dependencies. See BENCHMARKS.md for what each row means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+VR_VENV = HERE / ".venv-voicerecv"
+VR_PY = VR_VENV / ("Scripts" if os.name == "nt" else "bin") / ("python.exe" if os.name == "nt" else "python")
+VR_REQUIREMENTS = ["discord-ext-voice-recv", "psutil"]
+RESULTS = HERE / "results"
+
+sys.path.insert(0, str(HERE))
+import common  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- the comparison environment --------------------------------------------------------------
+
+
+def ensure_voicerecv_env(refresh: bool) -> Optional[str]:
+    """Create or refresh benchmarks/.venv-voicerecv; returns an error text if it cannot."""
+    stamp = VR_VENV / ".bench-stamp"
+    want = hashlib.sha256(((ROOT / "pyproject.toml").read_bytes() + " ".join(VR_REQUIREMENTS).encode())).hexdigest()
+    if not refresh and VR_PY.exists() and stamp.exists() and stamp.read_text() == want:
+        return None
+    log(f"{'refreshing' if VR_PY.exists() else 'creating'} {VR_VENV.relative_to(ROOT)} "
+        "(discord-ext-voice-recv from PyPI + this project for its voice server emulator)")
+    if not VR_PY.exists():
+        done = subprocess.run([sys.executable, "-m", "venv", str(VR_VENV)], capture_output=True, text=True)
+        if done.returncode:
+            return f"python -m venv failed: {done.stderr.strip()[-500:]}"
+    cmd = [str(VR_PY), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--upgrade", *VR_REQUIREMENTS, "-e", str(ROOT)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        return f"pip install failed: {(done.stdout + done.stderr).strip()[-800:]}"
+    stamp.write_text(want)
+    return None
+
+
+def voicerecv_version() -> str:
+    done = subprocess.run(
+        [str(VR_PY), "-c", "import importlib.metadata as m; print(m.version('discord-ext-voice-recv'), m.version('discord.py'))"],
+        capture_output=True, text=True,
+    )
+    return done.stdout.strip() or "?"
+
+
+# -- running measurements ----------------------------------------------------------------
+
+
+def run_json(cmd: list[str], timeout: float) -> dict[str, Any]:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f}s"}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    return {"error": f"exit {done.returncode}: {(done.stderr or done.stdout).strip()[-600:]}"}
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.quick = args.quick
+        self.seconds = 3.0 if args.quick else 4.0
+        self.results: dict[str, Any] = {"machine": common.machine(), "quick": args.quick, "started": time.time()}
+        self.trials: list[dict[str, Any]] = []
+
+    def scenario(self, library: str = "listening", *, speakers: int, guilds: int = 1, decode: bool = True,
+                 workers: int = 1, dave: bool = False, mode: str = "aes", seconds: Optional[float] = None) -> dict[str, Any]:
+        py = sys.executable if library == "listening" else str(VR_PY)
+        cmd = [
+            py, str(HERE / "scenario.py"), "--library", library, "--speakers", str(speakers), "--guilds", str(guilds),
+            "--decode", str(int(decode)), "--workers", str(workers), "--dave", str(int(dave)), "--mode", mode,
+            "--seconds", str(seconds or self.seconds), "--late-ms", str(self.args.late_ms),
+        ]
+        t = time.monotonic()
+        r = run_json(cmd, timeout=240)
+        r.setdefault("library", library)
+        r["wall_s"] = time.monotonic() - t
+        if "error" in r:
+            log(f"  {library} {guilds}x{speakers} decode={decode} workers={workers}: ERROR {r['error']}")
+        else:
+            log(f"  {library} {guilds}x{speakers} decode={int(decode)} w={workers} dave={int(dave)} {mode}: "
+                f"{r['cpu_us_per_packet']:.1f} us/pkt, bad {100 * r['bad_fraction']:.2f}%, "
+                f"p50/p99 {r['latency_p50_ms']:.1f}/{r['latency_p99_ms']:.1f} ms, load {r['loadavg'][0]:.2f}")
+        self.trials.append(r)
+        return r
+
+    @staticmethod
+    def sustained(r: dict[str, Any]) -> bool:
+        return "error" not in r and r["bad_fraction"] <= 0.001
+
+    def capacity(self, label: str, run: Callable[[int], dict[str, Any]], start: int, step: int,
+                 lo: int = 0, max_trials: int = 6) -> dict[str, Any]:
+        """Largest n (a multiple of ``step``) for which ``run(n)`` is sustained."""
+        log(f"capacity: {label}")
+        good: Optional[tuple[int, dict[str, Any]]] = None
+        bad: Optional[int] = None
+        n = max(step, int(round(start / step)) * step)
+        tried: dict[int, dict[str, Any]] = {}
+        for _ in range(max_trials):
+            r = run(n)
+            tried[n] = r
+            if self.sustained(r):
+                good = (n, r) if good is None or n > good[0] else good
+            else:
+                bad = n if bad is None or n < bad else bad
+            if bad is None:
+                n = int(math.ceil(n * 1.3 / step)) * step
+            elif good is None:
+                n = max(step, int(n * 0.7 / step) * step)
+                if n in tried:
+                    break
+            else:
+                if bad - good[0] <= max(step, good[0] // 12):
+                    break
+                n = (good[0] + bad) // 2 // step * step
+                if n in tried:
+                    break
+        out = {"label": label, "max": good[0] if good else 0, "first_failure": bad,
+               "trials": {str(k): _brief(v) for k, v in sorted(tried.items())}}
+        if good:
+            out["at_max"] = good[1]
+        return out
+
+    # -- sections ----------------------------------------------------------------------
+
+    def floors(self) -> None:
+        log("raw floors")
+        r = run_json([sys.executable, str(HERE / "floors.py"), "--repeat", "2" if self.quick else "4"], timeout=180)
+        self.results["floors"] = r
+        if "error" in r:
+            log(f"  floors failed: {r['error']}")
+        else:
+            log(f"  opus {r['opus_decode_us']:.1f} us, aes {r['aes_gcm_us']:.1f}, xchacha {r['xchacha_us']:.1f}, "
+                f"dave {r['dave_us']:.1f}, recv {r['udp_recv_us']:.1f}")
+
+    def growth(self, max_decode: int, max_passthrough: int) -> None:
+        log("per-packet CPU as speakers grow (one guild, AES-GCM; DAVE on up to 10 speakers)")
+        rows = []
+        points = [1, 10, 100, max_decode] if not self.quick else [1, 10, 100]
+        for n in points:
+            dave = n <= 10
+            rows.append(self.scenario(speakers=n, decode=True, workers=1, dave=dave))
+        for n in ([1, 10, 100, max_passthrough] if not self.quick else [10, 100]):
+            dave = n <= 10
+            rows.append(self.scenario(speakers=n, decode=False, dave=dave))
+        self.results["growth"] = rows
+
+    def comparison(self) -> None:
+        log("discord-ext-voice-recv vs this project, same packets, XChaCha20, DAVE off")
+        rows = []
+        for n in ([10, 50] if self.quick else [10, 100]):
+            for decode in (True, False):
+                rows.append(self.scenario(speakers=n, decode=decode, workers=1, mode="xchacha"))
+                rows.append(self.scenario("voice_recv", speakers=n, decode=decode, mode="xchacha"))
+        self.results["comparison"] = rows
+
+    def capacities(self) -> None:
+        caps = {}
+        trials = 4 if self.quick else 6
+        est = self.args.start
+        caps["listening_1g_1w"] = c = self.capacity(
+            "one guild, decode, 1 worker", lambda n: self.scenario(speakers=n, decode=True, workers=1), est, 10, max_trials=trials)
+        base = max(c["max"], 20)
+        caps["listening_1g_2w"] = self.capacity(
+            "one guild, decode, 2 workers", lambda n: self.scenario(speakers=n, decode=True, workers=2), base * 1.3, 10,
+            max_trials=trials)
+        if not self.quick:
+            caps["listening_50g_1w"] = c1 = self.capacity(
+                "many guilds (G x 5 speakers), decode, 1 worker",
+                lambda n: self.scenario(speakers=5, guilds=n // 5, decode=True, workers=1), base, 10, max_trials=trials)
+            caps["listening_50g_2w"] = self.capacity(
+                "many guilds (G x 5 speakers), decode, 2 workers",
+                lambda n: self.scenario(speakers=5, guilds=n // 5, decode=True, workers=2), max(c1["max"], 20) * 1.5, 10,
+                max_trials=trials)
+        caps["listening_passthrough"] = self.capacity(
+            "one guild, decode=False", lambda n: self.scenario(speakers=n, decode=False), base * 2.5, 20, max_trials=trials)
+        if self.results.get("voice_recv_error") is None:
+            caps["voice_recv"] = self.capacity(
+                "discord-ext-voice-recv, one guild, decode (XChaCha20, DAVE off)",
+                lambda n: self.scenario("voice_recv", speakers=n, decode=True, mode="xchacha"), max(10, base // 3), 5,
+                max_trials=trials)
+            caps["listening_xchacha_1g_2w"] = self.capacity(
+                "this project, same packets (XChaCha20, DAVE off), decode, 2 workers",
+                lambda n: self.scenario(speakers=n, decode=True, workers=2, mode="xchacha"),
+                caps["listening_1g_2w"]["max"] or base, 10, max_trials=trials)
+        self.results["capacity"] = caps
+
+    def dave_at_scale(self) -> None:
+        g = 10 if self.quick else 50
+        log(f"DAVE on at scale: {g} guilds x 5 speakers, decode, 2 workers")
+        self.results["dave_scale"] = self.scenario(speakers=5, guilds=g, decode=True, workers=2, dave=True)
+
+
+def _brief(r: dict[str, Any]) -> dict[str, Any]:
+    keys = ("cpu_us_per_packet", "cpu_cores", "bad_fraction", "lost", "late", "latency_p50_ms", "latency_p99_ms",
+            "udp_drops", "error", "loadavg")
+    return {k: r[k] for k in keys if k in r}
+
+
+# -- the table -----------------------------------------------------------------------------
+
+
+def fmt(x: Any, spec: str = ".1f") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return format(x, spec)
+
+
+def table(res: dict[str, Any], late_ms: float) -> str:
+    rows: list[tuple[str, str, str, str, str]] = []
+    fl = res.get("floors", {})
+    floor = fl.get("opus_decode_us")
+    jitter_ms = 60.0
+
+    def add(section: str, case: str, value: str, target: str = "", ok: Optional[bool] = None) -> None:
+        rows.append((section, case, value, target, "" if ok is None else ("yes" if ok else "NO")))
+
+    if "error" not in fl and fl:
+        add("1 floor", "libopus decode, project binding (OpusDecoder)", f"{fl['opus_decode_us']:.1f} us")
+        add("1 floor", "libopus decode, discord.py Decoder (same lib)", f"{fl['discordpy_decoder_us']:.1f} us")
+        add("1 floor", "transport decrypt AES-256-GCM", f"{fl['aes_gcm_us']:.1f} us")
+        add("1 floor", "transport decrypt XChaCha20-Poly1305", f"{fl['xchacha_us']:.1f} us")
+        add("1 floor", "DAVE decrypt (davey)", f"{fl['dave_us']:.1f} us")
+        add("1 floor", "UDP recv of a queued datagram", f"{fl['udp_recv_us']:.1f} us")
+        add("1 floor", f"UDP select+recv, a wake-up per packet ({fl['udp_wakeup_rate']}/s)", f"{fl['udp_wakeup_recv_us']:.1f} us")
+
+    for r in res.get("growth", []):
+        if "error" in r:
+            add("2/5 cost", f"{r.get('speakers')} speakers", "error")
+            continue
+        case = (f"{r['speakers']:>4} speakers decode={'on ' if r['decode'] else 'off'} "
+                f"{'DAVE+AES' if r['dave'] else 'AES'}{' 1 worker' if r['decode'] else ''}")
+        cpu = r["cpu_us_per_packet"]
+        if r["decode"]:
+            ratio = cpu / floor if floor else float("nan")
+            value = f"{cpu:.1f} us/pkt = {ratio:.2f}x floor"
+            add("2/5 cost", case, value, "<= 1.3x floor", ratio <= 1.3 if r["speakers"] >= 100 else None)
+        else:
+            add("2/5 cost", case, f"{cpu:.1f} us/pkt", "<= 15 us", cpu <= 15.0 if r["speakers"] >= 100 else None)
+        mem = (r["uss_after_mb"] - r["uss_before_mb"]) * 1024 / max(1, r["speakers"])
+        if r["speakers"] >= 100:
+            add("5 memory", case, f"{mem:.0f} KiB/speaker")
+
+    caps = res.get("capacity", {})
+    for key, c in caps.items():
+        at = c.get("at_max") or {}
+        lat = f", p50/p99 {fmt(at.get('latency_p50_ms'))}/{fmt(at.get('latency_p99_ms'))} ms" if at else ""
+        target, ok = "", None
+        if key == "listening_1g_2w" and "listening_1g_1w" in caps and caps["listening_1g_1w"]["max"]:
+            r = c["max"] / caps["listening_1g_1w"]["max"]
+            target, ok = f">= 1.7x 1 worker (is {r:.2f}x)", r >= 1.7
+        if key == "listening_50g_2w" and "listening_50g_1w" in caps and caps["listening_50g_1w"]["max"]:
+            r = c["max"] / caps["listening_50g_1w"]["max"]
+            target, ok = f">= 1.7x 1 worker (is {r:.2f}x)", r >= 1.7
+        if key == "listening_xchacha_1g_2w" and caps.get("voice_recv", {}).get("max"):
+            r = c["max"] / caps["voice_recv"]["max"]
+            target, ok = f">= 3x voice-recv (is {r:.2f}x)", r >= 3.0
+        add("3 capacity", c["label"], f"{c['max']} speakers{lat}", target, ok)
+        if at and "latency_p99_ms" in at:
+            add("3 latency", c["label"] + " at max", f"p99 {at['latency_p99_ms']:.1f} ms",
+                f"<= {jitter_ms + 10:.0f} ms", at["latency_p99_ms"] <= jitter_ms + 10)
+    d = res.get("dave_scale")
+    if d and "error" not in d:
+        add("3 capacity", f"DAVE on: {d['guilds']} guilds x {d['speakers_per_guild']} speakers, 2 workers",
+            f"{'sustained' if d['bad_fraction'] <= 0.001 else 'NOT sustained'} ({100 * d['bad_fraction']:.2f}% bad), "
+            f"{d['cpu_us_per_packet']:.1f} us/pkt, p50/p99 {d['latency_p50_ms']:.1f}/{d['latency_p99_ms']:.1f} ms")
+
+    comp = res.get("comparison", [])
+    for r in comp:
+        if "error" in r:
+            add("4 voice-recv", f"{r.get('library')} {r.get('speakers')} speakers", "error")
+            continue
+        case = f"{r['library']:<10} {r['speakers']:>4} speakers decode={'on ' if r['decode'] else 'off'}"
+        value = f"{r['cpu_us_per_packet']:.1f} us/pkt, {100 * r['bad_fraction']:.2f}% bad"
+        target = ""
+        if r["library"] == "voice_recv":
+            ours = next((o for o in comp if o.get("library") == "listening" and o.get("speakers") == r["speakers"]
+                         and o.get("decode") == r["decode"] and "error" not in o), None)
+            if ours:
+                target = f"ours {ours['cpu_us_per_packet'] / r['cpu_us_per_packet']:.2f}x its CPU"
+        add("4 voice-recv", case, value, target)
+
+    widths = [max(len(r[i]) for r in rows + [("section", "case", "result", "target", "met")]) for i in range(5)]
+    head = ("section", "case", "result", "target", "met")
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
+    last = None
+    for r in rows:
+        if last is not None and r[0] != last:
+            lines.append("")
+        last = r[0]
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    m = res.get("machine", {})
+    header = (f"discord-ext-listening benchmarks: {m.get('nproc')} x {m.get('cpu', '?')}, Python {m.get('python')}, "
+              f"load avg at start {fmt((m.get('loadavg') or [None])[0], '.2f')}; us = CPU microseconds per 20 ms "
+              f"packet summed over all the bot's processes; 'bad' = lost or later than {late_ms:.0f} ms")
+    return header + "\n" + "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="Run the receive-path benchmarks and print one table.")
+    p.add_argument("--quick", action="store_true", help="a ~1-2 minute version (fewer cases, coarser searches)")
+    p.add_argument("--skip-voicerecv", action="store_true", help="do not set up or run discord-ext-voice-recv")
+    p.add_argument("--refresh-voicerecv", action="store_true", help="re-run pip in its environment (upgrades it)")
+    p.add_argument("--late-ms", type=float, default=200.0, help="a frame later than this counts against capacity")
+    p.add_argument("--start", type=int, default=150, help="first guess for the one-guild capacity search")
+    p.add_argument("--only", default="", help="comma list of sections: floors,growth,comparison,capacity,dave")
+    p.add_argument("--out", default=str(RESULTS / "latest.json"))
+    args = p.parse_args()
+    bench = Bench(args)
+    t0 = time.monotonic()
+    only = set(filter(None, args.only.split(",")))
+
+    def want(section: str) -> bool:
+        return not only or section in only
+
+    if args.skip_voicerecv:
+        bench.results["voice_recv_error"] = "skipped (--skip-voicerecv)"
+    elif want("comparison") or want("capacity"):
+        err = ensure_voicerecv_env(args.refresh_voicerecv)
+        bench.results["voice_recv_error"] = err
+        if err:
+            log(f"discord-ext-voice-recv unavailable: {err}")
+        else:
+            bench.results["voice_recv_version"] = voicerecv_version()
+    if want("floors"):
+        bench.floors()
+    if want("capacity"):
+        bench.capacities()
+    caps = bench.results.get("capacity", {})
+    max_dec = caps.get("listening_1g_1w", {}).get("max") or 150
+    max_pass = caps.get("listening_passthrough", {}).get("max") or 400
+    if want("growth"):
+        bench.growth(max_dec, max_pass)
+    if want("comparison") and not bench.results.get("voice_recv_error"):
+        bench.comparison()
+    if want("dave"):
+        bench.dave_at_scale()
+    bench.results["wall_s"] = time.monotonic() - t0
+    bench.results["trials"] = bench.trials
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(bench.results, indent=1))
+    print(table(bench.results, args.late_ms))
+    print(f"\n{len(bench.trials)} runs in {bench.results['wall_s']:.0f} s; every number in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
