@@ -248,7 +248,7 @@ def test_ogg_pages_carry_arbitrary_packets_exactly(packets, serial) -> None:
 
 def test_atheris_bounded_run_finds_nothing(tmp_path: Path) -> None:
     pytest.importorskip("atheris")
-    seconds = 10 * SCALE
+    seconds = 6 * SCALE
     done = subprocess.run(
         [sys.executable, str(ROOT / "fuzz" / "run.py"), "--seconds", str(seconds), "--json",
          "--artifacts", str(tmp_path / "artifacts"), "all"],
