@@ -571,3 +571,38 @@ async def test_dave_churn_and_an_invalid_commit_lose_no_audio_the_bot_has_keys_f
         dropped = stats.user(member.user_id).dropped
         assert set(dropped) <= {DropReason.undecryptable}, dropped
         assert dropped[DropReason.undecryptable] >= len(missing) - 2 * 5  # silence frames are clear, not counted
+
+
+# -- secrets stay out of logs ----------------------------------------------------------------------
+
+
+async def test_transport_keys_never_reach_our_logs(pool, caplog) -> None:
+    """Everything this library logs, at every level, through a connection, a re-key and a
+    listening session: no form of a transport key appears (discord.py's own DEBUG logging
+    of voice websocket frames does print it: see SECURITY.md)."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="discord.ext.listening")
+    async with VoiceServerEmulator(seed=35, dave=False) as server:
+        m = await server.add_member(1700, "talker")
+        vc = await server.connect(cls=listening.VoiceClient)
+        keys = [bytes(vc._connection.secret_key)]
+        sink = Collect()
+        done = await start_listening(vc, sink, pool)
+        await m.speak(speechlike(0.3, seed=1), realtime=False)
+        keys.append(await server.new_session_key())
+        await server.wait_until(lambda: bytes(vc._connection.secret_key) == keys[-1], what="new key")
+        await m.speak(speechlike(0.3, seed=2), realtime=False)
+        await server.drain()
+        await asyncio.sleep(0.2)
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 10)
+        cipher = vc._listening.receiver._cipher if vc._listening else None
+    ours = [r for r in caplog.records
+            if r.name.startswith("discord.ext.listening") and not r.name.startswith("discord.ext.listening.testing")]
+    assert ours, "nothing was logged: the check would prove nothing"
+    text = "\n".join(r.getMessage() + (r.exc_text or "") for r in ours)
+    for key in keys:
+        for form in (key.hex(), repr(key), str(list(key)), ", ".join(map(str, key[:8]))):
+            assert form not in text
+    assert cipher is None or "key" not in repr(cipher).lower().replace("mode", "")
