@@ -469,46 +469,63 @@ async def test_blocked_loop_and_a_sink_that_blocks_and_raises(pool) -> None:
     assert_heard_exactly(sink, m, [again])
 
 
-@pytest.mark.parametrize("codes", [(4015, 4006, 4009, 4014), (4022, 4021, 1000)])
-async def test_voice_websocket_close_codes(pool, tmp_path: Path, codes: tuple[int, ...]) -> None:
+@pytest.mark.parametrize("codes", [(4015, "new key", 4006, 4009, 4014), ("move", 4022, 4021, 1000)])
+async def test_voice_websocket_close_codes_moves_and_new_keys(pool, tmp_path: Path, codes: tuple) -> None:
     """Every close code discord.py handles: 4015 resumes, 4006/4009 reconnect (listening goes
     on with the same sink), 4014/4022 without a move, 4021 and 1000 disconnect (listening ends
-    through ``after``). Files stay valid either way."""
+    through ``after``); a new session key and a move to another channel keep listening. The
+    files stay valid WAVs as long as the recording either way."""
     async with VoiceServerEmulator(seed=33, dave=False) as server:
-        m = await server.add_member(1400, "talker")
+        here = await server.add_member(1400, "talker")
+        there = await server.add_member(1401, "over-there", channel=server.other_channel)
+        speaker = {server.channel_id: here, server.other_channel_id: there}
         for code in codes:
             vc = server.voice_client or await server.connect(cls=listening.VoiceClient, timeout=3.0)
             files = listening.AudioFileSink(WaveAudioFile, tmp_path / str(code))
             collect = Collect()
             done = await start_listening(vc, listening.FanOutSink(collect, files), pool)
-            before = await m.speak(speechlike(0.4, seed=code))
+            first = speaker[vc.channel.id]
+            before = await first.speak(speechlike(0.4, seed=len(str(code))))
             await server.drain()
             await asyncio.sleep(0.2)
-            await server.close_voice(code)
-            if code in (4015, 4006, 4009):  # discord.py resumes or reconnects: listening goes on
+            if code == "new key":
+                key = await server.new_session_key()
+                await server.wait_until(lambda: bytes(vc._connection.secret_key) == key, what="new key")
+            elif code == "move":
+                await server.move_bot(server.other_channel)
+                await server.wait_until(lambda: vc.is_connected() and vc.channel.id == server.other_channel_id,
+                                        timeout=15, what="moved")
+            else:
+                await server.close_voice(code)
+            if code in (4015, 4006, 4009, "new key", "move"):  # resumed, reconnected or re-keyed: listening goes on
                 if code == 4015:
                     await server.wait_for_op(7)
                 await server.wait_until(lambda: vc.is_connected() and server.session is not None
                                         and server.session.established, timeout=15, what=f"reconnect after {code}")
                 await asyncio.sleep(0.3)
                 assert vc.is_listening() and not done.is_set()
-                after_close = await m.speak(speechlike(0.4, seed=code + 1))
+                second = speaker[vc.channel.id]
+                after_event = await second.speak(speechlike(0.4, seed=7))
                 await server.drain()
                 await asyncio.sleep(0.3)
                 vc.stop_listening()
                 await asyncio.wait_for(done.wait(), 15)
-                assert_heard_exactly(collect, m, [before, after_close])
+                if second is first:
+                    assert_heard_exactly(collect, first, [before, after_event])
+                else:
+                    assert_heard_exactly(collect, first, [before])
+                    assert_heard_exactly(collect, second, [after_event])
             else:  # disconnected for good: after() says so
                 await asyncio.wait_for(done.wait(), 15)
                 assert not vc.is_listening()
-                assert_heard_exactly(collect, m, [before])
+                assert_heard_exactly(collect, first, [before])
                 # (the client must have seen its own VOICE_STATE_UPDATE leaving before it joins again)
                 await server.wait_until(lambda: server.voice_client is None and server.guild.me.voice is None,
                                         timeout=10, what="disconnect")
             (_, error, _), = done.results  # type: ignore[attr-defined]
             assert error is None
-            wav = read_wav(files.output_files[m.user_id].path)
-            assert len(wav) == collect.stopped_at
+            for f in files.output_files.values():
+                assert len(read_wav(f.path)) == collect.stopped_at
         if server.voice_client is not None:
             await server.voice_client.disconnect()
 
