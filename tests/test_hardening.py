@@ -623,3 +623,37 @@ async def test_transport_keys_never_reach_our_logs(pool, caplog) -> None:
         for form in (key.hex(), repr(key), str(list(key)), ", ".join(map(str, key[:8]))):
             assert form not in text
     assert cipher is None or "key" not in repr(cipher).lower().replace("mode", "")
+
+
+def test_claimed_losses_cannot_amplify_into_a_flood_of_concealed_frames() -> None:
+    """A sender (a call member picks its own RTP numbers) that skips 999 sequence numbers
+    with every packet claims 999 lost frames each time: each would become a concealed frame
+    for the decoder, the timeline and every sink (50 000 frames a second from one member,
+    enough to overflow the sink queue that all members share). What the receiver asks to
+    conceal stays within real time: about one frame per 20 ms of arrival, plus a 1 s burst.
+    A real burst of loss is still concealed in full."""
+    m = SSRCMap()
+    m.set_audio(7, 1)
+    m.set_audio(8, 2)
+    stats = ListenStats()
+    receiver = PacketReceiver(_conn(), m, stats, origin=0.0)
+    cipher = transport.transport_cipher(transport.AES_GCM, KEY)
+    frames = _opus(20, seed=5)
+    out = []
+    t = 0.0
+    for i in range(250):  # 5 s of packets
+        seq, ts = (1000 + 999 * i) & 0xFFFF, (960 * 999 * i) & 0xFFFFFFFF
+        header = rtp.build_rtp_header(seq, ts, 7, extension_length=4)
+        receiver.datagram(cipher.encrypt(header, rtp.audio_level_extension(5) + frames[i % 20], i), t)
+        if i not in range(100, 140):  # an honest member loses 40 packets in a row
+            header = rtp.build_rtp_header(500 + i, 960 * i, 8, extension_length=4)
+            receiver.datagram(cipher.encrypt(header, rtp.audio_level_extension(5) + frames[i % 20], 10**6 + i), t)
+        t += 0.02
+        out += receiver.poll(t)[0]
+    out += receiver.flush(t + 1)
+    claimed = [p for p in out if p.ssrc == 7]
+    honest = [p for p in out if p.ssrc == 8]
+    concealed = sum(len(p.lost_positions) for p in claimed)
+    assert len(claimed) == 250 and concealed <= 250 + 50, concealed
+    assert sum(len(p.lost_positions) for p in honest) == 40  # a real loss burst, concealed in full
+    assert stats.user(1).lost == 249 * 998  # still counted as lost: nothing hidden

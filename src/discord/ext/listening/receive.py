@@ -45,6 +45,9 @@ FRAME_SECONDS: Final = FRAME_SAMPLES / SAMPLE_RATE
 KEY_GRACE: Final = 1.0
 #: Packets that failed authentication kept for a retry when the key changes.
 MAX_PARKED: Final = 64
+#: Frames of concealment one SSRC may ask for at once; the budget refills at one frame per
+#: frame of arrival time, so skipped sequence numbers cannot flood the decoder and sinks.
+CONCEAL_BURST: Final = 50
 #: A talker is "stopped" after this long without a packet (senders stop sending in silence).
 SPEAKING_TIMEOUT: Final = 0.25
 #: ValueError texts from davey meaning "the key is not here yet" (worth holding and retrying).
@@ -111,6 +114,9 @@ class _Stream:
     #: Timeline positions of frames dropped after release (undecryptable...), handed on with
     #: the next packet's ``lost_positions`` so the decoder conceals them.
     carry_lost: tuple[int, ...] = ()
+    #: Concealment budget in frames, and the arrival time it was last topped up at.
+    conceal_credit: float = CONCEAL_BURST
+    credit_at: float = 0.0
 
 
 class PacketReceiver:
@@ -385,11 +391,24 @@ class PacketReceiver:
             payload, level = r.payload
             lost_positions: tuple[int, ...] = ()
             if r.lost_before:
+                # Concealment is paid from a budget that refills in real time: a sender that
+                # skips sequence numbers (a member picks its own) cannot make the decoder and
+                # every sink take more than about one extra frame per 20 ms, plus a burst.
+                # Beyond that the gap stays a gap on the timeline (still counted as lost).
+                lost = r.lost_before
+                # (true arrival times: the debursted ones trust the sender's numbers)
+                credit = stream.conceal_credit + max(0.0, r.arrival - stream.credit_at) / FRAME_SECONDS
+                credit = min(float(CONCEAL_BURST), credit)
+                stream.credit_at = max(stream.credit_at, r.arrival)
+                if lost > credit:
+                    self.stats.add(self._map.user_for(stream.ssrc), "lost", lost - int(credit))
+                    lost = int(credit)
+                stream.conceal_credit = credit - lost
                 # Place each lost frame like a received one, so concealment can never overlap
                 # earlier audio even when the clock re-anchors at this packet.
-                first = r.timestamp - FRAME_SAMPLES * r.lost_before
+                first = r.timestamp - FRAME_SAMPLES * lost
                 lost_positions = tuple(
-                    clock.position((first + FRAME_SAMPLES * i) & 0xFFFFFFFF, arrival) for i in range(r.lost_before)
+                    clock.position((first + FRAME_SAMPLES * i) & 0xFFFFFFFF, arrival) for i in range(lost)
                 )
             position = clock.position(r.timestamp, arrival, new_stream=r.new_stream)
             if len(pending) >= self.max_held:
