@@ -49,7 +49,8 @@ def _reader_waker(sock: Any) -> Callable[[], None]:
     def wake() -> None:
         s = socket.socket(fileno=fd)
         try:
-            s.shutdown(socket.SHUT_RDWR)
+            if sock.fileno() == -1:  # only a socket discord.py closed: one it kept stays usable
+                s.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass  # ENOTCONN still wakes the waiters on Linux
         finally:
