@@ -473,8 +473,13 @@ class PacketReceiver:
     def _speaking(self, stream: _Stream, now: float, changes: list[SpeakingChange]) -> None:
         active = stream.last_arrival > 0 and now - stream.last_arrival < SPEAKING_TIMEOUT
         if active != stream.speaking:
+            user_id = self._map.user_for(stream.ssrc)
+            if active and user_id is None:
+                # Whose voice this is arrives with SPEAKING / op 12, often just after the first
+                # packet: announce the start then, rather than a start nobody can be told of.
+                return
             stream.speaking = active
-            changes.append(SpeakingChange(stream.ssrc, self._map.user_for(stream.ssrc), active))
+            changes.append(SpeakingChange(stream.ssrc, user_id, active))
 
     @property
     def ssrcs(self) -> list[int]:
