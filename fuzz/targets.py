@@ -23,8 +23,7 @@ import os
 import struct
 import tempfile
 from collections import Counter
-from types import SimpleNamespace
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import davey
 
@@ -35,7 +34,7 @@ from discord.ext.listening.frames import AudioFrame, FrameKind
 from discord.ext.listening.receive import PacketReceiver
 from discord.ext.listening.reorder import JitterBuffer, PushResult
 from discord.ext.listening.ssrc import SSRCMap
-from discord.ext.listening.stats import DropReason, ListenStats
+from discord.ext.listening.stats import ListenStats
 
 __all__ = ("TARGETS", "COUNTS", "Reader")
 

@@ -28,7 +28,7 @@ import soundfile as sf
 from discord.ext import listening
 from discord.ext.listening import rtp, transport
 from discord.ext.listening.files import WaveAudioFile
-from discord.ext.listening.opus import SILENCE_FRAME, OpusDecoder, OpusEncoder
+from discord.ext.listening.opus import OpusDecoder, OpusEncoder
 from discord.ext.listening.receive import PacketReceiver
 from discord.ext.listening.reorder import seq_diff
 from discord.ext.listening.ssrc import SSRCMap

@@ -44,7 +44,7 @@ from discord.ext.listening.pool import DecodeItem
 from discord.ext.listening.receive import PacketReceiver
 from discord.ext.listening.reorder import seq_diff
 from discord.ext.listening.ssrc import SSRCMap
-from discord.ext.listening.stats import DropReason, ListenStats
+from discord.ext.listening.stats import ListenStats
 from discord.ext.listening.testing.audio import speechlike
 from discord.ext.listening.testing.dave_server import DaveGroupServer, LocalDaveMember, connect_local_member
 from discord.ext.listening.testing.impairment import Impairment
