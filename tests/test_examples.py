@@ -1,0 +1,401 @@
+"""The examples in examples/ run against the local voice server, so none of them rots.
+
+Each test drives an example's core (not Discord's interaction API) with a real discord.py
+voice client over DAVE, members speaking the bundled speech clips, and checks what a bot's
+users would see: files with each member's voice where they spoke, chunks of the right
+member's speech, a clip holding the last seconds of the right member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import io
+import sys
+import threading
+import types
+import wave
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+
+import discord
+from discord import app_commands
+from discord.ext import listening
+from discord.ext.listening.demo import load_clip
+from discord.ext.listening.testing import VoiceServerEmulator
+
+pytestmark = pytest.mark.timeout(60)
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SR = 48000
+SECOND = SR * 4  # bytes of one second of 48 kHz stereo s16le
+
+
+def load_example(name: str) -> types.ModuleType:
+    """Import examples/<name>.py by path (examples/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being created
+    spec.loader.exec_module(module)
+    return module
+
+
+async def decoder_ready(pool: listening.AudioProcessPool, vc: listening.VoiceClient) -> None:
+    """Wait (bounded) for the decode worker of this guild: on a fresh pool it starts with
+    listen() and takes about a second, and audio in between would arrive in a late burst."""
+    index = pool.worker_index(vc.guild.id)
+    for _ in range(500):
+        if pool.worker_pids()[index] is not None:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the decode worker did not start within 10 s")
+
+
+async def until(predicate: Any, what: str, timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def clips() -> dict[str, bytes]:
+    return {name: load_clip(name) for name in ("alice", "bob", "carol")}
+
+
+def decode(path: Path) -> np.ndarray:
+    """Any of the recording formats -> (n, 2) float array at 48 kHz."""
+    out = []
+    with av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="s16", layout="stereo", rate=SR)
+        for frame in container.decode(audio=0):
+            out += [f.to_ndarray().reshape(-1, 2) for f in resampler.resample(frame)]
+        out += [f.to_ndarray().reshape(-1, 2) for f in resampler.resample(None)]
+    return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 2))
+
+
+def as_array(pcm: Any) -> np.ndarray:
+    if isinstance(pcm, (bytes, bytearray)):
+        return np.frombuffer(pcm, dtype="<i2").reshape(-1, 2).astype(np.float64)
+    return np.asarray(pcm, dtype=np.float64).reshape(-1, 2)
+
+
+def rms(audio: np.ndarray, start: float, stop: float) -> float:
+    part = audio[max(0, int(start * SR)) : max(0, int(stop * SR))]
+    return float(np.sqrt(np.mean(part**2))) if len(part) else 0.0
+
+
+def envelope(pcm: Any) -> np.ndarray:
+    """RMS per 20 ms: robust to the codec's phase and a few ms of offset."""
+    a = as_array(pcm).mean(axis=1)
+    n = len(a) // 960
+    return np.sqrt((a[: n * 960].reshape(n, 960) ** 2).mean(axis=1))
+
+
+def best_match(env: np.ndarray, ref: np.ndarray, lags: range) -> tuple[float, int]:
+    """(correlation, lag): where ``env`` best lines up with ``ref[lag:]`` (zero past its end)."""
+    ref = np.concatenate([ref, np.zeros(len(env) + max(lags, default=0))])
+    best = (-1.0, 0)
+    for lag in lags:
+        r = ref[lag : lag + len(env)]
+        if r.std() == 0 or env.std() == 0:
+            continue
+        best = max(best, (float(np.corrcoef(env, r)[0, 1]), lag))
+    return best
+
+
+def locate(track: np.ndarray, ref: np.ndarray) -> tuple[float, int]:
+    """(correlation, offset): where the envelope ``ref`` best lines up inside ``track``."""
+    best = (-1.0, 0)
+    for offset in range(len(track) - len(ref) + 1):
+        t = track[offset : offset + len(ref)]
+        if t.std() > 0:
+            best = max(best, (float(np.corrcoef(t, ref)[0, 1]), offset))
+    return best
+
+
+def pcm_frame(user_id: int, position: int, value: int, samples: int = 960) -> listening.AudioFrame:
+    audio = np.full((samples, 2), value, dtype="<i2").tobytes()
+    return listening.AudioFrame(
+        discord.Object(id=user_id), 1, position // 960, position, audio, listening.FrameKind.decoded, position, 0.0
+    )
+
+
+class FakeInteraction:
+    """Just what the example's commands use of discord.Interaction."""
+
+    def __init__(self, guild: discord.Guild, user: discord.Member) -> None:
+        self.guild = guild
+        self.user = user
+        self.channel = None
+        self.sent: list[tuple[str, Any, list[str]]] = []
+        self.uploads: dict[str, bytes] = {}
+        outer = self
+
+        class Response:
+            _done = False
+
+            def is_done(self) -> bool:
+                return self._done
+
+            async def defer(self, *, thinking: bool = False, ephemeral: bool = False) -> None:
+                self._done = True
+
+            async def send_message(self, content: Any = None, *, ephemeral: bool = False, **kw: Any) -> None:
+                self._done = True
+                outer._record(content, ephemeral, kw)
+
+        class Followup:
+            async def send(self, content: Any = None, *, ephemeral: bool = False, **kw: Any) -> None:
+                outer._record(content, ephemeral, kw)
+
+        self.response = Response()
+        self.followup = Followup()
+
+    def _record(self, content: Any, ephemeral: bool, kw: dict[str, Any]) -> None:
+        files = kw.get("files") or ([kw["file"]] if kw.get("file") else [])
+        self.sent.append((str(content), ephemeral, [f.filename for f in files]))
+        for f in files:
+            self.uploads[f.filename] = f.fp.read()
+            f.close()
+
+
+# ---------------------------------------------------------------------------------------
+# recording_bot.py
+# ---------------------------------------------------------------------------------------
+
+
+async def test_recording_session_writes_each_member_and_the_mix(pool, clips, tmp_path) -> None:
+    rb = load_example("recording_bot")
+    ids = {"alice": 1001, "bob": 1002, "carol": 1003}
+    async with VoiceServerEmulator(dave=True, seed=21) as server:
+        members = {name: await server.add_member(uid, name) for name, uid in ids.items()}
+        vc = await server.connect(cls=listening.VoiceClient)
+        assert vc._connection.dave_protocol_version == 1
+
+        # WAV: alice alone, then bob and carol at once
+        session = rb.RecordingSession(vc, tmp_path / "wav", "wav", pool=pool)
+        await session.start()
+        t0 = server.sender_now()  # the timeline's 0: when listening started
+        await decoder_ready(pool, vc)
+        assert session.recording and "being recorded" in session.notice()
+        await asyncio.sleep(0.2)
+        spurts = {"alice": await members["alice"].speak(clips["alice"][:SECOND])}
+        spurts["bob"], spurts["carol"] = await asyncio.gather(
+            members["bob"].speak(clips["bob"][:SECOND]), members["carol"].speak(clips["carol"][:SECOND])
+        )
+        at = {who: spurt.start - t0 for who, spurt in spurts.items()}  # when each one's first frame was sent
+        await server.drain()
+        await asyncio.sleep(0.3)
+        paths = await asyncio.wait_for(session.stop(), 20)
+        assert await session.stop() == paths  # idempotent
+        assert session.error is None
+
+        # Opus (decode=False) with a pause: alice, then bob while paused, then carol
+        opus = rb.RecordingSession(vc, tmp_path / "opus", "opus", pool=pool)
+        await opus.start()
+        t1 = server.sender_now()
+        said = {"alice": await members["alice"].speak(clips["alice"][: SECOND * 6 // 10])}
+        await server.drain()
+        await asyncio.sleep(0.15)
+        opus.pause()
+        assert opus.paused and not opus.recording
+        said["bob"] = await members["bob"].speak(clips["bob"][SECOND // 10 : SECOND * 7 // 10])  # unheard
+        await server.drain()  # on the wire; let the bot read it before resuming
+        await asyncio.sleep(0.15)
+        opus.resume()
+        said["carol"] = await members["carol"].speak(clips["carol"][: SECOND * 6 // 10])
+        opus_at = {who: spurt.start - t1 for who, spurt in said.items()}
+        await server.drain()
+        await asyncio.sleep(0.3)
+        opus_paths = await asyncio.wait_for(opus.stop(), 20)
+        opus_stats = vc.listen_stats.total
+
+        # FLAC and MP3: one member, to see that each format comes out playable
+        encoded = {}
+        for fmt in ("flac", "mp3"):
+            s = rb.RecordingSession(vc, tmp_path / fmt, fmt, pool=pool, mixed=False)
+            await s.start()
+            await members["alice"].speak(clips["alice"][: SECOND // 2])
+            await server.drain()
+            await asyncio.sleep(0.25)
+            encoded[fmt] = await asyncio.wait_for(s.stop(), 20)
+        await vc.disconnect()
+
+    # -- WAV: one file per member plus the mix, all aligned, each member where they spoke
+    assert [p.name for p in paths] == ["alice.wav", "bob.wav", "carol.wav", "mixed.wav"]
+    assert session.user_file(ids["bob"]) == paths[1] and session.mixed_file == paths[3]
+    audio = {p.stem: decode(p) for p in paths}
+    assert len({len(a) for a in audio.values()}) == 1, "tracks of one recording must end on the same sample"
+
+    def spoke(track: str, who: str, seconds: float = 1.0) -> float:
+        return rms(audio[track], at[who] + 0.15, at[who] + seconds - 0.15)
+
+    for who in ("alice", "bob", "carol"):
+        assert spoke(who, who) > 500, f"{who}'s file is silent where {who} spoke"
+        assert spoke("mixed", who) > 500
+    assert spoke("alice", "bob") < 30 and spoke("bob", "alice") < 30 and spoke("carol", "alice") < 30
+    # bob and carol spoke at the same time: each file holds its own member's voice, where
+    # it was said (the timeline starts when listening started)
+    for who, other in (("bob", "carol"), ("carol", "bob")):
+        start = at[who] - 0.3
+        env = envelope(audio[who][int(start * SR) : int((at[who] + 1.4) * SR)])
+        own, offset = locate(env, envelope(clips[who][:SECOND]))
+        theirs = float(np.corrcoef(env[offset : offset + 50], envelope(clips[other][:SECOND]))[0, 1])
+        assert own > 0.8 and own > theirs + 0.3, (who, own, theirs)
+        delay = start + offset * 0.02 - at[who]  # where the words are vs when they were said
+        assert -0.05 <= delay <= 0.25, f"{who}'s words are {delay * 1000:.0f} ms off on the timeline"
+
+    # -- Opus: the paused span is silence, and bob (who only spoke then) has no file
+    assert sorted(p.name for p in opus_paths) == ["alice.opus", "carol.opus", "mixed.opus"]
+    assert opus_stats.frames > 50 and opus_stats.decoded == 0, "Opus is stored as received: nothing to decode"
+    mixed = decode(opus_paths[-1])
+    assert rms(mixed, opus_at["alice"] + 0.1, opus_at["alice"] + 0.5) > 500
+    assert rms(mixed, opus_at["carol"] + 0.1, opus_at["carol"] + 0.5) > 500
+    assert rms(mixed, opus_at["bob"] + 0.1, opus_at["bob"] + 0.5) < 30
+
+    for fmt, files in encoded.items():
+        assert [p.name for p in files] == [f"alice.{fmt}"]
+        assert np.sqrt(np.mean(decode(files[0]) ** 2)) > 200, f"{fmt} file without audio"
+
+    # -- the upload chooser, with these files and a small limit
+    limit = 200_000  # WAV files here are ~0.6 MB: split; many parts: zipped
+    plan = rb.plan_uploads(paths, limit, work_dir=tmp_path / "upload", max_attachments=4)
+    assert not plan.too_large
+    check_plan(plan, limit, max_attachments=4)
+    assert any(p.suffix == ".zip" for p in plan.attachments)
+    assert_wavs_survive(plan, paths)
+    plan.cleanup()
+    assert all(not p.exists() for p in plan.created) and all(p.exists() for p in paths)
+
+
+def check_plan(plan: Any, limit: int, *, max_attachments: int, margin: int = 16 * 1024) -> None:
+    for batch in plan.messages:
+        assert 1 <= len(batch) <= max_attachments
+        assert sum(p.stat().st_size for p in batch) <= limit - margin, "a message over the upload limit"
+
+
+def assert_wavs_survive(plan: Any, originals: list[Path]) -> None:
+    """Every original WAV can be put back together from the attachments, sample for sample."""
+    members: dict[str, bytes] = {}
+    for p in plan.attachments:
+        if p.suffix == ".zip":
+            with zipfile.ZipFile(p) as zf:
+                for name in zf.namelist():
+                    members[name] = zf.read(name)
+        else:
+            members[p.name] = p.read_bytes()
+
+    def frames(data: bytes) -> bytes:
+        with wave.open(io.BytesIO(data)) as w:
+            return w.readframes(w.getnframes())
+
+    for original in originals:
+        parts = sorted(
+            (n for n in members if n == original.name or n.startswith(original.stem + ".part")),
+            key=lambda n: int(n.split(".part")[1].split("of")[0]) if ".part" in n else 0,
+        )
+        assert parts, f"{original.name} is not in the upload"
+        with wave.open(str(original)) as w:
+            want = w.readframes(w.getnframes())
+        assert b"".join(frames(members[n]) for n in parts) == want, f"{original.name} did not survive the split"
+
+
+def test_upload_plan_edge_cases(tmp_path) -> None:
+    rb = load_example("recording_bot")
+
+    def wav(name: str, seconds: float) -> Path:
+        path = tmp_path / name
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(2)
+            w.setsampwidth(2)
+            w.setframerate(SR)
+            rng = np.random.default_rng(len(name))
+            w.writeframes(rng.integers(-3000, 3000, size=(int(seconds * SR), 2), dtype="<i2").tobytes())
+        return path
+
+    few = [wav("a.wav", 0.2), wav("b.wav", 0.2)]
+    plan = rb.plan_uploads(few, 10 * 1024 * 1024, work_dir=tmp_path / "u1")
+    assert plan.messages == [few] and not plan.created and not plan.too_large
+
+    # a compressed file over the limit cannot be split: reported with its path
+    big = tmp_path / "mixed.mp3"
+    big.write_bytes(b"\xff" * 300_000)
+    plan = rb.plan_uploads([big, *few], 200_000, work_dir=tmp_path / "u2")
+    assert plan.too_large == [big] and plan.attachments == few
+
+    # a long WAV is split into parts that each fit, and nothing is lost
+    long = wav("long.wav", 3.0)  # 576 kB
+    plan = rb.plan_uploads([long], 200_000, work_dir=tmp_path / "u3")
+    assert len(plan.attachments) == 4 and all(p.name.startswith("long.part") for p in plan.attachments)
+    check_plan(plan, 200_000, max_attachments=10)
+    assert_wavs_survive(plan, [long])
+
+    # many small files: zipped; more than fit in one archive: several, each within the limit
+    many = [wav(f"m{i}.wav", 0.25) for i in range(12)]  # 48 kB each of noise (deflate gains little)
+    plan = rb.plan_uploads(many, 200_000, work_dir=tmp_path / "u4")
+    assert all(p.suffix == ".zip" for p in plan.attachments) and len(plan.attachments) >= 3
+    check_plan(plan, 200_000, max_attachments=10)
+    assert_wavs_survive(plan, many)
+
+    with pytest.raises(ValueError):
+        rb.plan_uploads(few, 20_000, work_dir=tmp_path / "u5")
+
+
+async def test_recording_bot_slash_commands(pool, clips, tmp_path, monkeypatch) -> None:
+    rb = load_example("recording_bot")
+    posted: list[tuple[int, str]] = []
+
+    async def fake_send(channel: Any, content: Any = None, **kw: Any) -> None:
+        posted.append((channel.id, str(content)))
+
+    monkeypatch.setattr(discord.VoiceChannel, "send", fake_send)  # no Discord API here
+    bot = rb.RecordingBot(output_dir=tmp_path, pool=pool)
+    commands = {c.name: c for c in bot.tree.get_commands()}
+    assert set(commands) == {"join", "record", "pause", "resume", "stop", "leave"}
+    record_format = next(p for p in commands["record"].parameters if p.name == "format")
+    assert [c.value for c in record_format.choices] == ["wav", "flac", "mp3", "opus"]
+
+    async with VoiceServerEmulator(dave=True, seed=22) as server:
+        alice = await server.add_member(1001, "alice")
+        await server.add_member(1002, "bob")
+        guild = server.guild
+        ask = lambda: FakeInteraction(guild, alice.member)  # noqa: E731
+
+        await commands["join"].callback(i := ask())
+        assert isinstance(guild.voice_client, listening.VoiceClient) and "Joined" in i.sent[-1][0]
+        await server.wait_dave_ready()
+        await commands["record"].callback(i := ask(), format=app_commands.Choice(name="FLAC", value="flac"))
+        await decoder_ready(pool, guild.voice_client)
+        assert "being recorded" in i.sent[-1][0] and not i.sent[-1][1]  # told publicly...
+        assert posted and posted[-1][0] == server.channel.id and "being recorded" in posted[-1][1]  # ...and in voice chat
+        await commands["record"].callback(i := ask())
+        assert "Already recording" in i.sent[-1][0]
+
+        await alice.speak(clips["alice"][: SECOND // 2])
+        await commands["pause"].callback(ask())
+        await commands["resume"].callback(i := ask())
+        assert "resumed" in i.sent[-1][0]
+        # someone joining the recorded channel is told
+        joiner = guild.get_member(1002)
+        await bot.on_voice_state_update(joiner, types.SimpleNamespace(channel=None), types.SimpleNamespace(channel=server.channel))
+        assert "being recorded" in posted[-1][1] and joiner.mention in posted[-1][1]
+        await server.drain()
+        await asyncio.sleep(0.3)
+
+        await asyncio.wait_for(commands["stop"].callback(i := ask()), 30)
+        uploads = [names for _, _, names in i.sent if names]
+        assert uploads == [["alice.flac", "mixed.flac"]], i.sent
+        assert guild.id not in bot.sessions
+        await commands["stop"].callback(i := ask())
+        assert "Not recording" in i.sent[-1][0]
+
+        await commands["leave"].callback(i := ask())
+        assert guild.voice_client is None and "Left" in i.sent[-1][0]
