@@ -509,3 +509,117 @@ async def test_live_speech_chunk_boundaries() -> None:
     three = [c for c in got if c.user_id == 3]
     assert [(len(c.pcm) // 4 // F, c.final) for c in three] == [(6, True)]
     assert len(got) == 4 and live.dropped_chunks == 0
+
+
+# ---------------------------------------------------------------------------------------
+# custom_sink.py
+# ---------------------------------------------------------------------------------------
+
+
+async def test_clip_sink_holds_the_last_seconds_of_each_member(pool, clips, tmp_path) -> None:
+    cs = load_example("custom_sink")
+    async with VoiceServerEmulator(dave=True, seed=24, rtcp_interval=0.5) as server:
+        alice = await server.add_member(1001, "alice")
+        bob = await server.add_member(1002, "bob")
+        vc = await server.connect(cls=listening.VoiceClient)
+        sink = cs.ClipSink(seconds=1.0)
+        done = asyncio.Event()
+
+        async def after(s: Any, error: Any = None) -> None:
+            done.set()
+
+        vc.listen(sink, pool, after=after)
+        await decoder_ready(pool, vc)
+        said = clips["alice"][: SECOND * 16 // 10]  # 1.6 s: more than the ring keeps
+        talking = asyncio.create_task(alice.speak(said))
+        await until(lambda: 1001 in sink.members(), "alice's first frames")
+        partial = sink.clip(1001, 1.0)  # while she talks, from the event loop thread
+        await talking
+        await server.drain()
+        await asyncio.sleep(0.15)
+        alice_clip = sink.clip(1001, 1.0)
+        assert sink.clip(1002) is None  # bob has not spoken
+        await bob.speak(clips["bob"][: SECOND * 6 // 10])
+        await server.drain()
+        await asyncio.sleep(0.15)
+        bob_clip = sink.clip(1002, 1.0)
+        saved = await asyncio.to_thread(sink.save_clip, 1002, tmp_path / "bob-clip.wav", 0.8)
+        members = sink.members()
+        await asyncio.sleep(0.4)
+        reports = dict(sink.sender_reports)
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 10)
+        await vc.disconnect()
+
+    assert partial is not None and partial.shape == (SR, 2)
+    assert members == {1001: "alice", 1002: "bob"}
+    # alice's clip is the *last* second of what she said (then the silence since)
+    ref = envelope(said)
+    corr, lag = best_match(envelope(alice_clip), ref, range(0, len(ref)))
+    assert alice_clip.shape == (SR, 2) and corr > 0.8, corr
+    assert 28 <= lag <= 52, f"the clip starts {lag * 20} ms into her speech, not ~600-1000 ms"
+    assert rms(as_array(alice_clip), 0.0, 0.4) > 500
+    # bob's clip: his words at the end, alice's (said before) nowhere
+    env = envelope(bob_clip)
+    own, _ = best_match(env, envelope(clips["bob"][: SECOND * 6 // 10]), range(0, 1))
+    own = max(own, best_match(env[-40:], envelope(clips["bob"][: SECOND * 6 // 10]), range(0, 10))[0])
+    assert own > 0.8 and rms(as_array(bob_clip), 0.5, 0.8) > 300
+    with wave.open(str(saved)) as w:
+        assert (w.getnchannels(), w.getframerate(), w.getnframes()) == (2, SR, int(0.8 * SR))
+    assert alice.ssrc in reports and reports[alice.ssrc].ssrc == alice.ssrc  # on_rtcp got sender reports
+    assert sink.clip(1001) is None, "cleanup() frees the buffers"
+
+
+def test_clip_sink_ring_keeps_exact_samples() -> None:
+    cs = load_example("custom_sink")
+    sink = cs.ClipSink(seconds=0.1)  # 4800 samples: five frames
+    for k in range(8):  # frames valued 1..8; the ring keeps the last five
+        sink.on_audio(pcm_frame(7, 960 * k, k + 1))
+    assert (sink.clip(7, end=960 * 8)[:, 0] == np.repeat([4, 5, 6, 7, 8], 960)).all()
+    assert (sink.clip(7, 0.04, end=960 * 8)[:, 1] == np.repeat([7, 8], 960)).all()
+    # the member went quiet (sent nothing) for two frames: silence, not old audio
+    sink.on_audio(pcm_frame(7, 960 * 10, 11))
+    assert (sink.clip(7, end=960 * 11)[:, 0] == np.repeat([7, 8, 0, 0, 11], 960)).all()
+    # a frame overlapping what is there keeps only its new part (its second half)
+    sink.on_audio(pcm_frame(7, 960 * 10 + 480, 12))
+    assert (sink.clip(7, end=960 * 12)[:, 0] == np.repeat([8, 0, 11, 12, 0], [960, 1920, 960, 480, 480])).all()
+    # "now" past the newest frame: the clip ends with the silence since
+    assert (sink.clip(7, end=960 * 13)[:, 0] == np.repeat([0, 11, 12, 0], [1920, 960, 480, 1440])).all()
+    # a gap longer than the ring clears it all
+    sink.on_audio(pcm_frame(7, 960 * 40, 13))
+    assert (sink.clip(7, end=960 * 41)[:, 0] == np.repeat([0, 13], [3840, 960])).all()
+    assert sink.clip(8) is None and sink.members() == {7: "7"}
+    sink.on_rtcp(listening.Goodbye(listening.RTCPMessageType.goodbye, ssrcs=[1]))
+    assert sink.goodbyes == {1}
+    sink.cleanup()
+    assert sink.clip(7) is None
+
+
+async def test_clip_bot_slash_commands(pool, clips) -> None:
+    cs = load_example("custom_sink")
+    bot = cs.ClipBot(seconds=2.0, pool=pool)
+    commands = {c.name: c for c in bot.tree.get_commands()}
+    assert set(commands) == {"listen", "clip"}
+    async with VoiceServerEmulator(dave=True, seed=25) as server:
+        alice = await server.add_member(1001, "alice")
+        bob = await server.add_member(1002, "bob")
+        ask = lambda: FakeInteraction(server.guild, bob.member)  # noqa: E731
+        await commands["listen"].callback(i := ask())
+        vc = server.guild.voice_client
+        assert isinstance(vc, listening.VoiceClient) and vc.is_listening() and "kept in memory" in i.sent[-1][0]
+        await server.wait_dave_ready()
+        await decoder_ready(pool, vc)
+        await commands["clip"].callback(i := ask(), member=alice.member, seconds=1.0)
+        assert "not heard" in i.sent[-1][0] and i.sent[-1][1]  # nothing yet, said privately
+        await alice.speak(clips["alice"][: SECOND * 6 // 10])
+        await server.drain()
+        await until(lambda: 1001 in bot.sinks[server.guild.id].members(), "alice heard")
+        await asyncio.sleep(0.2)
+        await commands["clip"].callback(i := ask(), member=alice.member, seconds=1.5)
+        assert i.sent[-1][2] == ["alice-clip.wav"] and alice.member.mention in i.sent[-1][0]
+        await vc.disconnect()
+        await until(lambda: not bot.sinks, "the sink to be forgotten when listening ended")
+    with wave.open(io.BytesIO(i.uploads["alice-clip.wav"])) as w:
+        assert (w.getframerate(), w.getnframes()) == (SR, int(1.5 * SR))
+        audio = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2).astype(np.float64)
+    assert np.sqrt(np.mean(audio**2)) > 300, "the clip holds no speech"
