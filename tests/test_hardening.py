@@ -111,6 +111,25 @@ def _corr(a: bytes, b: bytes) -> float:
     return float(np.dot(x, y) / d) if d else 1.0
 
 
+async def settle(server: VoiceServerEmulator, vc, *spoken) -> None:
+    """Wait (bounded) until the receiver has seen every frame of ``(member, spurts)`` pairs.
+
+    Stopping right after the last datagram was sent races with discord.py's socket thread:
+    on a loaded machine the last packets (a spurt's five silence frames) may still sit in
+    the kernel's buffer, and a stopped session never reads them. A frame the network really
+    lost leaves this waiting until the timeout, which is not an error by itself.
+    """
+    stats = vc.listen_stats
+
+    def seen() -> bool:
+        return all(stats.user(m.user_id).received >= sum(len(s.frames) for s in spurts) for m, spurts in spoken)
+
+    try:
+        await server.wait_until(seen, timeout=5.0, what="the last packets")
+    except asyncio.TimeoutError:
+        pass
+
+
 def tap_outgoing(server: VoiceServerEmulator) -> list[bytes]:
     """Record every datagram the emulator schedules for the bot (authentic traffic to replay)."""
     captured: list[bytes] = []
@@ -193,6 +212,7 @@ async def test_forged_replayed_flooding_and_malformed_traffic_is_dropped_counted
         await server.wait_dave_ready()
         bob_spurt = await bob.speak(speechlike(1.0, seed=3))
         await server.drain()
+        await settle(server, vc, (alice, spurts), (bob, [bob_spurt]))
         await asyncio.sleep(0.3)
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 20)
@@ -487,6 +507,7 @@ async def test_voice_websocket_close_codes_moves_and_new_keys(pool, tmp_path: Pa
             first = speaker[vc.channel.id]
             before = await first.speak(speechlike(0.4, seed=len(str(code))))
             await server.drain()
+            await settle(server, vc, (first, [before]))
             await asyncio.sleep(0.2)
             if code == "new key":
                 key = await server.new_session_key()
@@ -507,6 +528,7 @@ async def test_voice_websocket_close_codes_moves_and_new_keys(pool, tmp_path: Pa
                 second = speaker[vc.channel.id]
                 after_event = await second.speak(speechlike(0.4, seed=7))
                 await server.drain()
+                await settle(server, vc, (second, [after_event] if second is not first else [before, after_event]))
                 await asyncio.sleep(0.3)
                 vc.stop_listening()
                 await asyncio.wait_for(done.wait(), 15)
@@ -567,7 +589,8 @@ async def test_dave_churn_and_an_invalid_commit_lose_no_audio_the_bot_has_keys_f
                 invalid_window = (t_lo - 0.1, server.sender_now() + 0.1)
         spurts = await talk
         await server.drain()
-        await asyncio.sleep(0.5)
+        await settle(server, vc, *((m, [s]) for m, s in zip(steady, spurts)))
+        await asyncio.sleep(0.3)
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 20)
     assert events == 6 and invalid_window is not None
