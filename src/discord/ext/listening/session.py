@@ -105,7 +105,12 @@ class ListeningSession:
         )
         self._after = after
         self._after_kwargs = after_kwargs
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=sink_queue_size)
+        # Frames travel to the dispatcher in lists (one queue operation per batch, not per
+        # frame); the bound counts frames (and ticks / RTCP packets), not queue items.
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._queue_limit = sink_queue_size
+        self._queued = 0
+        self._qlock = threading.Lock()
         self._pool = pool
         self._stream: Any = None
         self._meta: dict[int, ReceivedPacket] = {}
@@ -357,12 +362,15 @@ class ListeningSession:
             return
         if not self.decode:
             # Opus passthrough: nothing to conceal; a gap stays a gap (positions say where).
+            members: dict[Optional[int], Any] = {}
+            opus = FrameKind.opus
+            out = []
             for p in packets:
-                self._enqueue(
-                    AudioFrame(self._user(p.user_id), p.ssrc, p.sequence, p.timestamp, p.opus, FrameKind.opus,
-                               p.position, p.arrival, p.audio_level),
-                    p.user_id,
-                )
+                uid = p.user_id
+                user = members[uid] if uid in members else members.setdefault(uid, self._user(uid))
+                out.append(AudioFrame(user, p.ssrc, p.sequence, p.timestamp, p.opus, opus, p.position, p.arrival,
+                                      p.audio_level))
+            self._enqueue_frames(out)
             return
         from .pool import DecodeItem
 
@@ -414,23 +422,36 @@ class ListeningSession:
     # -- pool reader threads -------------------------------------------------------------
 
     def _on_decoded(self, frames: list[DecodedFrame]) -> None:
-        for f in frames:
-            with self._meta_lock:
-                p = self._meta.get(f.extra)
+        meta = self._meta
+        found = []
+        with self._meta_lock:  # once per batch
+            for f in frames:
+                p = meta.get(f.extra)
                 if p is not None and f.sequence == p.sequence:
-                    del self._meta[f.extra]
+                    del meta[f.extra]
+                found.append(p)
+        out = []
+        members: dict[Optional[int], Any] = {}
+        counts: dict[tuple[Optional[int], str], int] = {}
+        decoded = FrameKind.decoded
+        for f, p in zip(frames, found):
             if p is None:
                 continue  # arrived after stop() gave up on it; already counted as lost
             kind = FrameKind(f.kind) if not isinstance(f.kind, FrameKind) else f.kind
             back = seq_diff(p.sequence, f.sequence)  # >0 for frames concealing losses before p
             lost = p.lost_positions
             position = p.position if back <= 0 or back > len(lost) else lost[len(lost) - back]
-            frame = AudioFrame(
-                self._user(p.user_id), f.ssrc, f.sequence, f.timestamp, f.audio, kind, position,
+            uid = p.user_id
+            user = members[uid] if uid in members else members.setdefault(uid, self._user(uid))
+            out.append(AudioFrame(
+                user, f.ssrc, f.sequence, f.timestamp, f.audio, kind, position,
                 p.arrival, p.audio_level if back == 0 else None,
-            )
-            self.stats.add(p.user_id, "concealed" if frame.concealed else "decoded")
-            self._enqueue(frame, p.user_id)
+            ))
+            key = (uid, "decoded" if kind is decoded else "concealed")
+            counts[key] = counts.get(key, 0) + 1
+        for (uid, name), n in counts.items():
+            self.stats.add(uid, name, n)
+        self._enqueue_frames(out)
 
     # -- dispatcher thread ---------------------------------------------------------------
 
@@ -441,24 +462,40 @@ class ListeningSession:
         return guild.get_member(user_id) or discord.Object(id=user_id)
 
     def _enqueue(self, item: Any, user_id: Optional[int]) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            if isinstance(item, AudioFrame):
-                self.stats.drop(user_id, DropReason.sink_overflow)
+        """One tick or RTCP packet (or a single frame); dropped when the sink is behind."""
+        if isinstance(item, AudioFrame):
+            self._enqueue_frames([item])
+            return
+        with self._qlock:
+            if self._queued >= self._queue_limit:
+                return
+            self._queued += 1
+        self._queue.put_nowait(item)
+
+    def _enqueue_frames(self, frames: list[AudioFrame]) -> None:
+        """Hand frames to the dispatcher in one piece; past ``sink_queue_size`` waiting, the
+        newest are dropped (and counted)."""
+        if not frames:
+            return
+        with self._qlock:
+            room = self._queue_limit - self._queued
+            if room >= len(frames):
+                take, rest = frames, ()
+            else:
+                take, rest = frames[: max(room, 0)], frames[max(room, 0) :]
+            self._queued += len(take)
+        if take:
+            self._queue.put_nowait(take)
+        if rest:
+            dropped: dict[Optional[int], int] = {}
+            for f in rest:
+                uid = f.user_id
+                dropped[uid] = dropped.get(uid, 0) + 1
+            for uid, n in dropped.items():
+                self.stats.drop(uid, DropReason.sink_overflow, n)
 
     def _put_blocking(self, item: Any) -> None:
-        # The stop marker must get in even if the sink is slow; bounded wait, then make room.
-        for _ in range(200):
-            try:
-                self._queue.put(item, timeout=0.05)
-                return
-            except queue.Full:
-                continue
-        try:
-            self._queue.get_nowait()
-        except queue.Empty:
-            pass
+        # The stop marker always gets in (the queue itself is unbounded; the bound is ours).
         self._queue.put_nowait(item)
 
     def _call_sink(self, method: str, *args: Any) -> None:
@@ -473,14 +510,26 @@ class ListeningSession:
             item = self._queue.get()
             if item is _STOP:
                 break
+            if type(item) is list:
+                counts: dict[Optional[int], int] = {}
+                for frame in item:
+                    uid = frame.user_id
+                    counts[uid] = counts.get(uid, 0) + 1
+                for uid, n in counts.items():
+                    self.stats.add(uid, "frames", n)
+                on_audio = sink.on_audio
+                for frame in item:
+                    try:
+                        on_audio(frame)
+                    except Exception:
+                        _log.exception("sink %r raised in on_audio", sink)
+                with self._qlock:
+                    self._queued -= len(item)
+                continue
+            with self._qlock:
+                self._queued -= 1
             if item is _TICK:
                 self._call_sink("on_tick", self.position())
-            elif isinstance(item, AudioFrame):
-                self.stats.add(item.user_id, "frames")
-                try:
-                    sink.on_audio(item)
-                except Exception:
-                    _log.exception("sink %r raised in on_audio", sink)
             else:
                 self._call_sink("on_rtcp", item)
         self._call_sink("on_stop", self.position())
