@@ -217,7 +217,10 @@ class Bench:
         self.results["capacity"] = caps
 
     def dave_at_scale(self) -> None:
-        g = 10 if self.quick else 50
+        # Near the many-guild capacity measured without DAVE (80% of it), so that the run
+        # says what DAVE costs there rather than that an overload is an overload.
+        cap = self.results.get("capacity", {}).get("listening_50g_2w", {}).get("max") or 50
+        g = max(2, int(0.8 * cap / 5))
         log(f"DAVE on at scale: {g} guilds x 5 speakers, decode, 2 workers")
         self.results["dave_scale"] = self.scenario(speakers=5, guilds=g, decode=True, workers=2, dave=True)
 
@@ -262,12 +265,15 @@ def table(res: dict[str, Any], late_ms: float) -> str:
         case = (f"{r['speakers']:>4} speakers decode={'on ' if r['decode'] else 'off'} "
                 f"{'DAVE+AES' if r['dave'] else 'AES'}{' 1 worker' if r['decode'] else ''}")
         cpu = r["cpu_us_per_packet"]
+        ok_run = r["bad_fraction"] <= 0.001 and r.get("window_valid", True)
+        note = "" if ok_run else f" (NOT sustained: {100 * r['bad_fraction']:.1f}% bad; CPU per packet sent understates)"
+        judge = r["speakers"] >= 100 and ok_run
         if r["decode"]:
             ratio = cpu / floor if floor else float("nan")
-            value = f"{cpu:.1f} us/pkt = {ratio:.2f}x floor"
-            add("2/5 cost", case, value, "<= 1.3x floor", ratio <= 1.3 if r["speakers"] >= 100 else None)
+            value = f"{cpu:.1f} us/pkt = {ratio:.2f}x floor{note}"
+            add("2/5 cost", case, value, "<= 1.3x floor", ratio <= 1.3 if judge else None)
         else:
-            add("2/5 cost", case, f"{cpu:.1f} us/pkt", "<= 15 us", cpu <= 15.0 if r["speakers"] >= 100 else None)
+            add("2/5 cost", case, f"{cpu:.1f} us/pkt{note}", "<= 15 us", cpu <= 15.0 if judge else None)
         mem = (r["uss_after_mb"] - r["uss_before_mb"]) * 1024 / max(1, r["speakers"])
         if r["speakers"] >= 100:
             add("5 memory", case, f"{mem:.0f} KiB/speaker")

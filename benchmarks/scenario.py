@@ -253,7 +253,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             def tree() -> list[int]:
                 return [os.getpid()] + [p.pid for p in me.children(recursive=True) if p.pid != sender.pid]
 
-            await asyncio.sleep(0.5)  # workers up, threads started
+            await asyncio.sleep(0.5)  # threads started
+            if pool is not None:
+                # A decode worker that is still starting (forkserver, imports: seconds on a
+                # loaded machine) would make the first measured packets late.
+                for _ in range(600):
+                    slots = [sl for sl in pool._slots if sl.streams]
+                    if all(sl.inc is not None and sl.inc.ready for sl in slots):
+                        break
+                    await asyncio.sleep(0.05)
             mem0 = common.uss(tree())
             drops0 = udp_drops(ports)
 
@@ -325,6 +333,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     late = sum(1 for x in latencies if x > args.late_ms / 1000)
     cpu = cpu1 - cpu0
     result.update(
+        # The event loop of a badly overloaded bot can wake so late that the window misses
+        # the sending: then the per-packet CPU is meaningless (and says so).
+        window_valid=in_window >= 0.8 * expected,
         window_s=a1 - a0,
         packets_in_window=in_window,
         cpu_s=cpu,
