@@ -1462,8 +1462,10 @@ class FLACAudioFile(_AVAudioFile):
             packet = renumbered
         self._encoder_frames += 1
         self._frame_number += 1
-        self._samples_muxed += samples
         self._mux(packet, samples)
+        # counted once on disk: after a failed write the STREAMINFO total (see _salvage) must
+        # not promise a frame that is not there, or readers seek past the end and give up
+        self._samples_muxed += samples
 
     def _append_pcm(self, pcm: bytes | bytearray | memoryview) -> None:
         self._encode(pcm)
@@ -1494,9 +1496,9 @@ class FLACAudioFile(_AVAudioFile):
             self._mux_bytes(self._silence.frames(self._frame_number, batch), batch * self._blocksize)
             self._frame_number += batch
             self._inserted += batch
+            self._samples_muxed += batch * self._blocksize
+            self._fed += batch * self._blocksize
             done += batch
-        self._samples_muxed += count * self._blocksize
-        self._fed += count * self._blocksize
 
     def _sync(self) -> None:
         self._patch_streaminfo(self._samples_muxed)
