@@ -196,6 +196,20 @@ def test_mp3_frames_land_within_a_frame_and_length_is_exact(tmp_path: Path, qual
         assert np.abs(silence).max() <= 2
 
 
+def test_mp3_length_is_exact_when_lame_flushes_a_whole_frame_of_padding(tmp_path: Path) -> None:
+    # LAME's flush sometimes adds a whole frame of padding; FFmpeg's tag then only counts the
+    # last packet's part of it, and the file decoded 41 samples long (found by a recording
+    # whose MP3 files ended after its WAV files)
+    f = MP3AudioFile(tmp_path / "pad.mp3")
+    for frame in frames_of(signal_(2 * FRAME), 10770):
+        f.write(frame)
+    f.pad_to(17424)
+    f.pad_to(18438)
+    f.close()
+    assert sf.info(str(f.path)).frames == 18438
+    assert len(read_av(f.path)) == 18438
+
+
 def test_mp3_encoder_delay_without_the_lame_tag(tmp_path: Path) -> None:
     # What a reader ignoring the LAME tag sees: the encoder delay (576) + decoder delay (529).
     pcm = signal_(48_000)

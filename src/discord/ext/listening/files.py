@@ -1667,6 +1667,15 @@ class MP3AudioFile(_AVAudioFile):
         if not final:
             tag[36 + 141 : 36 + 144] = ((self._delay << 12) | 0).to_bytes(3, "big")
             tag[36 + 148 : 36 + 152] = struct.pack(">I", size)
+        else:
+            # FFmpeg takes the end padding from the last packet's discard, at most one frame;
+            # when LAME's flush adds a whole frame of padding before it, that falls short and
+            # the file decodes up to a frame long. Decoders play frames * 1152 - delay -
+            # padding samples: make that exactly the file's length.
+            delay = int.from_bytes(tag[36 + 141 : 36 + 144], "big") >> 12
+            padding = self._frames * _MP3_FRAME_SAMPLES - delay - self._end
+            if 0 <= padding < 4096:
+                tag[36 + 141 : 36 + 144] = ((delay << 12) | padding).to_bytes(3, "big")
         tag[36 + 154 : 36 + 156] = _crc16_arc(bytes(tag[:190])).to_bytes(2, "big")
         self._out.pwrite(bytes(tag), self._xing_offset)
 
