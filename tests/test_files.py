@@ -572,8 +572,36 @@ def test_pcm_frames_into_ogg_are_encoded(tmp_path: Path) -> None:
     f.close()
     decoded = read_av(f.path, "libopus")
     assert len(decoded) == 9600 + RATE + FRAME
-    assert lag_of(decoded, pcm, 9600) == 312  # the encoder's lookahead, as documented
-    assert snr_db(decoded[9600 + 312 : 9600 + RATE], pcm[: RATE - 312]) > 10
+    assert lag_of(decoded, pcm, 9600) == 0  # the encoder's lookahead is compensated
+    assert snr_db(decoded[9600 : 9600 + RATE], pcm) > 10
+    assert not decoded[: 9600 - 312].any()
+
+
+def test_pcm_runs_into_ogg_of_any_length_land_exactly(tmp_path: Path) -> None:
+    # what a mixer does: contiguous blocks of odd sizes, silence as padding, an odd end
+    pcm = signal_(3 * RATE, 4)
+    f = OggOpusAudioFile(tmp_path / "runs.opus")
+    f.pad_to(5000)
+    cuts = [5000, 5000 + 777, 5000 + 24_001, 5000 + RATE + 13]
+    for a, b in zip(cuts, cuts[1:]):
+        f.write_pcm(pcm[a - 5000 : b - 5000].tobytes(), a)
+    f.write_pcm(bytes(4 * 1000), cuts[-1])  # a short quiet stretch inside the run
+    second = cuts[-1] + 1000 + RATE // 2  # after a long gap: a new run
+    f.write_pcm(pcm[RATE : 2 * RATE + 5].tobytes(), second)
+    end = second + RATE + 5 + 2222
+    f.pad_to(end)
+    f.close()
+    assert f.samples_written == end
+    decoded = read_av(f.path, "libopus")
+    assert len(decoded) == end and sf.info(str(f.path)).frames == end
+    first = pcm[: cuts[-1] - 5000]
+    assert lag_of(decoded, first, 5000) == 0 and snr_db(decoded[5000 : cuts[-1]], first) > 10
+    assert lag_of(decoded, pcm[RATE : 2 * RATE], second) == 0
+    assert snr_db(decoded[second : second + RATE], pcm[RATE : 2 * RATE]) > 10
+    gap = decoded[cuts[-1] + 1000 : second - 400]  # the gap: the codec's decay, then silence
+    loud = np.nonzero(np.abs(gap).max(axis=1) > 64)[0]
+    assert not len(loud) or loud[-1] < 2 * FRAME
+    assert not gap[3 * FRAME :].any()
 
 
 def test_opus_frames_into_a_wav_are_decoded(tmp_path: Path) -> None:

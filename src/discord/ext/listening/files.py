@@ -1816,6 +1816,7 @@ _OPUS_SILENCE: Final = {960: b"\xf8\xff\xfe", 480: b"\xf0\xff\xfe", 240: b"\xe8\
 _OPUS_SILENCE_120MS: Final = b"\xfb\x06" + b"\xff\xfe" * 6
 _OPUS_GRID: Final = 120  # the shortest Opus frame (2.5 ms): gaps are rounded to it
 _OPUS_LOOKAHEAD: Final = 312  # libopus' encoder delay at 48 kHz (2.5 ms + 4 ms)
+_OPUS_RUN_GAP: Final = 2 * FRAME_SAMPLES  # shorter gaps in encoded PCM are encoded as zeros
 
 
 def _opus_silence(samples: int) -> Any:
@@ -1850,9 +1851,14 @@ class OggOpusAudioFile(AudioFile):
     (measured: at most 70 of 32768). Silence packets after a client's five silence frames
     leave the decoder's state unchanged, so later spurts match exactly.
 
-    PCM frames are accepted too: ``silence`` frames become silence packets, other PCM is
-    encoded with libopus (``bitrate``); such audio plays 312 samples after its position (the
-    encoder's lookahead).
+    PCM frames (and :meth:`~AudioFile.write_pcm`, e.g. a mixed track) are encoded with libopus
+    (``bitrate``), in runs of contiguous audio, exactly where they belong: the encoder is fed
+    the audio 312 samples (its lookahead) ahead of the packets' slots, starting in the
+    silence before the run, so the decoded audio lies at its positions like the other
+    formats' (not 6.5 ms late), and a run of any length ends on its exact sample (input short
+    of a whole 20 ms packet waits for the next write). Gaps shorter than two frames are
+    encoded as zeros; longer ones end the run and become silence packets. A run that starts
+    less than 312 samples after earlier content cannot start early: it plays that much late.
 
     Pages are written every ``sync_interval``, so a killed process leaves a playable file
     (the newest packet is held back to carry the end-of-stream page).
@@ -1885,10 +1891,15 @@ class OggOpusAudioFile(AudioFile):
         self._ogg = OggStreamWriter(serial)
         self._bitrate = bitrate
         self._encoder: OpusEncoder | None = None
-        self._encoder_dirty = False  # the encoder holds lookahead audio not yet in a packet
-        # The end of what the file must play (frames, silence asked for, the encoder's delayed
-        # tail); packets may run a little past it (whole packets), and the end-of-stream
-        # granule trims them back to it.
+        # An open run of encoded PCM: encoder input short of a whole packet, the position
+        # the run's audio reaches, and how late the run plays (0 unless it had no room to
+        # start early, see the class doc).
+        self._run_pending = bytearray()
+        self._run_end: int | None = None
+        self._run_shift = 0
+        # The end of what the file must play (frames, silence asked for, encoded audio);
+        # packets may run a little past it (whole packets), and the end-of-stream granule
+        # trims them back to it.
         self._content_end = 0
         self._out: _Output | None = None
         try:
@@ -1910,6 +1921,11 @@ class OggOpusAudioFile(AudioFile):
         """The Ogg stream serial number."""
         return self._ogg.serial
 
+    @property
+    def samples_written(self) -> int:
+        """Samples per channel in the file so far (silence included), from its start."""
+        return max(self._end, self._content_end)
+
     def _write_frame(self, frame: AudioFrame) -> None:
         from .opus import OpusError, packet_samples
 
@@ -1924,72 +1940,110 @@ class OggOpusAudioFile(AudioFile):
             if duration <= 0:
                 self._frames_invalid += 1
                 return
-        elif frame.kind is FrameKind.silence:
-            packet, duration = b"", len(frame.audio) // _BYTES_PER_SAMPLE
+            self._end_run()
+            if not self._make_room(start, frame.samples):
+                return
+            self._add(packet, duration)
+            self._content_end = max(self._content_end, self._end)
         else:
             if len(frame.audio) % _BYTES_PER_SAMPLE:
                 raise ValueError("PCM must be whole 16-bit stereo samples")
-            packet, duration = b"", 0  # encoded below, once placed
-        if not self._make_room(start, frame.samples):
-            return
-        if frame.kind is FrameKind.opus:
-            self._add(packet, duration)
-        elif frame.kind is FrameKind.silence:
-            if self._encoder_dirty:  # zeros through the encoder carry its delayed tail out
-                self._encode_pcm(bytes(duration * _BYTES_PER_SAMPLE))
-                self._encoder_dirty = False
-            else:
-                self._add_silence(duration)
-        else:
-            self._encode_pcm(frame.audio)
+            if frame.kind is FrameKind.silence and self._run_end is None:
+                duration = len(frame.audio) // _BYTES_PER_SAMPLE
+                if start + duration <= max(self._end, self._content_end):
+                    self._frames_dropped_overlap += 1
+                    self._samples_dropped_overlap += duration
+                    return
+                self._pad(start + duration)
+            elif not self._put_pcm(start, frame.audio):
+                return
         self._frames_written += 1
 
     def _place(self, start: int, pcm: bytes | bytearray | memoryview) -> bool:
         # write_pcm: PCM is encoded
         if len(pcm) % _BYTES_PER_SAMPLE:
             raise ValueError("PCM must be whole 16-bit stereo samples")
-        if not pcm or not self._make_room(start, len(pcm) // _BYTES_PER_SAMPLE):
-            return False
-        self._encode_pcm(pcm)
-        return True
+        return bool(pcm) and self._put_pcm(start, pcm)
 
     def _make_room(self, start: int, samples: int) -> bool:
         gap = round((start - self._end) / _OPUS_GRID) * _OPUS_GRID
-        if gap < 0:
+        if gap < 0 or start < self._content_end - _OPUS_GRID // 2:
             self._frames_dropped_overlap += 1
             self._samples_dropped_overlap += samples
             _log.debug("%s: packet at %d lies within written audio (end %d)", self._path.name, start, self._end)
             return False
         if gap:
-            self._flush_encoder()
             self._add_silence(gap)
         return True
 
-    def _encode_pcm(self, pcm: bytes | bytearray | memoryview) -> None:
+    # -- encoded PCM runs ----------------------------------------------------------------
+
+    def _put_pcm(self, start: int, pcm: bytes | bytearray | memoryview) -> bool:
+        """Encode PCM at file position ``start``; returns whether any of it was used."""
+        count = len(pcm) // _BYTES_PER_SAMPLE
+        end = self._run_end if self._run_end is not None else max(self._end, self._content_end)
+        if start < end:  # overlaps what the file has: keep the new part only
+            overlap = end - start
+            if overlap >= count:
+                self._frames_dropped_overlap += 1
+                self._samples_dropped_overlap += count
+                return False
+            self._frames_trimmed_overlap += 1
+            self._samples_dropped_overlap += overlap
+            pcm = memoryview(pcm)[overlap * _BYTES_PER_SAMPLE :]
+            count -= overlap
+            start = end
+        if self._run_end is not None:
+            gap = start - self._run_end
+            if gap < _OPUS_RUN_GAP:  # go on through a short gap
+                self._feed(memoryview(_ZEROS)[: gap * _BYTES_PER_SAMPLE])
+                self._feed(pcm)
+                self._run_end = start + count
+                self._content_end = max(self._content_end, self._run_end + self._run_shift)
+                return True
+            self._end_run()
+        # A new run: its first packet's slot starts _OPUS_LOOKAHEAD before the audio (on the
+        # silence grid after the content so far), fed zeros until the audio begins.
+        lead = start - _OPUS_LOOKAHEAD - self._end
+        if lead >= _OPUS_GRID:
+            self._fill_silence(lead // _OPUS_GRID * _OPUS_GRID)
+        self._run_shift = max(0, self._end + _OPUS_LOOKAHEAD - start)
+        self._run_pending.clear()
+        self._feed(memoryview(_ZEROS)[: max(0, start - _OPUS_LOOKAHEAD - self._end) * _BYTES_PER_SAMPLE])
+        self._feed(pcm)
+        self._run_end = start + count
+        self._content_end = max(self._content_end, self._run_end + self._run_shift)
+        return True
+
+    def _feed(self, pcm: bytes | bytearray | memoryview) -> None:
+        """Give the encoder more input; every whole 20 ms of it becomes a packet."""
         from .opus import OpusEncoder
 
+        if not pcm:
+            return
         if self._encoder is None:
             self._encoder = OpusEncoder(self._bitrate, fec=False, expected_loss=0)
-        data = bytes(pcm)
-        for offset in range(0, len(data), FRAME_SAMPLES * _BYTES_PER_SAMPLE):
-            chunk = data[offset : offset + FRAME_SAMPLES * _BYTES_PER_SAMPLE]
-            chunk = chunk.ljust(FRAME_SAMPLES * _BYTES_PER_SAMPLE, b"\0")
-            self._add(self._encoder.encode(chunk), FRAME_SAMPLES)
-        self._encoder_dirty = True
+        pending = self._run_pending
+        pending += pcm
+        size = FRAME_SAMPLES * _BYTES_PER_SAMPLE
+        whole = len(pending) // size * size
+        for offset in range(0, whole, size):
+            self._add(self._encoder.encode(bytes(pending[offset : offset + size])), FRAME_SAMPLES)
+        del pending[:whole]
 
-    def _flush_encoder(self) -> None:
-        # Before a gap, one frame of zeros gets the encoder's lookahead (the end of the
-        # audio it was given) into a packet, instead of into the first packet after the gap.
-        if self._encoder is not None and self._encoder_dirty:
-            self._encoder_dirty = False
-            tail = self._end + _OPUS_LOOKAHEAD
-            self._add(self._encoder.encode(bytes(FRAME_SAMPLES * _BYTES_PER_SAMPLE)), FRAME_SAMPLES, content=False)
-            self._content_end = max(self._content_end, tail)
+    def _end_run(self) -> None:
+        """Close the open run: the encoder's lookahead and the last partial packet go out."""
+        if self._run_end is None:
+            return
+        size = FRAME_SAMPLES * _BYTES_PER_SAMPLE
+        tail = _OPUS_LOOKAHEAD * _BYTES_PER_SAMPLE
+        tail += -(len(self._run_pending) + tail) % size
+        self._feed(memoryview(_ZEROS)[:tail])
+        self._run_end = None
+        self._run_shift = 0
 
-    def _add(self, packet: bytes, duration: int, *, content: bool = True) -> None:
+    def _add(self, packet: bytes, duration: int) -> None:
         self._end += duration
-        if content:
-            self._content_end = self._end
         self._ogg.add_packet(packet, self._end)
         self._write_pages(self._ogg.pages())
 
@@ -2008,7 +2062,7 @@ class OggOpusAudioFile(AudioFile):
             self._write_pages(self._ogg.pages())
             runs -= count
         for packet, duration in _opus_silence(samples):
-            self._add(packet, duration, content=False)
+            self._add(packet, duration)
 
     def _write_pages(self, data: bytes) -> None:
         if data:
@@ -2016,16 +2070,31 @@ class OggOpusAudioFile(AudioFile):
             self._out.write(data)
 
     def _pad(self, target: int) -> None:
-        self._flush_encoder()
-        if target > self._end:
-            self._add_silence(target - self._end)
+        # Silence is only promised here (the content's end moves) and written when content
+        # follows, at a sync or at the end: a run of encoded PCM that comes next can then
+        # still start its packets early (see the class doc).
+        if self._run_end is not None:
+            if target <= self._run_end:
+                return
+            if target - self._run_end < _OPUS_RUN_GAP:  # zeros through the open run
+                self._put_pcm(self._run_end, memoryview(_ZEROS)[: (target - self._run_end) * _BYTES_PER_SAMPLE])
+                return
+            self._end_run()
         self._content_end = max(self._content_end, target)
 
+    def _write_silence_to(self, position: int) -> None:
+        """Write the promised silence up to ``position`` (on the 2.5 ms grid, never past it)."""
+        samples = (position - self._end) // _OPUS_GRID * _OPUS_GRID
+        if samples > 0:
+            self._fill_silence(samples)
+
     def _sync(self) -> None:
+        if self._run_end is None:  # leave room for a run to start early
+            self._write_silence_to(self._content_end - _OPUS_LOOKAHEAD - _OPUS_GRID)
         self._write_pages(self._ogg.pages(flush=True, keep=1))
 
     def _finalize(self) -> None:
-        self._flush_encoder()
+        self._end_run()
         if self._content_end > self._end:
             self._add_silence(self._content_end - self._end)
         # the last page's granule trims the packets back to the content's end (RFC 7845 4.5)
