@@ -14,7 +14,7 @@ import numpy as np
 
 from .files import AudioFile, RecordingError, render_filename, unique_path
 from .frames import AudioFrame, FrameKind
-from .opus import CHANNELS, SAMPLE_RATE, OpusDecoder
+from .opus import CHANNELS, FRAME_SAMPLES, SAMPLE_RATE, OpusDecoder
 from .sink import AudioSink
 
 __all__ = ("AudioFileSink", "Mixer")
@@ -22,6 +22,9 @@ __all__ = ("AudioFileSink", "Mixer")
 _log = logging.getLogger(__name__)
 
 StrPath = Union[str, "os.PathLike[str]"]
+
+#: While people talk, the mixed track is written (and synced) every this many samples.
+_MIX_STEP = SAMPLE_RATE // 4
 
 
 class Mixer:
@@ -34,19 +37,23 @@ class Mixer:
     ``window`` seconds of 32-bit stereo samples.
 
     The written mix equals the sum of the users' tracks, clipped to 16 bits, sample for
-    sample.
+    sample: a frame that overlaps audio of its own user already added is trimmed to the new
+    part, or skipped, exactly as :meth:`AudioFile.write` does in that user's file (the
+    concealment of a loss can overlap the frame before it).
     """
 
     def __init__(self, file: AudioFile, *, window: float = 10.0) -> None:
         if not 1.0 <= window <= 600.0:
             raise ValueError(f"window must be within 1..600 seconds, got {window!r}")
         self.file = file
-        self._size = int(window * SAMPLE_RATE)
+        # whole 20 ms frames, so every block written is too (codecs with frames, e.g. Opus)
+        self._size = -(-int(window * SAMPLE_RATE) // FRAME_SAMPLES) * FRAME_SAMPLES
         # A ring over the timeline: position p lives at index p % size.
         self._buf = np.zeros((self._size, CHANNELS), dtype=np.int32)
         self._written = 0  # everything before this position is in the file
         self._newest = 0
         self._decoders: dict[int, OpusDecoder] = {}
+        self._user_ends: dict[Optional[int], int] = {}  # per user: end of their newest frame
         #: Frames that arrived after their part of the mix was written.
         self.late_frames = 0
 
@@ -63,6 +70,14 @@ class Mixer:
                 return
         samples = np.frombuffer(audio, dtype="<i2").reshape(-1, CHANNELS)
         start = frame.position
+        user = frame.user_id
+        user_end = self._user_ends.get(user, 0)  # a user's file starts at 0 too
+        if start < user_end:
+            if user_end - start >= len(samples):
+                return  # within this user's audio already mixed: their file skips it too
+            samples, start = samples[user_end - start :], user_end
+        if start + len(samples) > user_end:
+            self._user_ends[user] = start + len(samples)
         if start < self._written:
             skip = self._written - start
             if skip >= len(samples):
@@ -82,15 +97,43 @@ class Mixer:
             self._newest = end
 
     def _flush_to(self, position: int) -> None:
-        # Write [written, position) and zero it for reuse.
+        # Write [written, position) and zero it for reuse. Silence goes in as padding, which
+        # every format stores cheaply (a WAV hole, FLAC/MP3 silent frames, Opus silence
+        # packets) instead of encoding zeros: an hour of quiet costs no LAME time. So does
+        # the silence before a block's first sound: a format that needs room before audio
+        # (Ogg Opus starts its encoder early) gets it.
+        silent_from: Optional[int] = None  # start of a run of silence not yet padded
         while self._written < position:
+            if self._written >= self._newest:  # nothing was added from here on
+                self._written = position
+                break
             i = self._written % self._size
             n = min(position - self._written, self._size - i, SAMPLE_RATE)
             block = self._buf[i : i + n]
-            pcm = np.clip(block, -32768, 32767).astype("<i2").tobytes()
-            self.file.write_pcm(pcm, self._written)
-            block[:] = 0
+            both = block.view(np.int64).reshape(-1)  # one number per stereo sample: fast scans
+            if np.count_nonzero(both):
+                first = int(np.argmax(both != 0))
+                if silent_from is not None or first:
+                    self.file.pad_to(self._written + first)
+                    silent_from = None
+                pcm = np.clip(block[first:], -32768, 32767).astype("<i2").tobytes()
+                self.file.write_pcm(pcm, self._written + first)
+                block[:] = 0
+            elif silent_from is None:
+                silent_from = self._written
             self._written += n
+        if silent_from is not None or self._written > self.file.end_position:
+            self.file.pad_to(self._written)
+
+    @property
+    def newest(self) -> int:
+        """The timeline position right after the newest sample added."""
+        return self._newest
+
+    @property
+    def written(self) -> int:
+        """Everything before this timeline position is in the file."""
+        return self._written
 
     def flush(self, position: Optional[int] = None) -> None:
         """Write everything up to ``position`` (default: the newest sample)."""
@@ -119,7 +162,16 @@ class AudioFileSink(AudioSink):
         ``{display_name}``, ``{start}`` (a datetime: ``{start:%Y%m%d-%H%M%S}``), ``{ssrc}``.
         Names are sanitized and never collide.
     mix_window: :class:`float`
-        Seconds of audio the mixer waits for late frames (see :class:`Mixer`).
+        Seconds of audio the mixer can hold (see :class:`Mixer`): the most a frame may lag
+        the newest one and still be mixed.
+    mix_delay: :class:`float`
+        Seconds the mixed track trails the newest audio on disk. The mix is written (and
+        synced) up to ``mix_delay`` before the newest frame every quarter second of audio
+        and on every ``on_tick``, so a reader or a killed process finds all the mixed audio
+        up to about ``mix_delay`` + 0.25 s ago (plus what an encoder holds). A frame that comes
+        more than ``mix_delay`` after newer frames of others (e.g. first words held until
+        their DAVE key arrives) is left out of the mix (counted in :attr:`Mixer.late_frames`);
+        its user's own file still gets it.
     **file_options
         Passed to every file (e.g. ``bitrate=`` for MP3, ``sync_interval=``).
 
@@ -142,9 +194,12 @@ class AudioFileSink(AudioSink):
         mixed: bool = False,
         filename: str = "{user_id}-{user_name}",
         mix_window: float = 10.0,
+        mix_delay: float = 0.2,
         **file_options: Any,
     ) -> None:
         super().__init__()
+        if not 0.0 <= mix_delay <= mix_window:
+            raise ValueError(f"mix_delay must be within 0..mix_window seconds, got {mix_delay!r}")
         if not (isinstance(file_type, type) and issubclass(file_type, AudioFile)):
             raise TypeError(f"file_type must be an AudioFile subclass such as WaveAudioFile, got {file_type!r}")
         self.file_type = file_type
@@ -157,6 +212,8 @@ class AudioFileSink(AudioSink):
             raise RecordingError(f"the output directory {self.output_dir} is not writable")
         self.filename = filename
         self.file_options = file_options
+        self.mix_delay = float(mix_delay)
+        self._mix_lag = round(self.mix_delay * SAMPLE_RATE)
         self.started = datetime.now(timezone.utc)
         self.output_files: dict[Optional[int], AudioFile] = {}
         self.mixed_file: Optional[AudioFile] = None
@@ -208,9 +265,33 @@ class AudioFileSink(AudioSink):
             except (RecordingError, OSError) as exc:
                 self._failed.add("mixed")  # type: ignore[arg-type]
                 self._fail("the mixed track", exc)
+            else:
+                # while people talk, the mix follows them to disk in quarter seconds
+                if self._mixer.newest - self._mixer.written >= self._mix_lag + _MIX_STEP:
+                    self._flush_mix(self._mixer.newest)
+
+    def _flush_mix(self, newest: int) -> None:
+        # Write and sync the mix up to ``mix_delay`` before ``newest``, in whole 20 ms frames
+        # from 0 (blocks a frame-based codec such as Opus takes exactly).
+        assert self._mixer is not None
+        try:
+            self._mixer.flush((newest - self._mix_lag) // FRAME_SAMPLES * FRAME_SAMPLES)
+            self._mixer.file.sync()
+        except (RecordingError, OSError) as exc:
+            self._failed.add("mixed")  # type: ignore[arg-type]
+            self._fail("the mixed track", exc)
 
     def on_tick(self, position: int) -> None:
-        """Flush buffered audio to disk (called periodically while listening)."""
+        """Flush buffered audio to disk (called periodically while listening).
+
+        Per-user files sync what they have; the mixed track is written up to ``mix_delay``
+        before ``position`` or before the newest frame, whichever is earlier, and synced.
+        """
+        if self._mixer is not None and "mixed" not in self._failed:
+            # Behind the newest frame, not only behind the clock: when this thread is late
+            # (a slow disk, a busy CPU), the frames queued for it are older than ``position``
+            # and must still be mixed.
+            self._flush_mix(min(position, self._mixer.newest))
         for key, f in list(self.output_files.items()):
             if key not in self._failed:
                 try:
@@ -220,7 +301,16 @@ class AudioFileSink(AudioSink):
                     self._fail(key, exc)
 
     def on_stop(self, position: int) -> None:
-        """Extend every file with silence to the recording's end so all end on one sample."""
+        """Extend every file with silence to the recording's end so all end on one sample.
+
+        The end is ``position``, or later if a frame reaches past it (frames placed by RTP
+        time can end a little after the moment listening stopped): no audio is cut, and
+        every file still ends on the same sample.
+        """
+        ends = [f.end_position for key, f in self.output_files.items() if key not in self._failed]
+        if self._mixer is not None:
+            ends.append(self._mixer.newest)
+        position = max([position, *ends])
         if self._mixer is not None and "mixed" not in self._failed:
             try:
                 self._mixer.flush(position)
@@ -231,7 +321,7 @@ class AudioFileSink(AudioSink):
         for key, f in self.output_files.items():
             if key not in self._failed:
                 try:
-                    f.pad_to(max(position, f.end_position))
+                    f.pad_to(position)
                 except (RecordingError, OSError) as exc:
                     self._failed.add(key)
                     self._fail(key, exc)
