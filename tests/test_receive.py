@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from discord.ext.listening import rtp, transport
-from discord.ext.listening.opus import SILENCE_FRAME, OpusEncoder
+from discord.ext.listening.opus import SILENCE_FRAME, OpusEncoder, packet_has_fec
 from discord.ext.listening.receive import PacketReceiver
 from discord.ext.listening.ssrc import SSRCMap
 from discord.ext.listening.stats import DropReason, ListenStats
@@ -99,6 +99,36 @@ def test_reordered_duplicated_and_lost_packets_come_out_once_in_order() -> None:
     s = stats.user(ALICE)
     assert s.dropped[DropReason.duplicate] == 8
     assert s.received == len(out) + 8 and s.lost == 3
+
+
+@pytest.mark.parametrize("first_lost", [True, False])
+def test_a_lost_first_packet_is_recovered_from_the_next_ones_fec(first_lost: bool) -> None:
+    # Speech starts with the stream; the first packet may vanish on the way. Only the FEC
+    # (LBRR) data in the first arrival says it existed, and the decoder can rebuild it.
+    m = SSRCMap()
+    m.set_audio(11, ALICE)
+    receiver, stats = _receiver(_clear_conn(), m)
+    pcm = speechlike(1.0, seed=4)
+    enc = OpusEncoder(fec=True, expected_loss=10)
+    frames = [enc.encode(pcm[i * 3840 : (i + 1) * 3840]) for i in range(40)]
+    start = next(i for i in range(1, 40) if packet_has_fec(frames[i]) and not packet_has_fec(frames[i - 1]))
+    sender = Sender(11, seq=3000, ts=90000)
+    first = start if first_lost else start - 1  # the first packet to arrive
+    deliveries = []
+    for i in range(start - 1, start + 10):
+        pkt = sender.packet(frames[i])
+        if i >= first:
+            deliveries.append((1.0 + i * 0.02, pkt))
+    out = _run(receiver, deliveries, 2.0)
+    assert [p.opus for p in out] == frames[first : start + 10]
+    assert all(not p.lost_positions for p in out[1:])
+    if first_lost:
+        # one frame, placed right before the first arrival, for the decoder to fill with FEC
+        assert out[0].lost_positions == (out[0].position - 960,)
+        assert stats.user(ALICE).lost == 1
+    else:
+        # the first packet had no predecessor: its FEC-less start declares nothing lost
+        assert out[0].lost_positions == () and stats.user(ALICE).lost == 0
 
 
 def test_unmapped_ssrc_waits_for_speaking_then_is_attributed() -> None:

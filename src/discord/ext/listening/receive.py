@@ -26,7 +26,7 @@ from typing import Any, Final, Optional
 import davey
 
 from . import dave
-from .opus import FRAME_SAMPLES, SAMPLE_RATE
+from .opus import FRAME_SAMPLES, SAMPLE_RATE, packet_has_fec
 from .reorder import JitterBuffer, PushResult, seq_diff, ts_diff
 from .rtp import OPUS_PAYLOAD_TYPE, MalformedPacket, RTCPPacket, is_rtcp, parse_audio_level, parse_rtcp, parse_rtp_header, split_plaintext
 from .ssrc import SSRCMap
@@ -117,6 +117,8 @@ class _Stream:
     #: Concealment budget in frames, and the arrival time it was last topped up at.
     conceal_credit: float = CONCEAL_BURST
     credit_at: float = 0.0
+    #: Set once the SSRC's first packet went out (see :meth:`PacketReceiver._leading_loss`).
+    started: bool = False
 
 
 class PacketReceiver:
@@ -461,6 +463,9 @@ class PacketReceiver:
             stats.add(user_id, "decrypted")
             lost_positions = stream.carry_lost + p.lost_positions if stream.carry_lost else p.lost_positions
             stream.carry_lost = ()
+            if not stream.started:
+                stream.started = True
+                lost_positions = self._leading_loss(p, payload) + lost_positions
             if lost_positions:
                 stats.add(user_id, "lost", len(lost_positions))
             out.append(
@@ -469,6 +474,20 @@ class PacketReceiver:
                     p.audio_level, p.new_stream,
                 )
             )
+
+    @staticmethod
+    def _leading_loss(p: _Pending, payload: bytes) -> tuple[int, ...]:
+        """The position of a lost frame right before an SSRC's first received packet, if any.
+
+        Nothing before the first packet says a packet is missing, except the packet itself:
+        Opus puts low-bitrate redundancy (LBRR) of the previous frame only into a packet whose
+        encoder did produce that frame. So a first packet carrying LBRR means its predecessor
+        was sent and lost on the way (typically a member's first word on a lossy network),
+        and the decoder can rebuild it from this packet's FEC data.
+        """
+        if p.new_stream and p.position >= FRAME_SAMPLES and packet_has_fec(payload):
+            return (p.position - FRAME_SAMPLES,)
+        return ()
 
     def _speaking(self, stream: _Stream, now: float, changes: list[SpeakingChange]) -> None:
         active = stream.last_arrival > 0 and now - stream.last_arrival < SPEAKING_TIMEOUT
