@@ -856,46 +856,6 @@ def test_an_unusable_output_directory_fails_clearly_when_the_sink_is_created(tmp
         assert "/proc/recordings" in str(info.value)
 
 
-# ---- a known limit of the receiver ----------------------------------------------------------
-
-
-@pytest.mark.xfail(strict=True, reason="timeline.StreamClock re-places a contiguous stream by arrival when one "
-                   "packet is more than `tolerance` late, so the rest of the talk spurt moves with it (seen end to "
-                   "end as 'split' spurts when the emulator or the receiver stalls ~70 ms; receive.py's de-bursting "
-                   "only helps when the late packet and the ones catching up are released together)")
-def test_one_late_packet_does_not_move_the_rest_of_its_spurt() -> None:
-    from discord.ext.listening.timeline import StreamClock
-
-    clock = StreamClock(origin=0.0)
-    positions = []
-    for i in range(30):  # a discord.py-like sender: contiguous sequence and timestamps
-        send = 1.0 + i * 0.02
-        arrival = send + 0.005
-        if i == 5:
-            arrival = send + 0.070  # held up 70 ms on the way
-        elif i in (6, 7, 8):
-            arrival = 1.0 + 5 * 0.02 + 0.077  # the next ones right behind it
-        positions.append(clock.position((123456 + 960 * i) & 0xFFFFFFFF, arrival))
-    steps = [b - a for a, b in zip(positions, positions[1:])]
-    assert steps == [FRAME] * len(steps), steps  # today: a 4080 step at frame 5, 65 ms of made-up pause
-
-
-@pytest.mark.xfail(strict=True, reason="timeline.StreamClock trusts the first RTCP sender report's delay as the "
-                   "clock offset, so a report that was queued on the way places later spurt starts up to "
-                   "`tolerance` (60 ms, 3 frames) late; the minimum over more reports only heals it later")
-def test_a_delayed_sender_report_does_not_move_later_spurts() -> None:
-    from discord.ext.listening.rtp import unix_to_ntp
-    from discord.ext.listening.timeline import StreamClock
-
-    wall = 1.7e9  # the sender's wall clock reads wall + t at our monotonic t
-    clock = StreamClock(origin=0.0)
-    for i in range(25):  # a first spurt at t = 1 s, 5 ms on the way
-        clock.position(1000 + 960 * i, 1.0 + 0.02 * i + 0.005)
-    clock.sender_report(unix_to_ntp(wall + 2.0), 1000 + 48000, now=2.055)  # its report, 55 ms queued
-    placed = clock.position(1000 + 2 * 48000, 3.005)  # the next spurt, 5 ms on the way again
-    assert placed - 3 * RATE <= 0.005 * RATE + FRAME, placed - 3 * RATE  # today: 55 ms late
-
-
 # ---- the sink's own promises, frame by frame -------------------------------------------------------
 
 

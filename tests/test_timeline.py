@@ -25,6 +25,7 @@ class Pkt:
     ts: int
     spoken: int  # sample (on the receiver's timeline) where the frame truly belongs
     arrival: float
+    silence: bool = False
 
 
 def talk(
@@ -36,11 +37,13 @@ def talk(
     seq0: int = 4321,
     seed: int = 0,
     one_sided: bool = False,
+    silence_frames: int = 5,
 ) -> list[Pkt]:
     """Packets of one member, in sequence order.
 
     ``spurts`` are ``(start seconds, frames)``; ``sender`` is ``"webrtc"`` (RTP clock runs
-    through silence) or ``"discordpy"`` (timestamp advances 960 per packet sent only).
+    through silence) or ``"discordpy"`` (timestamp advances 960 per packet sent only). Each
+    spurt ends with ``silence_frames`` Opus silence frames, as both senders do.
     Arrival = spoken + BASE_DELAY + jitter (uniform in +-jitter, or 0..jitter if one_sided).
     """
     rng = random.Random(seed)
@@ -49,17 +52,20 @@ def talk(
     first = round(spurts[0][0] * RATE)
     for n, (start, frames) in enumerate(spurts):
         s = round(start * RATE)
-        for i in range(frames):
+        for i in range(frames + silence_frames):
             spoken = s + FRAME * i
             ts = ts0 + (spoken - first if sender == "webrtc" else FRAME * sent)
             j = rng.uniform(0, jitter) if one_sided else rng.uniform(-jitter, jitter)
-            out.append(Pkt(n, seq_add(seq0, sent), ts & 0xFFFFFFFF, spoken + round(BASE_DELAY * RATE), spoken / RATE + BASE_DELAY + j))
+            out.append(
+                Pkt(n, seq_add(seq0, sent), ts & 0xFFFFFFFF, spoken + round(BASE_DELAY * RATE),
+                    spoken / RATE + BASE_DELAY + j, i >= frames)
+            )
             sent += 1
     return out
 
 
 def place(clock: StreamClock, packets: list[Pkt]) -> list[int]:
-    return [clock.position(p.ts, p.arrival) for p in packets]
+    return [clock.position(p.ts, p.arrival, silence=p.silence) for p in packets]
 
 
 def check(packets: list[Pkt], positions: list[int], *, within: int = FRAME) -> None:
@@ -82,9 +88,18 @@ def test_pause_in_speech_is_placed_within_one_frame(sender: str, pause: float) -
     t = 0.5
     for _ in range(6):
         spurts.append((t, 50))
-        t += 50 * 0.02 + pause
+        t += (50 + 5) * 0.02 + pause  # audio, silence frames, then nothing for `pause`
     for seed in range(5):
         packets = talk(sender, spurts, seed=seed)
+        check(packets, place(StreamClock(0.0), packets))
+
+
+def test_a_sender_without_silence_frames_pausing_longer_than_gap() -> None:
+    # Not every sender ends a spurt with silence frames; a pause longer than ``gap`` is seen
+    # anyway (nothing arrived for that long).
+    spurts = [(0.5 + 1.3 * k, 50) for k in range(5)]  # 1 s of speech, 0.3 s of nothing
+    for seed in range(5):
+        packets = talk("discordpy", spurts, seed=seed, silence_frames=0)
         check(packets, place(StreamClock(0.0), packets))
 
 
@@ -96,7 +111,7 @@ def test_ten_minutes_of_jittery_speech_do_not_drift(sender: str) -> None:
     clock = StreamClock(0.0)
     positions = place(clock, packets)
     check(packets, positions)
-    assert positions[-1] - positions[0] == FRAME * 29_999
+    assert positions[-1] - positions[0] == FRAME * (len(packets) - 1)
     assert clock.resyncs == 0
 
 
@@ -108,7 +123,7 @@ def test_ten_minutes_of_talk_spurts_with_random_pauses(sender: str) -> None:
     while t < 600:
         frames = rng.randint(10, 500)
         spurts.append((t, frames))
-        t += frames * 0.02 + rng.uniform(0.1, 5.0)
+        t += (frames + 5) * 0.02 + rng.uniform(0.1, 5.0)
     packets = talk(sender, spurts, seed=5)
     clock = StreamClock(0.0)
     check(packets, place(clock, packets))
@@ -193,7 +208,7 @@ def test_discordpy_stall_detected_inside_the_gap_window() -> None:
     # but the disagreement with arrival (> tolerance) re-decides the position.
     clock = StreamClock(0.0)
     for i in range(20):
-        clock.position(960 * i, 1.0 + 0.02 * i)
+        clock.position(960 * i, 1.0 + 0.02 * i, silence=i >= 15)  # discord.py sends 5 before pausing
     pos = clock.position(960 * 20, 1.0 + 0.02 * 20 + 0.12)
     assert pos == round((1.0 + 0.02 * 20 + 0.12) * RATE)
     assert clock.resyncs == 1
@@ -342,3 +357,61 @@ def test_after_more_than_gap_without_packets_arrival_decides() -> None:
     last = 1.0 + 0.02 * 9
     pos = clock.position(960 * 10 + 9000, last + 0.24)
     assert pos == round((last + 0.24) * RATE) and clock.resyncs == 1
+
+
+def test_one_late_packet_does_not_move_the_rest_of_its_spurt() -> None:
+    # A network stall holds up a few packets of continuous speech by 70 ms (more than
+    # tolerance): the sender's clock, not the arrival, says where they belong.
+    clock = StreamClock(0.0)
+    positions = []
+    for i in range(30):  # a discord.py-like sender: contiguous sequence and timestamps
+        send = 1.0 + i * 0.02
+        arrival = send + 0.005
+        if i == 5:
+            arrival = send + 0.070  # held up 70 ms on the way
+        elif i in (6, 7, 8):
+            arrival = 1.0 + 5 * 0.02 + 0.077  # the next ones right behind it
+        positions.append(clock.position((123456 + 960 * i) & 0xFFFFFFFF, arrival))
+    steps = [b - a for a, b in zip(positions, positions[1:])]
+    assert steps == [FRAME] * len(steps), steps
+    assert clock.resyncs == 0
+
+
+def test_a_pause_after_silence_frames_is_kept_even_when_short() -> None:
+    # The same 70 ms, but after the silence frames a discord.py sender sends before it
+    # pauses: its timestamp stood still, so this is a pause and arrival decides.
+    clock = StreamClock(0.0)
+    for i in range(20):
+        clock.position(960 * i, 1.0 + 0.02 * i, silence=i >= 15)
+    pos = clock.position(960 * 20, 1.0 + 0.02 * 20 + 0.07)
+    assert pos == round((1.0 + 0.02 * 20 + 0.07) * RATE)
+    assert clock.resyncs == 1
+
+
+def test_a_bot_pausing_without_silence_frames_is_seen_past_drift_tolerance() -> None:
+    clock = StreamClock(0.0, drift_tolerance=0.1)
+    for i in range(20):
+        clock.position(960 * i, 1.0 + 0.02 * i)
+    pos = clock.position(960 * 20, 1.0 + 0.02 * 20 + 0.15)  # under gap (0.2 s), over 0.1 s
+    assert pos == round((1.0 + 0.02 * 20 + 0.15) * RATE)
+
+
+def test_drift_tolerance_is_validated() -> None:
+    with pytest.raises(ValueError, match="drift_tolerance"):
+        StreamClock(0.0, tolerance=0.06, drift_tolerance=0.05)
+
+
+def test_a_delayed_sender_report_does_not_move_later_spurts() -> None:
+    wall = 1.7e9  # the sender's wall clock reads wall + t at our monotonic t
+    clock = StreamClock(0.0)
+    for i in range(25):  # a first spurt at t = 1 s, 5 ms on the way
+        clock.position(1000 + 960 * i, 1.0 + 0.02 * i + 0.005)
+    clock.sender_report(unix_to_ntp(wall + 2.0), 1000 + 48000, now=2.055)  # its report, 55 ms queued
+    for i in range(10):  # the next spurt, 5 ms on the way again
+        placed = clock.position(1000 + 2 * 48000 + 960 * i, 3.005 + 0.02 * i)
+        if i == 0:
+            assert placed == round(3.005 * RATE), placed - 3 * RATE
+    # A later spurt whose first packet is 15 ms late (jitter) is placed where the report,
+    # corrected by the packet that proved a smaller offset, says: 5 ms after it was spoken.
+    placed = clock.position(1000 + 5 * 48000, 6.02)
+    assert placed == round(6.005 * RATE), placed - 6 * RATE

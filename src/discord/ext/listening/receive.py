@@ -412,7 +412,7 @@ class PacketReceiver:
                 lost_positions = tuple(
                     clock.position((first + FRAME_SAMPLES * i) & 0xFFFFFFFF, arrival) for i in range(lost)
                 )
-            position = clock.position(r.timestamp, arrival, new_stream=r.new_stream)
+            position = clock.position(r.timestamp, arrival, new_stream=r.new_stream, silence=dave.is_silence(payload))
             if len(pending) >= self.max_held:
                 self._drop_head(stream, DropReason.overflow)
             pending.append(_Pending(r.sequence, r.timestamp, payload, level, r.arrival, lost_positions, position, r.new_stream))

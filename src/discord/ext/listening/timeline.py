@@ -54,9 +54,14 @@ class StreamClock:
     - its RTP timestamp is discontinuous: backwards, or further ahead than ``gap`` (plus
       reported losses);
     - its arrival disagrees with its RTP placement by more than ``tolerance``, measured
-      against the disagreement at the start of the spurt: this catches a discord.py sender's
-      short pauses (its timestamp stands still while time passes), and bounds the drift
-      between the sender's and our clock during endless speech (music bots).
+      against the disagreement at the start of the spurt, and the frame before it was an
+      Opus silence frame: this catches a discord.py sender's short pauses (its timestamp
+      stands still while time passes, and it always sends silence frames before pausing);
+    - its arrival disagrees with its RTP placement by more than ``drift_tolerance`` after an
+      audio frame: a network stall that holds up a few packets of continuous speech leaves
+      them where the sender's clock says (a smaller bound would move the rest of the spurt
+      by the stall), while the drift between the sender's and our clock during endless
+      speech (music bots) stays bounded.
 
     A new spurt starts at the arrival position, or where an RTCP sender report predicts it
     when that agrees with arrival within ``tolerance`` (see :meth:`sender_report`), but never
@@ -68,7 +73,9 @@ class StreamClock:
     (the rest of the spurt inherits it, exactly spaced), so with up to ±15 ms of jitter every
     frame lands within one 20 ms frame of where it was spoken, for both sender behaviours.
     Pauses shorter than ``tolerance`` plus jitter by a sender whose timestamp stands still
-    may be shortened (there is no way to tell them from jitter at the time).
+    may be shortened (there is no way to tell them from jitter at the time), and such a
+    sender's pauses without silence frames before them are only seen when longer than
+    ``gap`` or ``drift_tolerance``.
 
     Parameters
     ----------
@@ -79,9 +86,12 @@ class StreamClock:
     gap: :class:`float`
         Seconds without packets after which arrival time decides again.
     tolerance: :class:`float`
-        Seconds of disagreement between arrival and RTP placement accepted as jitter. It
-        must exceed twice the expected one-way jitter, and stay below the shortest pause
-        that should survive from senders that do not advance RTP time while silent.
+        Seconds of disagreement between arrival and RTP placement accepted as jitter after
+        a silence frame. It must exceed twice the expected one-way jitter, and stay below
+        the shortest pause that should survive from senders that do not advance RTP time
+        while silent.
+    drift_tolerance: :class:`float`
+        Seconds of disagreement accepted after an audio frame (at least ``tolerance``).
 
     Attributes
     ----------
@@ -97,6 +107,8 @@ class StreamClock:
         "_rate",
         "_gap_samples",
         "_tol_samples",
+        "_drift_samples",
+        "_after_silence",
         "_next_ts",
         "_end",
         "_lag0",
@@ -108,13 +120,23 @@ class StreamClock:
         "resyncs",
     )
 
-    def __init__(self, origin: float, *, sample_rate: int = SAMPLE_RATE, gap: float = 0.2, tolerance: float = 0.06) -> None:
+    def __init__(
+        self,
+        origin: float,
+        *,
+        sample_rate: int = SAMPLE_RATE,
+        gap: float = 0.2,
+        tolerance: float = 0.06,
+        drift_tolerance: float = 0.25,
+    ) -> None:
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate!r}")
         if not gap > 0.0:
             raise ValueError(f"gap must be positive, got {gap!r}")
         if not tolerance > 0.0:
             raise ValueError(f"tolerance must be positive, got {tolerance!r}")
+        if not drift_tolerance >= tolerance:
+            raise ValueError(f"drift_tolerance must be at least tolerance ({tolerance!r}), got {drift_tolerance!r}")
         self.origin = float(origin)
         self.sample_rate = sample_rate
         self.gap = float(gap)
@@ -122,6 +144,8 @@ class StreamClock:
         self._rate = float(sample_rate)
         self._gap_samples = round(gap * sample_rate)
         self._tol_samples = round(tolerance * sample_rate)
+        self._drift_samples = round(drift_tolerance * sample_rate)
+        self._after_silence = True
         # RTP timestamp right after the last placed frame, and the timeline sample there.
         self._next_ts: Optional[int] = None
         self._end = 0
@@ -153,6 +177,7 @@ class StreamClock:
         *,
         lost_before: int = 0,
         new_stream: bool = False,
+        silence: bool = False,
     ) -> int:
         """Place one frame; frames must come in sequence order.
 
@@ -174,6 +199,9 @@ class StreamClock:
         new_stream: :class:`bool`
             The sender restarted (:attr:`~discord.ext.listening.reorder.Released.new_stream`):
             its RTP timestamps say nothing about the previous ones.
+        silence: :class:`bool`
+            The frame is an Opus silence frame (what senders send before they pause): the
+            next frame is checked against ``tolerance`` rather than ``drift_tolerance``.
 
         Returns
         -------
@@ -187,18 +215,21 @@ class StreamClock:
         if nts is not None and not new_stream:
             d = ((timestamp - nts + 0x80000000) & 0xFFFFFFFF) - 0x80000000  # ts_diff, inlined
             pos = self._end + d
+            tol = self._tol_samples if self._after_silence else self._drift_samples
+            self._after_silence = silence
             if (
                 need <= d <= need + self._gap_samples
                 and now - self._last_arrival <= self.gap + need / self._rate
-                and -self._tol_samples <= arr - pos - self._lag0 <= self._tol_samples
+                and -tol <= arr - pos - self._lag0 <= tol
             ):
                 self._next_ts = (timestamp + samples) & 0xFFFFFFFF
                 self._end = pos + samples
                 if now > self._last_arrival:
                     self._last_arrival = now
                 return pos
+        self._after_silence = silence
         # A new spurt: arrival time (or a sender report) decides.
-        pos = self._anchor(timestamp, arr)
+        pos = self._anchor(timestamp, arr, now)
         if nts is not None:
             # Never before the previous frame's end. Room for the lost frames too, but only
             # as far as ``tolerance`` past where arrival puts us: a huge ``lost_before`` (a
@@ -219,15 +250,21 @@ class StreamClock:
             self._last_arrival = now
         return pos
 
-    def _anchor(self, timestamp: int, arr: int) -> int:
+    def _anchor(self, timestamp: int, arr: int, now: float) -> int:
         if self._sr_rtp is not None:
             # Sender time of this frame via the last report, moved to our clock by the
             # offset of the least-delayed recent report. Only trusted if it agrees with
             # arrival: a sender whose RTP clock stops in silence breaks the report's mapping.
             sent = self._sr_time + ts_diff(timestamp, self._sr_rtp) / self._rate
             p = round((sent + self._sr_offset - self.origin) * self._rate)
-            if -self._tol_samples <= arr - p <= self._tol_samples:
+            if 0 <= arr - p <= self._tol_samples:
                 return p
+            if -self._tol_samples <= arr - p < 0:
+                # Predicted after it arrived: every report so far was queued longer than this
+                # packet. Its own arrival is the better offset, for later spurts too.
+                self._sr_offsets.append(now - sent)
+                self._sr_offset = min(self._sr_offsets)
+                return arr
         return arr
 
     def sender_report(self, ntp_timestamp: int, rtp_timestamp: int, now: float) -> None:
@@ -269,6 +306,7 @@ class StreamClock:
         self._end = 0
         self._lag0 = 0
         self._last_arrival = float("-inf")
+        self._after_silence = True
         self._sr_rtp = None
         self._sr_offsets.clear()
         self._sr_offset = 0.0
