@@ -623,3 +623,48 @@ async def test_clip_bot_slash_commands(pool, clips) -> None:
         assert (w.getframerate(), w.getnframes()) == (SR, int(1.5 * SR))
         audio = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2).astype(np.float64)
     assert np.sqrt(np.mean(audio**2)) > 300, "the clip holds no speech"
+
+
+# ---- the README's code ---------------------------------------------------------------------------
+
+
+def readme_blocks() -> list[str]:
+    text = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    blocks = text.split("```python\n")[1:]
+    return [b.split("```", 1)[0] for b in blocks]
+
+
+def test_readme_quickstart_compiles_and_names_real_api() -> None:
+    quickstart = next(b for b in readme_blocks() if "client.run" in b)
+    namespace: dict[str, Any] = {"__name__": "readme"}  # not __main__: no pool, no token
+    exec(compile(quickstart, "README.md", "exec"), namespace)
+    assert callable(namespace["record"])
+
+
+async def test_readme_sink_and_emulator_snippets_run(tmp_path: Path, pool: listening.AudioProcessPool, capsys: Any) -> None:
+    blocks = readme_blocks()
+    sink_code = next(b for b in blocks if "class LevelMeter" in b)
+    emulator_code = next(b for b in blocks if "VoiceServerEmulator(" in b)
+    wav_path = tmp_path / "hello.wav"
+    with wave.open(str(wav_path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+        w.writeframes(load_clip("alice")[: SECOND])
+    namespace: dict[str, Any] = {"listening": listening, "numpy": np, "asyncio": asyncio}
+    exec(compile(sink_code, "README.md", "exec"), namespace)
+    # The snippet's top-level await runs inside a coroutine; it uses the default pool.
+    body = emulator_code.replace('"hello.wav"', repr(str(wav_path))).replace("my_sink", "LevelMeter()")
+    body += "    await server.drain()\n    await asyncio.sleep(0.3)\n    vc.stop_listening()\n    await vc.wait_for_listen_ready(10)\n"
+    source = "async def _snippet():\n" + "".join("    " + line + "\n" for line in body.splitlines())
+    exec(compile(source, "README.md", "exec"), namespace)
+    previous = listening.pool._default_pool  # type: ignore[attr-defined]
+    listening.pool._default_pool = pool  # type: ignore[attr-defined]
+    try:
+        await asyncio.wait_for(namespace["_snippet"](), 30)
+    finally:
+        listening.pool._default_pool = previous  # type: ignore[attr-defined]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("alice ")]
+    assert len(lines) > 30, "the level meter printed no frames of alice"
+    peaks = [int(line.split()[-1]) for line in lines]
+    assert max(peaks) > 1000, "alice's frames are silent"

@@ -150,6 +150,30 @@ async def test_first_words_of_a_member_who_speaks_right_after_joining(pool) -> N
     assert vc.listen_stats.user(301).dropped == {}
 
 
+async def test_listen_position_marks_where_speech_lands_on_the_timeline(pool) -> None:
+    async with VoiceServerEmulator(seed=6, dave=False) as server:
+        member = await server.add_member(310, "marked")
+        vc = await server.connect(cls=listening.VoiceClient)
+        assert vc.listen_position is None
+        sink = Collect()
+        done = await listen_until_done(vc, sink, pool)
+        await asyncio.sleep(0.5)
+        mark = vc.listen_position  # e.g. a chat message "starting now"
+        await member.speak(speechlike(0.5, seed=4))
+        await server.drain()
+        await asyncio.sleep(0.3)
+        later = vc.listen_position
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 15)
+        assert vc.listen_position is None
+    assert mark is not None and later is not None
+    assert 0.45 * 48000 <= mark <= 2.0 * 48000  # sample 0 is when listen started
+    first = sink.by_user()[310][0]
+    # the speech starts at the mark, give or take a frame and the loop's scheduling
+    assert -960 <= first.position - mark <= 0.1 * 48000, first.position - mark
+    assert later >= sink.frames[-1].position
+
+
 async def test_sequence_and_timestamp_wrap_mid_speech_loses_nothing(pool) -> None:
     async with VoiceServerEmulator(seed=2, dave=False) as server:
         m = await server.add_member(400, "wrapper", sequence=65500, timestamp=2**32 - 960 * 40)

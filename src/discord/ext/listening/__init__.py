@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 from .file_sink import AudioFileSink, Mixer
 from .files import (
+    FORMATS,
     AudioFile,
     FLACAudioFile,
     MP3AudioFile,
@@ -53,6 +54,7 @@ __all__ = (
     "AudioFileSink",
     "Mixer",
     "AudioFile",
+    "FORMATS",
     "WaveAudioFile",
     "MP3AudioFile",
     "FLACAudioFile",

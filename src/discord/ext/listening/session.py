@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Coroutine, Optional
 import discord
 
 from .frames import AudioFrame, FrameKind
+from .opus import SAMPLE_RATE
 from .receive import PacketReceiver, ReceivedPacket, SpeakingChange
 from .rtp import RTCPPacket
 from .reorder import seq_diff
@@ -183,7 +184,7 @@ class ListeningSession:
 
     def position(self) -> int:
         """The recording timeline's current sample position."""
-        return int((time.monotonic() - self.origin) * 48000)
+        return round((time.monotonic() - self.origin) * SAMPLE_RATE)
 
     # -- socket thread -------------------------------------------------------------------
 

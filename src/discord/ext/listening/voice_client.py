@@ -251,6 +251,18 @@ class VoiceClient(discord.VoiceClient):
         return session.stats if session is not None else None
 
     @property
+    def listen_position(self) -> Optional[int]:
+        """The current sample on the timeline of the listening session, or ``None``.
+
+        Sample 0 is the moment :meth:`listen` started, at 48 kHz, the same axis as
+        :attr:`AudioFrame.position` and every file of a recording: use it to mark an event
+        (a chat message, a command) at the point of the recording where it happened.
+        ``None`` when not listening.
+        """
+        session = self._listening
+        return session.position() if session is not None and not session.done else None
+
+    @property
     def ssrc_map(self) -> SSRCMap:
         """Who owns which SSRC in this call, as far as the voice gateway said."""
         return self._ssrc_map
