@@ -375,13 +375,16 @@ async def test_speaking_events_slow_and_failing_sinks(pool) -> None:
     class Slow(listening.AudioSink):
         def __init__(self) -> None:
             super().__init__()
-            self.frames = 0
+            self.frames = self.rtcp = 0
 
         def on_audio(self, frame: listening.AudioFrame) -> None:
             import time
 
             time.sleep(0.03)  # slower than real time: 20 ms of audio takes 30 ms
             self.frames += 1
+
+        def on_rtcp(self, packet: listening.RTCPPacket) -> None:
+            self.rtcp += 1
 
     class Broken(Collect):
         def on_audio(self, frame: listening.AudioFrame) -> None:
@@ -396,6 +399,8 @@ async def test_speaking_events_slow_and_failing_sinks(pool) -> None:
         slow = Slow()
         done = await listen_until_done(vc, slow, pool, sink_queue_size=10)
         spurt = await m.speak(speechlike(1.0, seed=8))
+        for _ in range(20):  # RTCP while the sink is still behind
+            await m.send_sender_report()
         assert (await started).id == 950
         assert (await stopped).id == 950
         vc.stop_listening()
@@ -405,6 +410,9 @@ async def test_speaking_events_slow_and_failing_sinks(pool) -> None:
         assert stats.dropped[DropReason.sink_overflow] > 0
         assert slow.frames == stats.frames
         assert stats.frames + stats.dropped[DropReason.sink_overflow] == len(spurt.frames)
+        total = vc.listen_stats
+        assert total.rtcp_packets >= 20 and total.rtcp_dropped > 0
+        assert slow.rtcp + total.rtcp_dropped == total.rtcp_packets  # RTCP the sink missed is counted too
 
         await vc.wait_for_listen_ready(timeout=10)
         broken = Broken()

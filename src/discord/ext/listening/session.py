@@ -469,6 +469,8 @@ class ListeningSession:
             return
         with self._qlock:
             if self._queued >= self._queue_limit:
+                if isinstance(item, RTCPPacket):
+                    self.stats.rtcp_dropped += 1
                 return
             self._queued += 1
         self._queue.put_nowait(item)

@@ -97,7 +97,10 @@ class ListenStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._users: dict[int | None, UserStats] = {}
+        #: RTCP packets that authenticated, and those of them the sink never got because its
+        #: queue was full.
         self.rtcp_packets = 0
+        self.rtcp_dropped = 0
         #: Datagrams that were not RTP/RTCP at all or failed before an SSRC was known.
         self.unattributed: Counter[DropReason] = Counter()
 
@@ -166,6 +169,7 @@ class ListenStats:
         return {
             "total": self.total.as_dict(),
             "rtcp_packets": self.rtcp_packets,
+            "rtcp_dropped": self.rtcp_dropped,
             "users": {str(u): s.as_dict() for u, s in self.users.items()},
         }
 
