@@ -13,16 +13,14 @@ import logging
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import av
 import numpy as np
 
-from .file_sink import AudioFileSink
-from .files import FORMATS, AudioFile
 from .pool import AudioProcessPool
-from .report import ProgressPrinter, SpeechMeter, summary_table
-from .sink import FanOutSink
+from .recorder import record_channel
+from .report import ProgressPrinter
 from .voice_client import VoiceClient
 
 __all__ = ("load_clip", "run_demo", "CLIPS")
@@ -56,8 +54,30 @@ async def run_demo(
     output: Path, *, file_format: str = "wav", loss: float = 0.03, seed: int = 1, workers: int = 2,
     clips: Optional[int] = None, progress_interval: float = 1.0,
 ) -> int:
-    """Run the demo; returns the process exit code."""
-    file_type: type[AudioFile] = FORMATS[file_format]
+    """Run the demo: simulated members speak through the local voice server into files.
+
+    Parameters
+    ----------
+    output: :class:`~pathlib.Path`
+        The parent directory; the files go to a sub-directory named after the start time.
+    file_format: :class:`str`
+        A key of :data:`FORMATS` (``wav``, ``flac``, ``mp3``, ``opus``).
+    loss: :class:`float`
+        Simulated packet loss, 0..0.5.
+    seed: :class:`int`
+        Seed of the simulated network.
+    workers: :class:`int`
+        Decode worker processes.
+    clips: Optional[:class:`int`]
+        Only the first this many members of :data:`CLIPS` (default: all).
+    progress_interval: :class:`float`
+        Seconds between progress lines.
+
+    Returns
+    -------
+    :class:`int`
+        The process exit code: 0, or 1 when listening ended with an error.
+    """
     start = datetime.now()
     out_dir = output / start.strftime("%Y-%m-%d_%H-%M-%S")
     plan = CLIPS[: clips or len(CLIPS)]
@@ -74,49 +94,29 @@ async def run_demo(
             vc = await server.connect(cls=VoiceClient)
             print(f"connected: {vc.channel.name!r} in {vc.guild.name!r}, mode {vc.mode}, "
                   f"DAVE v{vc._connection.dave_protocol_version} epoch {vc._connection.dave_session.epoch}")
-            files = AudioFileSink(file_type, out_dir, mixed=True, filename="{user_name}")
-            meter = SpeechMeter()
-            finished = asyncio.Event()
-            result: dict[str, Any] = {}
+            names: dict[Optional[int], str] = {uid: name for uid, name, _, _, _ in plan}
 
-            async def after(sink: Any, error: Optional[BaseException]) -> None:
-                result["error"] = error
-                finished.set()
+            async def script(progress: ProgressPrinter) -> None:
+                async def talk(uid: int, name: str, at: float, late: bool) -> None:
+                    await asyncio.sleep(max(0.0, at - 0.4) if late else at)
+                    if late:
+                        await members[uid].join()
+                        print(f"[{progress.line().split(']')[0][1:]}] {name} joined the call (new DAVE epoch)")
+                        await asyncio.sleep(0.4)
+                    await members[uid].speak(pcm[name])
 
-            vc.listen(FanOutSink(files, meter), pool, after=after)
-            names = {uid: name for uid, name, _, _, _ in plan}
-            progress = ProgressPrinter(vc.listen_stats, meter, names)  # type: ignore[arg-type]
+                await asyncio.gather(*(talk(uid, name, at, late) for uid, name, _, at, late in plan))
+                await server.drain()
+                await asyncio.sleep(0.3)
 
-            async def talk(uid: int, name: str, at: float, late: bool) -> None:
-                await asyncio.sleep(max(0.0, at - 0.4) if late else at)
-                if late:
-                    await members[uid].join()
-                    print(f"[{progress.line().split(']')[0][1:]}] {name} joined the call (new DAVE epoch)")
-                    await asyncio.sleep(0.4)
-                await members[uid].speak(pcm[name])
-
-            talks = asyncio.gather(*(talk(uid, name, at, late) for uid, name, _, at, late in plan))
-            while not talks.done():
-                await asyncio.wait([talks], timeout=progress_interval)
-                progress.print()
-            await talks
-            await server.drain()
-            await asyncio.sleep(0.3)
-            vc.stop_listening()
-            await asyncio.wait_for(finished.wait(), 30)
-            paths = await files.convert_files()
-            await vc.disconnect()
-    stats = vc.listen_stats
-    assert stats is not None
-    by_user = {uid: f.path for uid, f in files.output_files.items()}
-    print()
-    print(summary_table(stats, meter, by_user, names, files.mixed_file.path if files.mixed_file else None))
+            recording = await record_channel(
+                vc, pool, out_dir, script, file_format=file_format, filename="{user_name}", names=names,
+                interval=progress_interval,
+            )
+    stats = recording.stats
     total = stats.total
     print(
         f"\n{total.received} packets, {total.lost} lost on the network and concealed "
-        f"({total.concealed} frames), {sum(total.dropped.values())} dropped; {len(paths)} files written."
+        f"({total.concealed} frames), {sum(total.dropped.values())} dropped; {len(recording.paths)} files written."
     )
-    if result.get("error") is not None:
-        print(f"error: {result['error']}")
-        return 1
-    return 0
+    return recording.exit_code

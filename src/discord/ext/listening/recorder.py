@@ -8,8 +8,10 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Optional
 
 import discord
 
@@ -18,9 +20,10 @@ from .files import FORMATS
 from .pool import AudioProcessPool
 from .report import ProgressPrinter, SpeechMeter, summary_table
 from .sink import FanOutSink
+from .stats import ListenStats
 from .voice_client import VoiceClient
 
-__all__ = ("run_record", "RecordError")
+__all__ = ("run_record", "record_channel", "Recording", "RecordError")
 
 _log = logging.getLogger(__name__)
 
@@ -44,6 +47,137 @@ def _check_channel(client: discord.Client, guild_id: int, channel_id: int) -> di
     if missing:
         raise RecordError(f"the bot lacks the {', '.join(missing)} permission(s) in {channel.name!r}")
     return channel
+
+
+@dataclass
+class Recording:
+    """What :func:`record_channel` recorded.
+
+    Attributes
+    ----------
+    exit_code: :class:`int`
+        The command's exit code: 0, or 1 when listening ended with an error.
+    error: Optional[:class:`BaseException`]
+        The error listening ended with (``after``'s), or ``None``.
+    paths: list[:class:`~pathlib.Path`]
+        The finished files: per-user files, then the mixed track.
+    files: :class:`AudioFileSink`
+        The sink that wrote them.
+    meter: :class:`SpeechMeter`
+        Seconds of speech per user.
+    stats: :class:`ListenStats`
+        The listening statistics (packets, losses, drops).
+    """
+
+    exit_code: int
+    error: Optional[BaseException]
+    paths: list[Path]
+    files: AudioFileSink
+    meter: SpeechMeter
+    stats: ListenStats
+
+
+async def record_channel(
+    vc: VoiceClient,
+    pool: AudioProcessPool,
+    out_dir: Path,
+    until: Callable[[ProgressPrinter], Awaitable[object]],
+    *,
+    file_format: str = "wav",
+    mixed: bool = True,
+    filename: str = "{user_id}-{user_name}",
+    decode: bool = True,
+    names: Optional[dict[Optional[int], str]] = None,
+    interval: float = 2.0,
+    keep_going: Optional[Callable[[], bool]] = None,
+) -> Recording:
+    """Record a connected voice client to files, printing progress and a closing summary.
+
+    The recording core of the ``demo`` and ``record`` commands: listens into per-user files
+    (and a mixed track) plus a :class:`SpeechMeter`, prints a progress line every
+    ``interval`` seconds until told to finish, stops listening, waits for ``after``,
+    finishes the files, disconnects ``vc`` and prints the summary table (and the error, on
+    stderr, if listening ended with one).
+
+    Parameters
+    ----------
+    vc: :class:`VoiceClient`
+        A connected voice client; it is disconnected at the end.
+    pool: :class:`AudioProcessPool`
+        The decode pool.
+    out_dir: :class:`~pathlib.Path`
+        Where the files go (created if missing).
+    until: Callable[[:class:`ProgressPrinter`], Awaitable]
+        Called once listening has started, with the progress printer; the recording
+        finishes when the awaitable it returns completes (an exception it raises is
+        raised here). It is cancelled if the recording finishes first.
+    file_format: :class:`str`
+        A key of :data:`FORMATS` (``wav``, ``flac``, ``mp3``, ``opus``).
+    mixed: :class:`bool`
+        Also write the mixed track.
+    filename: :class:`str`
+        The per-user file name template (see :class:`AudioFileSink`).
+    decode: :class:`bool`
+        Passed to :meth:`VoiceClient.listen` (``False`` stores Opus undecoded).
+    names: Optional[dict]
+        User id to display name for the progress lines and the summary; by default the
+        progress shows what the meter knows and the summary the members' display names.
+    interval: :class:`float`
+        Seconds between progress lines.
+    keep_going: Optional[Callable[[], :class:`bool`]]
+        Checked after each progress line; returning ``False`` finishes the recording.
+
+    Returns
+    -------
+    :class:`Recording`
+        The exit code, the error, the files and the statistics.
+
+    Raises
+    ------
+    RecordingError
+        The output directory cannot be created or written to.
+    asyncio.TimeoutError
+        Listening did not end within 30 s of being stopped.
+    """
+    files = AudioFileSink(FORMATS[file_format], out_dir, mixed=mixed, filename=filename)
+    meter = SpeechMeter()
+    finished = asyncio.Event()
+    result: dict[str, Optional[BaseException]] = {}
+
+    async def after(sink: Any, error: Optional[BaseException]) -> None:
+        result["error"] = error
+        finished.set()
+
+    vc.listen(FanOutSink(files, meter), pool, after=after, decode=decode)
+    stats = vc.listen_stats
+    assert stats is not None
+    progress = ProgressPrinter(stats, meter, dict(names or {}))
+    stopper = asyncio.ensure_future(until(progress))
+    ended = asyncio.ensure_future(finished.wait())
+    try:
+        while not stopper.done() and not finished.is_set():
+            await asyncio.wait([stopper, ended], timeout=interval)
+            progress.print()
+            if keep_going is not None and not keep_going():
+                break
+        if stopper.done():
+            stopper.result()
+    finally:
+        stopper.cancel()
+        ended.cancel()
+    vc.stop_listening()
+    await asyncio.wait_for(finished.wait(), 30)
+    paths = await files.convert_files()
+    await vc.disconnect()
+    if names is None:
+        names = {uid: getattr(f.user, "display_name", str(uid)) for uid, f in files.output_files.items()}
+    print()
+    print(summary_table(stats, meter, {u: f.path for u, f in files.output_files.items()}, names,
+                        files.mixed_file.path if files.mixed_file else None))
+    error = result.get("error")
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
+    return Recording(1 if error is not None else 0, error, paths, files, meter, stats)
 
 
 async def _record(args: argparse.Namespace, token: str) -> int:
@@ -77,43 +211,25 @@ async def _record(args: argparse.Namespace, token: str) -> int:
         out_dir = args.output / start.strftime("%Y-%m-%d_%H-%M-%S")
         with AudioProcessPool(args.workers) as pool:
             vc = await channel.connect(cls=VoiceClient)
-            files = AudioFileSink(FORMATS[args.format], out_dir, mixed=not args.no_mixed)
-            meter = SpeechMeter()
-            finished = asyncio.Event()
-            result: dict[str, Any] = {}
-
-            async def after(sink: Any, error: Optional[BaseException]) -> None:
-                result["error"] = error
-                finished.set()
-
-            vc.listen(FanOutSink(files, meter), pool, after=after, decode=args.format != "opus")
-            print(f"recording {channel.name!r} in {channel.guild.name!r} to {out_dir}/ (Ctrl-C to finish)")
-            progress = ProgressPrinter(vc.listen_stats, meter)  # type: ignore[arg-type]
             deadline = None if args.duration is None else loop.time() + args.duration
-            while not stop.is_set() and not finished.is_set():
-                try:
-                    await asyncio.wait_for(stop.wait(), 2.0)
-                except asyncio.TimeoutError:
-                    pass
-                progress.print()
+
+            async def until(progress: ProgressPrinter) -> None:
+                print(f"recording {channel.name!r} in {channel.guild.name!r} to {out_dir}/ (Ctrl-C to finish)")
+                await stop.wait()
+
+            def keep_going() -> bool:
                 if deadline is not None and loop.time() >= deadline:
-                    break
+                    return False
                 if args.until_empty and not [m for m in channel.members if m.id != client.user.id]:  # type: ignore[union-attr]
                     print("the channel is empty; finishing")
-                    break
-            vc.stop_listening()
-            await asyncio.wait_for(finished.wait(), 30)
-            await files.convert_files()
-            await vc.disconnect()
-        names = {uid: getattr(f.user, "display_name", str(uid)) for uid, f in files.output_files.items()}
-        stats = vc.listen_stats
-        assert stats is not None
-        print(summary_table(stats, meter, {u: f.path for u, f in files.output_files.items()}, names,
-                            files.mixed_file.path if files.mixed_file else None))
-        if result.get("error") is not None:
-            print(f"error: {result['error']}", file=sys.stderr)
-            return 1
-        return 0
+                    return False
+                return True
+
+            recording = await record_channel(
+                vc, pool, out_dir, until, file_format=args.format, mixed=not args.no_mixed,
+                decode=args.format != "opus", keep_going=keep_going,
+            )
+        return recording.exit_code
     finally:
         await client.close()
         runner.cancel()
