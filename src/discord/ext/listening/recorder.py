@@ -169,8 +169,9 @@ async def record_channel(
     await asyncio.wait_for(finished.wait(), 30)
     paths = await files.convert_files()
     await vc.disconnect()
-    if names is None:
-        names = {uid: getattr(f.user, "display_name", str(uid)) for uid, f in files.output_files.items()}
+    if names is None:  # whoever was heard, also those whose file could not be written
+        names = {uid: m.name for uid, m in meter.users.items()}
+        names.update({uid: getattr(f.user, "display_name", str(uid)) for uid, f in files.output_files.items()})
     print()
     print(summary_table(stats, meter, {u: f.path for u, f in files.output_files.items()}, names,
                         files.mixed_file.path if files.mixed_file else None))

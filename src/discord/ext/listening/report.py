@@ -68,7 +68,7 @@ class ProgressPrinter:
     stats: ListenStats
     meter: SpeechMeter
     names: dict[Optional[int], str] = field(default_factory=dict)
-    out: TextIO = sys.stdout
+    out: TextIO = field(default_factory=lambda: sys.stdout)  # the stdout of when it is made, not of import
     started: float = field(default_factory=time.monotonic)
 
     def line(self) -> str:
