@@ -260,7 +260,8 @@ async def test_record_channel_records_until_the_duration_is_over(pool, tmp_path:
 
 async def test_record_channel_exits_1_and_prints_the_error_when_the_files_fail(pool, tmp_path: Path, capsys) -> None:
     """The output directory vanishes after listening started (a file takes its place):
-    the member's file cannot be created, ``after`` gets the error, the exit code is 1."""
+    the member's file cannot be created, ``after`` gets the error, the exit code is 1.
+    The recording ends as soon as ``until`` returns."""
     out_dir = tmp_path / "rec"
     async with VoiceServerEmulator(seed=6) as server:
         alice = await server.add_member(1001, "alice")
@@ -273,10 +274,13 @@ async def test_record_channel_exits_1_and_prints_the_error_when_the_files_fail(p
             await server.drain()
             await asyncio.sleep(0.3)
 
-        recording = await record_channel(vc, pool, out_dir, until, interval=0.5)
+        # No progress tick comes before the end: the recording ends when ``until`` returns
+        # (were it to wait for a tick, the test would time out).
+        recording = await record_channel(vc, pool, out_dir, until, interval=3600)
     out, err = capsys.readouterr()
     assert recording.exit_code == 1
     assert isinstance(recording.error, OSError), recording.error
     assert f"error: {recording.error}" in err
     assert str(out_dir) in str(recording.error)
     assert "alice" in summary_rows(out)  # the summary still says what was heard
+    assert len(re.findall(r"^\[", out, re.M)) == 1, out  # the closing progress line only

@@ -156,7 +156,7 @@ async def record_channel(
     ended = asyncio.ensure_future(finished.wait())
     try:
         while not stopper.done() and not finished.is_set():
-            await asyncio.wait([stopper, ended], timeout=interval)
+            await asyncio.wait([stopper, ended], timeout=interval, return_when=asyncio.FIRST_COMPLETED)
             progress.print()
             if keep_going is not None and not keep_going():
                 break
