@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable, Optional
 import discord
 
 from .file_sink import AudioFileSink
-from .files import FORMATS
+from .files import FORMATS, RecordingError
 from .pool import AudioProcessPool
 from .report import ProgressPrinter, SpeechMeter, summary_table
 from .sink import FanOutSink
@@ -212,15 +212,15 @@ async def _record(args: argparse.Namespace, token: str) -> int:
         out_dir = args.output / start.strftime("%Y-%m-%d_%H-%M-%S")
         with AudioProcessPool(args.workers) as pool:
             vc = await channel.connect(cls=VoiceClient)
-            deadline = None if args.duration is None else loop.time() + args.duration
 
             async def until(progress: ProgressPrinter) -> None:
                 print(f"recording {channel.name!r} in {channel.guild.name!r} to {out_dir}/ (Ctrl-C to finish)")
-                await stop.wait()
+                try:
+                    await asyncio.wait_for(stop.wait(), args.duration)  # --duration to the second
+                except asyncio.TimeoutError:
+                    pass
 
             def keep_going() -> bool:
-                if deadline is not None and loop.time() >= deadline:
-                    return False
                 if args.until_empty and not [m for m in channel.members if m.id != client.user.id]:  # type: ignore[union-attr]
                     print("the channel is empty; finishing")
                     return False
@@ -255,7 +255,7 @@ def run_record(args: argparse.Namespace) -> int:
         return 2
     try:
         return asyncio.run(_record(args, token))
-    except RecordError as exc:
+    except (RecordError, RecordingError) as exc:  # RecordingError: e.g. an unwritable --output
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except discord.ClientException as exc:
