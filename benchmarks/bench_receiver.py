@@ -1,0 +1,179 @@
+"""CPU per packet of the parent's receive path in a tight loop, no sockets, no other threads.
+
+Run: ``.venv/bin/python benchmarks/bench_receiver.py [--speakers 100] [--seconds 3] [--passes 7]``
+
+The packets are the benchmark corpus (``common.py``), laid out as Discord clients send them
+(audio-level extension, AES-256-GCM ``rtpsize``), ``--speakers`` speakers at 50 packets a
+second each, spread evenly over each 20 ms, built once beforehand. Each pass feeds them to
+a fresh receiver in 10 ms batches (what the session's socket thread reads per round) and
+releases after every batch, timing CPU (``time.process_time``) over the whole pass:
+
+* ``receiver``: :class:`PacketReceiver` alone (``datagram`` per packet + ``poll`` per batch);
+* ``session``: the same through :class:`ListeningSession` with ``decode=False`` (its
+  ``_receive`` + ``_release``: packets become :class:`AudioFrame` lists on the sink queue,
+  which is emptied after every batch), i.e. the socket thread's Python work minus ``recvmsg``.
+
+Prints the median and the spread of the passes per level, and one ``RESULT {json}`` line.
+``--profile`` runs one pass of each level under cProfile instead and prints the top entries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from types import SimpleNamespace
+from typing import Any, Callable
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+
+from discord.ext.listening.ssrc import SSRCMap  # noqa: E402
+from discord.ext.listening.stats import ListenStats  # noqa: E402
+from discord.ext.listening.transport import AES_GCM, transport_cipher  # noqa: E402
+from discord.ext.listening.testing.speech import build_rtp_packet  # noqa: E402
+
+KEY = bytes(range(32))
+USER_BASE = 800000000000000000
+BATCH = 0.01
+
+
+def build(speakers: int, seconds: float) -> tuple[list[list[tuple[bytes, float]]], list[int]]:
+    """Packets grouped in 10 ms arrival batches, and the SSRCs."""
+    cipher = transport_cipher(AES_GCM, KEY)
+    rounds = int(seconds / common.FRAME_SECONDS)
+    ssrcs = [1000 + 7 * s for s in range(speakers)]
+    arrivals: list[tuple[float, bytes]] = []
+    counter = 0
+    for s, ssrc in enumerate(ssrcs):
+        frames = common.speaker_frames(s, rounds)
+        q0, ts0 = (s * 7919) & 0xFFFF, (s * 104729) & 0xFFFFFFFF
+        for r in range(rounds):
+            counter += 1
+            pkt = build_rtp_packet(
+                cipher, counter, ssrc=ssrc, sequence=(q0 + r) & 0xFFFF, timestamp=(ts0 + 960 * r) & 0xFFFFFFFF,
+                payload=frames[r], marker=r == 0, audio_level=30,
+            )
+            arrivals.append((1.0 + r * common.FRAME_SECONDS + s * common.FRAME_SECONDS / speakers, pkt))
+    arrivals.sort(key=lambda a: a[0])
+    batches: list[list[tuple[bytes, float]]] = []
+    i = 0
+    t = 1.0 + BATCH
+    while i < len(arrivals):
+        b = []
+        while i < len(arrivals) and arrivals[i][0] < t:
+            b.append((arrivals[i][1], arrivals[i][0]))
+            i += 1
+        batches.append(b)
+        t += BATCH
+    return batches, ssrcs
+
+
+def _conn() -> SimpleNamespace:
+    return SimpleNamespace(mode=AES_GCM, secret_key=list(KEY), dave_session=None, dave_protocol_version=0)
+
+
+def _map(ssrcs: list[int]) -> SSRCMap:
+    m = SSRCMap()
+    for i, s in enumerate(ssrcs):
+        m.set_audio(s, USER_BASE + i)
+    return m
+
+
+def receiver_pass(batches: list[list[tuple[bytes, float]]], ssrcs: list[int]) -> tuple[float, int]:
+    from discord.ext.listening.receive import PacketReceiver
+
+    rx = PacketReceiver(_conn(), _map(ssrcs), ListenStats(), origin=0.0)
+    datagram, poll = rx.datagram, rx.poll
+    out = 0
+    t = 1.0
+    t0 = time.process_time()
+    for b in batches:
+        for data, arrival in b:
+            datagram(data, arrival)
+        t += BATCH
+        out += len(poll(t)[0])
+    out += len(rx.flush(t + 1.0))
+    return time.process_time() - t0, out
+
+
+class _Guild:
+    id = 1
+
+    def get_member(self, user_id: int) -> None:
+        return None
+
+
+def session_pass(batches: list[list[tuple[bytes, float]]], ssrcs: list[int]) -> tuple[float, int]:
+    from discord.ext.listening.session import ListeningSession
+    from discord.ext.listening.sink import AudioSink
+
+    conn = _conn()
+    vc = SimpleNamespace(loop=None, guild=_Guild(), _connection=conn)
+    session = ListeningSession(
+        vc, AudioSink(), None, ssrc_map=_map(ssrcs), decode=False, after=None, after_kwargs={},
+        jitter_depth=0.06, sink_queue_size=1 << 30,
+    )
+    session.receiver.origin = 0.0
+    q = session._queue
+    receive, release = session._receive, session._release
+    out = 0
+    t = 1.0
+    t0 = time.process_time()
+    for b in batches:
+        receive([d for d, _ in b], [a for _, a in b])
+        t += BATCH
+        release(t)
+        while not q.empty():
+            item = q.get_nowait()
+            if type(item) is list:
+                out += len(item)
+    return time.process_time() - t0, out
+
+
+LEVELS: dict[str, Callable[..., tuple[float, int]]] = {"receiver": receiver_pass, "session": session_pass}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--speakers", type=int, default=100)
+    p.add_argument("--seconds", type=float, default=3.0, help="simulated seconds of traffic per pass")
+    p.add_argument("--passes", type=int, default=7)
+    p.add_argument("--levels", default="receiver,session")
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args()
+    batches, ssrcs = build(args.speakers, args.seconds)
+    packets = sum(map(len, batches))
+    levels = args.levels.split(",")
+    if args.profile:
+        import cProfile
+        import pstats
+
+        for name in levels:
+            prof = cProfile.Profile()
+            prof.runcall(LEVELS[name], batches, ssrcs)
+            print(f"== {name}: {packets} packets")
+            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        return
+    LEVELS[levels[0]](batches, ssrcs)  # warm-up
+    results: dict[str, Any] = {"speakers": args.speakers, "packets": packets, "loadavg": os.getloadavg()}
+    runs: dict[str, list[float]] = {n: [] for n in levels}
+    for _ in range(args.passes):
+        for name in levels:  # alternate the levels pass by pass
+            cpu, out = LEVELS[name](batches, ssrcs)
+            if out != packets:
+                raise SystemExit(f"{name}: {out} of {packets} packets came out")
+            runs[name].append(cpu / packets * 1e6)
+    for name, us in runs.items():
+        results[name] = {"median_us": statistics.median(us), "min_us": min(us), "max_us": max(us), "passes": us}
+        print(f"{name:9s} {statistics.median(us):6.2f} us/packet (min {min(us):.2f}, max {max(us):.2f}, "
+              f"{len(us)} passes of {packets} packets, {args.speakers} speakers)")
+    print("RESULT " + json.dumps(results), flush=True)
+
+
+if __name__ == "__main__":
+    main()
