@@ -18,6 +18,7 @@ socket: ``now`` is passed in, and the listening session owns the threads.
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from typing import Any, Final, Optional
 import davey
 
 from . import dave
-from .opus import FRAME_SAMPLES, SAMPLE_RATE, packet_has_fec
+from .opus import FRAME_SAMPLES, SAMPLE_RATE, SILENCE_FRAME, packet_has_fec
 from .reorder import JitterBuffer, PushResult, seq_diff, ts_diff
 from .rtp import OPUS_PAYLOAD_TYPE, MalformedPacket, RTCPPacket, is_rtcp, parse_audio_level, parse_rtcp, parse_rtp_header, split_plaintext
 from .ssrc import SSRCMap
@@ -52,6 +53,11 @@ CONCEAL_BURST: Final = 50
 SPEAKING_TIMEOUT: Final = 0.25
 #: ValueError texts from davey meaning "the key is not here yet" (worth holding and retrying).
 _RETRYABLE_DAVE: Final = ("NoDecryptorForUser", "NoValidCryptorFound", "NoDecryptor", "MissingKey")
+#: First header byte of the layout every Discord client sends: RTP version 2, a header
+#: extension, no padding, no CSRCs (parsed inline; anything else goes to parse_rtp_header).
+_PLAIN_B0: Final = 0x90
+_unpack_header = struct.Struct(">BBHII").unpack_from
+_unpack_words = struct.Struct(">H").unpack_from
 
 
 @dataclass(slots=True)
@@ -216,13 +222,36 @@ class PacketReceiver:
         input: every rejected datagram is counted.
         """
         try:
-            if is_rtcp(data):
+            if len(data) >= 2 and 200 <= data[1] <= 204:  # rtp.is_rtcp
                 return self._rtcp(data)
             self._rtp(data, now)
         except Exception:  # a bug must not kill discord.py's socket thread
             _log.exception("unexpected error handling a %d-byte datagram", len(data))
             self.stats.drop_unattributed(DropReason.malformed)
         return None
+
+    def datagrams(self, batch: list[bytes], arrivals: list[float]) -> list[RTCPPacket]:
+        """Take datagrams read in one go, each with its arrival time, in the order read.
+
+        The same as :meth:`datagram` for each, in one call; returns the RTCP packets among
+        them, in order.
+        """
+        rtcp: list[RTCPPacket] = []
+        rtp_one = self._rtp_one
+        for data, now in zip(batch, arrivals):
+            try:
+                if len(data) >= 2 and 200 <= data[1] <= 204:  # rtp.is_rtcp
+                    packets = self._rtcp(data)
+                    if packets:
+                        rtcp += packets
+                    continue
+                rtp_one(data, now)
+                if self._key_changed:
+                    self._retry_parked(now)
+            except Exception:  # a bug must not kill discord.py's socket thread
+                _log.exception("unexpected error handling a %d-byte datagram", len(data))
+                self.stats.drop_unattributed(DropReason.malformed)
+        return rtcp
 
     def _rtcp(self, data: bytes) -> Optional[list[RTCPPacket]]:
         cipher = self._current_cipher()
@@ -242,11 +271,14 @@ class PacketReceiver:
     def _rtp(self, data: bytes, now: float) -> None:
         self._rtp_one(data, now)
         if self._key_changed:
-            self._key_changed = False
-            self._prev_until = now + KEY_GRACE
-            parked, self._parked = list(self._parked), deque()
-            for old, arrival in parked:
-                self._rtp_one(old, arrival, retry=True)
+            self._retry_parked(now)
+
+    def _retry_parked(self, now: float) -> None:
+        self._key_changed = False
+        self._prev_until = now + KEY_GRACE
+        parked, self._parked = list(self._parked), deque()
+        for old, arrival in parked:
+            self._rtp_one(old, arrival, retry=True)
 
     def _park(self, data: bytes, now: float) -> None:
         parked = self._parked
@@ -255,45 +287,66 @@ class PacketReceiver:
             self.stats.drop_unattributed(DropReason.auth_failed)
         parked.append((data, now))
 
-    def _open(self, cipher: TransportCipher, data: bytes, aad_length: int, now: float) -> Optional[bytes]:
-        try:
-            return cipher.decrypt(data, aad_length)
-        except DecryptionFailed:
-            prev = self._prev_cipher
-            if prev is not None and now < self._prev_until:
-                try:
-                    return prev.decrypt(data, aad_length)
-                except DecryptionFailed:
-                    pass
-            return None
+    def _open_prev(self, data: bytes, aad_length: int, now: float) -> Optional[bytes]:
+        """The current key failed: the previous one, within its grace period."""
+        prev = self._prev_cipher
+        if prev is not None and now < self._prev_until:
+            try:
+                return prev.decrypt(data, aad_length)
+            except DecryptionFailed:
+                pass
+        return None
 
     def _rtp_one(self, data: bytes, now: float, retry: bool = False) -> None:
         stats = self.stats
-        if len(data) == 74 and data[1] == 0x02:
-            return  # an IP discovery reply: discord.py's own business
-        try:
-            header = parse_rtp_header(data)
-        except MalformedPacket:
-            stats.drop_unattributed(DropReason.malformed)
-            return
-        ssrc = header.ssrc
-        if header.payload_type != OPUS_PAYLOAD_TYPE or self._map.is_video(ssrc):
+        header = None
+        if len(data) >= 16 and data[0] == _PLAIN_B0:
+            # What every Discord client sends, parsed without building an RTPHeader.
+            _, b1, sequence, timestamp, ssrc = _unpack_header(data)
+            payload_type = b1 & 0x7F
+            aad_length = 16
+            ext_len = 4 * _unpack_words(data, 14)[0]
+        else:
+            if len(data) == 74 and data[1] == 0x02:
+                return  # an IP discovery reply: discord.py's own business
+            try:
+                header = parse_rtp_header(data)
+            except MalformedPacket:
+                stats.drop_unattributed(DropReason.malformed)
+                return
+            sequence, timestamp, ssrc = header.sequence, header.timestamp, header.ssrc
+            payload_type, aad_length, ext_len = header.payload_type, header.aad_length, header.extension_length
+        if payload_type != OPUS_PAYLOAD_TYPE or self._map.is_video(ssrc):
             stats.drop(self._map.user_for(ssrc), DropReason.not_audio)
             return
         cipher = self._current_cipher()
-        plain = None if cipher is None else self._open(cipher, data, header.aad_length, now)
+        plain = None
+        if cipher is not None:
+            try:
+                plain = cipher.decrypt(data, aad_length)
+            except DecryptionFailed:
+                plain = self._open_prev(data, aad_length, now)
         if plain is None:
             if retry:
                 stats.drop_unattributed(DropReason.auth_failed)
             else:
                 self._park(data, now)
             return
-        try:
-            ext, payload = split_plaintext(plain, header)
-        except MalformedPacket:
-            stats.drop(self._map.user_for(ssrc), DropReason.malformed)
-            return
-        level = parse_audio_level(ext) if ext else None
+        if header is None and ext_len <= len(plain):
+            payload = plain[ext_len:]  # split_plaintext without padding
+        else:
+            try:
+                payload = split_plaintext(plain, header)[1] if header is not None else None
+            except MalformedPacket:
+                payload = None
+            if payload is None:
+                stats.drop(self._map.user_for(ssrc), DropReason.malformed)
+                return
+        # parse_audio_level on plain[:ext_len]; clients put the level element first.
+        if ext_len > 1 and plain[0] >> 4 == 1:
+            level: Optional[int] = plain[1] & 0x7F
+        else:
+            level = parse_audio_level(plain[:ext_len]) if ext_len else None
         with self._lock:
             stream = self._streams.get(ssrc)
             if stream is None:
@@ -309,7 +362,7 @@ class PacketReceiver:
                 stats.add(self._map.user_for(ssrc), "received")
                 stats.drop(self._map.user_for(ssrc), DropReason.paused)
                 return
-            result = stream.buffer.push(header.sequence, header.timestamp, (payload, level), now)
+            result = stream.buffer.push(sequence, timestamp, (payload, level), now)
             if result is not _ACCEPTED:
                 user_id = self._map.user_for(ssrc)
                 if not result.accepted:
@@ -353,21 +406,33 @@ class PacketReceiver:
         """
         out: list[ReceivedPacket] = []
         changes: list[SpeakingChange] = []
-        with self._lock:
-            for stream in self._streams.values():
-                self._place(stream, stream.buffer.pop_ready(now))
-                if stream.pending:
-                    self._decrypt_pending(stream, now, out, final=False)
-                self._speaking(stream, now, changes)
+        counts: dict[Optional[int], list[int]] = {}
+        try:
+            with self._lock:
+                for stream in self._streams.values():
+                    released = stream.buffer.pop_ready(now)
+                    if released:
+                        self._place(stream, released, out, counts)
+                    if stream.pending:
+                        self._decrypt_pending(stream, now, out, counts, final=False)
+                    last = stream.last_arrival
+                    if (last > 0 and now - last < SPEAKING_TIMEOUT) != stream.speaking:
+                        self._speaking(stream, now, changes)
+        finally:
+            self._count(counts)
         return out, changes
 
     def flush(self, now: float) -> list[ReceivedPacket]:
         """Release everything buffered (listening is ending); what cannot be decrypted now is dropped."""
         out: list[ReceivedPacket] = []
-        with self._lock:
-            for stream in self._streams.values():
-                self._place(stream, stream.buffer.flush())
-                self._decrypt_pending(stream, now, out, final=True)
+        counts: dict[Optional[int], list[int]] = {}
+        try:
+            with self._lock:
+                for stream in self._streams.values():
+                    self._place(stream, stream.buffer.flush(), out, counts)
+                    self._decrypt_pending(stream, now, out, counts, final=True)
+        finally:
+            self._count(counts)
         if self._parked:
             self.stats.drop_unattributed(DropReason.auth_failed, len(self._parked))
             self._parked.clear()
@@ -376,20 +441,43 @@ class PacketReceiver:
     def reset_streams(self, now: float) -> list[ReceivedPacket]:
         """Flush and forget every SSRC's ordering state (after a pause: a fresh start)."""
         out: list[ReceivedPacket] = []
-        with self._lock:
-            for stream in self._streams.values():
-                self._place(stream, stream.buffer.reset())
-                self._decrypt_pending(stream, now, out, final=False)
+        counts: dict[Optional[int], list[int]] = {}
+        try:
+            with self._lock:
+                for stream in self._streams.values():
+                    self._place(stream, stream.buffer.reset(), out, counts)
+                    if stream.pending:
+                        self._decrypt_pending(stream, now, out, counts, final=False)
+        finally:
+            self._count(counts)
         return out
 
-    def _place(self, stream: _Stream, released: list[Any]) -> None:
-        """Put released packets (and the frames lost before them) on the timeline, and queue
-        them for E2E decryption."""
+    def _count(self, counts: dict[Optional[int], list[int]]) -> None:
+        """Per user: [packets released (received and decrypted), frames lost], once per poll."""
+        if counts:
+            self.stats.add_released(counts)
+
+    def _e2ee(self) -> tuple[Any, bool]:
+        session = getattr(self._conn, "dave_session", None)
+        return session, session is not None and bool(getattr(self._conn, "dave_protocol_version", 0))
+
+    def _place(
+        self, stream: _Stream, released: list[Any], out: list[ReceivedPacket], counts: dict[Optional[int], list[int]]
+    ) -> None:
+        """Put released packets (and the frames lost before them) on the timeline, and send
+        them on: straight out when nothing waits before them and they need neither a DAVE key
+        nor to wait for their user, else queued for E2E decryption (:meth:`_decrypt_pending`)."""
         if not released:
             return
         pending = stream.pending
         clock = stream.clock
-        for r, arrival in zip(released, _debursted_arrivals(released)):
+        user_id = self._map.user_for(stream.ssrc)
+        e2ee = self._e2ee()[1]
+        # Straight out only where queueing could not have dropped anything (max_held).
+        direct = user_id is not None and not pending and len(released) <= self.max_held
+        arrivals = _debursted_arrivals(released) if len(released) > 1 else None
+        for k, r in enumerate(released):
+            arrival = r.arrival if arrivals is None else arrivals[k]
             payload, level = r.payload
             lost_positions: tuple[int, ...] = ()
             if r.lost_before:
@@ -412,7 +500,18 @@ class PacketReceiver:
                 lost_positions = tuple(
                     clock.position((first + FRAME_SAMPLES * i) & 0xFFFFFFFF, arrival) for i in range(lost)
                 )
-            position = clock.position(r.timestamp, arrival, new_stream=r.new_stream, silence=dave.is_silence(payload))
+            silence = payload == SILENCE_FRAME  # dave.is_silence
+            position = clock.position(r.timestamp, arrival, new_stream=r.new_stream, silence=silence)
+            if (
+                direct
+                and not pending
+                and not (e2ee and not silence)
+                and not (payload[-2:] == dave.MAGIC and dave.is_dave_frame(payload))
+            ):
+                # What _decrypt_pending would do with it at once, without the queue.
+                self._emit(stream, user_id, r.sequence, r.timestamp, payload, lost_positions, position, r.arrival,
+                           level, r.new_stream, out, counts)
+                continue
             if len(pending) >= self.max_held:
                 self._drop_head(stream, DropReason.overflow)
             pending.append(_Pending(r.sequence, r.timestamp, payload, level, r.arrival, lost_positions, position, r.new_stream))
@@ -425,13 +524,13 @@ class PacketReceiver:
         # The decoder must still conceal this frame's slot (and any loss before it).
         stream.carry_lost += p.lost_positions + (p.position,)
 
-    def _decrypt_pending(self, stream: _Stream, now: float, out: list[ReceivedPacket], *, final: bool) -> None:
-        ssrc = stream.ssrc
-        user_id = self._map.user_for(ssrc)
-        session = getattr(self._conn, "dave_session", None)
-        e2ee = session is not None and bool(getattr(self._conn, "dave_protocol_version", 0))
+    def _decrypt_pending(
+        self, stream: _Stream, now: float, out: list[ReceivedPacket], counts: dict[Optional[int], list[int]],
+        *, final: bool,
+    ) -> None:
+        user_id = self._map.user_for(stream.ssrc)
+        session, e2ee = self._e2ee()
         pending = stream.pending
-        stats = self.stats
         while pending:
             p = pending[0]
             may_wait = not final and now - p.arrival < self.hold_time
@@ -459,24 +558,33 @@ class PacketReceiver:
                 # little for SPEAKING; after hold_time it goes out with user None, not lost.
                 return
             pending.popleft()
-            stats.add(user_id, "received")
-            stats.add(user_id, "decrypted")
-            lost_positions = stream.carry_lost + p.lost_positions if stream.carry_lost else p.lost_positions
+            self._emit(stream, user_id, p.sequence, p.timestamp, payload, p.lost_positions, p.position, p.arrival,
+                       p.audio_level, p.new_stream, out, counts)
+
+    def _emit(
+        self, stream: _Stream, user_id: Optional[int], sequence: int, timestamp: int, payload: bytes,
+        lost_positions: tuple[int, ...], position: int, arrival: float, level: Optional[int], new_stream: bool,
+        out: list[ReceivedPacket], counts: dict[Optional[int], list[int]],
+    ) -> None:
+        """One packet goes out (counted in ``counts``, see :meth:`_count`)."""
+        if stream.carry_lost:
+            lost_positions = stream.carry_lost + lost_positions
             stream.carry_lost = ()
-            if not stream.started:
-                stream.started = True
-                lost_positions = self._leading_loss(p, payload) + lost_positions
-            if lost_positions:
-                stats.add(user_id, "lost", len(lost_positions))
-            out.append(
-                ReceivedPacket(
-                    ssrc, user_id, p.sequence, p.timestamp, payload, lost_positions, p.position, p.arrival,
-                    p.audio_level, p.new_stream,
-                )
-            )
+        if not stream.started:
+            stream.started = True
+            lost_positions = self._leading_loss(new_stream, position, payload) + lost_positions
+        c = counts.get(user_id)
+        if c is None:
+            c = counts[user_id] = [0, 0]
+        c[0] += 1
+        if lost_positions:
+            c[1] += len(lost_positions)
+        out.append(ReceivedPacket(
+            stream.ssrc, user_id, sequence, timestamp, payload, lost_positions, position, arrival, level, new_stream,
+        ))
 
     @staticmethod
-    def _leading_loss(p: _Pending, payload: bytes) -> tuple[int, ...]:
+    def _leading_loss(new_stream: bool, position: int, payload: bytes) -> tuple[int, ...]:
         """The position of a lost frame right before an SSRC's first received packet, if any.
 
         Nothing before the first packet says a packet is missing, except the packet itself:
@@ -485,8 +593,8 @@ class PacketReceiver:
         was sent and lost on the way (typically a member's first word on a lossy network),
         and the decoder can rebuild it from this packet's FEC data.
         """
-        if p.new_stream and p.position >= FRAME_SAMPLES and packet_has_fec(payload):
-            return (p.position - FRAME_SAMPLES,)
+        if new_stream and position >= FRAME_SAMPLES and packet_has_fec(payload):
+            return (position - FRAME_SAMPLES,)
         return ()
 
     def _speaking(self, stream: _Stream, now: float, changes: list[SpeakingChange]) -> None:

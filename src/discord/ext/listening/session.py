@@ -307,12 +307,8 @@ class ListeningSession:
             self._pump_wake.set()  # the pump takes over the timing
 
     def _receive(self, batch: list[bytes], arrivals: list[float]) -> None:
-        datagram = self.receiver.datagram
-        for data, arrival in zip(batch, arrivals):
-            rtcp = datagram(data, arrival)
-            if rtcp:
-                for packet in rtcp:
-                    self._enqueue(packet, None)
+        for packet in self.receiver.datagrams(batch, arrivals):
+            self._enqueue(packet, None)
 
     def _release(self, now: float) -> None:
         """Release what the jitter buffers have ready and send it on (either thread)."""

@@ -10,6 +10,7 @@ import enum
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 __all__ = ("DropReason", "UserStats", "ListenStats")
 
@@ -117,6 +118,18 @@ class ListenStats:
         with self._lock:
             s = self._user(user_id)
             setattr(s, name, getattr(s, name) + n)
+
+    def add_released(self, counts: Mapping[int | None, Sequence[int]]) -> None:
+        """Per user ``(n, lost)``: ``n`` packets received and decrypted, ``lost`` frames lost.
+
+        What the receive path counts for one whole release, under one lock.
+        """
+        with self._lock:
+            for user_id, (n, lost) in counts.items():
+                s = self._user(user_id)
+                s.received += n
+                s.decrypted += n
+                s.lost += lost
 
     def drop(self, user_id: int | None, reason: DropReason, n: int = 1) -> None:
         """Count ``n`` packets/frames of a user dropped for ``reason``."""
