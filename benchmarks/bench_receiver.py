@@ -15,11 +15,16 @@ releases after every batch, timing CPU (``time.process_time``) over the whole pa
 
 Prints the median and the spread of the passes per level, and one ``RESULT {json}`` line.
 ``--profile`` runs one pass of each level under cProfile instead and prints the top entries.
+``--pace`` sleeps 10 ms between batches as the real socket thread does (caches and the
+CPU's state go cold in between; passes then take real time). ``--compare DIR`` also loads another copy of the package (a ``discord/ext/listening``
+directory, e.g. from ``git archive`` of an older commit) and alternates pass by pass between
+it (``base``) and this tree in the same process, for A/B comparisons on a noisy machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -32,8 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 
-from discord.ext.listening.ssrc import SSRCMap  # noqa: E402
-from discord.ext.listening.stats import ListenStats  # noqa: E402
+import discord.ext.listening as this_tree  # noqa: E402
 from discord.ext.listening.transport import AES_GCM, transport_cipher  # noqa: E402
 from discord.ext.listening.testing.speech import build_rtp_packet  # noqa: E402
 
@@ -77,17 +81,18 @@ def _conn() -> SimpleNamespace:
     return SimpleNamespace(mode=AES_GCM, secret_key=list(KEY), dave_session=None, dave_protocol_version=0)
 
 
-def _map(ssrcs: list[int]) -> SSRCMap:
-    m = SSRCMap()
+def _map(pkg: Any, ssrcs: list[int]) -> Any:
+    m = pkg.ssrc.SSRCMap()
     for i, s in enumerate(ssrcs):
         m.set_audio(s, USER_BASE + i)
     return m
 
 
-def receiver_pass(batches: list[list[tuple[bytes, float]]], ssrcs: list[int]) -> tuple[float, int]:
-    from discord.ext.listening.receive import PacketReceiver
+PACE = 0.0
 
-    rx = PacketReceiver(_conn(), _map(ssrcs), ListenStats(), origin=0.0)
+
+def receiver_pass(pkg: Any, batches: list[list[tuple[bytes, float]]], ssrcs: list[int]) -> tuple[float, int]:
+    rx = pkg.receive.PacketReceiver(_conn(), _map(pkg, ssrcs), pkg.stats.ListenStats(), origin=0.0)
     datagram, poll = rx.datagram, rx.poll
     out = 0
     t = 1.0
@@ -97,6 +102,8 @@ def receiver_pass(batches: list[list[tuple[bytes, float]]], ssrcs: list[int]) ->
             datagram(data, arrival)
         t += BATCH
         out += len(poll(t)[0])
+        if PACE:
+            time.sleep(PACE)
     out += len(rx.flush(t + 1.0))
     return time.process_time() - t0, out
 
@@ -108,14 +115,11 @@ class _Guild:
         return None
 
 
-def session_pass(batches: list[list[tuple[bytes, float]]], ssrcs: list[int]) -> tuple[float, int]:
-    from discord.ext.listening.session import ListeningSession
-    from discord.ext.listening.sink import AudioSink
-
+def session_pass(pkg: Any, batches: list[list[tuple[bytes, float]]], ssrcs: list[int]) -> tuple[float, int]:
     conn = _conn()
     vc = SimpleNamespace(loop=None, guild=_Guild(), _connection=conn)
-    session = ListeningSession(
-        vc, AudioSink(), None, ssrc_map=_map(ssrcs), decode=False, after=None, after_kwargs={},
+    session = pkg.session.ListeningSession(
+        vc, pkg.sink.AudioSink(), None, ssrc_map=_map(pkg, ssrcs), decode=False, after=None, after_kwargs={},
         jitter_depth=0.06, sink_queue_size=1 << 30,
     )
     session.receiver.origin = 0.0
@@ -132,10 +136,26 @@ def session_pass(batches: list[list[tuple[bytes, float]]], ssrcs: list[int]) -> 
             item = q.get_nowait()
             if type(item) is list:
                 out += len(item)
+        if PACE:
+            time.sleep(PACE)
     return time.process_time() - t0, out
 
 
 LEVELS: dict[str, Callable[..., tuple[float, int]]] = {"receiver": receiver_pass, "session": session_pass}
+
+
+def load_copy(directory: str, name: str = "listening_base") -> Any:
+    """Import another copy of the package (its ``discord/ext/listening`` directory) as ``name``."""
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(directory, "__init__.py"), submodule_search_locations=[directory]
+    )
+    assert spec is not None and spec.loader is not None
+    pkg = importlib.util.module_from_spec(spec)
+    sys.modules[name] = pkg
+    spec.loader.exec_module(pkg)
+    for sub in ("receive", "session", "sink", "ssrc", "stats"):
+        importlib.import_module(f"{name}.{sub}")
+    return pkg
 
 
 def main() -> None:
@@ -145,7 +165,16 @@ def main() -> None:
     p.add_argument("--passes", type=int, default=7)
     p.add_argument("--levels", default="receiver,session")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--pace", action="store_true", help="sleep 10 ms between batches")
+    p.add_argument("--compare", metavar="DIR", help="another copy of discord/ext/listening to alternate with")
     args = p.parse_args()
+    global PACE
+    PACE = BATCH if args.pace else 0.0
+    for sub in ("receive", "session", "sink", "ssrc", "stats"):
+        importlib.import_module(f"discord.ext.listening.{sub}")
+    trees = {"": this_tree}
+    if args.compare:
+        trees = {"base ": load_copy(os.path.abspath(args.compare)), "": this_tree}
     batches, ssrcs = build(args.speakers, args.seconds)
     packets = sum(map(len, batches))
     levels = args.levels.split(",")
@@ -155,23 +184,30 @@ def main() -> None:
 
         for name in levels:
             prof = cProfile.Profile()
-            prof.runcall(LEVELS[name], batches, ssrcs)
+            prof.runcall(LEVELS[name], this_tree, batches, ssrcs)
             print(f"== {name}: {packets} packets")
             pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return
-    LEVELS[levels[0]](batches, ssrcs)  # warm-up
+    for pkg in trees.values():
+        LEVELS[levels[0]](pkg, batches, ssrcs)  # warm-up
     results: dict[str, Any] = {"speakers": args.speakers, "packets": packets, "loadavg": os.getloadavg()}
-    runs: dict[str, list[float]] = {n: [] for n in levels}
+    runs: dict[str, list[float]] = {t + n: [] for n in levels for t in trees}
     for _ in range(args.passes):
-        for name in levels:  # alternate the levels pass by pass
-            cpu, out = LEVELS[name](batches, ssrcs)
-            if out != packets:
-                raise SystemExit(f"{name}: {out} of {packets} packets came out")
-            runs[name].append(cpu / packets * 1e6)
+        for name in levels:  # alternate levels and trees pass by pass
+            for tag, pkg in trees.items():
+                cpu, out = LEVELS[name](pkg, batches, ssrcs)
+                if out != packets:
+                    raise SystemExit(f"{tag}{name}: {out} of {packets} packets came out")
+                runs[tag + name].append(cpu / packets * 1e6)
     for name, us in runs.items():
         results[name] = {"median_us": statistics.median(us), "min_us": min(us), "max_us": max(us), "passes": us}
-        print(f"{name:9s} {statistics.median(us):6.2f} us/packet (min {min(us):.2f}, max {max(us):.2f}, "
+        print(f"{name:14s} {statistics.median(us):6.2f} us/packet (min {min(us):.2f}, max {max(us):.2f}, "
               f"{len(us)} passes of {packets} packets, {args.speakers} speakers)")
+    if args.compare:
+        for name in levels:
+            ratios = [n / b for n, b in zip(runs[name], runs["base " + name])]
+            results["ratio " + name] = statistics.median(ratios)
+            print(f"{name}: this tree / base, median of pass pairs: {statistics.median(ratios):.3f}")
     print("RESULT " + json.dumps(results), flush=True)
 
 
