@@ -1,10 +1,21 @@
-"""Shared fixtures: one decode pool per test session (worker start-up is the slow part)."""
+"""Shared fixtures: one decode pool per test session (worker start-up is the slow part).
+
+Property-based tests run the same examples every time (a CI gate must not fail on the
+luck of the draw); with ``LISTENING_SOAK=1`` they explore fresh random inputs instead, as
+the long fuzzing runs do.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("gate", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False, database=None)
+settings.load_profile("explore" if os.environ.get("LISTENING_SOAK") else "gate")
 
 from discord.ext import listening
 
