@@ -199,7 +199,7 @@ class Bench:
                     lambda n: self.scenario(speakers=n, decode=True, workers=2, mode="xchacha"), 45, 5, max_trials=1)
             self.results["capacity"] = caps
             return
-        trials = 5
+        trials = 8  # enough to bracket from --start at 1.3x steps and then bisect
         est = self.args.start
         caps["listening_1g_1w"] = c = self.capacity(
             "one guild, decode, 1 worker", lambda n: self.scenario(speakers=n, decode=True, workers=1), est, 10, max_trials=trials)

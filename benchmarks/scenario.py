@@ -243,6 +243,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         ev.set()
 
                     vc.listen(sink, pool, decode=decode, after=after, jitter_depth=args.jitter_depth)
+                    # A connection tracks at most 256 SSRCs (the bound against SSRC floods in
+                    # SECURITY.md); one guild of more speakers than that is a capacity search's
+                    # business only, so the bound is lifted here rather than met as "loss".
+                    vc._last_session.receiver.max_streams = max(256, 2 * K)
                 else:
                     sink = voice_recv_sink(decode)
                     vc.listen(sink, after=lambda _e, ev=ev: loop.call_soon_threadsafe(ev.set))
