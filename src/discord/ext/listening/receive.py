@@ -27,9 +27,9 @@ from typing import Any, Final, Optional
 import davey
 
 from . import dave
-from .opus import FRAME_SAMPLES, SAMPLE_RATE, SILENCE_FRAME, packet_has_fec
+from .opus import FRAME_SAMPLES, SAMPLE_RATE, packet_has_fec
 from .reorder import JitterBuffer, PushResult, seq_diff, ts_diff
-from .rtp import OPUS_PAYLOAD_TYPE, MalformedPacket, RTCPPacket, is_rtcp, parse_audio_level, parse_rtcp, parse_rtp_header, split_plaintext
+from .rtp import AUDIO_LEVEL_EXTENSION_ID, OPUS_PAYLOAD_TYPE, MalformedPacket, RTCPPacket, is_rtcp, parse_audio_level, parse_rtcp, parse_rtp_header, split_plaintext
 from .ssrc import SSRCMap
 from .stats import DropReason, ListenStats
 from .timeline import StreamClock
@@ -221,26 +221,19 @@ class PacketReceiver:
         Returns the parsed RTCP packets if it was RTCP, else ``None``. Never raises for bad
         input: every rejected datagram is counted.
         """
-        try:
-            if len(data) >= 2 and 200 <= data[1] <= 204:  # rtp.is_rtcp
-                return self._rtcp(data)
-            self._rtp(data, now)
-        except Exception:  # a bug must not kill discord.py's socket thread
-            _log.exception("unexpected error handling a %d-byte datagram", len(data))
-            self.stats.drop_unattributed(DropReason.malformed)
-        return None
+        return self.datagrams([data], [now]) or None
 
     def datagrams(self, batch: list[bytes], arrivals: list[float]) -> list[RTCPPacket]:
         """Take datagrams read in one go, each with its arrival time, in the order read.
 
-        The same as :meth:`datagram` for each, in one call; returns the RTCP packets among
-        them, in order.
+        Returns the RTCP packets among them, in order. Never raises for bad input: every
+        rejected datagram is counted.
         """
         rtcp: list[RTCPPacket] = []
         rtp_one = self._rtp_one
         for data, now in zip(batch, arrivals):
             try:
-                if len(data) >= 2 and 200 <= data[1] <= 204:  # rtp.is_rtcp
+                if is_rtcp(data):
                     packets = self._rtcp(data)
                     if packets:
                         rtcp += packets
@@ -267,11 +260,6 @@ class PacketReceiver:
             return None
         self.stats.rtcp_packets += len(packets)
         return packets
-
-    def _rtp(self, data: bytes, now: float) -> None:
-        self._rtp_one(data, now)
-        if self._key_changed:
-            self._retry_parked(now)
 
     def _retry_parked(self, now: float) -> None:
         self._key_changed = False
@@ -332,21 +320,20 @@ class PacketReceiver:
             else:
                 self._park(data, now)
             return
-        if header is None and ext_len <= len(plain):
-            payload = plain[ext_len:]  # split_plaintext without padding
+        try:
+            if header is None:  # split_plaintext for the layout without padding
+                if ext_len > len(plain):
+                    raise MalformedPacket("header extension longer than the packet")
+                payload = plain[ext_len:]
+            else:
+                payload = split_plaintext(plain, header)[1]
+        except MalformedPacket:
+            stats.drop(self._map.user_for(ssrc), DropReason.malformed)
+            return
+        if ext_len > 1 and plain[0] >> 4 == AUDIO_LEVEL_EXTENSION_ID:
+            level: Optional[int] = plain[1] & 0x7F  # where clients put it: first (saves a call a packet)
         else:
-            try:
-                payload = split_plaintext(plain, header)[1] if header is not None else None
-            except MalformedPacket:
-                payload = None
-            if payload is None:
-                stats.drop(self._map.user_for(ssrc), DropReason.malformed)
-                return
-        # parse_audio_level on plain[:ext_len]; clients put the level element first.
-        if ext_len > 1 and plain[0] >> 4 == 1:
-            level: Optional[int] = plain[1] & 0x7F
-        else:
-            level = parse_audio_level(plain[:ext_len]) if ext_len else None
+            level = parse_audio_level(plain, ext_len) if ext_len else None
         with self._lock:
             stream = self._streams.get(ssrc)
             if stream is None:
@@ -500,14 +487,9 @@ class PacketReceiver:
                 lost_positions = tuple(
                     clock.position((first + FRAME_SAMPLES * i) & 0xFFFFFFFF, arrival) for i in range(lost)
                 )
-            silence = payload == SILENCE_FRAME  # dave.is_silence
+            silence = dave.is_silence(payload)
             position = clock.position(r.timestamp, arrival, new_stream=r.new_stream, silence=silence)
-            if (
-                direct
-                and not pending
-                and not (e2ee and not silence)
-                and not (payload[-2:] == dave.MAGIC and dave.is_dave_frame(payload))
-            ):
+            if direct and not pending and not (e2ee and not silence) and not dave.is_dave_frame(payload):
                 # What _decrypt_pending would do with it at once, without the queue.
                 self._emit(stream, user_id, r.sequence, r.timestamp, payload, lost_positions, position, r.arrival,
                            level, r.new_stream, out, counts)

@@ -169,9 +169,13 @@ def audio_level_extension(level: int, *, voice: bool = True) -> bytes:
     return bytes((AUDIO_LEVEL_EXTENSION_ID << 4, (0x80 if voice else 0) | level, 0, 0))
 
 
-def parse_audio_level(extension_body: bytes) -> int | None:
-    """Return the RFC 6464 audio level (-dBov) from a one-byte extension body, if present."""
-    i, n = 0, len(extension_body)
+def parse_audio_level(extension_body: bytes, end: int | None = None) -> int | None:
+    """Return the RFC 6464 audio level (-dBov) from a one-byte extension body, if present.
+
+    ``end``: the body is ``extension_body[:end]`` (a decrypted payload whose extension body
+    comes first can be read in place, without a copy).
+    """
+    i, n = 0, len(extension_body) if end is None else min(end, len(extension_body))
     while i < n:
         b = extension_body[i]
         if b == 0:  # padding byte between elements

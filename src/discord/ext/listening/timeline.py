@@ -211,12 +211,12 @@ class StreamClock:
         """
         arr = round((now - self.origin) * self._rate)
         need = lost_before * samples if lost_before > 0 else 0
+        after_silence, self._after_silence = self._after_silence, silence
         nts = self._next_ts
         if nts is not None and not new_stream:
             d = ((timestamp - nts + 0x80000000) & 0xFFFFFFFF) - 0x80000000  # ts_diff, inlined
             pos = self._end + d
-            tol = self._tol_samples if self._after_silence else self._drift_samples
-            self._after_silence = silence
+            tol = self._tol_samples if after_silence else self._drift_samples
             if (
                 need <= d <= need + self._gap_samples
                 and now - self._last_arrival <= self.gap + need / self._rate
@@ -227,7 +227,6 @@ class StreamClock:
                 if now > self._last_arrival:
                     self._last_arrival = now
                 return pos
-        self._after_silence = silence
         # A new spurt: arrival time (or a sender report) decides.
         pos = self._anchor(timestamp, arr, now)
         if nts is not None:

@@ -40,7 +40,6 @@ _TAG: Final = 16
 _NONCE_SUFFIX: Final = 4
 _RTCP_AAD: Final = 8
 _COUNTER = struct.Struct(">I")
-_AES_NONCE_PAD: Final = bytes(12 - _NONCE_SUFFIX)
 
 
 class DecryptionFailed(ValueError):
@@ -64,6 +63,7 @@ class TransportCipher:
         if len(key) != 32:
             raise ValueError(f"a transport secret key is 32 bytes, got {len(key)}")
         self._key = key
+        self._nonce_pad = bytes(self.nonce_length - _NONCE_SUFFIX)
 
     def __repr__(self) -> str:  # never show the key
         return f"<{type(self).__name__} mode={self.mode}>"
@@ -76,7 +76,7 @@ class TransportCipher:
         raise NotImplementedError
 
     def _nonce(self, suffix: bytes) -> bytes:
-        return suffix + b"\x00" * (self.nonce_length - _NONCE_SUFFIX)
+        return suffix + self._nonce_pad
 
     def encrypt(self, aad: bytes, plaintext: bytes, counter: int) -> bytes:
         """Return ``aad + ciphertext+tag + counter`` for one packet.
@@ -98,9 +98,8 @@ class TransportCipher:
         """
         if len(packet) < aad_length + _TAG + _NONCE_SUFFIX:
             raise DecryptionFailed(f"{len(packet)}-byte packet cannot hold a {aad_length}-byte header, tag and nonce")
-        aad = packet[:aad_length]
-        nonce = self._nonce(packet[-_NONCE_SUFFIX:])
-        return self._open(nonce, packet[aad_length:-_NONCE_SUFFIX], aad)
+        # (the nonce built inline: this runs once per received packet)
+        return self._open(packet[-_NONCE_SUFFIX:] + self._nonce_pad, packet[aad_length:-_NONCE_SUFFIX], packet[:aad_length])
 
     def decrypt_rtcp(self, packet: bytes) -> bytes:
         """Decrypt an RTCP packet; returns the clear compound packet (header included)."""
@@ -116,16 +115,6 @@ class AESGCMCipher(TransportCipher):
     def __init__(self, secret_key: bytes | bytearray | list[int]) -> None:
         super().__init__(secret_key)
         self._aead = AESGCM(self._key)
-
-    def decrypt(self, packet: bytes, aad_length: int) -> bytes:
-        # The receive path's one call per packet: TransportCipher.decrypt with _nonce and
-        # _open inlined (same checks, same errors; ~0.4 us less per packet).
-        if len(packet) < aad_length + _TAG + _NONCE_SUFFIX:
-            raise DecryptionFailed(f"{len(packet)}-byte packet cannot hold a {aad_length}-byte header, tag and nonce")
-        try:
-            return self._aead.decrypt(packet[-_NONCE_SUFFIX:] + _AES_NONCE_PAD, packet[aad_length:-_NONCE_SUFFIX], packet[:aad_length])
-        except InvalidTag:
-            raise DecryptionFailed("AES-GCM tag did not verify") from None
 
     def _seal(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
         return self._aead.encrypt(nonce, plaintext, aad)

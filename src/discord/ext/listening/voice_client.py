@@ -259,8 +259,7 @@ class VoiceClient(discord.VoiceClient):
         (a chat message, a command) at the point of the recording where it happened.
         ``None`` when not listening.
         """
-        session = self._listening
-        return session.position() if session is not None and not session.done else None
+        return self._listening.position() if self.is_listening() else None  # type: ignore[union-attr]
 
     @property
     def ssrc_map(self) -> SSRCMap:
