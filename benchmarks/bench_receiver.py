@@ -8,7 +8,7 @@ second each, spread evenly over each 20 ms, built once beforehand. Each pass fee
 a fresh receiver in 10 ms batches (what the session's socket thread reads per round) and
 releases after every batch, timing CPU (``time.process_time``) over the whole pass:
 
-* ``receiver``: :class:`PacketReceiver` alone (``datagram`` per packet + ``poll`` per batch);
+* ``receiver``: :class:`PacketReceiver` alone (``datagrams`` + ``poll`` per batch, as the socket thread calls it);
 * ``session``: the same through :class:`ListeningSession` with ``decode=False`` (its
   ``_receive`` + ``_release``: packets become :class:`AudioFrame` lists on the sink queue,
   which is emptied after every batch), i.e. the socket thread's Python work minus ``recvmsg``.
@@ -93,13 +93,13 @@ PACE = 0.0
 
 def receiver_pass(pkg: Any, batches: list[list[tuple[bytes, float]]], ssrcs: list[int]) -> tuple[float, int]:
     rx = pkg.receive.PacketReceiver(_conn(), _map(pkg, ssrcs), pkg.stats.ListenStats(), origin=0.0)
-    datagram, poll = rx.datagram, rx.poll
+    datagrams, poll = rx.datagrams, rx.poll
+    split = [([d for d, _ in b], [a for _, a in b]) for b in batches]  # as the session hands them over
     out = 0
     t = 1.0
     t0 = time.process_time()
-    for b in batches:
-        for data, arrival in b:
-            datagram(data, arrival)
+    for data, arrivals in split:
+        datagrams(data, arrivals)
         t += BATCH
         out += len(poll(t)[0])
         if PACE:
