@@ -83,7 +83,8 @@ async def run_demo(
     plan = CLIPS[: clips or len(CLIPS)]
     pcm = {name: load_clip(clip) for _, name, clip, _, _ in plan}
     print(f"discord-ext-listening demo: {len(plan)} simulated members, DAVE on, {loss:.0%} packet loss")
-    print(f"recording to {out_dir}/ as {file_format}\n")
+    print(f"recording to {out_dir}/ as {file_format}")
+    print("progress per member: '>' speaking now, seconds of speech heard, packets received, packets lost\n")
     with AudioProcessPool(workers) as pool:
         from .testing import VoiceServerEmulator  # the emulator is only needed by the demo
 
