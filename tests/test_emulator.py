@@ -83,6 +83,10 @@ class MiniReceiver:
                 self._event.clear()
                 await self._event.wait()
 
+    def rtp_count(self) -> int:
+        """Datagrams received that are not RTCP (RTP, keepalive echoes, faults)."""
+        return sum(1 for data in self.raw if not is_rtcp(data))
+
     async def settle(self, quiet: float = 0.15, timeout: float = 10.0) -> None:
         """Wait until no datagram arrived for ``quiet`` seconds."""
         async with asyncio.timeout(timeout):
@@ -109,6 +113,8 @@ class MiniReceiver:
                 continue
             if header.payload_type != 120:
                 dropped["not_audio"] += 1
+                continue
+            if not payload:  # a padding-only packet (bandwidth probing): no frame, not a drop
                 continue
             user = ssrc_to_user.get(header.ssrc)
             if user is None:
@@ -643,3 +649,64 @@ async def test_teardown_leaves_no_emulator_threads_or_tasks() -> None:
     assert not left, left
     current = asyncio.current_task()
     assert not [t for t in asyncio.all_tasks() if t is not current and not t.done() and "voice-emulator" in t.get_name()]
+
+
+# -- Discord's behaviours, on by default (docs/discord-behaviours.md) ---------------------------
+
+
+def _cipher(vc: discord.VoiceClient) -> Any:
+    return transport_cipher(vc._connection.mode, bytes(vc._connection.secret_key))
+
+
+async def test_media_is_withheld_after_media_timeout_until_the_bot_sends() -> None:
+    async with VoiceServerEmulator(dave=False, seed=31, media_timeout=1.0) as server:
+        assert VoiceServerEmulator().media_timeout == 30.0
+        alice = await server.add_member(ALICE, "alice")
+        vc = await server.connect()
+        receiver = MiniReceiver(vc)
+        try:
+            heard = server.bot_last_heard
+            assert heard is not None  # IP discovery counts as hearing from the bot
+            first = await alice.speak(tone(440, 0.06), realtime=False)
+            await server.drain()
+            await receiver.wait_count(len(first.frames))
+            assert server.media_withheld == 0
+            await server.wait_until(lambda: time.monotonic() - heard > 1.05, timeout=5, what="the media timeout")
+            withheld = await alice.speak(tone(440, 0.06), realtime=False)
+            await server.drain()
+            assert server.media_withheld == len(withheld.frames)
+            await receiver.settle()
+            assert receiver.rtp_count() == len(first.frames)
+            # Any datagram from the bot revives its address at once.
+            vc._connection.send_packet(struct.pack(">Q", 1))
+            await server.wait_until(lambda: server.bot_last_heard != heard, what="the bot's datagram")
+            again = await alice.speak(tone(440, 0.06), realtime=False)
+            await server.drain()
+            await receiver.wait_count(len(first.frames) + len(again.frames))
+            got, dropped = receiver.rtp({alice.ssrc: ALICE})
+            assert not dropped and server.media_withheld == len(withheld.frames)
+            assert [s for s, _, _ in got[ALICE]] == [f.sequence for f in first.frames + again.frames]
+        finally:
+            receiver.close()
+
+
+@pytest.mark.parametrize("echo", [False, True], ids=["no-echo", "echo"])
+async def test_keepalives_are_counted_and_echoed_only_when_asked(echo: bool) -> None:
+    async with VoiceServerEmulator(dave=False, seed=32, echo_keepalive=echo) as server:
+        vc = await server.connect()
+        receiver = MiniReceiver(vc)
+        try:
+            keepalives = [struct.pack("<Q", n) for n in (1, 2)]
+            for keepalive in keepalives:
+                vc._connection.send_packet(keepalive)
+            await server.wait_until(lambda: len(server.keepalives_received) == 2, what="the keepalives")
+            assert [data for _, data in server.keepalives_received] == keepalives
+            assert not server.bot_packet_errors and not server.received_from_bot
+            if echo:
+                await receiver.wait_count(2)
+                assert receiver.raw == keepalives
+            else:
+                await receiver.settle()
+                assert not [data for data in receiver.raw if len(data) == 8]
+        finally:
+            receiver.close()

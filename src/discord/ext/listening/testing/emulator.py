@@ -70,6 +70,8 @@ _DEFAULT_GUILD_ID = 900000000000000001
 _DEFAULT_CHANNEL_ID = 900000000000000010
 _DEFAULT_OTHER_CHANNEL_ID = 900000000000000011
 _DEFAULT_BOT_ID = 900000000000000100
+#: Size of the UDP keepalive a receiver sends (discord.js: a counter, every 5 s).
+KEEPALIVE_LENGTH = 8
 
 
 class EmulatorError(RuntimeError):
@@ -276,6 +278,19 @@ class VoiceServerEmulator:
         in ``select()`` on a socket discord.py already replaced or closed (stalling a
         reconnect after 4006 or ``move_to``, and outliving the client). Not known to be
         what Discord sends; turn it off to see discord.py's stall.
+    media_timeout: Optional[:class:`float`]
+        Discord stops forwarding media to a client whose UDP address has sent it nothing for
+        a while; so does the emulator: members' RTP and RTCP and its own SFU reports to the
+        bot are withheld (counted in :attr:`media_withheld`) while the bot's address has sent
+        no datagram for this many seconds (IP discovery, keepalives, its own audio: anything
+        counts; :attr:`bot_last_heard` says when it last did). The next datagram from the bot
+        resumes forwarding at once. Checked when a packet is due on the wire, so packets
+        already queued are withheld too. Default 30 s; ``None``: off.
+    echo_keepalive: :class:`bool`
+        Send each 8-byte keepalive datagram from the bot straight back to it, unchanged. Some
+        Discord voice servers echo keepalives and some never do; off by default so that a
+        receiver never relies on an echo. Keepalives are counted in
+        :attr:`keepalives_received` either way (never in :attr:`bot_packet_errors`).
     """
 
     def __init__(
@@ -302,6 +317,8 @@ class VoiceServerEmulator:
         resume_session_description: bool = True,
         require_dave: Optional[bool] = None,
         goodbye_on_close: bool = True,
+        media_timeout: Optional[float] = 30.0,
+        echo_keepalive: bool = False,
     ) -> None:
         modes = tuple(modes)
         if not modes:
@@ -338,9 +355,10 @@ class VoiceServerEmulator:
         self.rtcp_interval = rtcp_interval
         self.resume_session_description = resume_session_description
         self.goodbye_on_close = goodbye_on_close
+        self.echo_keepalive = bool(echo_keepalive)
 
         self.gateway = VoiceGatewayServer(self, heartbeat_interval_ms=heartbeat_interval * 1000.0)
-        self.media = MediaServer(self)
+        self.media = MediaServer(self, media_timeout=media_timeout)  # validates media_timeout
         self._harness: Optional[ClientHarness] = None
         self._calls: dict[int, _Call] = {
             self.channel_id: _Call(self.channel_id),
@@ -364,6 +382,8 @@ class VoiceServerEmulator:
         self.received_from_bot: list[BotPacket] = []
         #: Datagrams from the bot that did not parse or authenticate.
         self.bot_packet_errors: list[tuple[bytes, str]] = []
+        #: The bot's 8-byte UDP keepalives, ``(time.monotonic(), datagram)``, oldest first (bounded).
+        self.keepalives_received: list[tuple[float, bytes]] = []
         #: SPEAKING (op 5) payloads the bot sent.
         self.bot_speaking: list[dict[str, Any]] = []
         #: The DAVE messages routed, ``(direction, user_id, op)``; for tests and logs.
@@ -530,6 +550,23 @@ class VoiceServerEmulator:
     async def wait_for_op(self, op: int, *, direction: str = "recv", after: int = 0, timeout: float = 10.0) -> GatewayEvent:
         """Wait for a gateway frame (``direction`` ``"recv"``: from the bot; ``"send"``: to it)."""
         return await self.gateway.wait_for(direction, op, after=after, timeout=timeout)
+
+    @property
+    def media_timeout(self) -> Optional[float]:
+        """Seconds of UDP silence from the bot after which media to it is withheld (``None``: never)."""
+        return self.media.media_timeout
+
+    @property
+    def media_withheld(self) -> int:
+        """Datagrams (members' RTP/RTCP, SFU RTCP) withheld because the bot's address was silent."""
+        return self.media.withheld
+
+    @property
+    def bot_last_heard(self) -> Optional[float]:
+        """``time.monotonic()`` of the last datagram from the bot's current UDP address, if any."""
+        session = self._bot_session
+        address = self._udp_addresses.get(session) if session is not None else None
+        return self.media.last_heard.get(address) if address is not None else None
 
     def member(self, user_id: int) -> SimulatedMember:
         """The simulated member with ``user_id``.
@@ -1156,6 +1193,9 @@ class VoiceServerEmulator:
 
     def on_datagram(self, data: bytes, address: tuple[str, int]) -> None:
         """:class:`.media.MediaHandler`: a packet from the bot."""
+        if len(data) == KEEPALIVE_LENGTH:
+            self._on_keepalive(data, address)
+            return
         session = self._bot_session
         link = self._links.get(session) if session is not None else None
         if session is None or link is None or is_rtcp(data):
@@ -1178,6 +1218,18 @@ class VoiceServerEmulator:
         )
         if len(self.received_from_bot) < self.max_received:
             self.received_from_bot.append(packet)
+        self._notify()
+
+    def _on_keepalive(self, data: bytes, address: tuple[str, int]) -> None:
+        # Eight bytes can be neither RTP (12-byte header) nor RTCP (8-byte header plus a
+        # 4-byte minimum of body and the rtpsize nonce): a keepalive, never an error.
+        if len(self.keepalives_received) < self.max_received:
+            self.keepalives_received.append((time.monotonic(), bytes(data)))
+        if self.echo_keepalive and self._running:
+            try:
+                self.media.send_now(data, address)
+            except (RuntimeError, OSError) as exc:
+                _log.debug("keepalive echo to %s not sent: %s", address, exc)
         self._notify()
 
     def _bot_error(self, data: bytes, why: str) -> None:

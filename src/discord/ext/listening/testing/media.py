@@ -9,6 +9,10 @@ emulator sends to the bot leaves from this one socket.
   >H port at offset 72`` carrying the address the request came from.
 * Outgoing packets go through a bounded delivery queue (a heap ordered by delivery time) so
   impairments (delay, jitter, reordering, duplicates) are real on the wire.
+* Media timeout: like Discord, the server stops forwarding media to an address that has sent
+  it nothing for :attr:`MediaServer.media_timeout` seconds. The check is made when a packet
+  is due for delivery, not when it is queued: a packet queued while the address was alive
+  but due after it went silent is withheld, as Discord would withhold it.
 * :class:`TransportLink` is the transport encryption of one bot session: a
   :func:`..transport.transport_cipher` and the per-key nonce counter of the packets the
   server sends.
@@ -21,6 +25,7 @@ import heapq
 import itertools
 import logging
 import struct
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol
 
@@ -187,6 +192,18 @@ class MediaServer:
         asked for.
     burst_pause: :class:`float`
         See ``burst``.
+    media_timeout: Optional[:class:`float`]
+        Seconds of silence from an address after which media scheduled for it
+        (``schedule(..., media=True)``) is withheld instead of sent, counted in
+        :attr:`withheld`; any datagram from that address resumes delivery at once.
+        ``None``: never withhold.
+
+    Attributes
+    ----------
+    last_heard: dict[tuple[:class:`str`, :class:`int`], :class:`float`]
+        ``time.monotonic()`` of the last datagram from each address.
+    withheld: :class:`int`
+        Media datagrams not sent because their address was silent for ``media_timeout``.
     """
 
     def __init__(
@@ -197,6 +214,7 @@ class MediaServer:
         max_pending: int = 20000,
         burst: int = 8,
         burst_pause: float = 0.001,
+        media_timeout: Optional[float] = None,
     ) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending!r}")
@@ -204,6 +222,11 @@ class MediaServer:
             raise ValueError(f"burst must be >= 1, got {burst!r}")
         if not 0 <= burst_pause <= 1:
             raise ValueError(f"burst_pause must be 0..1 seconds, got {burst_pause!r}")
+        if media_timeout is not None and not media_timeout > 0:
+            raise ValueError(f"media_timeout must be positive seconds or None, got {media_timeout!r}")
+        self.media_timeout = media_timeout
+        self.last_heard: dict[tuple[str, int], float] = {}
+        self.withheld = 0
         self.burst = burst
         self.burst_pause = burst_pause
         self.handler = handler
@@ -211,7 +234,7 @@ class MediaServer:
         self.port = 0
         self.max_pending = max_pending
         self._transport: Optional[asyncio.DatagramTransport] = None
-        self._heap: list[tuple[float, int, bytes, tuple[str, int], Optional[Callable[[], None]]]] = []
+        self._heap: list[tuple[float, int, bytes, tuple[str, int], Optional[Callable[[], None]], bool]] = []
         self._order = itertools.count()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -248,6 +271,7 @@ class MediaServer:
 
     def _received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.received += 1
+        self.last_heard[addr] = time.monotonic()
         ssrc = parse_discovery_request(data)
         try:
             if ssrc is not None:
@@ -271,15 +295,28 @@ class MediaServer:
         addr: tuple[str, int],
         deliver_at: float,
         on_sent: Optional[Callable[[], None]] = None,
+        *,
+        media: bool = True,
     ) -> bool:
-        """Queue ``data`` for delivery at loop time ``deliver_at``; ``False`` if the queue is full."""
+        """Queue ``data`` for delivery at loop time ``deliver_at``; ``False`` if the queue is full.
+
+        ``on_sent`` is called when the packet leaves the queue (sent, or withheld by the media
+        timeout). ``media=False`` exempts it from the media timeout.
+        """
         if len(self._heap) >= self.max_pending:
             self.dropped_overflow += 1
             return False
-        heapq.heappush(self._heap, (deliver_at, next(self._order), data, addr, on_sent))
+        heapq.heappush(self._heap, (deliver_at, next(self._order), data, addr, on_sent, media))
         self._idle.clear()
         self._wakeup.set()
         return True
+
+    def is_silent(self, addr: tuple[str, int]) -> bool:
+        """Whether media to ``addr`` is withheld now: nothing heard from it for ``media_timeout``."""
+        if self.media_timeout is None:
+            return False
+        heard = self.last_heard.get(addr)
+        return heard is None or time.monotonic() - heard > self.media_timeout
 
     @property
     def pending(self) -> int:
@@ -320,9 +357,11 @@ class MediaServer:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            _, _, data, addr, on_sent = heapq.heappop(self._heap)
+            _, _, data, addr, on_sent, media = heapq.heappop(self._heap)
             in_burst += 1
-            if self._transport is not None:
+            if media and self.is_silent(addr):
+                self.withheld += 1
+            elif self._transport is not None:
                 try:
                     self._transport.sendto(data, addr)
                     self.sent += 1
