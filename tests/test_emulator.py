@@ -710,3 +710,76 @@ async def test_keepalives_are_counted_and_echoed_only_when_asked(echo: bool) -> 
                 assert not [data for data in receiver.raw if len(data) == 8]
         finally:
             receiver.close()
+
+
+async def test_padding_burst_mid_spurt_is_padding_only_and_uses_up_sequence_numbers() -> None:
+    # DAVE on: the burst must be transport-encrypted only (it is not a media frame).
+    async with VoiceServerEmulator(seed=33, padding_bursts=None) as server:
+        alice = await server.add_member(ALICE, "alice")
+        vc = await server.connect()
+        receiver = MiniReceiver(vc)
+        try:
+            record = await alice.speak(speechlike(1.0, seed=4), realtime=False, padding_burst_at=25, padding_burst_size=60)
+            (burst,) = record.padding_bursts
+            before, after = record.frames[24], record.frames[25]
+            assert burst.before_frame == 25 and burst.count == 60 and burst.ssrc == alice.ssrc
+            assert burst.sequences == [(before.sequence + 1 + k) % 65536 for k in range(60)]
+            assert after.sequence == (burst.first_sequence + 60) % 65536  # the burst used them up
+            assert burst.timestamp == before.timestamp
+            await server.drain()
+            await receiver.wait_count(len(record.frames) + 60)
+            cipher = _cipher(vc)
+            wire: list[tuple[Any, bytes]] = []
+            for data in receiver.raw:
+                if not is_rtcp(data):
+                    header = parse_rtp_header(data)
+                    wire.append((header, cipher.decrypt(data, header.aad_length)))
+            seqs = [h.sequence for h, _ in wire]
+            # In order on the wire: frame 24, the whole burst, frame 25.
+            start = seqs.index(before.sequence)
+            assert seqs[start : start + 62] == [before.sequence, *burst.sequences, after.sequence]
+            padding_only = wire[start + 1 : start + 61]
+            for header, plain in padding_only:
+                assert header.payload_type == 120 and header.has_padding and not header.marker
+                assert header.timestamp == before.timestamp and header.ssrc == alice.ssrc
+                ext, payload = split_plaintext(plain, header)
+                assert payload == b"" and parse_audio_level(ext) == 127
+                # After the extension body: padding and nothing else, its count in the last byte.
+                assert plain[header.extension_length :] == bytes(burst.padding - 1) + bytes([burst.padding])
+            assert all(not h.has_padding for h, _ in wire if h.sequence not in record.padding_sequences)
+            assert alice.sent.packet_count == len(record.frames) + 60
+            got, dropped = receiver.rtp({alice.ssrc: ALICE})
+            assert not dropped and [o for _, o, _ in got[ALICE]] == [f.opus for f in record.frames]
+        finally:
+            receiver.close()
+
+
+async def test_padding_bursts_by_default_rate() -> None:
+    async with VoiceServerEmulator(dave=False, seed=34, padding_bursts=0.3, padding_burst_size=55) as server:
+        assert VoiceServerEmulator().padding_bursts == 20.0
+        alice = await server.add_member(ALICE, "alice")
+        bot_like = await server.add_member(BOB, "bob", clock="discordpy")  # discord.py does not probe
+        await server.connect()
+        records = [await alice.speak(tone(440, 0.5), realtime=False) for _ in range(3)]
+        await bot_like.speak(tone(440, 1.0), realtime=False)
+        bursts = alice.sent.padding_bursts
+        assert 3 <= len(bursts) <= 10 and not bot_like.sent.padding_bursts
+        assert all(b.count == 55 and b.before_frame >= 1 for b in bursts)
+        # Frames and padding packets together number one contiguous run: nothing else is missing.
+        first = records[0].first_sequence
+        used = sorted((s - first) % 65536 for s in [f.sequence for f in alice.sent.frames] + sorted(alice.sent.padding_sequences))
+        assert used == list(range(len(used)))
+        assert alice.sent.packet_count == len(used)
+
+
+def test_default_probe_rate_meets_every_half_minute_of_talk() -> None:
+    from discord.ext.listening.testing.probing import ProbeSchedule
+
+    for seed in range(200):
+        schedule = ProbeSchedule(20.0, rng=seed)
+        first = schedule.bursts(1500, 0.02)  # 30 s of talk in one spurt
+        assert first and min(first) >= 1
+    with pytest.raises(ValueError, match="mean_interval"):
+        ProbeSchedule(0)
+    with pytest.raises(ValueError, match="padding burst"):
+        ProbeSchedule(1.0, size=0)

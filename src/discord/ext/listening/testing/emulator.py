@@ -52,7 +52,8 @@ from .impairment import (
     with_wrong_tag,
 )
 from .media import BotPacket, MediaServer, TransportLink
-from .speech import OutgoingFrame, RTPSender, SenderClock, SentRecord, SpurtRecord
+from .probing import DEFAULT_BURST_SIZE, ProbeSchedule, check_burst_size
+from .speech import OutgoingFrame, PaddingBurst, RTPSender, SenderClock, SentRecord, SpurtRecord
 
 if TYPE_CHECKING:
     from .audio import AudioInput
@@ -193,6 +194,8 @@ class SimulatedMember:
         realtime: bool = True,
         speaking_event: Optional[SpeakingEvent] = None,
         padding: int = 0,
+        padding_burst_at: Optional[int] = None,
+        padding_burst_size: Optional[int] = None,
     ) -> SpurtRecord:
         """Send one talk spurt to the bot and return what was sent.
 
@@ -212,6 +215,14 @@ class SimulatedMember:
             is mapped); ``"none"``: no op 5. Default: the emulator's ``speaking_before``.
         padding: :class:`int`
             RTP padding bytes (0..255) on every packet, which the receiver must strip.
+        padding_burst_at: Optional[:class:`int`]
+            Send a burst of padding-only packets (bandwidth probing) right before the frame
+            with this index (1 .. frames - 1), on top of the bursts the emulator's
+            ``padding_bursts`` rate plans. Its packets use up sequence numbers: find them in
+            the returned record's ``padding_bursts`` (``first_sequence``, ``count``,
+            ``sequences``) or ``padding_sequences``.
+        padding_burst_size: Optional[:class:`int`]
+            Packets in that burst (default: the emulator's ``padding_burst_size``).
 
         Returns
         -------
@@ -225,7 +236,15 @@ class SimulatedMember:
         EmulatorError
             The member is not in a call, or the bot is not connected to that call.
         """
-        return await self._emulator._speak(self, audio, realtime=realtime, speaking_event=speaking_event, padding=padding)
+        bursts: dict[int, int] = {}
+        if padding_burst_at is not None:
+            size = self._emulator.padding_burst_size if padding_burst_size is None else padding_burst_size
+            bursts[padding_burst_at] = check_burst_size(size)
+        elif padding_burst_size is not None:
+            raise ValueError("padding_burst_size needs padding_burst_at")
+        return await self._emulator._speak(
+            self, audio, realtime=realtime, speaking_event=speaking_event, padding=padding, padding_bursts=bursts
+        )
 
     async def send_sender_report(self) -> bytes:
         """Send an RTCP sender report for this member now; returns the clear report."""
@@ -286,6 +305,19 @@ class VoiceServerEmulator:
         counts; :attr:`bot_last_heard` says when it last did). The next datagram from the bot
         resumes forwarding at once. Checked when a packet is due on the wire, so packets
         already queued are withheld too. Default 30 s; ``None``: off.
+    padding_bursts: Optional[:class:`float`]
+        Members with a webrtc clock probe bandwidth as libwebrtc does: bursts of
+        ``padding_burst_size`` padding-only RTP packets on their audio SSRC (payload type
+        120, P bit, payload all padding, consecutive sequence numbers that the audio after
+        the burst continues from, the last audio packet's timestamp repeated), sent between
+        two frames of a spurt through the member's impaired path, transport-encrypted and
+        never DAVE-encrypted. This is the mean seconds of a member's talk between bursts:
+        gaps are drawn (seeded) from 0.5..1.5 times it, so with the default 20 every
+        member who talks 30 s probes at least once, and never before its first audio
+        packet. ``None``: only bursts asked for with ``speak(padding_burst_at=...)``.
+        Bursts are recorded in the member's :class:`.speech.SpurtRecord` (``padding_bursts``).
+    padding_burst_size: :class:`int`
+        Packets in a burst (1..1000, default 50; real bursts have 50 or more).
     echo_keepalive: :class:`bool`
         Send each 8-byte keepalive datagram from the bot straight back to it, unchanged. Some
         Discord voice servers echo keepalives and some never do; off by default so that a
@@ -319,6 +351,8 @@ class VoiceServerEmulator:
         goodbye_on_close: bool = True,
         media_timeout: Optional[float] = 30.0,
         echo_keepalive: bool = False,
+        padding_bursts: Optional[float] = 20.0,
+        padding_burst_size: int = DEFAULT_BURST_SIZE,
     ) -> None:
         modes = tuple(modes)
         if not modes:
@@ -356,6 +390,10 @@ class VoiceServerEmulator:
         self.resume_session_description = resume_session_description
         self.goodbye_on_close = goodbye_on_close
         self.echo_keepalive = bool(echo_keepalive)
+        if padding_bursts is not None:
+            ProbeSchedule(padding_bursts, padding_burst_size)  # validates both now, not at add_member
+        self.padding_bursts = padding_bursts
+        self.padding_burst_size = check_burst_size(padding_burst_size)
 
         self.gateway = VoiceGatewayServer(self, heartbeat_interval_ms=heartbeat_interval * 1000.0)
         self.media = MediaServer(self, media_timeout=media_timeout)  # validates media_timeout
@@ -664,8 +702,14 @@ class VoiceServerEmulator:
             if ssrc in self._used_ssrcs:
                 raise EmulatorError(f"ssrc {ssrc} is already in use")
             self._used_ssrcs.add(ssrc)
+        sender_seed = self._rng.getrandbits(63)
+        probing = None
+        if self.padding_bursts is not None and sender_clock is SenderClock.webrtc:
+            # Seeded from the sender's seed, not drawn from self._rng: turning probing on or
+            # off leaves every other random choice of a seeded emulator as it was.
+            probing = ProbeSchedule(self.padding_bursts, self.padding_burst_size, random.Random(f"probing:{sender_seed}"))
         sender = RTPSender(
-            ssrc, sequence=sequence, timestamp=timestamp, clock=sender_clock, rng=self._rng.getrandbits(63)
+            ssrc, sequence=sequence, timestamp=timestamp, clock=sender_clock, rng=sender_seed, probing=probing
         )
         member = SimulatedMember(
             self,
@@ -1046,6 +1090,7 @@ class VoiceServerEmulator:
         realtime: bool,
         speaking_event: Optional[SpeakingEvent],
         padding: int,
+        padding_bursts: dict[int, int],
     ) -> SpurtRecord:
         self._check_running()
         if speaking_event is None:
@@ -1069,22 +1114,37 @@ class VoiceServerEmulator:
             start = self.sender_now()
             if record.spurts:
                 start = max(start, record.spurts[-1].end)
-            frames = member.sender.talk(audio, start)
+            frames = member.sender.talk(audio, start, padding_bursts=padding_bursts)
             spurt = record.spurts[-1]
+            bursts = {burst.before_frame: burst for burst in spurt.padding_bursts}
             if speaking_event == "before":
                 await self._send_speaking(member)
             if realtime:
-                await self._speak_realtime(member, frames, speaking_event == "after", padding)
+                await self._speak_realtime(member, frames, bursts, speaking_event == "after", padding)
             else:
-                await self._speak_fast(member, frames, speaking_event == "after", padding)
+                await self._speak_fast(member, frames, bursts, speaking_event == "after", padding)
             return spurt
 
-    def _seal_frame(self, member: SimulatedMember, frame: OutgoingFrame, padding: int) -> Optional[bytes]:
-        """DAVE- and transport-encrypt one frame as ``member``'s client would; ``None`` if it cannot."""
+    def _member_link(self, member: SimulatedMember) -> Optional[TransportLink]:
+        """The transport link ``member``'s packets are sealed with now (``None``: nobody to send to)."""
         try:
             _, link, _ = self._bot_route(member.channel_id)
         except EmulatorError:
             member.packets_unroutable += 1
+            return None
+        return link
+
+    def _seal_burst(self, member: SimulatedMember, burst: PaddingBurst) -> list[tuple[float, bytes]]:
+        """Transport-encrypt a padding burst (never DAVE); ``(sender send time, packet)`` each."""
+        link = self._member_link(member)
+        if link is None:
+            return []
+        return [(t, burst.to_packet(i, link.cipher, link.next_counter())) for i, t in enumerate(burst.send_times)]
+
+    def _seal_frame(self, member: SimulatedMember, frame: OutgoingFrame, padding: int) -> Optional[bytes]:
+        """DAVE- and transport-encrypt one frame as ``member``'s client would; ``None`` if it cannot."""
+        link = self._member_link(member)
+        if link is None:
             return None
         payload = frame.opus
         if self.dave_enabled and not frame.silence and not is_silence(payload):
@@ -1094,12 +1154,19 @@ class VoiceServerEmulator:
             payload = member.dave.encrypt_opus(payload)
         return frame.to_packet(link.cipher, link.next_counter(), payload=payload, padding=padding)
 
-    async def _speak_realtime(self, member: SimulatedMember, frames: list[OutgoingFrame], speaking_after: bool, padding: int) -> None:
+    async def _speak_realtime(
+        self, member: SimulatedMember, frames: list[OutgoingFrame], bursts: dict[int, PaddingBurst], speaking_after: bool, padding: int
+    ) -> None:
         loop = asyncio.get_running_loop()
         for i, frame in enumerate(frames):
-            delay = self._to_loop_time(frame.send_time) - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            burst = bursts.get(i)
+            if burst is not None:
+                # The whole burst at once: its packets are less than a millisecond apart, finer
+                # than the loop's sleeps.
+                await self._sleep_until(burst.send_time)
+                for _, packet in self._seal_burst(member, burst) if member.in_call else ():
+                    self._send_to_bot(member, packet, loop.time())
+            await self._sleep_until(frame.send_time)
             if not member.in_call:
                 return
             packet = self._seal_frame(member, frame, padding)
@@ -1109,7 +1176,14 @@ class VoiceServerEmulator:
             if i == 0 and speaking_after:
                 await self._speaking_after(member, on_wire)
 
-    async def _speak_fast(self, member: SimulatedMember, frames: list[OutgoingFrame], speaking_after: bool, padding: int) -> None:
+    async def _sleep_until(self, sender_time: float) -> None:
+        delay = self._to_loop_time(sender_time) - asyncio.get_running_loop().time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def _speak_fast(
+        self, member: SimulatedMember, frames: list[OutgoingFrame], bursts: dict[int, PaddingBurst], speaking_after: bool, padding: int
+    ) -> None:
         """Send a spurt as fast as possible, keeping the impairment's *order* of arrival.
 
         The impairment runs on the frames' nominal send times (20 ms apart), and the
@@ -1129,6 +1203,12 @@ class VoiceServerEmulator:
         for i, frame in enumerate(frames):
             if i and i % 50 == 0:
                 await asyncio.sleep(0)  # keep the loop (and the bot) responsive while we build
+            burst = bursts.get(i)
+            for send_time, packet in self._seal_burst(member, burst) if burst is not None else ():
+                member.packets_sent += 1
+                for arrival, data in path.apply(packet, send_time):
+                    deliveries.append((arrival, i, data))
+                    latency = min(latency, arrival - send_time)
             packet = self._seal_frame(member, frame, padding)
             if packet is None:
                 continue

@@ -17,6 +17,10 @@ Two real sender behaviours matter to a receiver (:class:`SenderClock`):
   only arrival times reveal it. No marker bit, no header extension.
 
 Both send five Opus silence frames (:data:`..opus.SILENCE_FRAME`) when a spurt ends.
+
+webrtc clients also probe bandwidth with bursts of padding-only packets on the audio SSRC
+(:class:`PaddingBurst`, planned by :class:`.probing.ProbeSchedule` or asked for explicitly):
+they use up sequence numbers between two audio frames.
 """
 
 from __future__ import annotations
@@ -26,13 +30,14 @@ import logging
 import math
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Mapping
 
 import numpy as np
 
 from ..opus import FRAME_BYTES, FRAME_SAMPLES, SAMPLE_RATE, SILENCE_FRAME, OpusEncoder
 from ..rtp import OPUS_PAYLOAD_TYPE, audio_level_extension, build_rtp_header, build_sender_report, unix_to_ntp
 from .audio import AudioInput, load_pcm
+from .probing import PROBE_PADDING, ProbeSchedule, check_burst_size
 
 if TYPE_CHECKING:
     from ..transport import TransportCipher
@@ -42,6 +47,7 @@ __all__ = (
     "SILENCE_FRAMES",
     "SenderClock",
     "OutgoingFrame",
+    "PaddingBurst",
     "SpurtRecord",
     "SentRecord",
     "RTPSender",
@@ -194,6 +200,69 @@ class OutgoingFrame:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class PaddingBurst:
+    """A burst of padding-only RTP packets (bandwidth probing) a client sent in a spurt.
+
+    Attributes
+    ----------
+    before_frame: :class:`int`
+        Index in the spurt's :attr:`SpurtRecord.frames` of the frame the burst precedes.
+    ssrc: :class:`int`
+        The audio SSRC it was sent on.
+    first_sequence: :class:`int`
+        Sequence number of its first packet; the others follow one by one (wrapping at
+        2^16), and the frame after the burst carries ``first_sequence + count``.
+    count: :class:`int`
+        Packets in the burst.
+    timestamp: :class:`int`
+        RTP timestamp of every packet: the one of the packet before the burst, repeated.
+    send_time: :class:`float`
+        When its first packet is sent (the caller's clock); the others follow within
+        half a frame (:attr:`send_times`).
+    padding: :class:`int`
+        Padding bytes in each packet: the whole payload (last byte = this count).
+    header_extension: :class:`bool`
+        Whether its packets carry the client's ``0xBEDE`` extension (before the padding, in
+        the encrypted part), as the client's audio packets do.
+    """
+
+    before_frame: int
+    ssrc: int
+    first_sequence: int
+    count: int
+    timestamp: int
+    send_time: float
+    padding: int = PROBE_PADDING
+    header_extension: bool = True
+
+    @property
+    def sequences(self) -> list[int]:
+        """The sequence numbers of its packets, in order."""
+        return [(self.first_sequence + i) % _SEQ_MOD for i in range(self.count)]
+
+    @property
+    def send_times(self) -> list[float]:
+        """When each packet is sent: spread over half a frame from :attr:`send_time`."""
+        step = FRAME_DURATION / 2 / self.count
+        return [self.send_time + i * step for i in range(self.count)]
+
+    def to_packet(self, index: int, cipher: TransportCipher, counter: int) -> bytes:
+        """Transport-encrypt packet ``index`` of the burst (never DAVE: it is not a media frame).
+
+        Payload type 120 and the P bit in the clear header; the encrypted part is the
+        extension body (audio level 127, no voice) when the client sends one, then
+        :attr:`padding` bytes of padding and nothing else.
+        """
+        if not 0 <= index < self.count:
+            raise ValueError(f"index must be 0..{self.count - 1}, got {index!r}")
+        return build_rtp_packet(
+            cipher, counter, ssrc=self.ssrc, sequence=(self.first_sequence + index) % _SEQ_MOD,
+            timestamp=self.timestamp, payload=b"", audio_level=127 if self.header_extension else None,
+            voice=False, padding=self.padding,
+        )
+
+
 @dataclass(slots=True)
 class SpurtRecord:
     """Everything one talk spurt sent.
@@ -206,11 +275,20 @@ class SpurtRecord:
         The spurt's audio as given (48 kHz stereo s16le, before the last frame's padding).
     frames: list[:class:`OutgoingFrame`]
         Audio frames, then the trailing silence frames, in send order.
+    padding_bursts: list[:class:`PaddingBurst`]
+        Bursts of padding-only packets sent between its frames (their sequence numbers are
+        not in :attr:`frames`).
     """
 
     start: float
     pcm: bytes = field(repr=False)
     frames: list[OutgoingFrame] = field(default_factory=list, repr=False)
+    padding_bursts: list[PaddingBurst] = field(default_factory=list)
+
+    @property
+    def padding_sequences(self) -> set[int]:
+        """Sequence numbers of this spurt's padding-only packets."""
+        return {seq for burst in self.padding_bursts for seq in burst.sequences}
 
     @property
     def audio_frames(self) -> list[OutgoingFrame]:
@@ -265,8 +343,19 @@ class SentRecord:
         return [f for s in self.spurts for f in s.frames if not f.silence]
 
     @property
+    def padding_bursts(self) -> list[PaddingBurst]:
+        """Every burst of padding-only packets, in order."""
+        return [b for s in self.spurts for b in s.padding_bursts]
+
+    @property
+    def padding_sequences(self) -> set[int]:
+        """Sequence numbers that carried padding only (not frames)."""
+        return {seq for s in self.spurts for seq in s.padding_sequences}
+
+    @property
     def packet_count(self) -> int:
-        return sum(len(s.frames) for s in self.spurts)
+        """RTP packets sent: frames and padding-only packets (RTCP's definition)."""
+        return sum(len(s.frames) + sum(b.count for b in s.padding_bursts) for s in self.spurts)
 
     @property
     def octet_count(self) -> int:
@@ -303,6 +392,9 @@ class RTPSender:
         Imitate discord.py's ``VoiceClient.checked_add`` exactly: when ``timestamp + 960`` would
         exceed ``2**32 - 1`` it becomes 0 instead of wrapping modulo ``2**32`` (the sequence
         number's reset to 0 after 65535 is a correct wrap either way). Off by default.
+    probing: Optional[:class:`.probing.ProbeSchedule`]
+        When this client sends bursts of padding-only packets by itself (libwebrtc's
+        bandwidth probing); ``None``: only the bursts :meth:`talk` is asked for.
 
     Notes
     -----
@@ -324,6 +416,7 @@ class RTPSender:
         expected_loss: int = 10,
         silence_frames: int = SILENCE_FRAMES,
         checked_add_wrap: bool = False,
+        probing: ProbeSchedule | None = None,
     ) -> None:
         if not 0 <= ssrc < _TS_MOD:
             raise ValueError(f"ssrc must fit 32 bits, got {ssrc!r}")
@@ -341,6 +434,7 @@ class RTPSender:
         self.marker = clock.sets_marker if marker is None else marker
         self.silence_frames = silence_frames
         self.checked_add_wrap = checked_add_wrap
+        self.probing = probing
         # Draw both even when given, so passing one does not change the other's random value.
         seq0, ts0 = gen.randrange(_SEQ_MOD), gen.randrange(_TS_MOD)
         self._sequence = seq0 if sequence is None else sequence  # next packet's
@@ -369,7 +463,9 @@ class RTPSender:
         t0, ts0 = self._origin
         return (ts0 + round((time - t0) * SAMPLE_RATE)) % _TS_MOD
 
-    def talk(self, audio: AudioInput, start: float) -> list[OutgoingFrame]:
+    def talk(
+        self, audio: AudioInput, start: float, *, padding_bursts: Mapping[int, int] | None = None
+    ) -> list[OutgoingFrame]:
         """Produce the packets of one talk spurt starting at ``start``.
 
         Parameters
@@ -380,6 +476,10 @@ class RTPSender:
         start: :class:`float`
             Send time of the first packet, on the caller's clock (seconds). Must not be
             earlier than the end of the previous spurt (its silence frames included).
+        padding_bursts: Optional[Mapping[:class:`int`, :class:`int`]]
+            Frame index (1..frames-1) -> packets: a burst of padding-only packets right before
+            that frame, on top of those :attr:`probing` plans. Recorded in the spurt's
+            :attr:`SpurtRecord.padding_bursts`; they use up sequence numbers.
 
         Returns
         -------
@@ -405,9 +505,27 @@ class RTPSender:
         sequence = self._sequence
 
         n_audio = -(-len(pcm) // FRAME_BYTES)
+        n_frames = n_audio + self.silence_frames
+        asked = dict(padding_bursts or {})
+        for index, count in asked.items():
+            if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index < n_frames:
+                raise ValueError(f"a padding burst goes before frame 1..{n_frames - 1} of this spurt, got {index!r}")
+            check_burst_size(count)
+        planned = self.probing.bursts(n_audio, FRAME_DURATION) if self.probing is not None else {}
+        bursts_at = {**planned, **asked}
         padded = pcm + bytes(n_audio * FRAME_BYTES - len(pcm))
         frames: list[OutgoingFrame] = []
-        for i in range(n_audio + self.silence_frames):
+        bursts: list[PaddingBurst] = []
+        for i in range(n_frames):
+            if i in bursts_at:
+                previous = frames[-1]
+                burst = PaddingBurst(
+                    before_frame=i, ssrc=self.ssrc, first_sequence=sequence, count=bursts_at[i],
+                    timestamp=previous.timestamp, send_time=previous.send_time + FRAME_DURATION / 4,
+                    header_extension=self.clock.sends_audio_level,
+                )
+                bursts.append(burst)
+                sequence = (sequence + burst.count) % _SEQ_MOD
             silence = i >= n_audio
             chunk = _ZERO_FRAME if silence else padded[i * FRAME_BYTES : (i + 1) * FRAME_BYTES]
             frames.append(
@@ -429,7 +547,7 @@ class RTPSender:
 
         self._sequence, self._timestamp = sequence, timestamp
         self._next_free = start + len(frames) * FRAME_DURATION
-        self.record.spurts.append(SpurtRecord(start, pcm, frames))
+        self.record.spurts.append(SpurtRecord(start, pcm, frames, bursts))
         _log.debug(
             "ssrc %d: spurt at %.3f, %d audio + %d silence frames, seq %d, ts %d",
             self.ssrc, start, n_audio, self.silence_frames, frames[0].sequence, frames[0].timestamp,
