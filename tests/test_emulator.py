@@ -174,8 +174,9 @@ async def test_unmodified_client_connects_both_modes(dave: bool, mode: str) -> N
         recv_ops = [e.op for e in server.events if e.direction == "recv" and e.op in (0, 1)]
         assert recv_ops == [Op.IDENTIFY, Op.SELECT_PROTOCOL]
         assert server.events[0].op == Op.HELLO
-        # CLIENT_CONNECT announced the member that was already there.
-        assert any(e.data["user_id"] == str(ALICE) and e.data["audio_ssrc"] == alice.ssrc for e in server.ops_sent(Op.CLIENT_CONNECT))
+        # CLIENTS_CONNECT announced the member that was already there (op 12 only comes for video).
+        assert any(e.data["user_ids"] == [str(ALICE)] for e in server.ops_sent(Op.CLIENTS_CONNECT))
+        assert not server.ops_sent(Op.CLIENT_CONNECT)
         await _assert_member_audio_roundtrip(server, vc, [alice])
         await _assert_bot_audio_roundtrip(server, vc, dave=dave)
 
@@ -783,3 +784,53 @@ def test_default_probe_rate_meets_every_half_minute_of_talk() -> None:
         ProbeSchedule(0)
     with pytest.raises(ValueError, match="padding burst"):
         ProbeSchedule(1.0, size=0)
+
+
+async def test_audio_ssrcs_come_by_op5_and_op12_only_for_video() -> None:
+    async with VoiceServerEmulator(seed=35) as server:
+        alice = await server.add_member(ALICE, "alice")
+        bob = await server.add_member(BOB, "bob", video=True)
+        carol = await server.add_member(CAROL, "carol")
+        vc = await server.connect()
+        # At connection start: op 11 for everyone, op 12 for bob (video) only, no op 5 (nobody spoke).
+        assert server.ops_sent(Op.CLIENTS_CONNECT)[0].data == {"user_ids": [str(ALICE), str(BOB), str(CAROL)]}
+        (op12,) = server.ops_sent(Op.CLIENT_CONNECT)
+        assert op12.data["user_id"] == str(BOB) and op12.data["audio_ssrc"] == bob.ssrc and op12.data["video_ssrc"] == bob.video_ssrc
+        assert not server.ops_sent(Op.SPEAKING)
+        # Starting to speak gives op 5; speaking_event="none" gives none (no speaking state).
+        await alice.speak(tone(440, 0.04), realtime=False)
+        await carol.speak(tone(440, 0.04), realtime=False, speaking_event="none")
+        assert [e.data for e in server.ops_sent(Op.SPEAKING)] == [{"user_id": str(ALICE), "ssrc": alice.ssrc, "speaking": 1}]
+        # A member with video joining mid-call gets op 11 + op 12, one without video op 11 only.
+        dave = await server.add_member(DAVE_, "dave", video=True)
+        erin = await server.add_member(1005, "erin")
+        assert [e.data["user_id"] for e in server.ops_sent(Op.CLIENT_CONNECT)] == [str(BOB), str(DAVE_)]
+        assert [e.data for e in server.ops_sent(Op.CLIENTS_CONNECT)][-2:] == [{"user_ids": [str(DAVE_)]}, {"user_ids": [str(1005)]}]
+        await server.wait_dave_ready()
+        # On a new connection (a move there and back), op 5 is repeated for members with a
+        # speaking state, right after SESSION_DESCRIPTION; leaving clears the state.
+        await erin.speak(tone(440, 0.04), realtime=False)
+        await erin.leave()
+        await erin.join()
+        mark = len(server.events)
+        await server.move_bot(server.other_channel)
+        await server.wait_until(lambda: server.session is not None and server.session.established and vc.is_connected(), what="the move")
+        await server.move_bot(server.channel)
+        await server.wait_until(lambda: server.session is not None and server.session.established and vc.is_connected(), what="the move back")
+        await server.wait_dave_ready()
+        sent = [e for e in server.events[mark:] if e.direction == "send"]
+        last_description = max(i for i, e in enumerate(sent) if e.op == Op.SESSION_DESCRIPTION)
+        after = sent[last_description:]
+        assert [e.data for e in after if e.op == Op.SPEAKING] == [{"user_id": str(ALICE), "ssrc": alice.ssrc, "speaking": 1}]
+        assert [e.data["user_id"] for e in after if e.op == Op.CLIENT_CONNECT] == [str(BOB), str(DAVE_)]
+        assert not dave.speaking and alice.speaking and not carol.speaking
+
+
+async def test_ssrc_in_client_connect_switch_restores_op12_for_everyone() -> None:
+    async with VoiceServerEmulator(dave=False, seed=36, ssrc_in_client_connect=True) as server:
+        alice = await server.add_member(ALICE, "alice")
+        await server.connect()
+        bob = await server.add_member(BOB, "bob")
+        assert [(e.data["user_id"], e.data["audio_ssrc"]) for e in server.ops_sent(Op.CLIENT_CONNECT)] == [
+            (str(ALICE), alice.ssrc), (str(BOB), bob.ssrc)
+        ]

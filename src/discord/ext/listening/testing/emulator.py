@@ -107,9 +107,14 @@ class SimulatedMember:
     name: :class:`str`
         The member's user name.
     ssrc: :class:`int`
-        Audio SSRC (announced in op 12 and op 5).
+        Audio SSRC (announced in op 5 SPEAKING; in op 12 too for a member with video).
     video_ssrc: :class:`int`
-        Video SSRC announced in op 12 (nothing is sent on it unless injected).
+        Video SSRC announced in op 12 when :attr:`video` (nothing is sent on it unless injected).
+    video: :class:`bool`
+        Whether the member has video state: only then does the bot get op 12 for it.
+    speaking: :class:`bool`
+        Whether the member has a speaking state in its call (it sent op 5 ``speaking: 1``
+        since it joined): the bot gets op 5 for it when its connection starts.
     sender: :class:`.speech.RTPSender`
         Produces the member's packets and records them.
     impairment: Optional[:class:`.impairment.Impairment`]
@@ -127,12 +132,15 @@ class SimulatedMember:
         sender: RTPSender,
         impairment: Optional[PacketImpairment],
         channel_id: int,
+        video: bool = False,
     ) -> None:
         self._emulator = emulator
         self.user_id = user_id
         self.name = name
         self.ssrc = ssrc
         self.video_ssrc = video_ssrc
+        self.video = video
+        self.speaking = False
         self.sender = sender
         self.impairment = impairment
         self.home_channel_id = channel_id
@@ -305,6 +313,12 @@ class VoiceServerEmulator:
         counts; :attr:`bot_last_heard` says when it last did). The next datagram from the bot
         resumes forwarding at once. Checked when a packet is due on the wire, so packets
         already queued are withheld too. Default 30 s; ``None``: off.
+    ssrc_in_client_connect: :class:`bool`
+        Send op 12 (CLIENT_CONNECT with ``audio_ssrc``) for every member, as the emulator
+        once did. Discord sends op 12 only for members with video (``add_member(video=True)``)
+        and gives audio SSRCs through op 5 SPEAKING: when a member starts speaking, and at
+        the bot's connection start for members with a speaking state. Off by default; only
+        a test of this switch should turn it on.
     padding_bursts: Optional[:class:`float`]
         Members with a webrtc clock probe bandwidth as libwebrtc does: bursts of
         ``padding_burst_size`` padding-only RTP packets on their audio SSRC (payload type
@@ -351,6 +365,7 @@ class VoiceServerEmulator:
         goodbye_on_close: bool = True,
         media_timeout: Optional[float] = 30.0,
         echo_keepalive: bool = False,
+        ssrc_in_client_connect: bool = False,
         padding_bursts: Optional[float] = 20.0,
         padding_burst_size: int = DEFAULT_BURST_SIZE,
     ) -> None:
@@ -390,6 +405,7 @@ class VoiceServerEmulator:
         self.resume_session_description = resume_session_description
         self.goodbye_on_close = goodbye_on_close
         self.echo_keepalive = bool(echo_keepalive)
+        self.ssrc_in_client_connect = bool(ssrc_in_client_connect)
         if padding_bursts is not None:
             ProbeSchedule(padding_bursts, padding_burst_size)  # validates both now, not at add_member
         self.padding_bursts = padding_bursts
@@ -649,6 +665,7 @@ class VoiceServerEmulator:
         join: bool = True,
         channel: Optional[discord.abc.Snowflake] = None,
         ssrc: Optional[int] = None,
+        video: bool = False,
     ) -> SimulatedMember:
         """Add a simulated member to the guild and (by default) to the call.
 
@@ -666,11 +683,15 @@ class VoiceServerEmulator:
             First RTP sequence number / timestamp (random by default; e.g. 65530 to cross
             the wrap early).
         join: :class:`bool`
-            Join the call now (CLIENT_CONNECT to the bot, DAVE Add -> new epoch).
+            Join the call now (CLIENTS_CONNECT to the bot, DAVE Add -> new epoch).
         channel: Optional[:class:`discord.VoiceChannel`]
             The channel to join (default :attr:`channel`).
         ssrc: Optional[:class:`int`]
             Force the audio SSRC (random by default).
+        video: :class:`bool`
+            The member has video state: the bot gets op 12 (CLIENT_CONNECT with its audio and
+            video SSRCs) for it, at connection start and when it joins. Without video the
+            bot learns its audio SSRC from op 5 only, as on Discord.
 
         Raises
         ------
@@ -720,6 +741,7 @@ class VoiceServerEmulator:
             sender=sender,
             impairment=impairment,
             channel_id=channel_id,
+            video=bool(video),
         )
         self.members[user_id] = member
         self.harness.add_member(user_id, member.name)
@@ -735,11 +757,13 @@ class VoiceServerEmulator:
         if call is None:
             raise ValueError(f"channel {channel_id} is not a voice channel of the emulated guild")
         member.channel_id = channel_id
+        member.speaking = False
         self.harness.dispatch_voice_state(member.user_id, channel_id, member.session_id)
         session = call.session
         if session is not None and session.established and session.connection is not None:
             await session.connection.send_json(Op.CLIENTS_CONNECT, {"user_ids": [str(member.user_id)]})
-            await session.connection.send_json(Op.CLIENT_CONNECT, self._client_connect_payload(member))
+            if self._announces_ssrcs(member):
+                await session.connection.send_json(Op.CLIENT_CONNECT, self._client_connect_payload(member))
         if self.dave_enabled:
             await self._dave_member_join(call, member)
         self._notify()
@@ -752,6 +776,7 @@ class VoiceServerEmulator:
         call = self._calls[member.channel_id]
         # A spurt in progress stops at its next frame (people do leave mid-sentence).
         member.channel_id = None
+        member.speaking = False
         session = call.session
         if session is not None and session.established and session.connection is not None:
             await session.connection.send_json(Op.CLIENT_DISCONNECT, {"user_id": str(member.user_id)})
@@ -759,6 +784,10 @@ class VoiceServerEmulator:
             await self._dave_member_leave(call, member)
         self.harness.dispatch_voice_state(member.user_id, None, member.session_id)
         self._notify()
+
+    def _announces_ssrcs(self, member: SimulatedMember) -> bool:
+        """Whether the bot gets op 12 for ``member``: Discord sends it for members with video only."""
+        return member.video or self.ssrc_in_client_connect
 
     def _client_connect_payload(self, member: SimulatedMember) -> dict[str, Any]:
         return {
@@ -1074,13 +1103,17 @@ class VoiceServerEmulator:
             self.media.schedule(data, address, deliver_at, sent)
         return on_wire
 
+    @staticmethod
+    def _speaking_payload(member: SimulatedMember) -> dict[str, Any]:
+        return {"user_id": str(member.user_id), "ssrc": member.ssrc, "speaking": 1}
+
     async def _send_speaking(self, member: SimulatedMember) -> None:
+        # The member told Discord, whether or not the bot is there to hear it now.
+        member.speaking = True
         session = self._bot_session
         if session is None or session.connection is None or session.channel_id != member.channel_id:
             return
-        await session.connection.send_json(
-            Op.SPEAKING, {"user_id": str(member.user_id), "ssrc": member.ssrc, "speaking": 1}
-        )
+        await session.connection.send_json(Op.SPEAKING, self._speaking_payload(member))
 
     async def _speak(
         self,
@@ -1441,7 +1474,12 @@ class VoiceServerEmulator:
         return session
 
     async def on_protocol_selected(self, session: VoiceSession) -> None:
-        """:class:`.gateway.GatewayHandler`: announce the call and start DAVE for the bot."""
+        """:class:`.gateway.GatewayHandler`: announce the call and start DAVE for the bot.
+
+        Op 11 names everyone in the call; op 12 goes only for members with video; op 5
+        (``speaking: 1``) for every member with a speaking state: that is how the bot learns
+        the audio SSRCs of members already talking.
+        """
         assert session.mode is not None and session.connection is not None
         self._links[session] = TransportLink(session.mode, session.secret_key)
         connection = session.connection
@@ -1449,7 +1487,11 @@ class VoiceServerEmulator:
         if members:
             await connection.send_json(Op.CLIENTS_CONNECT, {"user_ids": [str(m.user_id) for m in members]})
             for member in members:
-                await connection.send_json(Op.CLIENT_CONNECT, self._client_connect_payload(member))
+                if self._announces_ssrcs(member):
+                    await connection.send_json(Op.CLIENT_CONNECT, self._client_connect_payload(member))
+            for member in members:
+                if member.speaking:
+                    await connection.send_json(Op.SPEAKING, self._speaking_payload(member))
         if self.dave_enabled and session.dave_version:
             await self._dave_bot_join(session)
         self._notify()
