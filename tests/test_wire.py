@@ -112,3 +112,19 @@ def test_parsers_never_raise_anything_but_malformed(data: bytes) -> None:
     except MalformedPacket:
         pass
     rtp.parse_audio_level(data)
+
+
+@pytest.mark.parametrize("pt, fmt", [(205, 1), (205, 15), (206, 1), (206, 15)])
+def test_rtcp_feedback_is_rtcp_and_parses(pt: int, fmt: int) -> None:
+    # What Discord's SFU sends besides receiver reports (NACK, transport-cc, PLI, REMB).
+    fci = bytes(range(8))
+    packet = struct.pack(">BBHII", 0x80 | fmt, pt, 4, 0x11111111, 0x22222222) + fci
+    rr = rtp.build_receiver_report(0x33333333)
+    assert rtp.is_rtcp(packet)
+    parsed = rtp.parse_rtcp(rr + packet)
+    assert isinstance(parsed[1], rtp.Feedback)
+    assert (parsed[1].type, parsed[1].fmt, parsed[1].sender_ssrc, parsed[1].media_ssrc, parsed[1].fci) == (
+        pt, fmt, 0x11111111, 0x22222222, fci,
+    )
+    with pytest.raises(rtp.MalformedPacket):
+        rtp.parse_rtcp(struct.pack(">BBHI", 0x80 | fmt, pt, 1, 1))  # no media SSRC

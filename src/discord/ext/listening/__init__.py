@@ -30,6 +30,7 @@ from .opus import OpusDecoder, OpusEncoder
 from .pool import AudioProcessPool, init_audio_processing_pool
 from .rtp import (
     ApplicationDefined,
+    Feedback,
     Goodbye,
     ReceiverReport,
     ReportBlock,
@@ -69,6 +70,7 @@ __all__ = (
     "SourceDescription",
     "Goodbye",
     "ApplicationDefined",
+    "Feedback",
     "ListenStats",
     "UserStats",
     "DropReason",

@@ -32,6 +32,7 @@ __all__ = (
     "SourceDescriptionChunk",
     "Goodbye",
     "ApplicationDefined",
+    "Feedback",
     "UnknownRTCP",
     "parse_rtcp",
     "build_sender_report",
@@ -191,8 +192,11 @@ def parse_audio_level(extension_body: bytes, end: int | None = None) -> int | No
 
 
 def is_rtcp(data: bytes) -> bool:
-    """Whether a datagram is RTCP (payload type byte 200..204) rather than RTP."""
-    return len(data) >= 2 and 200 <= data[1] <= 204
+    """Whether a datagram is RTCP (packet type byte 200..206) rather than RTP.
+
+    205 and 206 are RTCP feedback (RFC 4585), which Discord's SFU sends as well as reports.
+    """
+    return len(data) >= 2 and 200 <= data[1] <= 206
 
 
 # -- RTCP --------------------------------------------------------------------------------
@@ -206,6 +210,10 @@ class RTCPMessageType(enum.IntEnum):
     source_description = 202
     goodbye = 203
     application_defined = 204
+    #: RTPFB (RFC 4585): transport-layer feedback, e.g. NACK (FMT 1), transport-wide CC (FMT 15).
+    transport_feedback = 205
+    #: PSFB (RFC 4585): payload-specific feedback, e.g. PLI (FMT 1), REMB (FMT 15).
+    payload_feedback = 206
 
 
 @dataclass(slots=True)
@@ -304,6 +312,20 @@ class ApplicationDefined(RTCPPacket):
 
 
 @dataclass(slots=True)
+class Feedback(RTCPPacket):
+    """RTCP feedback (RFC 4585): ``type`` is 205 (transport) or 206 (payload-specific).
+
+    ``fmt`` says which message it is (the 5-bit count field of the header); ``fci`` is the
+    feedback control information, uninterpreted.
+    """
+
+    fmt: int
+    sender_ssrc: int
+    media_ssrc: int
+    fci: bytes = b""
+
+
+@dataclass(slots=True)
 class UnknownRTCP(RTCPPacket):
     """An RTCP packet type this module does not interpret (kept raw)."""
 
@@ -397,7 +419,11 @@ def _parse_one(pt: int, count: int, data: bytes, offset: int, end: int) -> RTCPP
         return ApplicationDefined(
             RTCPMessageType.application_defined, count, ssrc, bytes(data[offset + 4 : offset + 8]), bytes(data[offset + 8 : end])
         )
-    # Feedback (205/206) and extended reports appear in compound packets; keep them whole.
+    if pt == RTCPMessageType.transport_feedback or pt == RTCPMessageType.payload_feedback:
+        _check(end - offset >= 8, "RTCP feedback packet truncated")
+        sender, media = struct.unpack_from(">II", data, offset)
+        return Feedback(RTCPMessageType(pt), count, sender, media, bytes(data[offset + 8 : end]))
+    # Extended reports and anything newer appear in compound packets; keep them whole.
     return UnknownRTCP(pt, bytes(data[offset - 4 : end]))
 
 
