@@ -10,11 +10,17 @@ import pytest
 
 from discord.ext.listening import rtp, transport
 from discord.ext.listening.opus import SILENCE_FRAME, OpusEncoder, packet_has_fec
-from discord.ext.listening.receive import PacketReceiver
+from discord.ext.listening.receive import DAVE_FAILURE_LIMIT, PacketReceiver
 from discord.ext.listening.ssrc import SSRCMap
 from discord.ext.listening.stats import DropReason, ListenStats
 from discord.ext.listening.testing.audio import speechlike
-from discord.ext.listening.testing.dave_server import DaveGroupServer, LocalDaveMember, connect_local_member
+from discord.ext.listening.testing.dave_server import (
+    DaveGroupServer,
+    LocalDaveMember,
+    connect_local_member,
+    deliver,
+    stale_epoch_member,
+)
 
 CHANNEL = 4242
 BOT, ALICE, BOB = 1, 100, 200
@@ -260,3 +266,120 @@ def test_silence_frames_pass_in_the_clear_under_dave(dave_group) -> None:
     out = receiver.poll(1.0)[0]
     assert [p.opus for p in out] == [frame, SILENCE_FRAME]
     assert stats.user(ALICE).dropped[DropReason.unencrypted] == 1
+
+
+# -- what Discord really sends (docs/discord-behaviours.md) ---------------------------------
+
+
+def _padding_packet(sender: Sender, *, seq: int, ts: int, size: int = 200) -> bytes:
+    """A libwebrtc bandwidth probe: P bit, the payload nothing but padding."""
+    header = bytearray(rtp.build_rtp_header(seq, ts, sender.ssrc, extension_length=4, padding=True))
+    sender.counter += 1
+    body = rtp.audio_level_extension(127, voice=False) + bytes(size - 1) + bytes([size])
+    return sender.cipher.encrypt(bytes(header), body, sender.counter)
+
+
+@pytest.mark.parametrize("lose", ["nothing", "padding", "audio"])
+def test_a_padding_burst_is_no_media_no_loss_and_no_time(lose: str) -> None:
+    m = SSRCMap()
+    m.set_audio(11, ALICE)
+    receiver, stats = _receiver(_clear_conn(), m)
+    frames = _opus_frames(40, seed=8)
+    sender = Sender(11, seq=65500)  # the burst crosses the sequence wrap
+    deliveries = []
+    t = 0.0
+    for i, f in enumerate(frames):
+        if i == 20:  # 50 probes in ~100 ms, the last audio timestamp repeated
+            last_ts = (sender.ts - 960) & 0xFFFFFFFF
+            for k in range(50):
+                pkt = _padding_packet(sender, seq=sender.seq, ts=last_ts)
+                sender.seq = (sender.seq + 1) & 0xFFFF
+                if not (lose == "padding" and k in (0, 10, 49)):
+                    deliveries.append((t + k * 0.002, pkt))
+        pkt = sender.packet(f)
+        if not (lose == "audio" and i == 19):
+            deliveries.append((t, pkt))
+        t += 0.02
+    out = _run(receiver, deliveries, until=2.0)
+    kept = [f for i, f in enumerate(frames) if not (lose == "audio" and i == 19)]
+    assert [p.opus for p in out] == kept
+    # every frame at its RTP place: 960 samples apart, the burst took no time
+    positions = [p.position for p in out]
+    expected_lost = 1 if lose == "audio" else 0
+    assert sum(p.lost_before for p in out) == expected_lost
+    for p, q in zip(out, out[1:]):
+        assert q.position - p.position == 960 * (1 + q.lost_before)
+    assert positions[-1] - positions[0] == 960 * 39
+    user = stats.user(ALICE)
+    assert user.padding == (47 if lose == "padding" else 50)
+    assert user.lost == expected_lost
+    assert user.received == len(kept)
+
+
+def test_keepalive_echoes_are_recognised_not_malformed() -> None:
+    receiver, stats = _receiver(_clear_conn(), SSRCMap())
+    receiver.datagrams([bytes(8), b"\x01\x00\x00\x00\x00\x00\x00\x00"], [0.0, 0.01])
+    assert stats.keepalive_echoes == 2
+    assert stats.total.dropped == {}
+
+
+def _alice_with_a_dead_epoch(members: dict[int, LocalDaveMember]) -> tuple[PacketReceiver, ListenStats, LocalDaveMember]:
+    """A receiver that knows Alice's SSRC 11, and an Alice sealing under keys it never held."""
+    m = SSRCMap()
+    m.set_audio(11, ALICE)
+    receiver, stats = _receiver(_dave_conn(members[BOT]), m)
+    return receiver, stats, stale_epoch_member(ALICE, CHANNEL)
+
+
+def test_frames_of_a_dead_epoch_are_dropped_at_once_not_held(dave_group) -> None:
+    _, members = dave_group
+    receiver, stats, stale = _alice_with_a_dead_epoch(members)
+    frames = _opus_frames(30, seed=9)
+    sender = Sender(11, mode=transport.XCHACHA20)
+    for i, f in enumerate(frames):
+        sealer = stale if i < 10 else members[ALICE]
+        receiver.datagram(sender.packet(sealer.encrypt_opus(f)), i * 0.02)
+    # Polled right after the last arrival: nothing may wait for a key that never comes.
+    out = receiver.poll(29 * 0.02 + 0.001)[0]
+    assert [p.opus for p in out] == frames[10:]
+    assert out[0].lost_before == 10  # their slots are concealed, the timeline stays whole
+    assert stats.user(ALICE).dropped[DropReason.undecryptable] == 10
+    assert receiver.take_dave_recoveries() == []  # 10 failures are no broken state
+
+
+def test_a_sender_whose_frames_keep_failing_asks_for_one_recovery(dave_group) -> None:
+    _, members = dave_group
+    receiver, stats, stale = _alice_with_a_dead_epoch(members)
+    frames = _opus_frames(2 * DAVE_FAILURE_LIMIT + 5, seed=10)
+    sender = Sender(11, mode=transport.XCHACHA20)
+    asked = []
+    for i, f in enumerate(frames):
+        receiver.datagram(sender.packet(stale.encrypt_opus(f)), i * 0.02)
+        receiver.poll(i * 0.02 + 0.001)
+        asked += receiver.take_dave_recoveries()
+    assert asked == [ALICE]  # once, not once per frame, not again within the cooldown
+    assert stats.dave_recoveries == 1
+    assert stats.user(ALICE).dropped[DropReason.undecryptable] == len(frames)
+
+
+def test_an_ssrc_no_speaking_names_is_attributed_by_its_dave_key(dave_group) -> None:
+    server, members = dave_group
+    bob = LocalDaveMember(BOB, CHANNEL)
+    members[BOB] = bob
+    connect_local_member(server, bob, members)
+    for transition_id in list(server.pending_transitions):
+        deliver(server, members, server.execute_transition(transition_id))
+    assert bob.ready and members[BOT].session.epoch == bob.epoch
+    m = SSRCMap()
+    m.update_from_gateway(11, {"user_ids": [str(ALICE), str(BOB)]})  # who is in the call, no SSRCs
+    m.set_audio(11, ALICE)
+    receiver, stats = _receiver(_dave_conn(members[BOT]), m)
+    frames = _opus_frames(20, seed=11)
+    sender = Sender(77, mode=transport.XCHACHA20)
+    for i, f in enumerate(frames):
+        receiver.datagram(sender.packet(bob.encrypt_opus(f)), i * 0.02)
+    out = receiver.poll(1.0)[0]
+    assert [p.opus for p in out] == frames  # every word, the first one included
+    assert {p.user_id for p in out} == {BOB}
+    assert m.user_for(77) == BOB and stats.ssrcs_inferred == 1
+    assert stats.user(BOB).received == 20 and stats.user(None).received == 0

@@ -52,7 +52,24 @@ CONCEAL_BURST: Final = 50
 #: A talker is "stopped" after this long without a packet (senders stop sending in silence).
 SPEAKING_TIMEOUT: Final = 0.25
 #: ValueError texts from davey meaning "the key is not here yet" (worth holding and retrying).
-_RETRYABLE_DAVE: Final = ("NoDecryptorForUser", "NoValidCryptorFound", "NoDecryptor", "MissingKey")
+#: "NoValidCryptorFound" is not one of them: the bot holds keys for the sender, but none
+#: of the frame's epoch. libdave clients switch keys only at op 22, after the bot reported
+#: ready for the new epoch, so such a frame was sealed under an epoch the bot no longer (or
+#: never) holds, and no later message brings that key back.
+_RETRYABLE_DAVE: Final = ("NoDecryptorForUser", "NoDecryptor", "MissingKey")
+#: Consecutive undecryptable frames of one sender after which the bot's DAVE state is
+#: taken to be broken and a recovery is asked for (discord.js re-initialises at 36).
+DAVE_FAILURE_LIMIT: Final = 36
+#: Seconds before the same sender may ask for another recovery (one re-key takes a round
+#: trip through the voice server and every member).
+DAVE_RECOVERY_COOLDOWN: Final = 10.0
+#: Seconds between two attempts to find the owner of an unmapped SSRC by trial decryption,
+#: and how many candidate users one attempt tries at most.
+INFER_INTERVAL: Final = 0.1
+INFER_CANDIDATES: Final = 64
+#: The length of a UDP keepalive (and of the server's echo of one): never RTP or RTCP,
+#: which are at least 12 bytes before encryption adds its tag and nonce.
+KEEPALIVE_SIZE: Final = 8
 #: First header byte of the layout every Discord client sends: RTP version 2, a header
 #: extension, no padding, no CSRCs (parsed inline; anything else goes to parse_rtp_header).
 _PLAIN_B0: Final = 0x90
@@ -125,6 +142,18 @@ class _Stream:
     credit_at: float = 0.0
     #: Set once the SSRC's first packet went out (see :meth:`PacketReceiver._leading_loss`).
     started: bool = False
+    #: RTP timestamp of the last audio packet placed (padding-only packets repeat it).
+    last_timestamp: Optional[int] = None
+    #: Padding-only packets released since the last audio packet, the sequence numbers
+    #: missing among them, and whether one of them started the stream.
+    padding_run: int = 0
+    padding_missing: int = 0
+    padding_new_stream: bool = False
+    #: Undecryptable DAVE frames in a row, and when this sender last asked for a recovery.
+    dave_failures: int = 0
+    recovery_at: float = float("-inf")
+    #: When an owner was last looked for by trial decryption (unmapped SSRC).
+    infer_at: float = float("-inf")
 
 
 class PacketReceiver:
@@ -195,6 +224,7 @@ class PacketReceiver:
         self._prev_until = 0.0
         self._parked: deque[tuple[bytes, float]] = deque()
         self._key_changed = False
+        self._recoveries: list[int] = []
         self.paused = False
 
     # -- socket thread -------------------------------------------------------------------
@@ -233,6 +263,10 @@ class PacketReceiver:
         rtp_one = self._rtp_one
         for data, now in zip(batch, arrivals):
             try:
+                if len(data) == KEEPALIVE_SIZE:
+                    # The voice server echoing our keepalive (some do, some never do).
+                    self.stats.keepalive_echoes += 1
+                    continue
                 if is_rtcp(data):
                     packets = self._rtcp(data)
                     if packets:
@@ -330,6 +364,11 @@ class PacketReceiver:
         except MalformedPacket:
             stats.drop(self._map.user_for(ssrc), DropReason.malformed)
             return
+        if not payload:
+            # Padding only (libwebrtc probing bandwidth mid-call): no media, but it uses up a
+            # sequence number, so it goes through the jitter buffer to keep the count honest.
+            self._push_padding(ssrc, sequence, timestamp, now)
+            return
         if ext_len > 1 and plain[0] >> 4 == AUDIO_LEVEL_EXTENSION_ID:
             level: Optional[int] = plain[1] & 0x7F  # where clients put it: first (saves a call a packet)
         else:
@@ -360,6 +399,22 @@ class PacketReceiver:
                     # that packet arrived, so it is counted; its place is concealed later.
                     stats.add(user_id, "received")
                     stats.drop(user_id, DropReason.overflow)
+
+    def _push_padding(self, ssrc: int, sequence: int, timestamp: int, now: float) -> None:
+        """A padding-only packet takes its sequence number's place (``None`` payload)."""
+        with self._lock:
+            stream = self._streams.get(ssrc)
+            if stream is None or self.paused:
+                # Nothing to keep in order (a probe before any audio), or not listening now.
+                self.stats.add(self._map.user_for(ssrc), "padding")
+                return
+            # Not an arrival of audio: it must not keep a talker "speaking".
+            result = stream.buffer.push(sequence, timestamp, (None, None), now)
+            if not result.accepted:
+                self.stats.add(self._map.user_for(ssrc), "padding")
+            elif result is PushResult.OVERFLOW:  # as for audio: the packet it pushed out is counted
+                self.stats.add(self._map.user_for(ssrc), "received")
+                self.stats.drop(self._map.user_for(ssrc), DropReason.overflow)
 
     def _evict_idle(self, now: float, known: bool = False) -> bool:
         # Called with the lock held. Frees the stream idle the longest if it has been idle a
@@ -466,6 +521,12 @@ class PacketReceiver:
         for k, r in enumerate(released):
             arrival = r.arrival if arrivals is None else arrivals[k]
             payload, level = r.payload
+            if payload is None:
+                self._padding(stream, r, user_id)
+                continue
+            if stream.padding_run:
+                r = self._after_padding(stream, r)
+            stream.last_timestamp = r.timestamp
             lost_positions: tuple[int, ...] = ()
             if r.lost_before:
                 # Concealment is paid from a budget that refills in real time: a sender that
@@ -498,6 +559,31 @@ class PacketReceiver:
                 self._drop_head(stream, DropReason.overflow)
             pending.append(_Pending(r.sequence, r.timestamp, payload, level, r.arrival, lost_positions, position, r.new_stream))
 
+    def _padding(self, stream: _Stream, r: Any, user_id: Optional[int]) -> None:
+        """A released padding-only packet: no frame, no position, no loss, no time."""
+        self.stats.add(user_id, "padding")
+        stream.padding_run += 1
+        stream.padding_missing += r.lost_before
+        stream.padding_new_stream |= r.new_stream
+
+    @staticmethod
+    def _after_padding(stream: _Stream, r: Any) -> Any:
+        """The first audio packet after padding: count as lost only the *audio* frames missing.
+
+        The sequence numbers missing around a padding burst may have been padding (lost
+        probes are no loss of audio); the RTP timestamp, which padding does not advance,
+        says how many audio frames really lie between this packet and the last one.
+        """
+        missing = stream.padding_missing + r.lost_before
+        new_stream = stream.padding_new_stream or r.new_stream
+        stream.padding_run = stream.padding_missing = 0
+        stream.padding_new_stream = False
+        lost = 0
+        if missing and not new_stream and stream.last_timestamp is not None:
+            between = ts_diff(r.timestamp, stream.last_timestamp) // FRAME_SAMPLES - 1
+            lost = max(0, min(missing, between))
+        return r._replace(lost_before=lost, new_stream=new_stream)
+
     def _drop_head(self, stream: _Stream, reason: DropReason) -> None:
         p = stream.pending.popleft()
         user_id = self._map.user_for(stream.ssrc)
@@ -520,9 +606,17 @@ class PacketReceiver:
             if dave.is_dave_frame(payload) or (e2ee and not dave.is_silence(payload)):
                 # E2E-encrypted, or clear audio under DAVE (allowed only while davey's
                 # passthrough is on during a transition, which decrypt() knows).
+                if user_id is None and session is not None and dave.is_dave_frame(payload):
+                    found = self._infer_owner(stream, session, payload, now)
+                    if found is not None:
+                        user_id, payload = found
+                        pending.popleft()
+                        self._emit(stream, user_id, p.sequence, p.timestamp, payload, p.lost_positions, p.position,
+                                   p.arrival, p.audio_level, p.new_stream, out, counts)
+                        continue
                 if user_id is None or session is None:
                     if may_wait:
-                        return  # the SPEAKING / CLIENT_CONNECT or the MLS welcome is on its way
+                        return  # the SPEAKING (op 5) or the MLS welcome is on its way
                     self._drop_head(stream, DropReason.unknown_ssrc if user_id is None else DropReason.undecryptable)
                     continue
                 try:
@@ -534,7 +628,10 @@ class PacketReceiver:
                     unencrypted = "Unencrypted" in text
                     _log.debug("DAVE frame of user %s seq %d not decryptable: %s", user_id, p.sequence, text)
                     self._drop_head(stream, DropReason.unencrypted if unencrypted else DropReason.undecryptable)
+                    if not unencrypted:
+                        self._dave_failed(stream, user_id, now)
                     continue
+                stream.dave_failures = 0
             elif user_id is None and may_wait:
                 # No E2EE: decodable, but a sink wants to know whose audio it is. Wait a
                 # little for SPEAKING; after hold_time it goes out with user None, not lost.
@@ -542,6 +639,57 @@ class PacketReceiver:
             pending.popleft()
             self._emit(stream, user_id, p.sequence, p.timestamp, payload, p.lost_positions, p.position, p.arrival,
                        p.audio_level, p.new_stream, out, counts)
+
+    def _infer_owner(self, stream: _Stream, session: Any, frame: bytes, now: float) -> Optional[tuple[int, bytes]]:
+        """Find whose frame this is by trying the keys of members with no known SSRC.
+
+        Discord names an SSRC's owner only in SPEAKING (op 5), which may come after the first
+        packets or, for a member who was speaking before the bot connected, not at all. A
+        DAVE frame authenticates under its sender's key only (AES-GCM), so the one member
+        whose key opens it is its owner: then the SSRC is mapped and its audio flows.
+        Bounded: one attempt per :data:`INFER_INTERVAL` per SSRC, :data:`INFER_CANDIDATES`
+        users at most; a wrong key fails without touching the real sender's state.
+        """
+        if now - stream.infer_at < INFER_INTERVAL:
+            return None
+        stream.infer_at = now
+        for user_id in self._map.unmapped_users()[:INFER_CANDIDATES]:
+            try:
+                plain = session.decrypt(user_id, _AUDIO, frame)
+            except ValueError:
+                continue
+            self._map.set_audio(stream.ssrc, user_id)
+            self.stats.ssrcs_inferred += 1
+            _log.info("SSRC %d belongs to user %s (its DAVE key opened the frame; no SPEAKING named it)",
+                      stream.ssrc, user_id)
+            return user_id, plain
+        return None
+
+    def _dave_failed(self, stream: _Stream, user_id: int, now: float) -> None:
+        """One more undecryptable frame of ``user_id``; after too many in a row, ask for a re-key."""
+        stream.dave_failures += 1
+        if stream.dave_failures < DAVE_FAILURE_LIMIT or now - stream.recovery_at < DAVE_RECOVERY_COOLDOWN:
+            return
+        stream.dave_failures = 0
+        stream.recovery_at = now
+        self.stats.dave_recoveries += 1
+        self._recoveries.append(user_id)
+        _log.warning(
+            "%d DAVE frames of user %s in a row could not be decrypted: asking for a new DAVE session",
+            DAVE_FAILURE_LIMIT, user_id,
+        )
+
+    def take_dave_recoveries(self) -> list[int]:
+        """Users whose frames kept failing since the last call: the DAVE state needs a re-key.
+
+        The caller (which owns the voice connection) re-initialises the DAVE session: the
+        voice server then re-adds the bot to the group with fresh keys.
+        """
+        if not self._recoveries:  # the common case, without the lock
+            return []
+        with self._lock:
+            out, self._recoveries = self._recoveries, []
+        return out
 
     def _emit(
         self, stream: _Stream, user_id: Optional[int], sequence: int, timestamp: int, payload: bytes,

@@ -321,10 +321,10 @@ class ListeningSession:
                 self._submit(packets)
         if changes:
             self._speaking(changes)
-
-    def on_gateway_message(self, op: Any, data: Any) -> None:
-        """Called from the voice client's gateway hook (event loop thread)."""
-        # The SSRC map is already updated by the voice client; nothing else is needed yet.
+        if self.receiver.take_dave_recoveries():
+            recover = getattr(self.voice_client, "_recover_dave", None)
+            if recover is not None:
+                self.loop.call_soon_threadsafe(recover)
 
     # -- pump thread ---------------------------------------------------------------------
 

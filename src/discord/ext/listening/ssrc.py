@@ -1,8 +1,9 @@
 """Which user an SSRC belongs to, kept up to date from the voice gateway's messages.
 
-Discord tells a receiver who owns an SSRC through SPEAKING (op 5), CLIENT_CONNECT (op 12,
-``audio_ssrc`` and video SSRCs) and CLIENT_DISCONNECT (op 13); CLIENTS_CONNECT (op 11) only
-lists user ids. The map is written from the event loop and read from discord.py's socket
+Discord tells a receiver who owns an audio SSRC through SPEAKING (op 5): at connection start
+for members with a speaking state, and when a member starts speaking (possibly after its first
+packets). CLIENTS_CONNECT (op 11) lists user ids only; CLIENT_CONNECT (op 12) comes for members
+with video and may carry an ``audio_ssrc`` too; CLIENT_DISCONNECT (op 13) says who left. The map is written from the event loop and read from discord.py's socket
 thread, so every access takes a lock, and a ``version`` counter lets the receiver notice
 changes (to retry packets that waited for their owner) without comparing dicts.
 """
@@ -35,7 +36,8 @@ class SSRCMap:
         self._lock = threading.Lock()
         self._audio: dict[int, int] = {}
         self._video: dict[int, int] = {}
-        self._connected: set[int] = set()
+        # Users in the call, in order of arrival (a dict keeps it).
+        self._connected: dict[int, None] = {}
         self.version = 0
 
     def __repr__(self) -> str:
@@ -52,6 +54,16 @@ class SSRCMap:
                 if uid == user_id:
                     return ssrc
         return None
+
+    def unmapped_users(self) -> list[int]:
+        """Users in the call (op 11) with no known audio SSRC, newest first.
+
+        The candidates for an SSRC whose owner no SPEAKING named; the newest are the likeliest
+        (a member who just joined speaks before Discord's op 5 reaches the bot).
+        """
+        with self._lock:
+            mapped = set(self._audio.values())
+            return [u for u in reversed(self._connected) if u not in mapped]
 
     def is_video(self, ssrc: int) -> bool:
         """Whether the SSRC belongs to a video (or screen share) stream."""
@@ -78,7 +90,7 @@ class SSRCMap:
                 del self._audio[old]
             self._audio[ssrc] = user_id
             self._video.pop(ssrc, None)
-            self._connected.add(user_id)
+            self._connected.setdefault(user_id)
             self.version += 1
 
     def set_video(self, ssrc: int, user_id: int) -> None:
@@ -98,7 +110,7 @@ class SSRCMap:
                 del self._audio[s]
             for s in [s for s, u in self._video.items() if u == user_id]:
                 del self._video[s]
-            self._connected.discard(user_id)
+            self._connected.pop(user_id, None)
             self.version += 1
         return gone
 
@@ -123,7 +135,10 @@ class SSRCMap:
                 self.set_audio(int(data["ssrc"]), int(data["user_id"]))
             elif op == 11:
                 with self._lock:
-                    self._connected.update(int(u) for u in data.get("user_ids", ()))
+                    for u in data.get("user_ids", ()):
+                        uid = int(u)
+                        self._connected.pop(uid, None)
+                        self._connected[uid] = None
                     self.version += 1
             elif op == 12:
                 user_id = int(data["user_id"])
@@ -138,7 +153,7 @@ class SSRCMap:
                         if stream.get(key):
                             self.set_video(int(stream[key]), user_id)
                 with self._lock:
-                    self._connected.add(user_id)
+                    self._connected.setdefault(user_id)
             elif op == 13:
                 self.remove_user(int(data["user_id"]))
         except (KeyError, TypeError, ValueError, AttributeError):

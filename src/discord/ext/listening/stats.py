@@ -64,6 +64,9 @@ class UserStats:
         Frames recovered by FEC or synthesized by PLC or filled with silence after a loss.
     lost: :class:`int`
         Sequence numbers that never arrived (each is a concealed frame or a counted gap).
+    padding: :class:`int`
+        Padding-only packets (a client probing bandwidth): they use up sequence numbers but
+        carry no media, so they are neither frames nor losses nor time.
     dropped: :class:`collections.Counter`
         Drops by :class:`DropReason`.
     """
@@ -74,6 +77,7 @@ class UserStats:
     decoded: int = 0
     concealed: int = 0
     lost: int = 0
+    padding: int = 0
     dropped: Counter[DropReason] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, object]:
@@ -85,6 +89,7 @@ class UserStats:
             "decoded": self.decoded,
             "concealed": self.concealed,
             "lost": self.lost,
+            "padding": self.padding,
             "dropped": {r.value: n for r, n in self.dropped.items() if n},
         }
 
@@ -104,6 +109,13 @@ class ListenStats:
         self.rtcp_dropped = 0
         #: Datagrams that were not RTP/RTCP at all or failed before an SSRC was known.
         self.unattributed: Counter[DropReason] = Counter()
+        #: 8-byte datagrams from the voice server: echoes of our UDP keepalives.
+        self.keepalive_echoes = 0
+        #: SSRCs attributed to a member by DAVE trial decryption, because no SPEAKING (op 5)
+        #: named their owner in time.
+        self.ssrcs_inferred = 0
+        #: DAVE session recoveries asked for because a sender's frames kept failing.
+        self.dave_recoveries = 0
 
     def _user(self, user_id: int | None) -> UserStats:
         s = self._users.get(user_id)
@@ -156,7 +168,9 @@ class ListenStats:
         """A snapshot of one user's counters."""
         with self._lock:
             s = self._users.get(user_id) or UserStats()
-            return UserStats(s.received, s.decrypted, s.frames, s.decoded, s.concealed, s.lost, Counter(s.dropped))
+            return UserStats(
+                s.received, s.decrypted, s.frames, s.decoded, s.concealed, s.lost, s.padding, Counter(s.dropped)
+            )
 
     @property
     def users(self) -> dict[int | None, UserStats]:
@@ -183,6 +197,9 @@ class ListenStats:
             "total": self.total.as_dict(),
             "rtcp_packets": self.rtcp_packets,
             "rtcp_dropped": self.rtcp_dropped,
+            "keepalive_echoes": self.keepalive_echoes,
+            "ssrcs_inferred": self.ssrcs_inferred,
+            "dave_recoveries": self.dave_recoveries,
             "users": {str(u): s.as_dict() for u, s in self.users.items()},
         }
 
