@@ -216,7 +216,9 @@ def test_receiver_delivers_authentic_audio_untouched_among_noise(n, seq, ts, mod
     assert stats.user(targets.SENDER).dropped == {}
     noise_dgrams = len([d for d in noise if not (len(d) == 74 and d[1] == 2)])
     rtcp_like = sum(1 for d in noise if rtp.is_rtcp(d))
-    counted = sum(stats.total.dropped.values())
+    # every noise datagram is counted once: dropped, or an 8-byte keepalive echo
+    counted = sum(stats.total.dropped.values()) + stats.keepalive_echoes
+    assert stats.keepalive_echoes == sum(1 for d in noise if len(d) == 8)
     assert counted == noise_dgrams, (counted, noise_dgrams, rtcp_like, stats.total.dropped)
     # noise never authenticates: it can only be garbage, forged, or (before any decryption)
     # a payload type that is not Opus; never a duplicate, late or undecryptable audio packet

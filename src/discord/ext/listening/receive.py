@@ -376,7 +376,7 @@ class PacketReceiver:
         with self._lock:
             stream = self._streams.get(ssrc)
             if stream is None:
-                if len(self._streams) >= self.max_streams and not self._evict_idle(now, self._map.user_for(ssrc) is not None):
+                if len(self._streams) >= self.max_streams and not self._evict_idle(now):
                     stats.add(self._map.user_for(ssrc), "received")
                     stats.drop(self._map.user_for(ssrc), DropReason.overflow)
                     return
@@ -416,17 +416,22 @@ class PacketReceiver:
                 self.stats.add(self._map.user_for(ssrc), "received")
                 self.stats.drop(self._map.user_for(ssrc), DropReason.overflow)
 
-    def _evict_idle(self, now: float, known: bool = False) -> bool:
-        # Called with the lock held. Frees the stream idle the longest if it has been idle a
-        # while; a flood of fresh SSRCs then cannot push out people who are talking. For an
-        # SSRC the gateway mapped to a member (``known``), a stream nobody claimed makes room
-        # even if not idle (what it holds is counted): a flood of fresh SSRCs cannot lock
-        # out a member who joins after it.
-        idle = [s for s in self._streams.values() if now - s.last_arrival > 5.0 and not s.pending and not len(s.buffer)]
+    def _evict_idle(self, now: float) -> bool:
+        """Make room for a new SSRC; ``False`` when every tracked SSRC belongs to a member.
+
+        Called with the lock held. The stream idle the longest goes first, if it has been
+        idle a while. Failing that, the unclaimed stream (no member named it) that sent last
+        the longest ago makes room, what it holds counted. Discord names an SSRC's owner
+        only in SPEAKING, which may follow a member's first packets, so a newcomer cannot be
+        told from a flood: recency decides. A flood of one-packet SSRCs then churns among
+        itself, while a member who keeps sending, claimed or not yet, stays.
+        """
+        streams = self._streams.values()
+        idle = [s for s in streams if now - s.last_arrival > 5.0 and not s.pending and not len(s.buffer)]
         if idle:
             victim = min(idle, key=lambda s: s.last_arrival)
-        elif known:
-            unclaimed = [s for s in self._streams.values() if self._map.user_for(s.ssrc) is None]
+        else:
+            unclaimed = [s for s in streams if self._map.user_for(s.ssrc) is None]
             if not unclaimed:
                 return False
             victim = min(unclaimed, key=lambda s: s.last_arrival)
@@ -434,8 +439,6 @@ class PacketReceiver:
             if held:
                 self.stats.add(None, "received", held)
                 self.stats.drop(None, DropReason.overflow, held)
-        else:
-            return False
         del self._streams[victim.ssrc]
         return True
 
