@@ -12,6 +12,7 @@ import discord
 from discord.voice_state import VoiceConnectionState
 
 from . import pool as _pool
+from .keepalive import KEEPALIVE_INTERVAL, UDPKeepalive
 from .session import ListeningSession
 from .sink import AudioSink
 from .ssrc import SSRCMap
@@ -59,8 +60,27 @@ def _reader_waker(sock: Any) -> Callable[[], None]:
     return wake
 
 
+def _log_recovery_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _log.warning("DAVE recovery failed: %r", task.exception())
+
+
 class _ConnectionState(VoiceConnectionState):
-    """discord.py's connection state; wakes its socket reader when it closes a socket."""
+    """discord.py's connection state; wakes its socket reader when it closes or replaces a socket."""
+
+    def _create_socket(self, *args: Any, **kwargs: Any) -> None:
+        # On a move discord.py opens a new socket without closing the old one, and its
+        # reader sleeps in select() on the old one, which Discord never sends to again
+        # (no RTCP BYE): IP discovery on the new socket then waits out select's 30 s.
+        # Shutting the abandoned socket down wakes the reader, which then finds the new one.
+        old = getattr(self, "socket", None)
+        super()._create_socket(*args, **kwargs)
+        if isinstance(old, socket.socket) and old is not self.socket and old.fileno() != -1:
+            try:
+                old.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # ENOTCONN still wakes the waiters on Linux
+            old.close()
 
     async def disconnect(self, *args: Any, **kwargs: Any) -> None:
         wake = _reader_waker(getattr(self, "socket", None))
@@ -86,7 +106,18 @@ class VoiceClient(discord.VoiceClient):
 
     On top of discord.py's modes it negotiates ``aead_aes256_gcm_rtpsize`` first (Discord's
     preferred mode, and the cheaper one to decrypt) and encrypts outgoing audio in it.
+
+    While connected (listening or not, playing or not) it sends a small UDP keepalive every
+    :attr:`keepalive_interval` seconds: Discord stops sending media to an address that stays
+    silent, and discord.py sends nothing while it does not play.
+
+    Attributes
+    ----------
+    keepalive_interval: :class:`float`
+        Seconds between UDP keepalives (class attribute; 5 by default, as Discord's clients).
     """
+
+    keepalive_interval: float = KEEPALIVE_INTERVAL
 
     supported_modes = (AES_GCM, XCHACHA20) + tuple(
         m for m in discord.VoiceClient.supported_modes if m not in (AES_GCM, XCHACHA20)
@@ -98,21 +129,53 @@ class VoiceClient(discord.VoiceClient):
         self._last_session: Optional[ListeningSession] = None
         self._send_cipher: Any = None
         self._send_cipher_key: Any = None
+        # The last DAVE transition the gateway named (op 21/22), for op 31 in a recovery.
+        self._dave_transition_id = 0
         super().__init__(client, channel)
+        self._keepalive = UDPKeepalive(self.loop, self._keepalive_socket, interval=self.keepalive_interval)
 
     # -- connection plumbing -------------------------------------------------------------
 
     def create_connection_state(self) -> VoiceConnectionState:
         return _ConnectionState(self, hook=self._on_gateway_message)
 
+    async def connect(self, *, reconnect: bool, timeout: float, self_deaf: bool = False, self_mute: bool = False) -> None:
+        await super().connect(reconnect=reconnect, timeout=timeout, self_deaf=self_deaf, self_mute=self_mute)
+        # From now until cleanup(), listening or not: Discord forgets a silent address.
+        self._keepalive.start()
+
+    def _keepalive_socket(self) -> Optional[socket.socket]:
+        state = self._connection
+        sock = getattr(state, "socket", None)
+        if not state.is_connected() or not isinstance(sock, socket.socket) or sock.fileno() == -1:
+            return None
+        return sock
+
+    @property
+    def keepalives_sent(self) -> int:
+        """UDP keepalives sent on this connection (one every 5 s while connected)."""
+        return self._keepalive.sent
+
     async def _on_gateway_message(self, ws: Any, msg: dict[str, Any]) -> None:
         # discord.py awaits this after its own handling of every JSON voice gateway message.
         op = msg.get("op")
         data = msg.get("d")
         self._ssrc_map.update_from_gateway(op, data)  # type: ignore[arg-type]
-        session = self._listening
-        if session is not None:
-            session.on_gateway_message(op, data)
+        if op in (21, 22) and isinstance(data, dict) and isinstance(data.get("transition_id"), int):
+            self._dave_transition_id = data["transition_id"]
+
+    def _recover_dave(self) -> None:
+        """Re-key DAVE as a client that failed a transition does: op 31, then a new key package.
+
+        The voice server removes the bot's old leaf and adds it back with fresh keys, so a
+        bot whose MLS state went wrong (frames of one sender failing on and on) hears again.
+        Event loop thread.
+        """
+        state = self._connection
+        if getattr(state, "dave_session", None) is None or not state.is_connected():
+            return
+        task = self.loop.create_task(state._recover_from_invalid_commit(self._dave_transition_id))
+        task.add_done_callback(_log_recovery_failure)
 
     def _encrypt_aead_aes256_gcm_rtpsize(self, header: bytes, data: bytes) -> bytes:
         key = self.secret_key
@@ -126,6 +189,7 @@ class VoiceClient(discord.VoiceClient):
     def cleanup(self) -> None:
         # discord.py calls this when the connection ends for good (disconnect, kick); a
         # reconnect does not. Listening ends with it.
+        self._keepalive.stop()
         session = self._listening
         if session is not None:
             session.stop(reason="disconnected")
