@@ -76,6 +76,7 @@ __all__ = (
     "LocalDaveMember",
     "deliver",
     "connect_local_member",
+    "stale_epoch_member",
 )
 
 _log = logging.getLogger(__name__)
@@ -1069,6 +1070,13 @@ class LocalDaveMember:
     op 23 is not sent for transition 0, and exceptions of ``set_external_sender`` /
     ``process_proposals`` propagate (in discord.py they end the websocket).
 
+    Media keys switch like a libdave client's (Discord's own apps), not like discord.py's:
+    a commit of a transition other than 0 is answered with op 23 at once but applied only
+    when op 22 (execute) arrives, so the member keeps sealing with the old epoch's key until
+    then, and a receiver meets new-epoch frames only after it reported ready itself (davey
+    switches keys as soon as it processes a commit). A welcome is applied on arrival: a
+    joiner has no older key to keep using.
+
     Parameters
     ----------
     user_id : int
@@ -1078,9 +1086,19 @@ class LocalDaveMember:
     max_protocol_version : int
         What it announces in op 0 (``davey.DAVE_PROTOCOL_VERSION`` like discord.py; 0
         for a member without DAVE support).
+    switch_at_execute : bool
+        Apply commits at op 22, as libdave clients do (default); ``False`` applies them on
+        arrival, as discord.py does.
     """
 
-    def __init__(self, user_id: int, channel_id: int, *, max_protocol_version: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        user_id: int,
+        channel_id: int,
+        *,
+        max_protocol_version: Optional[int] = None,
+        switch_at_execute: bool = True,
+    ) -> None:
         _check_user_id(user_id)
         self.user_id: int = user_id
         self.channel_id: int = channel_id
@@ -1096,6 +1114,9 @@ class LocalDaveMember:
         self.downgraded: bool = False
         #: Ids of the transitions it executed, in order (for tests and diagnostics).
         self.executed_transitions: List[int] = []
+        self.switch_at_execute = switch_at_execute
+        # A commit (op 29) answered with op 23 but not applied yet.
+        self._deferred: Optional[Tuple[int, int, bytes]] = None
 
     def __repr__(self) -> str:
         return f"<LocalDaveMember user_id={self.user_id} protocol_version={self.protocol_version} ready={self.ready}>"
@@ -1136,10 +1157,30 @@ class LocalDaveMember:
         if message.user_id != self.user_id:
             raise ValueError(f"message for user {message.user_id} delivered to member {self.user_id}")
         if isinstance(message, DaveJsonMessage):
-            return self._handle_json(message.op, message.data)
+            if message.op == OP_EXECUTE_TRANSITION:
+                out = self._apply_deferred(message.data.get("transition_id"))
+                return out + self._handle_json(message.op, message.data)
+            return self._apply_deferred() + self._handle_json(message.op, message.data)
         if isinstance(message, DaveBinaryMessage):
-            return self._handle_binary(message.op, message.payload)
+            # Anything binary belongs to the epoch after a deferred commit: apply that first.
+            return self._apply_deferred() + self._handle_binary(message.op, message.payload)
         raise TypeError(f"not a DAVE message: {message!r}")
+
+    def _apply_deferred(self, transition_id: Any = None) -> List[DaveMessage]:
+        """Apply a commit held for op 22 (``transition_id``: only that one's)."""
+        deferred = self._deferred
+        if deferred is None or (transition_id is not None and deferred[1] != transition_id):
+            return []
+        self._deferred = None
+        op, held_id, message = deferred
+        if self.session is None:
+            return []
+        try:
+            self.session.process_commit(message)
+        except Exception:
+            _log.debug("member %s cannot apply op %s of transition %s", self.user_id, op, held_id)
+            return self._recover_from_invalid_commit(held_id)
+        return []
 
     def _handle_json(self, op: int, data: Mapping[str, Any]) -> List[DaveMessage]:
         if self.session is None:  # discord.py: `elif self._connection.dave_session:`
@@ -1181,6 +1222,10 @@ class LocalDaveMember:
             return []
         if op in (OP_ANNOUNCE_COMMIT, OP_WELCOME):
             (transition_id,) = struct.unpack_from(">H", payload, 0)
+            if self.switch_at_execute and op == OP_ANNOUNCE_COMMIT and transition_id != _INIT_TRANSITION_ID:
+                self._deferred = (op, transition_id, payload[2:])
+                self.pending_transitions[transition_id] = self.protocol_version
+                return [_json(self.user_id, OP_TRANSITION_READY, transition_id=transition_id)]
             try:
                 if op == OP_ANNOUNCE_COMMIT:
                     session.process_commit(payload[2:])
@@ -1342,3 +1387,26 @@ def connect_local_member(
     to_member = server.add_participant(member.user_id, member.max_protocol_version)
     from_member = member.session_description(server.protocol_version)
     return deliver(server, routing, list(to_member) + from_member)
+
+
+def stale_epoch_member(user_id: int, channel_id: int) -> LocalDaveMember:
+    """A ready member whose frames are sealed under keys no other group ever held.
+
+    What a receiver meets when a sender seals with an epoch the receiver no longer (or
+    never) holds: the receiver knows the sender, but no key of its own opens the frame
+    (davey: ``NoValidCryptorFound``). Built as the sender's side of a private two-member
+    group, so the keys are real DAVE keys for ``user_id``, just not the call's.
+    """
+    _check_user_id(user_id)
+    other_id = user_id + 1 if user_id < (1 << 63) else user_id - 1
+    server = DaveGroupServer(channel_id)
+    member = LocalDaveMember(user_id, channel_id)
+    other = LocalDaveMember(other_id, channel_id)
+    routing = {user_id: member, other_id: other}
+    connect_local_member(server, member, routing)
+    connect_local_member(server, other, routing)
+    for transition_id in list(server.pending_transitions):
+        deliver(server, routing, server.execute_transition(transition_id))
+    if not member.ready:  # pragma: no cover - davey refused a two-member group
+        raise RuntimeError("could not build a private DAVE group")
+    return member
