@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import struct
+import sys
 import threading
 import time
 from collections import Counter
@@ -22,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from discord.ext.listening.opus import SILENCE_FRAME, OpusDecoder
-from discord.ext.listening.rtp import SenderReport, is_rtcp, parse_audio_level, parse_rtcp, parse_rtp_header, split_plaintext
+from discord.ext.listening.rtp import Goodbye, SenderReport, is_rtcp, parse_audio_level, parse_rtcp, parse_rtp_header, split_plaintext
 from discord.ext.listening.testing import (
     EmulatorError,
     Impairment,
@@ -103,7 +104,7 @@ class MiniReceiver:
         out: dict[int, list[tuple[int, bytes, int | None]]] = {}
         dropped: Counter[str] = Counter()
         for data in self.raw:
-            if is_rtcp(data):  # sender reports, the emulator's BYEs: not audio, not a drop
+            if is_rtcp(data):  # sender reports, the SFU's receiver reports: not audio, not a drop
                 continue
             try:
                 header = parse_rtp_header(data)
@@ -124,6 +125,26 @@ class MiniReceiver:
                 payload = state.dave_session.decrypt(user, davey.MediaType.audio, payload)
             out.setdefault(user, []).append((header.sequence, bytes(payload), parse_audio_level(ext)))
         return out, dropped
+
+
+class _WireTap:
+    """Every datagram the emulator's UDP socket sends, with its destination (the loop's thread)."""
+
+    def __init__(self, server: VoiceServerEmulator) -> None:
+        self.sent: list[tuple[bytes, Any]] = []
+        self.times: list[float] = []  # time.monotonic() of each
+        transport = server.media._transport
+        real_sendto = transport.sendto
+
+        def sendto(data: bytes, addr: Any = None) -> None:
+            self.times.append(time.monotonic())
+            self.sent.append((bytes(data), addr))
+            real_sendto(data, addr)
+
+        transport.sendto = sendto  # type: ignore[method-assign]
+
+    def to(self, address: Any) -> list[bytes]:
+        return [data for data, addr in self.sent if addr == address]
 
 
 async def _assert_member_audio_roundtrip(server: VoiceServerEmulator, vc: discord.VoiceClient, members: list[SimulatedMember]) -> None:
@@ -335,12 +356,33 @@ async def test_move_bot_to_other_channel() -> None:
         await _assert_member_audio_roundtrip(server, vc, [bob])
 
 
+def _reader_parked(vc: discord.VoiceClient) -> bool:
+    """Whether discord.py's SocketReader waits on its pause event (not in select() on a socket)."""
+    reader = vc._connection._socket_reader
+    frame = sys._current_frames().get(reader.ident) if reader.ident is not None else None
+    # select() is C code: in it, the thread's top Python frame is the reader's own loop.
+    return frame is not None and frame.f_code.co_name == "wait"
+
+
+async def _wake_socket_reader(server: VoiceServerEmulator, vc: discord.VoiceClient, member: SimulatedMember) -> None:
+    """Let a member talk, so that discord.py's SocketReader leaves the socket it discovered on.
+
+    After IP discovery the reader stays in ``select(socket, 30 s)`` until a datagram comes.
+    A move or reconnect replaces the socket, and Discord sends no BYE to wake the reader: the
+    new connection's IP discovery then waits up to 30 s. In a real call somebody's audio has
+    woken it long before; a test of reconnects must let that happen too.
+    """
+    await member.speak(tone(440, 0.04), realtime=False)
+    await server.wait_until(lambda: _reader_parked(vc), timeout=5, what="discord.py's SocketReader to park")
+
+
 async def test_client_initiated_move_to() -> None:
     async with VoiceServerEmulator(seed=14) as server:
+        alice = await server.add_member(ALICE, "alice")
         bob = await server.add_member(BOB, "bob", channel=server.other_channel)
         vc = await server.connect()
-        # discord.py replaces its UDP socket here; the emulator's RTCP BYE on the old session
-        # wakes its SocketReader (else it sits in select() on the old socket for up to 30 s).
+        # discord.py replaces its UDP socket here (see _wake_socket_reader).
+        await _wake_socket_reader(server, vc, alice)
         await asyncio.wait_for(vc.move_to(server.other_channel, timeout=10), 10)
         assert vc.is_connected() and vc.channel == server.other_channel
         await server.wait_dave_ready()
@@ -351,6 +393,7 @@ async def test_close_4006_makes_discord_py_reconnect_from_scratch() -> None:
     async with VoiceServerEmulator(seed=15) as server:
         alice = await server.add_member(ALICE, "alice")
         vc = await server.connect()
+        await _wake_socket_reader(server, vc, alice)
         first = server.session
         mark = len(server.events)
         await server.close_voice(4006)
@@ -402,16 +445,7 @@ async def test_speaking_event_before_and_after_first_packet() -> None:
     async with VoiceServerEmulator(dave=False, seed=12) as server:
         alice = await server.add_member(ALICE, "alice")
         vc = await server.connect()
-        # Instrument the emulator's own UDP socket: when did each datagram leave?
-        wire: list[float] = []
-        transport = server.media._transport
-        real_sendto = transport.sendto
-
-        def sendto(data: bytes, addr: Any = None) -> None:
-            wire.append(time.monotonic())
-            real_sendto(data, addr)
-
-        transport.sendto = sendto  # type: ignore[method-assign]
+        wire = _WireTap(server).times  # when did each datagram leave the emulator?
         await alice.speak(tone(300, 0.04), realtime=False, speaking_event="before")
         await server.drain()
         speaking = server.ops_sent(Op.SPEAKING)
@@ -641,7 +675,7 @@ async def test_teardown_leaves_no_emulator_threads_or_tasks() -> None:
     assert not vc.is_connected()
     assert server.gateway._runner is None and server.media._transport is None and not server._tasks
     # discord.py's SocketReader and keep-alive threads end shortly after the disconnect (the
-    # emulator's RTCP BYE wakes the reader out of its select()).
+    # reader never left its pause: no listener registered, so no select() to wake from).
     for _ in range(100):
         left = [t for t in set(threading.enumerate()) - before if t.is_alive()]
         if not left:
@@ -834,3 +868,21 @@ async def test_ssrc_in_client_connect_switch_restores_op12_for_everyone() -> Non
         assert [(e.data["user_id"], e.data["audio_ssrc"]) for e in server.ops_sent(Op.CLIENT_CONNECT)] == [
             (str(ALICE), alice.ssrc), (str(BOB), bob.ssrc)
         ]
+
+
+@pytest.mark.parametrize("goodbye", [False, True], ids=["default", "goodbye_on_close"])
+async def test_no_rtcp_bye_on_move_unless_asked(goodbye: bool) -> None:
+    async with VoiceServerEmulator(dave=False, seed=37, **({"goodbye_on_close": True} if goodbye else {})) as server:
+        assert server.goodbye_on_close is goodbye
+        vc = await server.connect()
+        old_session, old_key = server.session, bytes(vc._connection.secret_key)
+        old_address = server._udp_addresses[old_session]
+        tap = _WireTap(server)
+        await server.move_bot(server.other_channel)
+        await server.wait_until(lambda: server.session not in (None, old_session) and server.session.established, what="the move")
+        to_old = [transport_cipher(old_session.mode, old_key).decrypt_rtcp(d) for d in tap.to(old_address) if is_rtcp(d)]
+        byes = [p for clear in to_old for p in parse_rtcp(clear) if isinstance(p, Goodbye)]
+        if goodbye:
+            assert [b.ssrcs for b in byes] == [[old_session.ssrc]]
+        else:
+            assert not byes

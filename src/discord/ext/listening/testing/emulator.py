@@ -300,11 +300,12 @@ class VoiceServerEmulator:
         Close with 4017 when a client that cannot do DAVE identifies (Discord does since
         2026-03). Default: the value of ``dave``.
     goodbye_on_close: :class:`bool`
-        When the bot's voice session ends or the bot closes its voice websocket, send it
-        an RTCP BYE for its own SSRC (not after a 4015 close: that session goes on). This wakes discord.py's SocketReader thread, which otherwise sits up to 30 s
-        in ``select()`` on a socket discord.py already replaced or closed (stalling a
-        reconnect after 4006 or ``move_to``, and outliving the client). Not known to be
-        what Discord sends; turn it off to see discord.py's stall.
+        Send the bot an RTCP BYE for its own SSRC when its voice session ends or it closes
+        its voice websocket (not after a 4015 close: that session goes on). Discord sends no
+        BYE, on close or on a move, so this is off; it exists for tests of this switch only.
+        Without a BYE, discord.py's SocketReader thread, blocked in ``select()`` on a socket
+        discord.py replaced (a move) or closed, only wakes on the next datagram to it or
+        after 30 s: a receiver must not count on being woken.
     media_timeout: Optional[:class:`float`]
         Discord stops forwarding media to a client whose UDP address has sent it nothing for
         a while; so does the emulator: members' RTP and RTCP and its own SFU reports to the
@@ -362,7 +363,7 @@ class VoiceServerEmulator:
         rtcp_interval: Optional[float] = 5.0,
         resume_session_description: bool = True,
         require_dave: Optional[bool] = None,
-        goodbye_on_close: bool = True,
+        goodbye_on_close: bool = False,
         media_timeout: Optional[float] = 30.0,
         echo_keepalive: bool = False,
         ssrc_in_client_connect: bool = False,
@@ -1530,13 +1531,7 @@ class VoiceServerEmulator:
         self._notify()
 
     def _goodbye(self, session: VoiceSession, reason: str) -> None:
-        """Send the bot an RTCP BYE for its own SSRC when its session ends or it closes its websocket.
-
-        Why: discord.py's SocketReader thread blocks in ``select(socket, 30 s)`` and only
-        notices a replaced or closed socket when that returns. Without a datagram it stalls
-        a reconnect (after 4006, or ``move_to``) for up to 30 s and outlives the client.
-        A BYE is an ordinary, authenticated RTCP packet every receiver must handle.
-        """
+        """With ``goodbye_on_close`` only: an RTCP BYE for the bot's own SSRC (Discord sends none)."""
         if not self.goodbye_on_close:
             return
         link = self._links.get(session)
