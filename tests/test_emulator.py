@@ -23,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from discord.ext.listening.opus import SILENCE_FRAME, OpusDecoder
-from discord.ext.listening.rtp import Goodbye, SenderReport, is_rtcp, parse_audio_level, parse_rtcp, parse_rtp_header, split_plaintext
+from discord.ext.listening.rtp import Goodbye, ReceiverReport, SenderReport, is_rtcp, parse_audio_level, parse_rtcp, parse_rtp_header, split_plaintext
 from discord.ext.listening.testing import (
     EmulatorError,
     Impairment,
@@ -33,6 +33,7 @@ from discord.ext.listening.testing import (
     speechlike,
     tone,
 )
+from discord.ext.listening.testing.sfu import SERVER_SSRC
 from discord.ext.listening.transport import AES_GCM, XCHACHA20, DecryptionFailed, transport_cipher
 
 pytestmark = pytest.mark.timeout(60)
@@ -78,9 +79,10 @@ class MiniReceiver:
     def close(self) -> None:
         self.vc._connection.remove_socket_listener(self._on_datagram)
 
-    async def wait_count(self, n: int, timeout: float = 10.0) -> None:
+    async def wait_count(self, n: int, timeout: float = 10.0, *, every: bool = False) -> None:
+        """Wait for ``n`` datagrams that are not RTCP (the SFU's reports come any time), or any ``every``."""
         async with asyncio.timeout(timeout):
-            while len(self.raw) < n:
+            while (len(self.raw) if every else self.rtp_count()) < n:
                 self._event.clear()
                 await self._event.wait()
 
@@ -463,7 +465,8 @@ async def test_speaking_event_before_and_after_first_packet() -> None:
 
 
 async def test_realtime_pacing_and_sender_report() -> None:
-    async with VoiceServerEmulator(dave=False, seed=13) as server:
+    # No SFU reports: they would interleave with the arrivals measured here.
+    async with VoiceServerEmulator(dave=False, seed=13, sfu_report_interval=None) as server:
         alice = await server.add_member(ALICE, "alice")
         vc = await server.connect()
         receiver = MiniReceiver(vc)
@@ -484,7 +487,7 @@ async def test_realtime_pacing_and_sender_report() -> None:
             span = arrivals[len(record.frames) - 1] - arrivals[0]
             assert 0.5 * nominal <= span <= nominal + 0.5
             clear = await alice.send_sender_report()
-            await receiver.wait_count(len(record.frames) + 1)
+            await receiver.wait_count(len(record.frames) + 1, every=True)
             rtcp = receiver.raw[-1]
             cipher = transport_cipher(vc._connection.mode, bytes(vc._connection.secret_key))
             (report,) = parse_rtcp(cipher.decrypt_rtcp(rtcp))
@@ -590,7 +593,7 @@ async def test_delay_is_applied() -> None:
             t0 = loop.time()
             record = await alice.speak(tone(440, 0.06), realtime=False)
             await asyncio.sleep(0.15)
-            assert not receiver.raw
+            assert not receiver.rtp_count()
             await receiver.wait_count(len(record.frames))
             assert loop.time() - t0 >= 0.3
         finally:
@@ -598,7 +601,7 @@ async def test_delay_is_applied() -> None:
 
 
 async def test_injected_faults_reach_the_bot_and_do_no_harm() -> None:
-    async with VoiceServerEmulator(seed=24) as server:
+    async with VoiceServerEmulator(seed=24, sfu_report_interval=None) as server:  # exactly what was injected
         alice = await server.add_member(ALICE, "alice")
         vc = await server.connect()
         receiver = MiniReceiver(vc)
@@ -609,7 +612,7 @@ async def test_injected_faults_reach_the_bot_and_do_no_harm() -> None:
             sent += await server.inject("unknown_ssrc", ssrc=424242)
             sent += await server.inject("video", member=alice, count=2)
             sent += await server.inject("raw", payload=b"\x00")
-            await receiver.wait_count(len(sent))
+            await receiver.wait_count(len(sent), every=True)
             assert receiver.raw == sent
             got, dropped = receiver.rtp({alice.ssrc: ALICE})
             assert dropped["undecryptable"] >= 1 and dropped["unknown_ssrc"] == 1 and dropped["not_audio"] == 2
@@ -710,6 +713,9 @@ async def test_media_is_withheld_after_media_timeout_until_the_bot_sends() -> No
             withheld = await alice.speak(tone(440, 0.06), realtime=False)
             await server.drain()
             assert server.media_withheld == len(withheld.frames)
+            await server.send_feedback("pli")  # the SFU's own RTCP is withheld too
+            await server.drain()
+            assert server.media_withheld == len(withheld.frames) + 1
             await receiver.settle()
             assert receiver.rtp_count() == len(first.frames)
             # Any datagram from the bot revives its address at once.
@@ -719,7 +725,7 @@ async def test_media_is_withheld_after_media_timeout_until_the_bot_sends() -> No
             await server.drain()
             await receiver.wait_count(len(first.frames) + len(again.frames))
             got, dropped = receiver.rtp({alice.ssrc: ALICE})
-            assert not dropped and server.media_withheld == len(withheld.frames)
+            assert not dropped and server.media_withheld == len(withheld.frames) + 1
             assert [s for s, _, _ in got[ALICE]] == [f.sequence for f in first.frames + again.frames]
         finally:
             receiver.close()
@@ -739,7 +745,7 @@ async def test_keepalives_are_counted_and_echoed_only_when_asked(echo: bool) -> 
             assert not server.bot_packet_errors and not server.received_from_bot
             if echo:
                 await receiver.wait_count(2)
-                assert receiver.raw == keepalives
+                assert [data for data in receiver.raw if not is_rtcp(data)] == keepalives
             else:
                 await receiver.settle()
                 assert not [data for data in receiver.raw if len(data) == 8]
@@ -886,3 +892,68 @@ async def test_no_rtcp_bye_on_move_unless_asked(goodbye: bool) -> None:
             assert [b.ssrcs for b in byes] == [[old_session.ssrc]]
         else:
             assert not byes
+
+
+def _sfu_rtcp(receiver: MiniReceiver, payload_type: int, start: int = 0) -> list[bytes]:
+    """The clear RTCP packets of ``payload_type`` the bot received from index ``start`` on (205/206 included)."""
+    cipher = _cipher(receiver.vc)
+    return [cipher.decrypt_rtcp(d) for d in receiver.raw[start:] if len(d) >= 8 and d[1] == payload_type]
+
+
+async def test_sfu_receiver_reports_describe_the_bots_audio() -> None:
+    async with VoiceServerEmulator(dave=False, seed=38, sfu_report_interval=0.2) as server:
+        assert VoiceServerEmulator().sfu_report_interval == 5.0 and VoiceServerEmulator().rtcp_interval is None
+        vc = await server.connect()
+        receiver = MiniReceiver(vc)
+        try:
+            # Before the bot sends audio: reports with no report block.
+            await server.wait_until(lambda: _sfu_rtcp(receiver, 201), what="a receiver report")
+            (report,) = parse_rtcp(_sfu_rtcp(receiver, 201)[0])
+            assert isinstance(report, ReceiverReport) and report.ssrc == SERVER_SSRC and report.reports == []
+            # The bot sends 10 packets with two sequence numbers skipped (lost on the way).
+            for i in range(10):
+                if i == 5:
+                    vc.sequence += 2
+                vc.send_audio_packet(b"\xfc\x00\x01", encode=False)
+            last = vc.sequence
+            seen = len(receiver.raw)  # the loop has not run since: every report with a block comes after
+
+            def blocks() -> list[Any]:
+                return [b for clear in _sfu_rtcp(receiver, 201, seen) for rr in parse_rtcp(clear) for b in rr.reports]
+
+            await server.wait_until(
+                lambda: any(b.highest_sequence & 0xFFFF == last for b in blocks()), what="a report block about all the bot's audio"
+            )
+            found = blocks()
+            assert all(b.ssrc == vc.ssrc for b in found) and found[-1].cumulative_lost == 2
+            # Whichever report interval saw the gap says some of its packets were lost.
+            assert any(b.fraction_lost > 0 for b in found)
+        finally:
+            receiver.close()
+
+
+async def test_feedback_packets_reach_the_bot_and_parse() -> None:
+    async with VoiceServerEmulator(dave=False, seed=39, sfu_report_interval=None) as server:
+        vc = await server.connect()
+        receiver = MiniReceiver(vc)
+        try:
+            nack = await server.send_feedback("nack", sequences=[10, 11, 13, 40])
+            pli = await server.send_feedback("pli")
+            remb = await server.send_feedback("psfb", fmt=15, fci=b"REMB" + bytes(8), media_ssrc=0)
+            await receiver.wait_count(3, every=True)
+            assert _sfu_rtcp(receiver, 205) == [nack] and _sfu_rtcp(receiver, 206) == [pli, remb]
+            for clear, pt, fmt in ((nack, 205, 1), (pli, 206, 1), (remb, 206, 15)):
+                b0, got_pt, words, sender, media = struct.unpack_from(">BBHII", clear)
+                assert (b0 >> 6, b0 & 0x1F, got_pt) == (2, fmt, pt) and 4 * (words + 1) == len(clear)
+                assert sender == SERVER_SSRC and media == (0 if clear is remb else vc.ssrc)
+            # PID 10 with 11 and 13 in its bitmask; 40 on its own.
+            assert nack[12:] == struct.pack(">HHHH", 10, 0b101, 40, 0) and len(pli) == 12
+            assert [clear for _, clear in server.sfu_rtcp_sent] == [nack, pli, remb]
+            with pytest.raises(ValueError, match="feedback kind"):
+                await server.send_feedback("fir")  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="fmt"):
+                await server.send_feedback("rtpfb")
+            with pytest.raises(ValueError, match="at least one"):
+                await server.send_feedback("nack")
+        finally:
+            receiver.close()

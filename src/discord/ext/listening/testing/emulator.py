@@ -36,7 +36,7 @@ import discord
 
 from ..dave import is_dave_frame, is_silence
 from ..opus import SILENCE_FRAME
-from ..rtp import MalformedPacket, build_goodbye, is_rtcp
+from ..rtp import MalformedPacket, build_goodbye, build_receiver_report, is_rtcp
 from ..transport import SUPPORTED_MODES, DecryptionFailed
 from . import dave_server
 from .dave_server import DaveGroupServer, LocalDaveMember
@@ -53,6 +53,7 @@ from .impairment import (
 )
 from .media import BotPacket, MediaServer, TransportLink
 from .probing import DEFAULT_BURST_SIZE, ProbeSchedule, check_burst_size
+from .sfu import NACK_FMT, PLI_FMT, PSFB, RTPFB, SERVER_SSRC, ReceptionStats, build_feedback, nack_fci
 from .speech import OutgoingFrame, PaddingBurst, RTPSender, SenderClock, SentRecord, SpurtRecord
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ __all__ = ("EmulatorError", "SimulatedMember", "VoiceServerEmulator", "FaultKind
 _log = logging.getLogger(__name__)
 
 FaultKind = Literal["garbage", "wrong_tag", "unknown_ssrc", "video", "raw"]
+FeedbackKind = Literal["nack", "pli", "rtpfb", "psfb"]
 SpeakingEvent = Literal["before", "after", "none"]
 
 #: Close codes after which the session cannot be resumed (the emulator forgets it).
@@ -291,7 +293,15 @@ class VoiceServerEmulator:
         How long the fake main gateway waits before answering op 4 (discord.py must already
         be waiting for the events when they arrive).
     rtcp_interval: Optional[:class:`float`]
-        Seconds between RTCP sender reports of members with a webrtc clock; ``None``: none.
+        Seconds between RTCP sender reports of members with a webrtc clock. ``None`` (the
+        default): none, because Discord may never forward members' sender reports; tests of
+        sender reports pass it (or call :meth:`SimulatedMember.send_sender_report`).
+    sfu_report_interval: Optional[:class:`float`]
+        Seconds between the RTCP receiver reports (payload type 201) the server itself sends
+        the bot, as Discord's SFU does: from :data:`.sfu.SERVER_SSRC`, with one report block
+        about the bot's own SSRC once the bot sent audio (none before), transport-sealed
+        like all RTCP and withheld like media after ``media_timeout``. Default 5; ``None``:
+        none. Feedback (205/206) goes out only when a test calls :meth:`send_feedback`.
     resume_session_description: :class:`bool`
         After RESUMED, send SESSION_DESCRIPTION again on the new websocket. discord.py 2.7.1
         waits for a secret key on *every* new voice websocket, a resumed one included, and
@@ -360,7 +370,7 @@ class VoiceServerEmulator:
         speaking_before: bool = True,
         heartbeat_interval: float = 13.75,
         answer_delay: float = 0.02,
-        rtcp_interval: Optional[float] = 5.0,
+        rtcp_interval: Optional[float] = None,
         resume_session_description: bool = True,
         require_dave: Optional[bool] = None,
         goodbye_on_close: bool = False,
@@ -369,6 +379,7 @@ class VoiceServerEmulator:
         ssrc_in_client_connect: bool = False,
         padding_bursts: Optional[float] = 20.0,
         padding_burst_size: int = DEFAULT_BURST_SIZE,
+        sfu_report_interval: Optional[float] = 5.0,
     ) -> None:
         modes = tuple(modes)
         if not modes:
@@ -392,6 +403,9 @@ class VoiceServerEmulator:
             raise ValueError(f"answer_delay must be 0..5 seconds, got {answer_delay!r}")
         if rtcp_interval is not None and rtcp_interval <= 0:
             raise ValueError(f"rtcp_interval must be positive seconds or None, got {rtcp_interval!r}")
+        if sfu_report_interval is not None and sfu_report_interval <= 0:
+            raise ValueError(f"sfu_report_interval must be positive seconds or None, got {sfu_report_interval!r}")
+        self.sfu_report_interval = sfu_report_interval
         self.dave_enabled = bool(dave)
         self.require_dave = self.dave_enabled if require_dave is None else bool(require_dave)
         self.modes: tuple[str, ...] = modes
@@ -420,13 +434,14 @@ class VoiceServerEmulator:
             self.other_channel_id: _Call(self.other_channel_id),
         }
         self.members: dict[int, SimulatedMember] = {}
-        self._used_ssrcs: set[int] = set()
+        self._used_ssrcs: set[int] = {SERVER_SSRC}
         self._main_session_id = secrets.token_hex(16)  # the bot's main gateway session
         self._bot_session: Optional[VoiceSession] = None
         self._bot_channel_id: Optional[int] = None
         self._sessions: list[VoiceSession] = []  # every session ever created (tests inspect)
         self._links: dict[VoiceSession, TransportLink] = {}
         self._udp_addresses: dict[VoiceSession, tuple[str, int]] = {}
+        self._reception: dict[VoiceSession, ReceptionStats] = {}  # of the bot's own audio
         self._tasks: set[asyncio.Task[Any]] = set()
         self._state_changed = asyncio.Event()
         self._running = False
@@ -437,6 +452,9 @@ class VoiceServerEmulator:
         self.received_from_bot: list[BotPacket] = []
         #: Datagrams from the bot that did not parse or authenticate.
         self.bot_packet_errors: list[tuple[bytes, str]] = []
+        #: RTCP the server itself sent the bot (receiver reports, feedback), ``(time.monotonic(),
+        #: clear packet)``, whether or not the media timeout withheld it (bounded).
+        self.sfu_rtcp_sent: list[tuple[float, bytes]] = []
         #: The bot's 8-byte UDP keepalives, ``(time.monotonic(), datagram)``, oldest first (bounded).
         self.keepalives_received: list[tuple[float, bytes]] = []
         #: SPEAKING (op 5) payloads the bot sent.
@@ -482,6 +500,8 @@ class VoiceServerEmulator:
         self._running = True
         if self.rtcp_interval is not None:
             self._spawn(self._rtcp_loop(self.rtcp_interval), "rtcp")
+        if self.sfu_report_interval is not None:
+            self._spawn(self._sfu_report_loop(self.sfu_report_interval), "sfu-rtcp")
         _log.info("voice emulator up: ws://%s udp %s dave=%s", self.gateway.endpoint, self.media.port, self.dave_enabled)
 
     async def close(self) -> None:
@@ -1289,6 +1309,82 @@ class VoiceServerEmulator:
                 except EmulatorError:
                     continue
 
+    # -- RTCP from the SFU ---------------------------------------------------------------------
+
+    def _send_sfu_rtcp(self, clear: bytes) -> None:
+        """Seal and queue one RTCP packet of the server's own (subject to the media timeout)."""
+        _, link, address = self._bot_route()
+        if len(self.sfu_rtcp_sent) < self.max_received:
+            self.sfu_rtcp_sent.append((time.monotonic(), clear))
+        self.media.schedule(link.seal_rtcp(clear), address, asyncio.get_running_loop().time())
+
+    def _sfu_receiver_report(self) -> bytes:
+        session = self._bot_session
+        stats = self._reception.get(session) if session is not None else None
+        blocks = [stats.report_block(session.ssrc)] if session is not None and stats is not None else []
+        return build_receiver_report(SERVER_SSRC, blocks)
+
+    async def _sfu_report_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self._send_sfu_rtcp(self._sfu_receiver_report())
+            except EmulatorError:
+                continue  # no established session to report to
+
+    async def send_feedback(
+        self,
+        kind: FeedbackKind,
+        *,
+        sequences: Sequence[int] = (),
+        media_ssrc: Optional[int] = None,
+        fmt: Optional[int] = None,
+        fci: bytes = b"",
+    ) -> bytes:
+        """Send the bot an RTCP feedback packet from the SFU now; returns it in clear.
+
+        Parameters
+        ----------
+        kind: :class:`str`
+            ``"nack"``: generic NACK (payload type 205, FMT 1) for ``sequences``; ``"pli"``:
+            picture loss indication (206, FMT 1, no FCI); ``"rtpfb"`` / ``"psfb"``: any
+            205 / 206 message with ``fmt`` and ``fci`` as given.
+        sequences: Sequence[:class:`int`]
+            The sequence numbers a NACK asks for again.
+        media_ssrc: Optional[:class:`int`]
+            The stream the feedback is about (default: the bot's own SSRC).
+        fmt: Optional[:class:`int`]
+            FMT (0..31) of an ``"rtpfb"`` / ``"psfb"`` message.
+        fci: :class:`bytes`
+            Feedback control information of an ``"rtpfb"`` / ``"psfb"`` message (whole words).
+
+        Raises
+        ------
+        ValueError
+            Unknown kind, or the arguments the kind needs are missing or invalid.
+        EmulatorError
+            The bot's session is not established.
+
+        Notes
+        -----
+        Like media, it is withheld while the bot's address is silent (``media_timeout``).
+        """
+        session, _, _ = self._bot_route()
+        target = session.ssrc if media_ssrc is None else media_ssrc
+        if kind == "nack":
+            clear = build_feedback(RTPFB, NACK_FMT, SERVER_SSRC, target, nack_fci(sequences))
+        elif kind == "pli":
+            clear = build_feedback(PSFB, PLI_FMT, SERVER_SSRC, target)
+        elif kind in ("rtpfb", "psfb"):
+            if fmt is None:
+                raise ValueError(f"send_feedback({kind!r}) needs fmt=")
+            clear = build_feedback(RTPFB if kind == "rtpfb" else PSFB, fmt, SERVER_SSRC, target, fci)
+        else:
+            raise ValueError(f"unknown feedback kind {kind!r}; use nack, pli, rtpfb or psfb")
+        self._send_sfu_rtcp(clear)
+        await asyncio.sleep(0)
+        return clear
+
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait until every packet scheduled for the bot has been put on the wire."""
         await self.media.drain(timeout)
@@ -1320,6 +1416,8 @@ class VoiceServerEmulator:
         except (MalformedPacket, DecryptionFailed) as exc:
             self._bot_error(data, f"{type(exc).__name__}: {exc}")
             return
+        if header.ssrc == session.ssrc:
+            self._reception.setdefault(session, ReceptionStats()).update(header.sequence, header.timestamp, time.monotonic())
         opus, dave, decrypted, error = payload, False, True, None
         if self.dave_enabled and session.dave_version and not is_silence(payload):
             dave = is_dave_frame(payload)
@@ -1428,6 +1526,7 @@ class VoiceServerEmulator:
         self._goodbye(session, "session ended")
         self._links.pop(session, None)
         self._udp_addresses.pop(session, None)
+        self._reception.pop(session, None)
         if self.dave_enabled and session.dave_version:
             await self._dave_bot_leave(call)
         self._notify()
