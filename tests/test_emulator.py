@@ -957,3 +957,42 @@ async def test_feedback_packets_reach_the_bot_and_parse() -> None:
                 await server.send_feedback("nack")
         finally:
             receiver.close()
+
+
+async def test_padding_burst_in_a_realtime_spurt() -> None:
+    async with VoiceServerEmulator(dave=False, seed=40, padding_bursts=None) as server:
+        alice = await server.add_member(ALICE, "alice")
+        vc = await server.connect()
+        receiver = MiniReceiver(vc)
+        try:
+            record = await alice.speak(tone(440, 0.2), realtime=True, padding_burst_at=5)
+            (burst,) = record.padding_bursts
+            assert burst.count == server.padding_burst_size == 50
+            await receiver.wait_count(len(record.frames) + burst.count)
+            seqs = [parse_rtp_header(d).sequence for d in receiver.raw if not is_rtcp(d)]
+            frames = [f.sequence for f in record.frames]
+            assert seqs == frames[:5] + burst.sequences + frames[5:]
+        finally:
+            receiver.close()
+
+
+async def test_discord_behaviour_switches_are_validated() -> None:
+    for kwargs, match in (
+        ({"media_timeout": 0}, "media_timeout"),
+        ({"sfu_report_interval": -1}, "sfu_report_interval"),
+        ({"padding_bursts": 0}, "mean_interval"),
+        ({"padding_burst_size": 0}, "padding burst"),
+        ({"padding_bursts": None, "padding_burst_size": 5000}, "padding burst"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            VoiceServerEmulator(**kwargs)
+    async with VoiceServerEmulator(dave=False, seed=41) as server:
+        alice = await server.add_member(ALICE, "alice")
+        await server.connect()
+        with pytest.raises(ValueError, match="before frame"):
+            await alice.speak(tone(440, 0.1), realtime=False, padding_burst_at=0)
+        with pytest.raises(ValueError, match="before frame"):
+            await alice.speak(tone(440, 0.1), realtime=False, padding_burst_at=10)  # 5 audio + 5 silence frames
+        with pytest.raises(ValueError, match="needs padding_burst_at"):
+            await alice.speak(tone(440, 0.1), realtime=False, padding_burst_size=50)
+        assert not alice.sent.spurts  # nothing was sent by a refused call

@@ -9,7 +9,8 @@ The entry point is :class:`VoiceServerEmulator`::
         vc = await server.connect()           # the real channel.connect()
         await alice.speak(speechlike(2.0))    # DAVE + transport encrypted RTP to the bot
 
-Everything binds to ``127.0.0.1``; no token and no network access are needed.
+Everything binds to ``127.0.0.1``; no token and no network access are needed. By default the
+emulator behaves like Discord where a receiver can tell (docs/discord-behaviours.md).
 """
 
 from .audio import load_pcm, speechlike, tone
@@ -17,7 +18,7 @@ from .emulator import EmulatorError, SimulatedMember, VoiceServerEmulator
 from .gateway import GatewayEvent, Op, VoiceSession
 from .impairment import Impairment
 from .media import BotPacket
-from .speech import OutgoingFrame, SenderClock, SentRecord, SpurtRecord
+from .speech import OutgoingFrame, PaddingBurst, SenderClock, SentRecord, SpurtRecord
 
 __all__ = (
     "VoiceServerEmulator",
@@ -30,6 +31,7 @@ __all__ = (
     "Impairment",
     "SenderClock",
     "OutgoingFrame",
+    "PaddingBurst",
     "SpurtRecord",
     "SentRecord",
     "load_pcm",

@@ -12,6 +12,12 @@
   (``LocalDaveMember``, a ``davey.DaveSession`` reacting like discord.py) and speak real
   Opus (:class:`.speech.RTPSender`).
 
+By default it does what Discord does where a receiver can tell, even when that is unkind:
+media stops after 30 s of UDP silence from the bot, audio SSRCs come by op 5 only, members
+probe bandwidth with padding-only packets, no RTCP BYE, the SFU sends receiver reports and
+members' sender reports never arrive. Each has a constructor switch for focused tests (see
+:class:`VoiceServerEmulator` and docs/discord-behaviours.md).
+
 Example
 -------
 .. code-block:: python3
@@ -53,7 +59,7 @@ from .impairment import (
 )
 from .media import BotPacket, MediaServer, TransportLink
 from .probing import DEFAULT_BURST_SIZE, ProbeSchedule, check_burst_size
-from .sfu import NACK_FMT, PLI_FMT, PSFB, RTPFB, SERVER_SSRC, ReceptionStats, build_feedback, nack_fci
+from .sfu import SERVER_SSRC, FeedbackKind, ReceptionStats, feedback
 from .speech import OutgoingFrame, PaddingBurst, RTPSender, SenderClock, SentRecord, SpurtRecord
 
 if TYPE_CHECKING:
@@ -64,7 +70,6 @@ __all__ = ("EmulatorError", "SimulatedMember", "VoiceServerEmulator", "FaultKind
 _log = logging.getLogger(__name__)
 
 FaultKind = Literal["garbage", "wrong_tag", "unknown_ssrc", "video", "raw"]
-FeedbackKind = Literal["nack", "pli", "rtpfb", "psfb"]
 SpeakingEvent = Literal["before", "after", "none"]
 
 #: Close codes after which the session cannot be resumed (the emulator forgets it).
@@ -267,6 +272,12 @@ class VoiceServerEmulator:
     Use as an async context manager; it starts the voice websocket server, the UDP media
     server and a token-less :class:`discord.Client` (:attr:`client`) whose guild
     (:attr:`guild`) holds two voice channels (:attr:`channel`, :attr:`other_channel`).
+
+    Its defaults are Discord's behaviour, not the easiest one for a receiver: a test that
+    passes only because the emulator is kinder than Discord proves nothing. The switches
+    ``media_timeout``, ``echo_keepalive``, ``ssrc_in_client_connect``, ``padding_bursts``,
+    ``goodbye_on_close``, ``rtcp_interval`` and ``sfu_report_interval`` turn a behaviour off
+    or tune it for a focused test (docs/discord-behaviours.md lists them with their sources).
 
     Parameters
     ----------
@@ -1371,16 +1382,7 @@ class VoiceServerEmulator:
         """
         session, _, _ = self._bot_route()
         target = session.ssrc if media_ssrc is None else media_ssrc
-        if kind == "nack":
-            clear = build_feedback(RTPFB, NACK_FMT, SERVER_SSRC, target, nack_fci(sequences))
-        elif kind == "pli":
-            clear = build_feedback(PSFB, PLI_FMT, SERVER_SSRC, target)
-        elif kind in ("rtpfb", "psfb"):
-            if fmt is None:
-                raise ValueError(f"send_feedback({kind!r}) needs fmt=")
-            clear = build_feedback(RTPFB if kind == "rtpfb" else PSFB, fmt, SERVER_SSRC, target, fci)
-        else:
-            raise ValueError(f"unknown feedback kind {kind!r}; use nack, pli, rtpfb or psfb")
+        clear = feedback(kind, SERVER_SSRC, target, sequences=sequences, fmt=fmt, fci=fci)
         self._send_sfu_rtcp(clear)
         await asyncio.sleep(0)
         return clear

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import Final, Iterable, Optional
+from typing import Final, Iterable, Literal, Optional
 
 from ..opus import SAMPLE_RATE
 from ..rtp import ReportBlock
@@ -26,8 +26,10 @@ __all__ = (
     "PSFB",
     "NACK_FMT",
     "PLI_FMT",
+    "FeedbackKind",
     "build_feedback",
     "nack_fci",
+    "feedback",
     "ReceptionStats",
 )
 
@@ -43,6 +45,9 @@ PSFB: Final = 206
 NACK_FMT: Final = 1
 #: FMT of a picture loss indication (PSFB).
 PLI_FMT: Final = 1
+
+#: What :func:`feedback` builds.
+FeedbackKind = Literal["nack", "pli", "rtpfb", "psfb"]
 
 _SEQ_MOD: Final = 1 << 16
 _FEEDBACK_HEADER = struct.Struct(">BBHII")
@@ -97,6 +102,37 @@ def nack_fci(sequences: Iterable[int]) -> bytes:
                 pending.remove(seq)
         out += struct.pack(">HH", pid, mask)
     return bytes(out)
+
+
+def feedback(
+    kind: FeedbackKind,
+    sender_ssrc: int,
+    media_ssrc: int,
+    *,
+    sequences: Iterable[int] = (),
+    fmt: Optional[int] = None,
+    fci: bytes = b"",
+) -> bytes:
+    """Build a clear feedback packet by kind.
+
+    ``"nack"``: generic NACK (205, FMT 1) asking again for ``sequences``; ``"pli"``: picture
+    loss indication (206, FMT 1, no FCI); ``"rtpfb"`` / ``"psfb"``: a 205 / 206 message with
+    ``fmt`` and ``fci`` as given.
+
+    Raises
+    ------
+    ValueError
+        Unknown kind, or what the kind needs is missing or invalid.
+    """
+    if kind == "nack":
+        return build_feedback(RTPFB, NACK_FMT, sender_ssrc, media_ssrc, nack_fci(sequences))
+    if kind == "pli":
+        return build_feedback(PSFB, PLI_FMT, sender_ssrc, media_ssrc)
+    if kind in ("rtpfb", "psfb"):
+        if fmt is None:
+            raise ValueError(f"{kind!r} feedback needs fmt=")
+        return build_feedback(RTPFB if kind == "rtpfb" else PSFB, fmt, sender_ssrc, media_ssrc, fci)
+    raise ValueError(f"unknown feedback kind {kind!r}; use nack, pli, rtpfb or psfb")
 
 
 class ReceptionStats:
