@@ -17,7 +17,6 @@ import signal
 import socket
 import struct
 import time
-from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,7 +27,7 @@ import soundfile as sf
 from discord.ext import listening
 from discord.ext.listening import rtp, transport
 from discord.ext.listening.files import WaveAudioFile
-from discord.ext.listening.opus import OpusDecoder, OpusEncoder
+from discord.ext.listening.opus import OpusEncoder
 from discord.ext.listening.receive import PacketReceiver
 from discord.ext.listening.reorder import seq_diff
 from discord.ext.listening.ssrc import SSRCMap
@@ -36,50 +35,14 @@ from discord.ext.listening.stats import DropReason, ListenStats
 from discord.ext.listening.testing import VoiceServerEmulator, speechlike
 from discord.ext.listening.testing.dave_server import DaveGroupServer, LocalDaveMember, connect_local_member, deliver
 
+from helpers import Collect, listen_until_done, reference
+
 pytestmark = pytest.mark.timeout(120)
 
 RATE = 48000
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-class Collect(listening.AudioSink):
-    def __init__(self) -> None:
-        super().__init__()
-        self.frames: list[listening.AudioFrame] = []
-        self.stopped_at: int | None = None
-
-    def on_audio(self, frame: listening.AudioFrame) -> None:
-        self.frames.append(frame)
-
-    def on_stop(self, position: int) -> None:
-        self.stopped_at = position
-
-    def by_user(self) -> dict[int | None, list[listening.AudioFrame]]:
-        out: dict[int | None, list[listening.AudioFrame]] = defaultdict(list)
-        for f in self.frames:
-            out[f.user_id].append(f)
-        return out
-
-
-def reference(spurts) -> dict[int, bytes]:
-    """What a lossless receiver decodes for each sequence number of a member's spurts."""
-    dec = OpusDecoder()
-    return {f.sequence: dec.decode(f.opus) for s in spurts for f in s.frames}
-
-
-async def start_listening(vc, sink, pool, **kw):
-    done = asyncio.Event()
-    results: list = []
-
-    async def after(s, exc, **extra):
-        results.append((s, exc, extra))
-        done.set()
-
-    vc.listen(sink, pool, after=after, **kw)
-    done.results = results  # type: ignore[attr-defined]
-    return done
 
 
 def assert_heard_exactly(sink: Collect, member, spurts) -> None:
@@ -153,7 +116,7 @@ async def test_forged_replayed_flooding_and_malformed_traffic_is_dropped_counted
         vc = await server.connect(cls=listening.VoiceClient)
         captured = tap_outgoing(server)
         sink = Collect()
-        done = await start_listening(vc, sink, pool)
+        done = await listen_until_done(vc, sink, pool)
         spurts = [await alice.speak(speechlike(1.0, seed=1), realtime=False)]
         await server.drain()
         await asyncio.sleep(0.2)
@@ -387,7 +350,7 @@ async def test_workers_killed_at_random_moments_and_a_full_disk(pool, tmp_path: 
         files = listening.AudioFileSink(WaveAudioFile, tmp_path)
         collect = Collect()
         sink = listening.FanOutSink(collect, files)
-        done = await start_listening(vc, sink, pool)
+        done = await listen_until_done(vc, sink, pool)
         talk = asyncio.gather(a.speak(speechlike(3.0, seed=11)), b.speak(speechlike(3.0, seed=12)))
         slot = pool.worker_index(vc.guild.id)
         killed: list[int] = []
@@ -463,7 +426,7 @@ async def test_blocked_loop_and_a_sink_that_blocks_and_raises(pool) -> None:
         m = await server.add_member(1300, "talker")
         vc = await server.connect(cls=listening.VoiceClient)
         hostile = Hostile()
-        done = await start_listening(vc, hostile, pool, sink_queue_size=20)
+        done = await listen_until_done(vc, hostile, pool, sink_queue_size=20)
         talk = asyncio.create_task(m.speak(speechlike(3.0, seed=13)))
         await asyncio.sleep(0.8)
         time.sleep(1.0)  # the event loop blocked (a bot doing blocking work in a coroutine)
@@ -480,7 +443,7 @@ async def test_blocked_loop_and_a_sink_that_blocks_and_raises(pool) -> None:
         # The connection is fine: listen again and hear everything.
         await vc.wait_for_listen_ready(timeout=10)
         sink = Collect()
-        done = await start_listening(vc, sink, pool)
+        done = await listen_until_done(vc, sink, pool)
         again = await m.speak(speechlike(0.6, seed=14), realtime=False)
         await server.drain()
         await asyncio.sleep(0.4)
@@ -503,7 +466,7 @@ async def test_voice_websocket_close_codes_moves_and_new_keys(pool, tmp_path: Pa
             vc = server.voice_client or await server.connect(cls=listening.VoiceClient, timeout=3.0)
             files = listening.AudioFileSink(WaveAudioFile, tmp_path / str(code))
             collect = Collect()
-            done = await start_listening(vc, listening.FanOutSink(collect, files), pool)
+            done = await listen_until_done(vc, listening.FanOutSink(collect, files), pool)
             first = speaker[vc.channel.id]
             before = await first.speak(speechlike(0.4, seed=len(str(code))))
             await server.drain()
@@ -567,7 +530,7 @@ async def test_dave_churn_and_an_invalid_commit_lose_no_audio_the_bot_has_keys_f
         steady = [await server.add_member(1500 + i, f"steady{i}") for i in range(2)]
         vc = await server.connect(cls=listening.VoiceClient)
         sink = Collect()
-        done = await start_listening(vc, sink, pool)
+        done = await listen_until_done(vc, sink, pool)
         talk = asyncio.gather(*(s.speak(speechlike(6.0, seed=20 + i)) for i, s in enumerate(steady)))
         churners: list = []
         events = 0
@@ -635,7 +598,7 @@ async def test_transport_keys_never_reach_our_logs(pool, caplog) -> None:
         vc = await server.connect(cls=listening.VoiceClient)
         keys = [bytes(vc._connection.secret_key)]
         sink = Collect()
-        done = await start_listening(vc, sink, pool)
+        done = await listen_until_done(vc, sink, pool)
         await m.speak(speechlike(0.3, seed=1), realtime=False)
         keys.append(await server.new_session_key())
         await server.wait_until(lambda: bytes(vc._connection.secret_key) == keys[-1], what="new key")

@@ -7,52 +7,20 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections import defaultdict
 
 import numpy as np
 import pytest
 
 import discord
 from discord.ext import listening
-from discord.ext.listening.opus import OpusDecoder, packet_has_fec
+from discord.ext.listening.opus import packet_has_fec
 from discord.ext.listening.reorder import seq_diff
 from discord.ext.listening.stats import DropReason
-from discord.ext.listening.testing import SpurtRecord, VoiceServerEmulator, speechlike
+from discord.ext.listening.testing import VoiceServerEmulator, speechlike
+
+from helpers import Collect, listen_until_done, reference
 
 pytestmark = pytest.mark.timeout(90)
-
-
-class Collect(listening.AudioSink):
-    def __init__(self) -> None:
-        super().__init__()
-        self.frames: list[listening.AudioFrame] = []
-        self.rtcp: list[listening.RTCPPacket] = []
-        self.stopped_at: int | None = None
-        self.cleaned = 0
-
-    def on_audio(self, frame: listening.AudioFrame) -> None:
-        self.frames.append(frame)
-
-    def on_rtcp(self, packet: listening.RTCPPacket) -> None:
-        self.rtcp.append(packet)
-
-    def on_stop(self, position: int) -> None:
-        self.stopped_at = position
-
-    def cleanup(self) -> None:
-        self.cleaned += 1
-
-    def by_user(self) -> dict[int | None, list[listening.AudioFrame]]:
-        out: dict[int | None, list[listening.AudioFrame]] = defaultdict(list)
-        for f in self.frames:
-            out[f.user_id].append(f)
-        return out
-
-
-def reference(spurts: list[SpurtRecord]) -> dict[int, bytes]:
-    """What a lossless receiver decodes for each sequence number of a member's spurts."""
-    dec = OpusDecoder()
-    return {f.sequence: dec.decode(f.opus) for s in spurts for f in s.frames}
 
 
 def corr(a: bytes, b: bytes) -> float:
@@ -60,19 +28,6 @@ def corr(a: bytes, b: bytes) -> float:
     y = np.frombuffer(b, np.int16).astype(float)
     d = np.linalg.norm(x) * np.linalg.norm(y)
     return float(np.dot(x, y) / d) if d else (1.0 if not x.any() and not y.any() else 0.0)
-
-
-async def listen_until_done(vc: listening.VoiceClient, sink: listening.AudioSink, pool, **kw) -> asyncio.Event:
-    done = asyncio.Event()
-    results: list[object] = []
-
-    async def after(s: listening.AudioSink, exc: BaseException | None, **extra: object) -> None:
-        results.append((s, exc, extra))
-        done.set()
-
-    vc.listen(sink, pool, after=after, **kw)
-    done.results = results  # type: ignore[attr-defined]
-    return done
 
 
 async def test_three_members_under_dave_with_loss_reorder_and_jitter(pool) -> None:

@@ -160,6 +160,9 @@ class SimulatedMember:
         #: bot session could receive them.
         self.packets_sent = 0
         self.packets_unroutable = 0
+        #: Audio frames still to be sealed under a dead DAVE epoch (:meth:`seal_with_dead_epoch`).
+        self.dead_epoch_frames = 0
+        self._dead_epoch: Optional[LocalDaveMember] = None
 
     def __repr__(self) -> str:
         return f"<SimulatedMember {self.name} id={self.user_id} ssrc={self.ssrc} channel={self.channel_id}>"
@@ -260,6 +263,31 @@ class SimulatedMember:
         return await self._emulator._speak(
             self, audio, realtime=realtime, speaking_event=speaking_event, padding=padding, padding_bursts=bursts
         )
+
+    def seal_with_dead_epoch(self, frames: int) -> None:
+        """Fault: seal the next ``frames`` audio frames under a DAVE epoch the bot does not hold.
+
+        What a member's client sends when it missed a transition, or what reaches a bot
+        after it dropped an epoch's keys: DAVE frames of a known sender that no key of the
+        bot opens (davey: ``NoValidCryptorFound``), now and forever.
+
+        Raises
+        ------
+        ValueError
+            ``frames`` is not 0..100000.
+        """
+        if isinstance(frames, bool) or not isinstance(frames, int) or not 0 <= frames <= 100000:
+            raise ValueError(f"frames must be 0..100000, got {frames!r}")
+        if frames and self._dead_epoch is None:
+            self._dead_epoch = dave_server.stale_epoch_member(self.user_id, self.home_channel_id)
+        self.dead_epoch_frames = frames
+
+    def _dave_sealer(self) -> Optional[LocalDaveMember]:
+        """Whose keys seal this member's next frame (the dead epoch's while the fault lasts)."""
+        if self.dead_epoch_frames and self._dead_epoch is not None:
+            self.dead_epoch_frames -= 1
+            return self._dead_epoch
+        return self.dave
 
     async def send_sender_report(self) -> bytes:
         """Send an RTCP sender report for this member now; returns the clear report."""
@@ -1213,10 +1241,11 @@ class VoiceServerEmulator:
             return None
         payload = frame.opus
         if self.dave_enabled and not frame.silence and not is_silence(payload):
-            if member.dave is None:  # left the call meanwhile
+            sealer = member._dave_sealer()
+            if sealer is None:  # left the call meanwhile
                 member.packets_unroutable += 1
                 return None
-            payload = member.dave.encrypt_opus(payload)
+            payload = sealer.encrypt_opus(payload)
         return frame.to_packet(link.cipher, link.next_counter(), payload=payload, padding=padding)
 
     async def _speak_realtime(
