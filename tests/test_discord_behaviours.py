@@ -105,7 +105,7 @@ async def test_moves_and_reconnects_while_listening_resume_audio_within_seconds(
     async with VoiceServerEmulator(seed=34) as server:
         here = await server.add_member(3400, "here")
         there = await server.add_member(3401, "there", channel=server.other_channel)
-        vc, sink, done = await connect_and_listen(server, pool)
+        vc, sink, done = await connect_and_listen(server, pool, cls=FastKeepalive)
         await here.speak(speechlike(0.4, seed=3))
         await server.drain()
         await asyncio.sleep(1.0)  # the reader is back in discord.py's select() on this socket
@@ -125,6 +125,11 @@ async def test_moves_and_reconnects_while_listening_resume_audio_within_seconds(
         await server.wait_until(lambda: {f.sequence for f in spurt.frames} <= {f.sequence for f in sink.frames},
                                 timeout=15, what="audio")
         took = time.monotonic() - started
+        back = time.monotonic()
+        # the keepalive followed the connection to its new socket (and address)
+        await server.wait_until(lambda: any(t > back for t, _ in server.keepalives_received), timeout=5,
+                                what="a keepalive after the reconnect")
+        assert server.bot_last_heard is not None and server.bot_last_heard > back
         assert vc.is_listening()
         await stop_listening(vc, done)
     # Without a BYE, discord.py's reader could sit ~30 s in select() on a socket nobody sends to.
