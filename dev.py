@@ -6,6 +6,9 @@ Usage::
     python3 dev.py demo        # the main job: record simulated members through the local voice server
     python3 dev.py test        # the whole test suite
     python3 dev.py bench       # the benchmarks
+    python3 dev.py lint        # ruff (lint + format check) and mypy (strict on src/)
+    python3 dev.py docs        # the Sphinx site into docs/_build/html, warnings as errors
+    python3 dev.py mutants     # mutation testing of the core (slow; not in CI)
     python3 dev.py shell ARGS  # run ``python ARGS`` inside the environment
 
 Only Python 3.11+ is needed: every dependency comes from PyPI as a wheel.
@@ -33,7 +36,7 @@ def _project_digest() -> str:
 
 
 def ensure_env() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this file runs on whatever python3 the user has
         sys.exit(f"Python 3.11+ is required (this is {sys.version.split()[0]})")
     if not PY.exists():
         print(f"creating virtualenv in {VENV}", flush=True)
@@ -44,7 +47,17 @@ def ensure_env() -> None:
         return
     print("installing discord-ext-listening and its test dependencies into .venv (wheels from PyPI)", flush=True)
     done = subprocess.run(
-        [str(PY), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-warn-script-location", "-e", ".[test]"],
+        [
+            str(PY),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--no-warn-script-location",
+            "-e",
+            ".[test]",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -54,6 +67,20 @@ def ensure_env() -> None:
         sys.stderr.write(done.stdout + done.stderr)
         sys.exit(f"installing into {VENV} failed (pip exit code {done.returncode})")
     STAMP.write_text(digest)
+
+
+LINTED = ["src", "tests", "benchmarks", "fuzz", "examples", "scripts", "dev.py"]
+
+
+def _lint(paths: list[str]) -> int:
+    """ruff check, ruff format --check and mypy; every step runs, the worst exit code wins."""
+    targets = paths or LINTED
+    steps = [
+        [str(PY), "-m", "ruff", "check", *targets],
+        [str(PY), "-m", "ruff", "format", "--check", *targets],
+        [str(PY), "-m", "mypy"],
+    ]
+    return max(subprocess.call(step, cwd=ROOT) for step in steps)
 
 
 def main(argv: list[str]) -> int:
@@ -69,10 +96,14 @@ def main(argv: list[str]) -> int:
         cmd = [str(PY), "-m", "pytest", *rest]
     elif job == "bench":
         cmd = [str(PY), str(ROOT / "benchmarks" / "run.py"), *rest]
+    elif job == "lint":
+        return _lint(rest)
+    elif job == "docs":
+        cmd = [str(PY), "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "docs", "docs/_build/html", *rest]
     elif job == "shell":
         cmd = [str(PY), *rest]
     else:
-        print(f"unknown job {job!r}; expected demo, test, bench or shell", file=sys.stderr)
+        print(f"unknown job {job!r}; expected demo, test, bench, lint, docs or shell", file=sys.stderr)
         return 2
     return subprocess.call(cmd, cwd=ROOT, env=env)
 

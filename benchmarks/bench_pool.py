@@ -197,7 +197,13 @@ def run_pool(processes: int, guilds: int, streams: list[list[bytes]], paced_seco
         for tick in range(ticks):
             for g, handle in enumerate(handles):
                 batches.append(
-                    (handle, [(1000 + s, tick & 0xFFFF, (960 * tick) & 0xFFFFFFFF, streams[s][tick], 0, tick) for s in per_guild[g]])
+                    (
+                        handle,
+                        [
+                            (1000 + s, tick & 0xFFFF, (960 * tick) & 0xFFFFFFFF, streams[s][tick], 0, tick)
+                            for s in per_guild[g]
+                        ],
+                    )
                 )
         total = sum(len(b) for _, b in batches)
 

@@ -30,16 +30,16 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
-
-import discord.ext.listening as this_tree  # noqa: E402
-from discord.ext.listening.transport import AES_GCM, transport_cipher  # noqa: E402
-from discord.ext.listening.testing.speech import build_rtp_packet  # noqa: E402
+import common
+import discord.ext.listening as this_tree
+from discord.ext.listening.testing.speech import build_rtp_packet
+from discord.ext.listening.transport import AES_GCM, transport_cipher
 
 KEY = bytes(range(32))
 USER_BASE = 800000000000000000
@@ -59,8 +59,14 @@ def build(speakers: int, seconds: float) -> tuple[list[list[tuple[bytes, float]]
         for r in range(rounds):
             counter += 1
             pkt = build_rtp_packet(
-                cipher, counter, ssrc=ssrc, sequence=(q0 + r) & 0xFFFF, timestamp=(ts0 + 960 * r) & 0xFFFFFFFF,
-                payload=frames[r], marker=r == 0, audio_level=30,
+                cipher,
+                counter,
+                ssrc=ssrc,
+                sequence=(q0 + r) & 0xFFFF,
+                timestamp=(ts0 + 960 * r) & 0xFFFFFFFF,
+                payload=frames[r],
+                marker=r == 0,
+                audio_level=30,
             )
             arrivals.append((1.0 + r * common.FRAME_SECONDS + s * common.FRAME_SECONDS / speakers, pkt))
     arrivals.sort(key=lambda a: a[0])
@@ -119,8 +125,15 @@ def session_pass(pkg: Any, batches: list[list[tuple[bytes, float]]], ssrcs: list
     conn = _conn()
     vc = SimpleNamespace(loop=None, guild=_Guild(), _connection=conn)
     session = pkg.session.ListeningSession(
-        vc, pkg.sink.AudioSink(), None, ssrc_map=_map(pkg, ssrcs), decode=False, after=None, after_kwargs={},
-        jitter_depth=0.06, sink_queue_size=1 << 30,
+        vc,
+        pkg.sink.AudioSink(),
+        None,
+        ssrc_map=_map(pkg, ssrcs),
+        decode=False,
+        after=None,
+        after_kwargs={},
+        jitter_depth=0.06,
+        sink_queue_size=1 << 30,
     )
     session.receiver.origin = 0.0
     q = session._queue
@@ -201,8 +214,10 @@ def main() -> None:
                 runs[tag + name].append(cpu / packets * 1e6)
     for name, us in runs.items():
         results[name] = {"median_us": statistics.median(us), "min_us": min(us), "max_us": max(us), "passes": us}
-        print(f"{name:14s} {statistics.median(us):6.2f} us/packet (min {min(us):.2f}, max {max(us):.2f}, "
-              f"{len(us)} passes of {packets} packets, {args.speakers} speakers)")
+        print(
+            f"{name:14s} {statistics.median(us):6.2f} us/packet (min {min(us):.2f}, max {max(us):.2f}, "
+            f"{len(us)} passes of {packets} packets, {args.speakers} speakers)"
+        )
     if args.compare:
         for name in levels:
             ratios = [n / b for n, b in zip(runs[name], runs["base " + name])]

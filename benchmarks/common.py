@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 #: Discord's default voice channel bitrate.
 BITRATE = 64000
@@ -19,7 +20,7 @@ PACKETS_PER_SECOND = 50
 FRAME_SECONDS = 0.02
 CLIPS = ("alice", "bob", "carol", "dave")
 
-_corpus: Optional[list[bytes]] = None
+_corpus: list[bytes] | None = None
 
 
 def speech_pcm() -> bytes:
@@ -118,7 +119,7 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     values = sorted(values)
-    k = min(len(values) - 1, max(0, int(round(q / 100.0 * (len(values) - 1)))))
+    k = min(len(values) - 1, max(0, round(q / 100.0 * (len(values) - 1))))
     return values[k]
 
 

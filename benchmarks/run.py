@@ -21,8 +21,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -42,19 +43,32 @@ def log(msg: str) -> None:
 # -- the comparison environment --------------------------------------------------------------
 
 
-def ensure_voicerecv_env(refresh: bool) -> Optional[str]:
+def ensure_voicerecv_env(refresh: bool) -> str | None:
     """Create or refresh benchmarks/.venv-voicerecv; returns an error text if it cannot."""
     stamp = VR_VENV / ".bench-stamp"
-    want = hashlib.sha256(((ROOT / "pyproject.toml").read_bytes() + " ".join(VR_REQUIREMENTS).encode())).hexdigest()
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + " ".join(VR_REQUIREMENTS).encode()).hexdigest()
     if not refresh and VR_PY.exists() and stamp.exists() and stamp.read_text() == want:
         return None
-    log(f"{'refreshing' if VR_PY.exists() else 'creating'} {VR_VENV.relative_to(ROOT)} "
-        "(discord-ext-voice-recv from PyPI + this project for its voice server emulator)")
+    log(
+        f"{'refreshing' if VR_PY.exists() else 'creating'} {VR_VENV.relative_to(ROOT)} "
+        "(discord-ext-voice-recv from PyPI + this project for its voice server emulator)"
+    )
     if not VR_PY.exists():
         done = subprocess.run([sys.executable, "-m", "venv", str(VR_VENV)], capture_output=True, text=True)
         if done.returncode:
             return f"python -m venv failed: {done.stderr.strip()[-500:]}"
-    cmd = [str(VR_PY), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--upgrade", *VR_REQUIREMENTS, "-e", str(ROOT)]
+    cmd = [
+        str(VR_PY),
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        "--upgrade",
+        *VR_REQUIREMENTS,
+        "-e",
+        str(ROOT),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
         return f"pip install failed: {(done.stdout + done.stderr).strip()[-800:]}"
@@ -64,8 +78,13 @@ def ensure_voicerecv_env(refresh: bool) -> Optional[str]:
 
 def voicerecv_version() -> str:
     done = subprocess.run(
-        [str(VR_PY), "-c", "import importlib.metadata as m; print(m.version('discord-ext-voice-recv'), m.version('discord.py'))"],
-        capture_output=True, text=True,
+        [
+            str(VR_PY),
+            "-c",
+            "import importlib.metadata as m; print(m.version('discord-ext-voice-recv'), m.version('discord.py'))",
+        ],
+        capture_output=True,
+        text=True,
     )
     return done.stdout.strip() or "?"
 
@@ -92,13 +111,40 @@ class Bench:
         self.results: dict[str, Any] = {"machine": common.machine(), "quick": args.quick, "started": time.time()}
         self.trials: list[dict[str, Any]] = []
 
-    def scenario(self, library: str = "listening", *, speakers: int, guilds: int = 1, decode: bool = True,
-                 workers: int = 1, dave: bool = False, mode: str = "aes", seconds: Optional[float] = None) -> dict[str, Any]:
+    def scenario(
+        self,
+        library: str = "listening",
+        *,
+        speakers: int,
+        guilds: int = 1,
+        decode: bool = True,
+        workers: int = 1,
+        dave: bool = False,
+        mode: str = "aes",
+        seconds: float | None = None,
+    ) -> dict[str, Any]:
         py = sys.executable if library == "listening" else str(VR_PY)
         cmd = [
-            py, str(HERE / "scenario.py"), "--library", library, "--speakers", str(speakers), "--guilds", str(guilds),
-            "--decode", str(int(decode)), "--workers", str(workers), "--dave", str(int(dave)), "--mode", mode,
-            "--seconds", str(seconds or self.seconds), "--late-ms", str(self.args.late_ms),
+            py,
+            str(HERE / "scenario.py"),
+            "--library",
+            library,
+            "--speakers",
+            str(speakers),
+            "--guilds",
+            str(guilds),
+            "--decode",
+            str(int(decode)),
+            "--workers",
+            str(workers),
+            "--dave",
+            str(int(dave)),
+            "--mode",
+            mode,
+            "--seconds",
+            str(seconds or self.seconds),
+            "--late-ms",
+            str(self.args.late_ms),
         ]
         t = time.monotonic()
         r = run_json(cmd, timeout=240)
@@ -107,9 +153,11 @@ class Bench:
         if "error" in r:
             log(f"  {library} {guilds}x{speakers} decode={decode} workers={workers}: ERROR {r['error']}")
         else:
-            log(f"  {library} {guilds}x{speakers} decode={int(decode)} w={workers} dave={int(dave)} {mode}: "
+            log(
+                f"  {library} {guilds}x{speakers} decode={int(decode)} w={workers} dave={int(dave)} {mode}: "
                 f"{r['cpu_us_per_packet']:.1f} us/pkt, bad {100 * r['bad_fraction']:.2f}%, "
-                f"p50/p99 {r['latency_p50_ms']:.1f}/{r['latency_p99_ms']:.1f} ms, load {r['loadavg'][0]:.2f}")
+                f"p50/p99 {r['latency_p50_ms']:.1f}/{r['latency_p99_ms']:.1f} ms, load {r['loadavg'][0]:.2f}"
+            )
         self.trials.append(r)
         return r
 
@@ -117,13 +165,14 @@ class Bench:
     def sustained(r: dict[str, Any]) -> bool:
         return "error" not in r and r["bad_fraction"] <= 0.001
 
-    def capacity(self, label: str, run: Callable[[int], dict[str, Any]], start: int, step: int,
-                 lo: int = 0, max_trials: int = 6) -> dict[str, Any]:
+    def capacity(
+        self, label: str, run: Callable[[int], dict[str, Any]], start: int, step: int, lo: int = 0, max_trials: int = 6
+    ) -> dict[str, Any]:
         """Largest n (a multiple of ``step``) for which ``run(n)`` is sustained."""
         log(f"capacity: {label}")
-        good: Optional[tuple[int, dict[str, Any]]] = None
-        bad: Optional[int] = None
-        n = max(step, int(round(start / step)) * step)
+        good: tuple[int, dict[str, Any]] | None = None
+        bad: int | None = None
+        n = max(step, round(start / step) * step)
         tried: dict[int, dict[str, Any]] = {}
         for _ in range(max_trials):
             r = run(n)
@@ -133,7 +182,7 @@ class Bench:
             else:
                 bad = n if bad is None or n < bad else bad
             if bad is None:
-                n = int(math.ceil(n * 1.3 / step)) * step
+                n = math.ceil(n * 1.3 / step) * step
             elif good is None:
                 n = max(step, int(n * 0.7 / step) * step)
                 if n in tried:
@@ -144,8 +193,12 @@ class Bench:
                 n = (good[0] + bad) // 2 // step * step
                 if n in tried:
                     break
-        out = {"label": label, "max": good[0] if good else 0, "first_failure": bad,
-               "trials": {str(k): _brief(v) for k, v in sorted(tried.items())}}
+        out = {
+            "label": label,
+            "max": good[0] if good else 0,
+            "first_failure": bad,
+            "trials": {str(k): _brief(v) for k, v in sorted(tried.items())},
+        }
         if good:
             out["at_max"] = good[1]
         return out
@@ -159,8 +212,10 @@ class Bench:
         if "error" in r:
             log(f"  floors failed: {r['error']}")
         else:
-            log(f"  opus {r['opus_decode_us']:.1f} us, aes {r['aes_gcm_us']:.1f}, xchacha {r['xchacha_us']:.1f}, "
-                f"dave {r['dave_us']:.1f}, recv {r['udp_recv_us']:.1f}")
+            log(
+                f"  opus {r['opus_decode_us']:.1f} us, aes {r['aes_gcm_us']:.1f}, xchacha {r['xchacha_us']:.1f}, "
+                f"dave {r['dave_us']:.1f}, recv {r['udp_recv_us']:.1f}"
+            )
 
     def growth(self, max_decode: int, max_passthrough: int) -> None:
         log("per-packet CPU as speakers grow (one guild, AES-GCM; DAVE on up to 10 speakers)")
@@ -169,7 +224,7 @@ class Bench:
         for n in points:
             dave = n <= 10
             rows.append(self.scenario(speakers=n, decode=True, workers=1, dave=dave))
-        for n in ([1, 10, 100, max_passthrough] if not self.quick else [100]):
+        for n in [1, 10, 100, max_passthrough] if not self.quick else [100]:
             dave = n <= 10
             rows.append(self.scenario(speakers=n, decode=False, dave=dave))
         self.results["growth"] = rows
@@ -177,7 +232,7 @@ class Bench:
     def comparison(self) -> None:
         log("discord-ext-voice-recv vs this project, same packets, XChaCha20, DAVE off")
         rows = []
-        for n in ([10] if self.quick else [10, 100]):
+        for n in [10] if self.quick else [10, 100]:
             for decode in (True, False):
                 rows.append(self.scenario(speakers=n, decode=decode, workers=1, mode="xchacha"))
                 rows.append(self.scenario("voice_recv", speakers=n, decode=decode, mode="xchacha"))
@@ -189,45 +244,83 @@ class Bench:
             # One point per configuration instead of a search: does it still run, and hold?
             caps["listening_50g_2w"] = self.capacity(
                 "many guilds (G x 5 speakers), decode, 2 workers [quick: one point]",
-                lambda n: self.scenario(speakers=5, guilds=n // 5, decode=True, workers=2), 30, 5, max_trials=1)
+                lambda n: self.scenario(speakers=5, guilds=n // 5, decode=True, workers=2),
+                30,
+                5,
+                max_trials=1,
+            )
             if self.results.get("voice_recv_error") is None:
                 caps["voice_recv"] = self.capacity(
                     "discord-ext-voice-recv, one guild, decode (XChaCha20, DAVE off) [quick: one point]",
-                    lambda n: self.scenario("voice_recv", speakers=n, decode=True, mode="xchacha"), 15, 5, max_trials=1)
+                    lambda n: self.scenario("voice_recv", speakers=n, decode=True, mode="xchacha"),
+                    15,
+                    5,
+                    max_trials=1,
+                )
                 caps["listening_xchacha_1g_2w"] = self.capacity(
                     "this project, same packets (XChaCha20, DAVE off), decode, 2 workers [quick: one point]",
-                    lambda n: self.scenario(speakers=n, decode=True, workers=2, mode="xchacha"), 45, 5, max_trials=1)
+                    lambda n: self.scenario(speakers=n, decode=True, workers=2, mode="xchacha"),
+                    45,
+                    5,
+                    max_trials=1,
+                )
             self.results["capacity"] = caps
             return
         trials = 8  # enough to bracket from --start at 1.3x steps and then bisect
         est = self.args.start
         caps["listening_1g_1w"] = c = self.capacity(
-            "one guild, decode, 1 worker", lambda n: self.scenario(speakers=n, decode=True, workers=1), est, 10, max_trials=trials)
+            "one guild, decode, 1 worker",
+            lambda n: self.scenario(speakers=n, decode=True, workers=1),
+            est,
+            10,
+            max_trials=trials,
+        )
         base = max(c["max"], 20)
         caps["listening_1g_2w"] = self.capacity(
-            "one guild, decode, 2 workers", lambda n: self.scenario(speakers=n, decode=True, workers=2), base * 1.3, 10,
-            max_trials=trials)
+            "one guild, decode, 2 workers",
+            lambda n: self.scenario(speakers=n, decode=True, workers=2),
+            base * 1.3,
+            10,
+            max_trials=trials,
+        )
         if True:
             caps["listening_50g_1w"] = c1 = self.capacity(
                 "many guilds (G x 5 speakers), decode, 1 worker",
-                lambda n: self.scenario(speakers=5, guilds=n // 5, decode=True, workers=1), base, 10, max_trials=trials)
+                lambda n: self.scenario(speakers=5, guilds=n // 5, decode=True, workers=1),
+                base,
+                10,
+                max_trials=trials,
+            )
             caps["listening_50g_2w"] = self.capacity(
                 "many guilds (G x 5 speakers), decode, 2 workers",
-                lambda n: self.scenario(speakers=5, guilds=n // 5, decode=True, workers=2), max(c1["max"], 20) * 1.5, 10,
-                max_trials=trials)
+                lambda n: self.scenario(speakers=5, guilds=n // 5, decode=True, workers=2),
+                max(c1["max"], 20) * 1.5,
+                10,
+                max_trials=trials,
+            )
         if not self.quick:
             caps["listening_passthrough"] = self.capacity(
-                "one guild, decode=False", lambda n: self.scenario(speakers=n, decode=False), base * 2.5, 20,
-                max_trials=trials)
+                "one guild, decode=False",
+                lambda n: self.scenario(speakers=n, decode=False),
+                base * 2.5,
+                20,
+                max_trials=trials,
+            )
         if self.results.get("voice_recv_error") is None:
             caps["voice_recv"] = self.capacity(
                 "discord-ext-voice-recv, one guild, decode (XChaCha20, DAVE off)",
-                lambda n: self.scenario("voice_recv", speakers=n, decode=True, mode="xchacha"), max(10, base // 3), 5,
-                max_trials=trials)
+                lambda n: self.scenario("voice_recv", speakers=n, decode=True, mode="xchacha"),
+                max(10, base // 3),
+                5,
+                max_trials=trials,
+            )
             caps["listening_xchacha_1g_2w"] = self.capacity(
                 "this project, same packets (XChaCha20, DAVE off), decode, 2 workers",
                 lambda n: self.scenario(speakers=n, decode=True, workers=2, mode="xchacha"),
-                caps["listening_1g_2w"]["max"] or base, 10, max_trials=trials)
+                caps["listening_1g_2w"]["max"] or base,
+                10,
+                max_trials=trials,
+            )
         self.results["capacity"] = caps
 
     def dave_at_scale(self) -> None:
@@ -240,8 +333,18 @@ class Bench:
 
 
 def _brief(r: dict[str, Any]) -> dict[str, Any]:
-    keys = ("cpu_us_per_packet", "cpu_cores", "bad_fraction", "lost", "late", "latency_p50_ms", "latency_p99_ms",
-            "udp_drops", "error", "loadavg")
+    keys = (
+        "cpu_us_per_packet",
+        "cpu_cores",
+        "bad_fraction",
+        "lost",
+        "late",
+        "latency_p50_ms",
+        "latency_p99_ms",
+        "udp_drops",
+        "error",
+        "loadavg",
+    )
     return {k: r[k] for k in keys if k in r}
 
 
@@ -260,7 +363,7 @@ def table(res: dict[str, Any], late_ms: float) -> str:
     floor = fl.get("opus_decode_us")
     jitter_ms = 60.0
 
-    def add(section: str, case: str, value: str, target: str = "", ok: Optional[bool] = None) -> None:
+    def add(section: str, case: str, value: str, target: str = "", ok: bool | None = None) -> None:
         rows.append((section, case, value, target, "" if ok is None else ("yes" if ok else "NO")))
 
     if "error" not in fl and fl:
@@ -270,17 +373,25 @@ def table(res: dict[str, Any], late_ms: float) -> str:
         add("1 floor", "transport decrypt XChaCha20-Poly1305", f"{fl['xchacha_us']:.1f} us")
         add("1 floor", "DAVE decrypt (davey)", f"{fl['dave_us']:.1f} us")
         add("1 floor", "UDP recv of a queued datagram", f"{fl['udp_recv_us']:.1f} us")
-        add("1 floor", f"UDP select+recv, a wake-up per packet ({fl['udp_wakeup_rate']}/s)", f"{fl['udp_wakeup_recv_us']:.1f} us")
+        add(
+            "1 floor",
+            f"UDP select+recv, a wake-up per packet ({fl['udp_wakeup_rate']}/s)",
+            f"{fl['udp_wakeup_recv_us']:.1f} us",
+        )
 
     for r in res.get("growth", []):
         if "error" in r:
             add("2/5 cost", f"{r.get('speakers')} speakers", "error")
             continue
-        case = (f"{r['speakers']:>4} speakers decode={'on ' if r['decode'] else 'off'} "
-                f"{'DAVE+AES' if r['dave'] else 'AES'}{' 1 worker' if r['decode'] else ''}")
+        case = (
+            f"{r['speakers']:>4} speakers decode={'on ' if r['decode'] else 'off'} "
+            f"{'DAVE+AES' if r['dave'] else 'AES'}{' 1 worker' if r['decode'] else ''}"
+        )
         cpu = r["cpu_us_per_packet"]
         ok_run = r["bad_fraction"] <= 0.001 and r.get("window_valid", True)
-        note = "" if ok_run else f" (NOT sustained: {100 * r['bad_fraction']:.1f}% bad; CPU per packet sent understates)"
+        note = (
+            "" if ok_run else f" (NOT sustained: {100 * r['bad_fraction']:.1f}% bad; CPU per packet sent understates)"
+        )
         judge = r["speakers"] >= 100 and ok_run
         if r["decode"]:
             ratio = cpu / floor if floor else float("nan")
@@ -310,13 +421,21 @@ def table(res: dict[str, Any], late_ms: float) -> str:
             target, ok = (target + " [not judged: one point, not a search]") if target else "", None
         add("3 capacity", c["label"], f"{c['max']} speakers{lat}", target, ok)
         if at and "latency_p99_ms" in at and key.startswith("listening"):
-            add("3 latency", c["label"] + " at max", f"p99 {at['latency_p99_ms']:.1f} ms",
-                f"<= {jitter_ms + 10:.0f} ms", at["latency_p99_ms"] <= jitter_ms + 10)
+            add(
+                "3 latency",
+                c["label"] + " at max",
+                f"p99 {at['latency_p99_ms']:.1f} ms",
+                f"<= {jitter_ms + 10:.0f} ms",
+                at["latency_p99_ms"] <= jitter_ms + 10,
+            )
     d = res.get("dave_scale")
     if d and "error" not in d:
-        add("3 capacity", f"DAVE on: {d['guilds']} guilds x {d['speakers_per_guild']} speakers, 2 workers",
+        add(
+            "3 capacity",
+            f"DAVE on: {d['guilds']} guilds x {d['speakers_per_guild']} speakers, 2 workers",
             f"{'sustained' if d['bad_fraction'] <= 0.001 else 'NOT sustained'} ({100 * d['bad_fraction']:.2f}% bad), "
-            f"{d['cpu_us_per_packet']:.1f} us/pkt, p50/p99 {d['latency_p50_ms']:.1f}/{d['latency_p99_ms']:.1f} ms")
+            f"{d['cpu_us_per_packet']:.1f} us/pkt, p50/p99 {d['latency_p50_ms']:.1f}/{d['latency_p99_ms']:.1f} ms",
+        )
 
     comp = res.get("comparison", [])
     for r in comp:
@@ -327,13 +446,22 @@ def table(res: dict[str, Any], late_ms: float) -> str:
         value = f"{r['cpu_us_per_packet']:.1f} us/pkt, {100 * r['bad_fraction']:.2f}% bad"
         target = ""
         if r["library"] == "voice_recv":
-            ours = next((o for o in comp if o.get("library") == "listening" and o.get("speakers") == r["speakers"]
-                         and o.get("decode") == r["decode"] and "error" not in o), None)
+            ours = next(
+                (
+                    o
+                    for o in comp
+                    if o.get("library") == "listening"
+                    and o.get("speakers") == r["speakers"]
+                    and o.get("decode") == r["decode"]
+                    and "error" not in o
+                ),
+                None,
+            )
             if ours:
                 target = f"ours {ours['cpu_us_per_packet'] / r['cpu_us_per_packet']:.2f}x its CPU"
         add("4 voice-recv", case, value, target)
 
-    widths = [max(len(r[i]) for r in rows + [("section", "case", "result", "target", "met")]) for i in range(5)]
+    widths = [max(len(r[i]) for r in [*rows, ("section", "case", "result", "target", "met")]) for i in range(5)]
     head = ("section", "case", "result", "target", "met")
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
     last = None
@@ -343,9 +471,11 @@ def table(res: dict[str, Any], late_ms: float) -> str:
         last = r[0]
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)))
     m = res.get("machine", {})
-    header = (f"discord-ext-listening benchmarks: {m.get('nproc')} x {m.get('cpu', '?')}, Python {m.get('python')}, "
-              f"load avg at start {fmt((m.get('loadavg') or [None])[0], '.2f')}; us = CPU microseconds per 20 ms "
-              f"packet summed over all the bot's processes; 'bad' = lost or later than {late_ms:.0f} ms")
+    header = (
+        f"discord-ext-listening benchmarks: {m.get('nproc')} x {m.get('cpu', '?')}, Python {m.get('python')}, "
+        f"load avg at start {fmt((m.get('loadavg') or [None])[0], '.2f')}; us = CPU microseconds per 20 ms "
+        f"packet summed over all the bot's processes; 'bad' = lost or later than {late_ms:.0f} ms"
+    )
     return header + "\n" + "\n".join(lines)
 
 

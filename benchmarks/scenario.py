@@ -34,14 +34,13 @@ import random
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from array import array
-from typing import Any, Optional
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
+import common
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GUILD_BASE = 700000000000000000
@@ -120,10 +119,10 @@ def udp_drops(ports: set[int]) -> int:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    import psutil
+
     from discord.ext.listening.testing import VoiceServerEmulator
     from discord.ext.listening.testing.speech import build_rtp_packet
-
-    import psutil
 
     lib = args.library
     decode = bool(args.decode)
@@ -131,7 +130,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     mode = AES if args.mode == "aes" else XCHACHA
     G, K = args.guilds, args.speakers
     T = G * K
-    rounds = int(round((args.warmup + args.seconds + args.tail) * common.PACKETS_PER_SECOND))
+    rounds = round((args.warmup + args.seconds + args.tail) * common.PACKETS_PER_SECOND)
     common.speech_frames()  # encode the corpus before anything is timed
 
     pool = None
@@ -143,15 +142,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             pool = listening.AudioProcessPool(args.workers)
     else:
         from discord.ext import voice_recv
-
         from discord.ext.listening.opus import load_for_discord
 
         load_for_discord()  # discord.opus.Decoder needs a libopus: the same one PyAV ships
         cls = voice_recv.VoiceRecvClient
 
     result: dict[str, Any] = {
-        "library": lib, "guilds": G, "speakers_per_guild": K, "speakers": T, "decode": decode,
-        "workers": args.workers if (lib == "listening" and decode) else 0, "dave": dave, "mode": mode,
+        "library": lib,
+        "guilds": G,
+        "speakers_per_guild": K,
+        "speakers": T,
+        "decode": decode,
+        "workers": args.workers if (lib == "listening" and decode) else 0,
+        "dave": dave,
+        "mode": mode,
         "seconds": args.seconds,
     }
     t_setup = time.perf_counter()
@@ -159,8 +163,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         servers = []
         for j in range(G):
             server = VoiceServerEmulator(
-                seed=1000 + j, dave=dave, require_dave=dave, modes=(mode,), rtcp_interval=None,
-                guild_id=GUILD_BASE + j, channel_id=CHANNEL_BASE + j, other_channel_id=OTHER_BASE + j,
+                seed=1000 + j,
+                dave=dave,
+                require_dave=dave,
+                modes=(mode,),
+                rtcp_interval=None,
+                guild_id=GUILD_BASE + j,
+                channel_id=CHANNEL_BASE + j,
+                other_channel_id=OTHER_BASE + j,
             )
             servers.append(await stack.enter_async_context(server))
         vcs = await asyncio.gather(*(s.connect(cls=cls, timeout=60) for s in servers))
@@ -176,8 +186,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # Until the bot has every SSRC from op 12 its packets would wait for a user.
         for vc, ms in zip(vcs, members):
             for _ in range(500):
-                ssrcs = (vc.ssrc_map.user_for(m.ssrc) for m in ms) if lib == "listening" else (
-                    vc._get_id_from_ssrc(m.ssrc) for m in ms)
+                ssrcs = (
+                    (vc.ssrc_map.user_for(m.ssrc) for m in ms)
+                    if lib == "listening"
+                    else (vc._get_id_from_ssrc(m.ssrc) for m in ms)
+                )
                 if all(u is not None for u in ssrcs):
                     break
                 await asyncio.sleep(0.01)
@@ -209,10 +222,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for s, (j, link, m, frames, q0, ts0) in enumerate(per_speaker):
                 opus = frames[r]
                 payload = m.dave.encrypt_opus(opus) if dave else opus
-                packets.append(build_rtp_packet(
-                    link.cipher, link.next_counter(), ssrc=m.ssrc, sequence=(q0 + r) & 0xFFFF,
-                    timestamp=(ts0 + 960 * r) & 0xFFFFFFFF, payload=payload, marker=r == 0, audio_level=30,
-                ))
+                packets.append(
+                    build_rtp_packet(
+                        link.cipher,
+                        link.next_counter(),
+                        ssrc=m.ssrc,
+                        sequence=(q0 + r) & 0xFFFF,
+                        timestamp=(ts0 + 960 * r) & 0xFFFFFFFF,
+                        payload=payload,
+                        marker=r == 0,
+                        audio_level=30,
+                    )
+                )
                 dest.append(j)
                 due.append(r * common.FRAME_SECONDS + s * common.FRAME_SECONDS / T)
             if r % 10 == 9:
@@ -223,8 +244,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             pickle.dump({"fds": fds, "addrs": addrs, "dest": dest, "due": due, "packets": packets}, job, 5)
         del packets, per_speaker
         sender = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "sender.py"), job.name], pass_fds=fds,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            [sys.executable, os.path.join(HERE, "sender.py"), job.name],
+            pass_fds=fds,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         try:
             loop = asyncio.get_running_loop()
@@ -287,8 +311,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if pool is not None and os.environ.get("BENCH_DEBUG"):
                 for sl in pool._slots:
                     inc = sl.inc
-                    print("slot", sl.index, "ready", inc and inc.ready, "sent", inc and inc.sent, "done", inc and inc.done,
-                          "outstanding", sl.outstanding, "pending", len(sl.pending), "restarts", sl.restarts, file=sys.stderr)
+                    print(
+                        "slot",
+                        sl.index,
+                        "ready",
+                        inc and inc.ready,
+                        "sent",
+                        inc and inc.sent,
+                        "done",
+                        inc and inc.done,
+                        "outstanding",
+                        sl.outstanding,
+                        "pending",
+                        len(sl.pending),
+                        "restarts",
+                        sl.restarts,
+                        file=sys.stderr,
+                    )
 
             out = await loop.run_in_executor(None, sender.communicate)
             summary = json.loads(out[0].strip().splitlines()[-1])
@@ -384,7 +423,9 @@ def main() -> None:
     args = p.parse_args()
     import logging
 
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     result = asyncio.run(run(args))
     print("RESULT " + json.dumps(result), flush=True)
 

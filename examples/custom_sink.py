@@ -31,8 +31,7 @@ import os
 import threading
 import time
 import wave
-from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 
@@ -166,7 +165,7 @@ class ClipSink(listening.AudioSink):
         with self._lock:
             return {uid: self._names[uid] for uid in self._rings}
 
-    def clip(self, user_id: int, seconds: Optional[float] = None, *, end: Optional[int] = None) -> Optional[np.ndarray]:
+    def clip(self, user_id: int, seconds: float | None = None, *, end: int | None = None) -> np.ndarray | None:
         """The member's last ``seconds`` (default: all kept) up to ``end`` (default: now).
 
         Returns an ``(n, 2)`` int16 array of 48 kHz stereo audio, or ``None`` if the member
@@ -180,7 +179,9 @@ class ClipSink(listening.AudioSink):
             stop = max(ring.end, self.now() if end is None else end)
             return ring.read(stop - n, stop)
 
-    def save_clip(self, user_id: int, path: Union[str, "os.PathLike[str]", io.BufferedIOBase], seconds: Optional[float] = None) -> Optional[Any]:
+    def save_clip(
+        self, user_id: int, path: str | os.PathLike[str] | io.BufferedIOBase, seconds: float | None = None
+    ) -> Any | None:
         """Write :meth:`clip` as a WAV file (a path or a binary file object); blocking I/O,
         so from the event loop run it with ``await asyncio.to_thread(...)``."""
         audio = self.clip(user_id, seconds)
@@ -210,14 +211,14 @@ class ClipBot(discord.Client):
         Decoding workers; ``None`` uses the process-wide pool.
     """
 
-    def __init__(self, *, seconds: float = 30.0, pool: Optional[listening.AudioProcessPool] = None) -> None:
+    def __init__(self, *, seconds: float = 30.0, pool: listening.AudioProcessPool | None = None) -> None:
         super().__init__(intents=discord.Intents(guilds=True, voice_states=True))
         self.seconds = seconds
         self.pool = pool
         self.sinks: dict[int, ClipSink] = {}
         self.tree = app_commands.CommandTree(self)
 
-        async def ended(sink: ClipSink, error: Optional[BaseException] = None, *, guild_id: int) -> None:
+        async def ended(sink: ClipSink, error: BaseException | None = None, *, guild_id: int) -> None:
             # listen()'s after: awaited on the event loop once listening ends for any reason
             # (the bot left or was disconnected); extra keywords given to listen() come back.
             if self.sinks.get(guild_id) is sink:
@@ -246,7 +247,11 @@ class ClipBot(discord.Client):
         @self.tree.command(description="Clip that! Post the last seconds of a member")
         @app_commands.guild_only()
         @app_commands.describe(member="Whose audio", seconds="How many seconds (default: all kept)")
-        async def clip(interaction: discord.Interaction, member: discord.Member, seconds: Optional[app_commands.Range[float, 1, 300]] = None) -> None:
+        async def clip(
+            interaction: discord.Interaction,
+            member: discord.Member,
+            seconds: app_commands.Range[float, 1, 300] | None = None,
+        ) -> None:
             sink = self.sinks.get(interaction.guild.id)  # type: ignore[union-attr]
             if sink is None:
                 await interaction.response.send_message("Not listening; `/listen` first.", ephemeral=True)
@@ -258,7 +263,9 @@ class ClipBot(discord.Client):
                 return
             data.seek(0)
             name = f"{member.display_name}-clip.wav"
-            await interaction.response.send_message(f"\N{CLAPPER BOARD} {member.mention}", file=discord.File(data, name))
+            await interaction.response.send_message(
+                f"\N{CLAPPER BOARD} {member.mention}", file=discord.File(data, name)
+            )
 
     async def setup_hook(self) -> None:
         await self.tree.sync()

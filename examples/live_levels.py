@@ -33,8 +33,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Optional, Union
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +74,7 @@ class SpeechChunk:
     index: int
 
     @property
-    def user_id(self) -> Optional[int]:
+    def user_id(self) -> int | None:
         return None if self.user is None else self.user.id
 
     @property
@@ -119,7 +120,7 @@ class _UserState:
         self.db = float("-inf")
         self.peak_db = float("-inf")
         self.heard_at = 0.0  # time.monotonic() of the newest frame
-        self.next_position: Optional[int] = None  # where this member's next frame starts
+        self.next_position: int | None = None  # where this member's next frame starts
         self.recent: deque[tuple[int, bytes]] = deque(maxlen=max(1, pre_roll))  # newest frames
         self.active = False  # inside an utterance
         self.continuing = False  # the last chunk sent was cut at chunk_seconds
@@ -169,7 +170,7 @@ class LiveSpeech(listening.AudioSink):
 
     def __init__(
         self,
-        on_chunk: Callable[[SpeechChunk], Union[Awaitable[Any], Any]],
+        on_chunk: Callable[[SpeechChunk], Awaitable[Any] | Any],
         *,
         chunk_seconds: float = 5.0,
         threshold_db: float = -45.0,
@@ -190,11 +191,11 @@ class LiveSpeech(listening.AudioSink):
         self.max_pending = max_pending
         #: Chunks dropped because the callback fell more than ``max_pending`` behind.
         self.dropped_chunks = 0
-        self._users: dict[Optional[int], _UserState] = {}
+        self._users: dict[int | None, _UserState] = {}
         self._lock = threading.Lock()  # the sink thread writes what levels() reads on the loop
         self._warned = False
         self._loop = asyncio.get_running_loop()  # raises outside the event loop: create it there
-        self._queue: asyncio.Queue[Optional[SpeechChunk]] = asyncio.Queue()
+        self._queue: asyncio.Queue[SpeechChunk | None] = asyncio.Queue()
         self._consumer = self._loop.create_task(self._consume(), name="LiveSpeech consumer")
 
     # -- the sink side: runs on the listening session's sink thread ---------------------
@@ -282,7 +283,7 @@ class LiveSpeech(listening.AudioSink):
             st.count += 1
             self._to_loop(chunk)
 
-    def _to_loop(self, item: Optional[SpeechChunk]) -> None:
+    def _to_loop(self, item: SpeechChunk | None) -> None:
         # The hand-off between threads: asyncio objects may only be touched on their loop.
         try:
             self._loop.call_soon_threadsafe(self._enqueue, item)
@@ -291,7 +292,7 @@ class LiveSpeech(listening.AudioSink):
 
     # -- the event loop side -------------------------------------------------------------
 
-    def _enqueue(self, item: Optional[SpeechChunk]) -> None:
+    def _enqueue(self, item: SpeechChunk | None) -> None:
         if item is not None and self._queue.qsize() >= self.max_pending:
             self.dropped_chunks += 1
             log.warning("the chunk callback is falling behind: %d chunks dropped", self.dropped_chunks)
@@ -314,7 +315,7 @@ class LiveSpeech(listening.AudioSink):
         """Wait until the callback has seen every chunk (after listening ended)."""
         await asyncio.shield(self._consumer)
 
-    def levels(self) -> dict[Optional[int], Level]:
+    def levels(self) -> dict[int | None, Level]:
         """Every member's level now. Safe to call from any thread (e.g. the event loop)."""
         now = time.monotonic()
         out = {}
@@ -325,14 +326,16 @@ class LiveSpeech(listening.AudioSink):
                 out[uid] = Level(float("-inf") if quiet else st.db, peak, st.active)
         return out
 
-    def meter(self, names: Optional[dict[int, str]] = None, width: int = 30) -> str:
+    def meter(self, names: dict[int, str] | None = None, width: int = 30) -> str:
         """The levels as text bars, one line per member (-60..0 dBFS)."""
         lines = []
         for uid, level in sorted(self.levels().items(), key=lambda kv: kv[0] or 0):
             name = (names or {}).get(uid or 0) or str(uid)
             fill = 0 if level.peak_db == float("-inf") else int(width * min(1.0, max(0.0, (level.peak_db + 60) / 60)))
             db = "  -inf" if level.peak_db == float("-inf") else f"{level.peak_db:6.1f}"
-            lines.append(f"{name:>10} {'#' * fill}{'.' * (width - fill)} {db} dB {'speaking' if level.speaking else ''}")
+            lines.append(
+                f"{name:>10} {'#' * fill}{'.' * (width - fill)} {db} dB {'speaking' if level.speaking else ''}"
+            )
         return "\n".join(lines)
 
 
@@ -350,8 +353,10 @@ async def demo() -> None:
         audio = chunk.mono_16k()
         name = getattr(chunk.user, "name", chunk.user_id)
         kind = "end of utterance" if chunk.final else "continues"
-        print(f"  -> chunk #{chunk.index} of {name}: {chunk.start:5.2f}s + {chunk.duration:.2f}s "
-              f"({len(audio)} samples at 16 kHz, {kind})")
+        print(
+            f"  -> chunk #{chunk.index} of {name}: {chunk.start:5.2f}s + {chunk.duration:.2f}s "
+            f"({len(audio)} samples at 16 kHz, {kind})"
+        )
 
     with listening.AudioProcessPool(2) as pool:
         async with VoiceServerEmulator(dave=True, seed=3) as server:

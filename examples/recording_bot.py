@@ -32,10 +32,10 @@ import math
 import os
 import wave
 import zipfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 import discord
 from discord import app_commands
@@ -81,10 +81,10 @@ class RecordingSession:
     def __init__(
         self,
         voice_client: listening.VoiceClient,
-        output_dir: "str | os.PathLike[str]",
+        output_dir: str | os.PathLike[str],
         file_format: str = "wav",
         *,
-        pool: Optional[listening.AudioProcessPool] = None,
+        pool: listening.AudioProcessPool | None = None,
         mixed: bool = True,
     ) -> None:
         if file_format not in FORMATS:
@@ -95,10 +95,10 @@ class RecordingSession:
         self.pool = pool
         self.mixed = mixed
         #: The file sink, once started: ``sink.output_files`` maps user ids to their files.
-        self.sink: Optional[listening.AudioFileSink] = None
+        self.sink: listening.AudioFileSink | None = None
         #: Set when listening ended with an error (a full disk...), or the bot was disconnected.
-        self.error: Optional[BaseException] = None
-        self.started_at: Optional[datetime] = None
+        self.error: BaseException | None = None
+        self.started_at: datetime | None = None
         #: The finished files (per member, then the mix), once :meth:`stop` returned.
         self.files: list[Path] = []
         self._finished = asyncio.Event()
@@ -147,10 +147,10 @@ class RecordingSession:
         # Ogg Opus stores the packets exactly as Discord sent them: no decoding needed at all.
         vc.listen(sink, self.pool, decode=self.format != "opus", after=self._on_finished)
         self.sink = sink
-        self.started_at = datetime.now(timezone.utc)
+        self.started_at = datetime.now(UTC)
         log.info("recording %s to %s as %s", vc.channel, self.output_dir, self.format)
 
-    async def _on_finished(self, sink: listening.AudioSink, error: Optional[BaseException] = None) -> None:
+    async def _on_finished(self, sink: listening.AudioSink, error: BaseException | None = None) -> None:
         # Awaited on the event loop once listening ended for any reason: stop_listening(), the
         # bot being disconnected or kicked, or a file error (error is then set).
         if error is not None:
@@ -190,13 +190,13 @@ class RecordingSession:
             self.error = self.sink.error
         return self.files
 
-    def user_file(self, user_id: int) -> Optional[Path]:
+    def user_file(self, user_id: int) -> Path | None:
         """The file of one member (``None`` if they never spoke)."""
         f = self.sink.output_files.get(user_id) if self.sink is not None else None
         return f.path if f is not None else None
 
     @property
-    def mixed_file(self) -> Optional[Path]:
+    def mixed_file(self) -> Path | None:
         return self.sink.mixed_file.path if self.sink is not None and self.sink.mixed_file else None
 
     def notice(self) -> str:
@@ -404,9 +404,9 @@ class RecordingBot(discord.Client):
     def __init__(
         self,
         *,
-        output_dir: "str | os.PathLike[str]" = "recordings",
-        pool: Optional[listening.AudioProcessPool] = None,
-        sync_guild: Optional[int] = None,
+        output_dir: str | os.PathLike[str] = "recordings",
+        pool: listening.AudioProcessPool | None = None,
+        sync_guild: int | None = None,
     ) -> None:
         # Guilds and voice states are all a recording bot needs: members in a voice channel
         # come with their voice state. No privileged intent.
@@ -495,7 +495,7 @@ async def _reply(interaction: discord.Interaction, text: str, *, ephemeral: bool
         await interaction.response.send_message(text, ephemeral=ephemeral)
 
 
-async def _connect(interaction: discord.Interaction) -> Optional[listening.VoiceClient]:
+async def _connect(interaction: discord.Interaction) -> listening.VoiceClient | None:
     """The guild's listening voice client, joining the invoker's channel if needed."""
     guild = interaction.guild
     assert guild is not None
@@ -509,7 +509,7 @@ async def _connect(interaction: discord.Interaction) -> Optional[listening.Voice
     try:
         # self_deaf=False: a deafened bot hears nothing.
         return await voice.channel.connect(cls=listening.VoiceClient, self_deaf=False)
-    except (discord.ClientException, asyncio.TimeoutError) as exc:
+    except (TimeoutError, discord.ClientException) as exc:
         await _reply(interaction, f"Could not join {voice.channel.mention}: {exc or 'timed out'}")
         return None
 
@@ -536,7 +536,7 @@ def _add_commands(bot: RecordingBot) -> None:
             app_commands.Choice(name="Opus (smallest, as Discord sent it)", value="opus"),
         ]
     )
-    async def record(interaction: discord.Interaction, format: Optional[app_commands.Choice[str]] = None) -> None:
+    async def record(interaction: discord.Interaction, format: app_commands.Choice[str] | None = None) -> None:
         guild = interaction.guild
         assert guild is not None
         session = bot.sessions.get(guild.id)
@@ -552,7 +552,7 @@ def _add_commands(bot: RecordingBot) -> None:
         session = RecordingSession(vc, out, fmt, pool=bot.pool)
         try:
             await session.start()
-        except (discord.ClientException, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, discord.ClientException, OSError) as exc:
             await _reply(interaction, f"Could not start recording: {exc}")
             return
         bot.sessions[guild.id] = session
@@ -579,7 +579,11 @@ def _add_commands(bot: RecordingBot) -> None:
             await _reply(interaction, "The recording is not paused.")
             return
         session.resume()
-        await _reply(interaction, "\N{LARGE RED CIRCLE} Recording resumed: everyone here is being recorded again.", ephemeral=False)
+        await _reply(
+            interaction,
+            "\N{LARGE RED CIRCLE} Recording resumed: everyone here is being recorded again.",
+            ephemeral=False,
+        )
 
     @tree.command(description="Stop recording and post the files")
     @app_commands.guild_only()
@@ -616,7 +620,9 @@ def main() -> None:
     guild = os.environ.get("DISCORD_GUILD")
     # Decoding runs in worker processes: start them here, under the __main__ guard.
     listening.init_audio_processing_pool(2)
-    bot = RecordingBot(output_dir=os.environ.get("RECORDINGS_DIR", "recordings"), sync_guild=int(guild) if guild else None)
+    bot = RecordingBot(
+        output_dir=os.environ.get("RECORDINGS_DIR", "recordings"), sync_guild=int(guild) if guild else None
+    )
     bot.run(token, log_handler=None)
 
 

@@ -44,8 +44,9 @@ def _child(name: str, seconds: int, timeout: int, rss_limit_mb: int, artifacts: 
     # Dependencies load uninstrumented first (instrumenting discord.py would take ~20 s and
     # steer the search by code we do not test); then our package is instrumented on import.
     import davey  # noqa: F401
-    import discord  # noqa: F401
     import numpy  # noqa: F401
+
+    import discord  # noqa: F401
 
     with atheris.instrument_imports(include=["discord.ext.listening"]):
         import targets
@@ -72,8 +73,20 @@ def run(names: list[str], seconds: int, timeout: int, rss_limit_mb: int, artifac
     results = []
     for name in names:
         started = time.monotonic()
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--seconds", str(seconds),
-               "--timeout", str(timeout), "--rss-limit-mb", str(rss_limit_mb), "--artifacts", artifacts]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            name,
+            "--seconds",
+            str(seconds),
+            "--timeout",
+            str(timeout),
+            "--rss-limit-mb",
+            str(rss_limit_mb),
+            "--artifacts",
+            artifacts,
+        ]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + timeout + 120)
             output, code = done.stderr + done.stdout, done.returncode
@@ -138,7 +151,9 @@ def main(argv: list[str]) -> int:
     else:
         for r in results:
             status = "ok" if r["ok"] else f"FINDING (exit {r['exit_code']})"
-            print(f"{r['target']:10} {status:22} {r['inputs']:>10} inputs  {r['seconds']:>6}s  peak {r['peak_rss_mb']} MB")
+            print(
+                f"{r['target']:10} {status:22} {r['inputs']:>10} inputs  {r['seconds']:>6}s  peak {r['peak_rss_mb']} MB"
+            )
             if not r["ok"]:
                 print(r["output"])
         print(f"total: {sum(r['inputs'] for r in results)} inputs")

@@ -18,12 +18,14 @@ libopus packets; only the bytes are hostile.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import struct
 import tempfile
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import davey
 
@@ -36,7 +38,7 @@ from discord.ext.listening.reorder import JitterBuffer, PushResult
 from discord.ext.listening.ssrc import SSRCMap
 from discord.ext.listening.stats import ListenStats
 
-__all__ = ("TARGETS", "COUNTS", "Reader")
+__all__ = ("COUNTS", "TARGETS", "Reader")
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(100, 132))
@@ -265,7 +267,9 @@ def target_jitter(data: bytes) -> None:
     COUNTS["jitter"] += 1
     r = Reader(data)
     max_packets = 1 + r.u8() % 40
-    jb = JitterBuffer(depth=(r.u8() % 10) / 50, max_packets=max_packets, max_dropout=1 + r.u16() % 3000, max_misorder=1 + r.u8())
+    jb = JitterBuffer(
+        depth=(r.u8() % 10) / 50, max_packets=max_packets, max_dropout=1 + r.u16() % 3000, max_misorder=1 + r.u8()
+    )
     seq, ts, now = r.u16(), r.u32(), 0.0
     released = 0
     pushes = 0
@@ -313,7 +317,7 @@ def target_jitter(data: bytes) -> None:
 def _check_order(out: list[Any]) -> None:
     from discord.ext.listening.reorder import seq_diff
 
-    for a, b in zip(out, out[1:]):
+    for a, b in itertools.pairwise(out):
         if not b.new_stream:
             assert seq_diff(b.sequence, a.sequence) == 1 + b.lost_before, (a, b)
 
@@ -378,8 +382,16 @@ def target_receiver(data: bytes) -> None:
                 payload = b"\xf8\xff\xfe"
             else:
                 payload = r.take(r.u8())
-            header = bytearray(rtp.build_rtp_header(seq, ts, ssrc, payload_type=pt, padding=bool(pad),
-                                                    extension_length=None if ext_words is None else 4 * ext_words))
+            header = bytearray(
+                rtp.build_rtp_header(
+                    seq,
+                    ts,
+                    ssrc,
+                    payload_type=pt,
+                    padding=bool(pad),
+                    extension_length=None if ext_words is None else 4 * ext_words,
+                )
+            )
             header[0] |= csrc
             if csrc:
                 header[12:12] = bytes(4 * csrc)

@@ -16,12 +16,27 @@ import av
 OUT = Path(__file__).resolve().parents[1] / "src" / "discord" / "ext" / "listening" / "data"
 
 CLIPS = {
-    "alice": ("en-us+f3", 165, 60, "Good morning everyone. Let's start with the release status. "
-              "The voice receiver decodes every speaker in order, even when packets are lost."),
-    "bob": ("en-gb+m3", 150, 40, "Thanks Alice. The recordings line up sample for sample, "
-            "so you can lay every track on top of the others in an editor."),
-    "carol": ("en-gb-scotland+f4", 175, 70, "One more thing: end to end encryption is on by default now, "
-              "and the bot only hears what it can decrypt as a member of the call."),
+    "alice": (
+        "en-us+f3",
+        165,
+        60,
+        "Good morning everyone. Let's start with the release status. "
+        "The voice receiver decodes every speaker in order, even when packets are lost.",
+    ),
+    "bob": (
+        "en-gb+m3",
+        150,
+        40,
+        "Thanks Alice. The recordings line up sample for sample, "
+        "so you can lay every track on top of the others in an editor.",
+    ),
+    "carol": (
+        "en-gb-scotland+f4",
+        175,
+        70,
+        "One more thing: end to end encryption is on by default now, "
+        "and the bot only hears what it can decrypt as a member of the call.",
+    ),
     "dave": ("en-us+m7", 140, 30, "Sounds good to me. Let's ship it on Friday and write the release notes tomorrow."),
 }
 
@@ -31,7 +46,9 @@ def main() -> int:
     for name, (voice, speed, pitch, text) in CLIPS.items():
         with tempfile.TemporaryDirectory() as tmp:
             wav = Path(tmp) / f"{name}.wav"
-            subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(wav), text], check=True)
+            subprocess.run(
+                ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(wav), text], check=True
+            )
             dst = OUT / f"{name}.opus"
             with av.open(str(wav)) as src, av.open(str(dst), "w", format="ogg") as out:
                 stream = out.add_stream("libopus", rate=48000, layout="mono")

@@ -8,16 +8,16 @@ the long fuzzing runs do.
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import settings
 
+from discord.ext import listening
+
 settings.register_profile("gate", derandomize=True, database=None)
 settings.register_profile("explore", derandomize=False, database=None)
 settings.load_profile("explore" if os.environ.get("LISTENING_SOAK") else "gate")
-
-from discord.ext import listening
 
 
 @pytest.fixture(scope="session")

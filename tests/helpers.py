@@ -39,7 +39,9 @@ class Collect(listening.AudioSink):
         return out
 
 
-async def listen_until_done(vc: listening.VoiceClient, sink: listening.AudioSink, pool: object, **kw: object) -> asyncio.Event:
+async def listen_until_done(
+    vc: listening.VoiceClient, sink: listening.AudioSink, pool: object, **kw: object
+) -> asyncio.Event:
     """Start listening; the returned event is set when ``after`` ran (its calls in ``.results``)."""
     done = asyncio.Event()
     results: list[object] = []
@@ -60,8 +62,12 @@ def reference(spurts: list[SpurtRecord]) -> dict[int, bytes]:
 
 
 async def connect_and_listen(
-    server: VoiceServerEmulator, pool: object, sink: listening.AudioSink | None = None, *,
-    cls: type = listening.VoiceClient, **kw: object,
+    server: VoiceServerEmulator,
+    pool: object,
+    sink: listening.AudioSink | None = None,
+    *,
+    cls: type = listening.VoiceClient,
+    **kw: object,
 ) -> tuple[listening.VoiceClient, Collect, asyncio.Event]:
     """Connect the bot to the emulator and start listening into ``sink`` (a new Collect by default)."""
     vc = await server.connect(cls=cls)

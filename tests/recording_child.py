@@ -70,10 +70,20 @@ class PreEncoded:
 
 #: What each member says in the killed recording: (pause before, clip, from, seconds).
 CRASH_PLAN = {
-    "alice": [(0.2, "alice", 0.0, 1.0), (0.1, "alice", 1.5, 1.0), (0.1, "alice", 3.0, 1.0), (0.1, "alice", 4.5, 1.0),
-              (0.1, "alice", 6.0, 1.0)],
-    "bob": [(0.6, "bob", 1.3, 0.8), (0.4, "bob", 2.4, 1.0), (0.1, "bob", 4.0, 1.0), (0.3, "bob", 5.2, 1.0),
-            (0.1, "bob", 6.3, 1.0)],
+    "alice": [
+        (0.2, "alice", 0.0, 1.0),
+        (0.1, "alice", 1.5, 1.0),
+        (0.1, "alice", 3.0, 1.0),
+        (0.1, "alice", 4.5, 1.0),
+        (0.1, "alice", 6.0, 1.0),
+    ],
+    "bob": [
+        (0.6, "bob", 1.3, 0.8),
+        (0.4, "bob", 2.4, 1.0),
+        (0.1, "bob", 4.0, 1.0),
+        (0.3, "bob", 5.2, 1.0),
+        (0.1, "bob", 6.3, 1.0),
+    ],
 }
 
 
@@ -110,8 +120,12 @@ async def _main(out: Path) -> None:
 
         sinks = [
             listening.AudioFileSink(cls, out / cls.__name__, mixed=True, filename="{user_name}")
-            for cls in (listening.WaveAudioFile, listening.FLACAudioFile, listening.MP3AudioFile,
-                        listening.OggOpusAudioFile)
+            for cls in (
+                listening.WaveAudioFile,
+                listening.FLACAudioFile,
+                listening.MP3AudioFile,
+                listening.OggOpusAudioFile,
+            )
         ]
         vc.listen(listening.FanOutSink(*sinks, Progress()), decode=False)
         say(origin=vc._last_session.origin)

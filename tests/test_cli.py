@@ -73,7 +73,10 @@ def best_clip(audio: np.ndarray, clips: dict[str, bytes]) -> tuple[str, float]:
 def test_demo_records_every_member_and_the_mix(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "discord.ext.listening", "demo", "--output", str(tmp_path / "out")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=80,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=80,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     (out_dir,) = (tmp_path / "out").iterdir()  # one directory named after the start time
@@ -160,13 +163,24 @@ async def test_check_channel_accepts_the_voice_channel_and_names_what_is_wrong()
 
         with pytest.raises(RecordError, match=f"not in a guild with id {guild.id + 1}"):
             _check_channel(client, guild.id + 1, server.channel.id)
-        with pytest.raises(RecordError, match=f"'Listening test guild' has no channel with id {server.channel.id + 99}"):
+        with pytest.raises(
+            RecordError, match=f"'Listening test guild' has no channel with id {server.channel.id + 99}"
+        ):
             _check_channel(client, guild.id, server.channel.id + 99)
 
         # channels that are not voice channels, created through discord.py's own parser
         state = server.harness.state
-        text = {"id": str(guild.id + 10), "type": 0, "guild_id": str(guild.id), "name": "chat", "position": 5,
-                "permission_overwrites": [], "nsfw": False, "parent_id": None, "topic": None}
+        text = {
+            "id": str(guild.id + 10),
+            "type": 0,
+            "guild_id": str(guild.id),
+            "name": "chat",
+            "position": 5,
+            "permission_overwrites": [],
+            "nsfw": False,
+            "parent_id": None,
+            "topic": None,
+        }
         stage = {**voice_channel_payload(guild.id + 11, guild.id, "talks", 6), "type": 13}
         state.parse_channel_create(text)
         state.parse_channel_create(stage)
@@ -183,12 +197,26 @@ async def test_check_channel_names_the_missing_permissions() -> None:
         everyone = guild.default_role
         # The emulated guild is the bot's own (an owner has every permission): another user
         # owns it now, @everyone keeps the voice and general permissions (GUILD_UPDATE).
-        state.parse_guild_update({
-            "id": str(guild.id), "name": guild.name, "owner_id": str(guild.id + 500),
-            "roles": [{"id": str(everyone.id), "name": "@everyone", "permissions": str(everyone.permissions.value),
-                       "position": 0, "color": 0, "hoist": False, "managed": False, "mentionable": False,
-                       "flags": 0}],
-        })
+        state.parse_guild_update(
+            {
+                "id": str(guild.id),
+                "name": guild.name,
+                "owner_id": str(guild.id + 500),
+                "roles": [
+                    {
+                        "id": str(everyone.id),
+                        "name": "@everyone",
+                        "permissions": str(everyone.permissions.value),
+                        "position": 0,
+                        "color": 0,
+                        "hoist": False,
+                        "managed": False,
+                        "mentionable": False,
+                        "flags": 0,
+                    }
+                ],
+            }
+        )
         assert guild.owner_id != client.user.id
         assert _check_channel(client, guild.id, channel.id) is channel
 
@@ -231,7 +259,12 @@ async def test_record_channel_records_until_the_duration_is_over(pool, tmp_path:
             await asyncio.Event().wait()  # Ctrl-C never comes
 
         recording = await record_channel(
-            vc, pool, out_dir, until, interval=0.5, keep_going=lambda: loop.time() < deadline,
+            vc,
+            pool,
+            out_dir,
+            until,
+            interval=0.5,
+            keep_going=lambda: loop.time() < deadline,
         )
         await speaking[0]
         assert not vc.is_connected()

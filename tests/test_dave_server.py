@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+from collections.abc import Iterable, Mapping
 from types import SimpleNamespace
-from typing import Dict, Iterable, List, Mapping
 
 import davey
 import pytest
@@ -74,10 +74,10 @@ def assert_all_decrypt(members: Mapping[int, LocalDaveMember], n: int = 0) -> No
                 assert member.decrypt(sender, frame) == opus(sender, n)
 
 
-def make_group(users: Iterable[int], **server_kwargs) -> tuple[DaveGroupServer, Dict[int, LocalDaveMember]]:
+def make_group(users: Iterable[int], **server_kwargs) -> tuple[DaveGroupServer, dict[int, LocalDaveMember]]:
     """A server and an established group of in-process members (rejection counters cleared)."""
     server = DaveGroupServer(CHANNEL, **server_kwargs)
-    members: Dict[int, LocalDaveMember] = {}
+    members: dict[int, LocalDaveMember] = {}
     for uid in users:
         member = LocalDaveMember(uid, CHANNEL)
         members[uid] = member
@@ -95,11 +95,11 @@ def join_without_delivery(server: DaveGroupServer, member: LocalDaveMember) -> D
     return key_package
 
 
-def ops(messages: Iterable[DaveMessage]) -> List[tuple[int, int]]:
+def ops(messages: Iterable[DaveMessage]) -> list[tuple[int, int]]:
     return [(m.user_id, m.op) for m in messages]
 
 
-def by_op(messages: Iterable[DaveMessage], op: int) -> List[DaveMessage]:
+def by_op(messages: Iterable[DaveMessage], op: int) -> list[DaveMessage]:
     return [m for m in messages if m.op == op]
 
 
@@ -255,11 +255,11 @@ def test_commit_welcome_split_and_welcome_subset():
 
 def test_four_members_form_one_group_and_decrypt_each_other():
     server = DaveGroupServer(CHANNEL)
-    members: Dict[int, LocalDaveMember] = {}
+    members: dict[int, LocalDaveMember] = {}
     for i, uid in enumerate((BOT, ALICE, BOB, CAROL)):
         member = LocalDaveMember(uid, CHANNEL)
         members[uid] = member
-        trace: List[DaveMessage] = []
+        trace: list[DaveMessage] = []
         out = server.add_participant(uid, member.max_protocol_version)
         assert ops(out) == [(uid, OP_EXTERNAL_SENDER)]
         assert deliver(server, members, out + member.session_description(server.protocol_version), trace=trace) == []
@@ -313,7 +313,7 @@ class DiscordPyBot:
         self.state = state
         self.seq = 0
 
-    def _drain(self) -> List[DaveMessage]:
+    def _drain(self) -> list[DaveMessage]:
         out = []
         for frame in self.socket.sent:
             if isinstance(frame, dict) and frame["op"] == 5:  # SPEAKING after op 4
@@ -322,14 +322,17 @@ class DiscordPyBot:
         self.socket.sent.clear()
         return out
 
-    async def session_description(self, dave_protocol_version: int) -> List[DaveMessage]:
+    async def session_description(self, dave_protocol_version: int) -> list[DaveMessage]:
         self.seq += 1
-        data = {"mode": "aead_xchacha20_poly1305_rtpsize", "secret_key": [0] * 32,
-                "dave_protocol_version": dave_protocol_version}
+        data = {
+            "mode": "aead_xchacha20_poly1305_rtpsize",
+            "secret_key": [0] * 32,
+            "dave_protocol_version": dave_protocol_version,
+        }
         await self.ws.received_message({"op": 4, "d": data, "seq": self.seq})
         return self._drain()
 
-    async def feed(self, message: DaveMessage) -> List[DaveMessage]:
+    async def feed(self, message: DaveMessage) -> list[DaveMessage]:
         self.seq += 1
         frame = message.to_frame(self.seq)
         if isinstance(frame, dict):
@@ -342,7 +345,7 @@ class DiscordPyBot:
 async def _run_with_bot(server, members, bot: DiscordPyBot, messages) -> None:
     pending = deliver(server, members, messages)
     while pending:
-        following: List[DaveMessage] = []
+        following: list[DaveMessage] = []
         for message in pending:
             assert message.user_id == bot.user_id
             following += deliver(server, members, await bot.feed(message))
@@ -351,7 +354,7 @@ async def _run_with_bot(server, members, bot: DiscordPyBot, messages) -> None:
 
 async def test_real_discord_py_code_joins_the_group():
     server = DaveGroupServer(CHANNEL)
-    members: Dict[int, LocalDaveMember] = {}
+    members: dict[int, LocalDaveMember] = {}
     bot = DiscordPyBot(BOT, CHANNEL)
     # the bot joins first: it creates the group with the first member that joins
     out = server.add_participant(BOT, bot.state.max_dave_protocol_version)
@@ -389,7 +392,7 @@ def test_leave_then_join_new_epoch_and_removed_member_is_locked_out():
     bob = members.pop(BOB)
     bob_leaf = server.leaf_index(BOB)
 
-    trace: List[DaveMessage] = []
+    trace: list[DaveMessage] = []
     assert deliver(server, members, server.remove_participant(BOB), trace=trace) == []
     removal = by_op(trace, OP_PROPOSALS)
     assert {m.user_id for m in removal} == set(members) and len({m.payload for m in removal}) == 1
@@ -453,7 +456,7 @@ def test_message_frames_round_trip():
 
 def test_sole_member_reset_and_new_group():
     server, members = make_group((ALICE, BOB))
-    trace: List[DaveMessage] = []
+    trace: list[DaveMessage] = []
     members.pop(BOB)
     assert deliver(server, members, server.remove_participant(BOB), trace=trace) == []
     # op 24 epoch 1 then op 21 transition 0 to the last member, which answers with a key package
@@ -507,8 +510,8 @@ def test_commit_race_in_established_group(winner):
 def test_commit_race_when_creating_the_group(winner):
     server = DaveGroupServer(CHANNEL)
     members = {uid: LocalDaveMember(uid, CHANNEL) for uid in (ALICE, BOB)}
-    inbox: List[DaveMessage] = []
-    for uid, member in members.items():
+    inbox: list[DaveMessage] = []
+    for _uid, member in members.items():
         inbox += server.handle(join_without_delivery(server, member))
     # each pending member got the other's Add proposal for its own local group
     assert ops(inbox) == [(ALICE, OP_PROPOSALS), (BOB, OP_PROPOSALS)]
@@ -529,7 +532,7 @@ def test_commit_that_misses_a_newer_proposal_is_ignored():
     server, members = make_group((ALICE, BOB))
     newcomers = {uid: LocalDaveMember(uid, CHANNEL) for uid in (CAROL, ERIN)}
     proposals = []
-    for uid, member in newcomers.items():
+    for _uid, member in newcomers.items():
         proposals.append(server.handle(join_without_delivery(server, member)))
     # Alice commits after seeing only Carol's proposal; Bob after seeing both
     alice_commit = members[ALICE].handle(proposals[0][0])[0]
@@ -658,12 +661,15 @@ def test_member_that_missed_the_external_sender_recovers():
     members[CAROL] = carol
     early = server.add_participant(CAROL, 1)
     assert carol.handle(early[0]) == []  # op 25 before op 4: discord.py drops it (no session yet)
-    trace: List[DaveMessage] = []
+    trace: list[DaveMessage] = []
     assert deliver(server, members, carol.session_description(1), trace=trace) == []
     # the welcome cannot be checked against an external sender -> op 31; the server
     # sends op 25 again with the re-add, and the second welcome works
     assert [m.op for m in trace if m.user_id == CAROL and m.op in (31, OP_EXTERNAL_SENDER, OP_WELCOME)] == [
-        OP_WELCOME, 31, OP_EXTERNAL_SENDER, OP_WELCOME,
+        OP_WELCOME,
+        31,
+        OP_EXTERNAL_SENDER,
+        OP_WELCOME,
     ]
     assert set(server.members) == {ALICE, BOB, CAROL} and server.pending_transitions == {}
     assert_all_decrypt(members)
@@ -681,8 +687,11 @@ def test_transition_timeout_executes_without_the_slow_member():
     ((transition_id, transition),) = server.pending_transitions.items()
     assert transition.awaiting == {CAROL}
     executed = server.execute_transition(transition_id)
-    assert ops(executed) == [(ALICE, OP_EXECUTE_TRANSITION), (BOB, OP_EXECUTE_TRANSITION),
-                             (CAROL, OP_EXECUTE_TRANSITION)]
+    assert ops(executed) == [
+        (ALICE, OP_EXECUTE_TRANSITION),
+        (BOB, OP_EXECUTE_TRANSITION),
+        (CAROL, OP_EXECUTE_TRANSITION),
+    ]
     assert server.execute_transition(transition_id) == []
     members[CAROL] = carol
     assert deliver(server, members, welcome + executed) == []  # Carol's late ready is ignored
@@ -710,7 +719,7 @@ def test_pending_joiner_leaving_revokes_its_proposal():
 
 
 def test_e2ee_required_rejects_members_without_dave():
-    server, members = make_group((ALICE,))
+    server, _members = make_group((ALICE,))
     with pytest.raises(E2EERequired) as info:
         server.add_participant(BOB, 0)
     assert info.value.close_code == 4017 and isinstance(info.value, ValueError)
@@ -720,7 +729,7 @@ def test_e2ee_required_rejects_members_without_dave():
 def test_downgrade_and_upgrade():
     server, members = make_group((ALICE, BOB), require_e2ee=False)
     legacy = LocalDaveMember(CAROL, CHANNEL, max_protocol_version=0)
-    trace: List[DaveMessage] = []
+    trace: list[DaveMessage] = []
     out = server.add_participant(CAROL, 0)
     assert [(m.user_id, m.op, m.data) for m in out] == [
         (ALICE, OP_PREPARE_TRANSITION, {"transition_id": 2, "protocol_version": 0}),

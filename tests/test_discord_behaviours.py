@@ -5,6 +5,7 @@ other receivers were broken by."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -12,7 +13,6 @@ import pytest
 from discord.ext import listening
 from discord.ext.listening.stats import DropReason
 from discord.ext.listening.testing import VoiceServerEmulator, speechlike
-
 from helpers import Collect, connect_and_listen, stop_listening
 
 pytestmark = pytest.mark.timeout(90)
@@ -37,7 +37,8 @@ async def _after_silence(vc_cls: type, pool: object) -> tuple[Collect, VoiceServ
         await server.drain()
         await server.wait_until(
             lambda: len(sink.by_user()[alice.user_id]) >= len(spurt.frames) or server.media_withheld > 0,
-            timeout=5, what="audio or withheld media",
+            timeout=5,
+            what="audio or withheld media",
         )
         await asyncio.sleep(0.2)
         await stop_listening(vc, done)
@@ -64,7 +65,7 @@ async def test_without_keepalives_the_emulator_goes_deaf_like_discord(pool) -> N
 
 async def test_keepalives_follow_the_connection_and_echoes_are_not_drops(pool) -> None:
     async with VoiceServerEmulator(seed=32, echo_keepalive=True) as server:
-        vc, sink, done = await connect_and_listen(server, pool, cls=FastKeepalive)
+        vc, _sink, done = await connect_and_listen(server, pool, cls=FastKeepalive)
         await server.wait_until(lambda: vc.listen_stats.keepalive_echoes >= 3, timeout=5, what="echoes")
         await stop_listening(vc, done)
         # not listening any more: still connected, still kept alive
@@ -93,7 +94,7 @@ async def test_a_padding_burst_mid_spurt_costs_no_frame_and_no_time(pool) -> Non
     assert [f.sequence for f in got] == [f.sequence for f in spurt.frames]  # the burst's numbers are no frames
     assert not [f for f in got if f.concealed]
     # positions: 960 samples apart across the burst, the spurt exactly its length
-    steps = {b.position - a.position for a, b in zip(got, got[1:])}
+    steps = {b.position - a.position for a, b in itertools.pairwise(got)}
     assert steps == {960}
     assert got[-1].position + 960 - got[0].position == 960 * len(spurt.frames)
     stats = vc.listen_stats.user(3300)
@@ -116,19 +117,30 @@ async def test_moves_and_reconnects_while_listening_resume_audio_within_seconds(
         else:
             speaker, channel_id = here, server.channel_id
             await server.close_voice(how)  # type: ignore[arg-type]
-        await server.wait_until(lambda: vc.is_connected() and vc.channel.id == channel_id
-                                and server.session is not None and server.session.established,
-                                timeout=15, what=f"back after {how}")
+        await server.wait_until(
+            lambda: (
+                vc.is_connected()
+                and vc.channel.id == channel_id
+                and server.session is not None
+                and server.session.established
+            ),
+            timeout=15,
+            what=f"back after {how}",
+        )
         await server.wait_dave_ready(timeout=15)
         spurt = await speaker.speak(speechlike(0.6, seed=4))
         await server.drain()
-        await server.wait_until(lambda: {f.sequence for f in spurt.frames} <= {f.sequence for f in sink.frames},
-                                timeout=15, what="audio")
+        await server.wait_until(
+            lambda: {f.sequence for f in spurt.frames} <= {f.sequence for f in sink.frames}, timeout=15, what="audio"
+        )
         took = time.monotonic() - started
         back = time.monotonic()
         # the keepalive followed the connection to its new socket (and address)
-        await server.wait_until(lambda: any(t > back for t, _ in server.keepalives_received), timeout=5,
-                                what="a keepalive after the reconnect")
+        await server.wait_until(
+            lambda: any(t > back for t, _ in server.keepalives_received),
+            timeout=5,
+            what="a keepalive after the reconnect",
+        )
         assert server.bot_last_heard is not None and server.bot_last_heard > back
         assert vc.is_listening()
         await stop_listening(vc, done)
@@ -180,7 +192,8 @@ async def test_rtcp_feedback_and_sfu_reports_reach_on_rtcp(pool) -> None:
         await server.send_feedback("pli")
         await server.wait_until(
             lambda: {type(p) for p in sink.rtcp} >= {listening.ReceiverReport, listening.Feedback},
-            timeout=5, what="RTCP",
+            timeout=5,
+            what="RTCP",
         )
         await stop_listening(vc, done)
     kinds = {(p.type, p.fmt) for p in sink.rtcp if isinstance(p, listening.Feedback)}
@@ -235,11 +248,14 @@ async def test_a_sender_whose_frames_keep_failing_triggers_one_dave_recovery(poo
         await server.wait_dave_ready()
         after = await alice.speak(speechlike(0.6, seed=8))
         await server.drain()
-        await server.wait_until(lambda: {f.sequence for f in after.frames} <= {f.sequence for f in sink.frames},
-                                timeout=10, what="audio after the recovery")
+        await server.wait_until(
+            lambda: {f.sequence for f in after.frames} <= {f.sequence for f in sink.frames},
+            timeout=10,
+            what="audio after the recovery",
+        )
         await stop_listening(vc, done)
     stats = vc.listen_stats
     assert stats.dave_recoveries == 1
     assert len(server.ops_received(31)) == 1
     heard = [f.sequence for f in sink.by_user()[3900] if f.kind is listening.FrameKind.decoded]
-    assert heard[-len(after.audio_frames) - 5:] == [f.sequence for f in after.frames]
+    assert heard[-len(after.audio_frames) - 5 :] == [f.sequence for f in after.frames]

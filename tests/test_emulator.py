@@ -18,12 +18,21 @@ from typing import Any
 
 import aiohttp
 import davey
-import discord
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+import discord
 from discord.ext.listening.opus import SILENCE_FRAME, OpusDecoder
-from discord.ext.listening.rtp import Goodbye, ReceiverReport, SenderReport, is_rtcp, parse_audio_level, parse_rtcp, parse_rtp_header, split_plaintext
+from discord.ext.listening.rtp import (
+    Goodbye,
+    ReceiverReport,
+    SenderReport,
+    is_rtcp,
+    parse_audio_level,
+    parse_rtcp,
+    parse_rtp_header,
+    split_plaintext,
+)
 from discord.ext.listening.testing import (
     EmulatorError,
     Impairment,
@@ -44,7 +53,7 @@ ALICE, BOB, CAROL, DAVE_ = 1001, 1002, 1003, 1004
 class AESGCMVoiceClient(discord.VoiceClient):
     """discord.py's VoiceClient plus AES-256-GCM sending (PyNaCl 1.5 has no AES-GCM)."""
 
-    supported_modes = ("aead_aes256_gcm_rtpsize",) + discord.VoiceClient.supported_modes  # type: ignore[assignment]
+    supported_modes = ("aead_aes256_gcm_rtpsize", *discord.VoiceClient.supported_modes)  # type: ignore[assignment]
 
     def _encrypt_aead_aes256_gcm_rtpsize(self, header: bytes, data: Any) -> bytes:
         # Same layout as discord.py's xchacha method, with a 12-byte nonce.
@@ -149,7 +158,9 @@ class _WireTap:
         return [data for data, addr in self.sent if addr == address]
 
 
-async def _assert_member_audio_roundtrip(server: VoiceServerEmulator, vc: discord.VoiceClient, members: list[SimulatedMember]) -> None:
+async def _assert_member_audio_roundtrip(
+    server: VoiceServerEmulator, vc: discord.VoiceClient, members: list[SimulatedMember]
+) -> None:
     receiver = MiniReceiver(vc)
     try:
         records = [await m.speak(speechlike(0.3, seed=i), realtime=False) for i, m in enumerate(members)]
@@ -351,7 +362,9 @@ async def test_move_bot_to_other_channel() -> None:
         vc = await server.connect()
         first = server.session
         await server.move_bot(server.other_channel)
-        await server.wait_until(lambda: vc.is_connected() and server.session is not None and server.session.established, what="the move")
+        await server.wait_until(
+            lambda: vc.is_connected() and server.session is not None and server.session.established, what="the move"
+        )
         await server.wait_dave_ready()
         assert vc.channel == server.other_channel and server.session is not first
         assert vc._connection.dave_session.channel_id == server.other_channel_id
@@ -401,7 +414,8 @@ async def test_close_4006_makes_discord_py_reconnect_from_scratch() -> None:
         await server.close_voice(4006)
         await server.wait_until(
             lambda: server.session not in (None, first) and server.session.established and vc.is_connected(),
-            timeout=15, what="the reconnect",
+            timeout=15,
+            what="the reconnect",
         )
         await server.wait_dave_ready()
         assert server.ops_received(Op.IDENTIFY)[-1].time > server.events[mark].time
@@ -427,7 +441,9 @@ async def test_kick_disconnects_the_bot() -> None:
     async with VoiceServerEmulator(dave=False, seed=9) as server:
         vc = await server.connect()
         await server.kick_bot()
-        await server.wait_until(lambda: not vc.is_connected() and server.guild.voice_client is None, what="the disconnect")
+        await server.wait_until(
+            lambda: not vc.is_connected() and server.guild.voice_client is None, what="the disconnect"
+        )
 
 
 async def test_new_session_key_rotates_transport_key() -> None:
@@ -522,7 +538,12 @@ async def test_gateway_rejects_bad_clients_with_voice_close_codes() -> None:
                     if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
                         return ws.close_code
 
-        identify = {"server_id": str(server.guild_id), "user_id": str(server.bot_user_id), "session_id": session.session_id, "token": session.token}
+        identify = {
+            "server_id": str(server.guild_id),
+            "user_id": str(server.bot_user_id),
+            "session_id": session.session_id,
+            "token": session.token,
+        }
         assert await close_code("{not json") == 4002
         assert await close_code({"op": 1, "d": {}}) == 4003
         assert await close_code(b"\x1a") == 4003  # DAVE key package before IDENTIFY
@@ -532,7 +553,16 @@ async def test_gateway_rejects_bad_clients_with_voice_close_codes() -> None:
         assert await close_code({"op": 0, "d": {**identify, "max_dave_protocol_version": 0}}) == 4017
         assert await close_code({"op": 7, "d": {**identify, "seq_ack": -1}}) == 4006  # never identified
         ok = {"op": 0, "d": {**identify, "max_dave_protocol_version": 1}}
-        assert await close_code(ok, {"op": 1, "d": {"protocol": "udp", "data": {"address": "127.0.0.1", "port": 1, "mode": "xsalsa20_poly1305"}}}) == 4016
+        assert (
+            await close_code(
+                ok,
+                {
+                    "op": 1,
+                    "d": {"protocol": "udp", "data": {"address": "127.0.0.1", "port": 1, "mode": "xsalsa20_poly1305"}},
+                },
+            )
+            == 4016
+        )
         assert await close_code(ok, ok) == 4005
 
 
@@ -614,7 +644,7 @@ async def test_injected_faults_reach_the_bot_and_do_no_harm() -> None:
             sent += await server.inject("raw", payload=b"\x00")
             await receiver.wait_count(len(sent), every=True)
             assert receiver.raw == sent
-            got, dropped = receiver.rtp({alice.ssrc: ALICE})
+            _got, dropped = receiver.rtp({alice.ssrc: ALICE})
             assert dropped["undecryptable"] >= 1 and dropped["unknown_ssrc"] == 1 and dropped["not_audio"] == 2
             assert vc.is_connected()
         finally:
@@ -686,7 +716,9 @@ async def test_teardown_leaves_no_emulator_threads_or_tasks() -> None:
         await asyncio.sleep(0.02)
     assert not left, left
     current = asyncio.current_task()
-    assert not [t for t in asyncio.all_tasks() if t is not current and not t.done() and "voice-emulator" in t.get_name()]
+    assert not [
+        t for t in asyncio.all_tasks() if t is not current and not t.done() and "voice-emulator" in t.get_name()
+    ]
 
 
 # -- Discord's behaviours, on by default (docs/discord-behaviours.md) ---------------------------
@@ -760,7 +792,9 @@ async def test_padding_burst_mid_spurt_is_padding_only_and_uses_up_sequence_numb
         vc = await server.connect()
         receiver = MiniReceiver(vc)
         try:
-            record = await alice.speak(speechlike(1.0, seed=4), realtime=False, padding_burst_at=25, padding_burst_size=60)
+            record = await alice.speak(
+                speechlike(1.0, seed=4), realtime=False, padding_burst_at=25, padding_burst_size=60
+            )
             (burst,) = record.padding_bursts
             before, after = record.frames[24], record.frames[25]
             assert burst.before_frame == 25 and burst.count == 60 and burst.ssrc == alice.ssrc
@@ -808,7 +842,9 @@ async def test_padding_bursts_by_default_rate() -> None:
         assert all(b.count == 55 and b.before_frame >= 1 for b in bursts)
         # Frames and padding packets together number one contiguous run: nothing else is missing.
         first = records[0].first_sequence
-        used = sorted((s - first) % 65536 for s in [f.sequence for f in alice.sent.frames] + sorted(alice.sent.padding_sequences))
+        used = sorted(
+            (s - first) % 65536 for s in [f.sequence for f in alice.sent.frames] + sorted(alice.sent.padding_sequences)
+        )
         assert used == list(range(len(used)))
         assert alice.sent.packet_count == len(used)
 
@@ -835,17 +871,26 @@ async def test_audio_ssrcs_come_by_op5_and_op12_only_for_video() -> None:
         # At connection start: op 11 for everyone, op 12 for bob (video) only, no op 5 (nobody spoke).
         assert server.ops_sent(Op.CLIENTS_CONNECT)[0].data == {"user_ids": [str(ALICE), str(BOB), str(CAROL)]}
         (op12,) = server.ops_sent(Op.CLIENT_CONNECT)
-        assert op12.data["user_id"] == str(BOB) and op12.data["audio_ssrc"] == bob.ssrc and op12.data["video_ssrc"] == bob.video_ssrc
+        assert (
+            op12.data["user_id"] == str(BOB)
+            and op12.data["audio_ssrc"] == bob.ssrc
+            and op12.data["video_ssrc"] == bob.video_ssrc
+        )
         assert not server.ops_sent(Op.SPEAKING)
         # Starting to speak gives op 5; speaking_event="none" gives none (no speaking state).
         await alice.speak(tone(440, 0.04), realtime=False)
         await carol.speak(tone(440, 0.04), realtime=False, speaking_event="none")
-        assert [e.data for e in server.ops_sent(Op.SPEAKING)] == [{"user_id": str(ALICE), "ssrc": alice.ssrc, "speaking": 1}]
+        assert [e.data for e in server.ops_sent(Op.SPEAKING)] == [
+            {"user_id": str(ALICE), "ssrc": alice.ssrc, "speaking": 1}
+        ]
         # A member with video joining mid-call gets op 11 + op 12, one without video op 11 only.
         dave = await server.add_member(DAVE_, "dave", video=True)
         erin = await server.add_member(1005, "erin")
         assert [e.data["user_id"] for e in server.ops_sent(Op.CLIENT_CONNECT)] == [str(BOB), str(DAVE_)]
-        assert [e.data for e in server.ops_sent(Op.CLIENTS_CONNECT)][-2:] == [{"user_ids": [str(DAVE_)]}, {"user_ids": [str(1005)]}]
+        assert [e.data for e in server.ops_sent(Op.CLIENTS_CONNECT)][-2:] == [
+            {"user_ids": [str(DAVE_)]},
+            {"user_ids": [str(1005)]},
+        ]
         await server.wait_dave_ready()
         # On a new connection (a move there and back), op 5 is repeated for members with a
         # speaking state, right after SESSION_DESCRIPTION; leaving clears the state.
@@ -854,14 +899,21 @@ async def test_audio_ssrcs_come_by_op5_and_op12_only_for_video() -> None:
         await erin.join()
         mark = len(server.events)
         await server.move_bot(server.other_channel)
-        await server.wait_until(lambda: server.session is not None and server.session.established and vc.is_connected(), what="the move")
+        await server.wait_until(
+            lambda: server.session is not None and server.session.established and vc.is_connected(), what="the move"
+        )
         await server.move_bot(server.channel)
-        await server.wait_until(lambda: server.session is not None and server.session.established and vc.is_connected(), what="the move back")
+        await server.wait_until(
+            lambda: server.session is not None and server.session.established and vc.is_connected(),
+            what="the move back",
+        )
         await server.wait_dave_ready()
         sent = [e for e in server.events[mark:] if e.direction == "send"]
         last_description = max(i for i, e in enumerate(sent) if e.op == Op.SESSION_DESCRIPTION)
         after = sent[last_description:]
-        assert [e.data for e in after if e.op == Op.SPEAKING] == [{"user_id": str(ALICE), "ssrc": alice.ssrc, "speaking": 1}]
+        assert [e.data for e in after if e.op == Op.SPEAKING] == [
+            {"user_id": str(ALICE), "ssrc": alice.ssrc, "speaking": 1}
+        ]
         assert [e.data["user_id"] for e in after if e.op == Op.CLIENT_CONNECT] == [str(BOB), str(DAVE_)]
         assert not dave.speaking and alice.speaking and not carol.speaking
 
@@ -872,7 +924,8 @@ async def test_ssrc_in_client_connect_switch_restores_op12_for_everyone() -> Non
         await server.connect()
         bob = await server.add_member(BOB, "bob")
         assert [(e.data["user_id"], e.data["audio_ssrc"]) for e in server.ops_sent(Op.CLIENT_CONNECT)] == [
-            (str(ALICE), alice.ssrc), (str(BOB), bob.ssrc)
+            (str(ALICE), alice.ssrc),
+            (str(BOB), bob.ssrc),
         ]
 
 
@@ -885,8 +938,12 @@ async def test_no_rtcp_bye_on_move_unless_asked(goodbye: bool) -> None:
         old_address = server._udp_addresses[old_session]
         tap = _WireTap(server)
         await server.move_bot(server.other_channel)
-        await server.wait_until(lambda: server.session not in (None, old_session) and server.session.established, what="the move")
-        to_old = [transport_cipher(old_session.mode, old_key).decrypt_rtcp(d) for d in tap.to(old_address) if is_rtcp(d)]
+        await server.wait_until(
+            lambda: server.session not in (None, old_session) and server.session.established, what="the move"
+        )
+        to_old = [
+            transport_cipher(old_session.mode, old_key).decrypt_rtcp(d) for d in tap.to(old_address) if is_rtcp(d)
+        ]
         byes = [p for clear in to_old for p in parse_rtcp(clear) if isinstance(p, Goodbye)]
         if goodbye:
             assert [b.ssrcs for b in byes] == [[old_session.ssrc]]
@@ -922,7 +979,8 @@ async def test_sfu_receiver_reports_describe_the_bots_audio() -> None:
                 return [b for clear in _sfu_rtcp(receiver, 201, seen) for rr in parse_rtcp(clear) for b in rr.reports]
 
             await server.wait_until(
-                lambda: any(b.highest_sequence & 0xFFFF == last for b in blocks()), what="a report block about all the bot's audio"
+                lambda: any(b.highest_sequence & 0xFFFF == last for b in blocks()),
+                what="a report block about all the bot's audio",
             )
             found = blocks()
             assert all(b.ssrc == vc.ssrc for b in found) and found[-1].cumulative_lost == 2

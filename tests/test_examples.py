@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import io
+import itertools
 import sys
 import threading
 import types
@@ -375,7 +376,9 @@ async def test_recording_bot_slash_commands(pool, clips, tmp_path, monkeypatch) 
         await commands["record"].callback(i := ask(), format=app_commands.Choice(name="FLAC", value="flac"))
         await decoder_ready(pool, guild.voice_client)
         assert "being recorded" in i.sent[-1][0] and not i.sent[-1][1]  # told publicly...
-        assert posted and posted[-1][0] == server.channel.id and "being recorded" in posted[-1][1]  # ...and in voice chat
+        assert (
+            posted and posted[-1][0] == server.channel.id and "being recorded" in posted[-1][1]
+        )  # ...and in voice chat
         await commands["record"].callback(i := ask())
         assert "Already recording" in i.sent[-1][0]
 
@@ -385,7 +388,9 @@ async def test_recording_bot_slash_commands(pool, clips, tmp_path, monkeypatch) 
         assert "resumed" in i.sent[-1][0]
         # someone joining the recorded channel is told
         joiner = guild.get_member(1002)
-        await bot.on_voice_state_update(joiner, types.SimpleNamespace(channel=None), types.SimpleNamespace(channel=server.channel))
+        await bot.on_voice_state_update(
+            joiner, types.SimpleNamespace(channel=None), types.SimpleNamespace(channel=server.channel)
+        )
         assert "being recorded" in posted[-1][1] and joiner.mention in posted[-1][1]
         await server.drain()
         await asyncio.sleep(0.3)
@@ -454,7 +459,7 @@ async def test_live_chunks_reach_the_callback_for_the_right_members(pool, clips)
         assert all(not c.final for c in mine[:-1]) and mine[-1].final
         assert all(c.duration <= 0.6 + 0.021 for c in mine)
         # cut chunks continue each other on the timeline, without a gap
-        for a, b in zip(mine, mine[1:]):
+        for a, b in itertools.pairwise(mine):
             assert b.position == a.position + len(a.pcm) // 4
         # 1.2 s sent, of which ~0.8 s (bob) to 1.2 s (alice) speech: the chunks span it
         # (plus the pre-roll); pauses inside may be left out
@@ -501,7 +506,10 @@ async def test_live_speech_chunk_boundaries() -> None:
     await asyncio.wait_for(live.drain(), 5)
 
     one = [c for c in got if c.user_id == 1]
-    assert [(c.position // F, len(c.pcm) // 4 // F, c.final, c.index) for c in one] == [(5, 25, False, 0), (30, 18, True, 1)]
+    assert [(c.position // F, len(c.pcm) // 4 // F, c.final, c.index) for c in one] == [
+        (5, 25, False, 0),
+        (30, 18, True, 1),
+    ]
     assert (one[0].samples()[: 5 * F] == quiet).all() and (one[0].samples()[5 * F :] == loud).all()
     assert (one[1].samples()[10 * F : 13 * F] == quiet).all()  # the pause, kept on the timeline
     two = [c for c in got if c.user_id == 2]
@@ -641,7 +649,9 @@ def test_readme_quickstart_compiles_and_names_real_api() -> None:
     assert callable(namespace["record"])
 
 
-async def test_readme_sink_and_emulator_snippets_run(tmp_path: Path, pool: listening.AudioProcessPool, capsys: Any) -> None:
+async def test_readme_sink_and_emulator_snippets_run(
+    tmp_path: Path, pool: listening.AudioProcessPool, capsys: Any
+) -> None:
     blocks = readme_blocks()
     sink_code = next(b for b in blocks if "class LevelMeter" in b)
     emulator_code = next(b for b in blocks if "VoiceServerEmulator(" in b)
@@ -650,7 +660,7 @@ async def test_readme_sink_and_emulator_snippets_run(tmp_path: Path, pool: liste
         w.setnchannels(2)
         w.setsampwidth(2)
         w.setframerate(SR)
-        w.writeframes(load_clip("alice")[: SECOND])
+        w.writeframes(load_clip("alice")[:SECOND])
     namespace: dict[str, Any] = {"listening": listening, "numpy": np, "asyncio": asyncio}
     exec(compile(sink_code, "README.md", "exec"), namespace)
     # The snippet's top-level await runs inside a coroutine; it uses the default pool.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import inspect
+import itertools
 import os
 import signal
 import subprocess
@@ -416,7 +417,7 @@ def test_sigkill_leaves_playable_files(tmp_path: Path) -> None:
         assert abs(lag_of(decoded, pcm[: 20 * FRAME], 0, search=500)) <= 1
         ref_at = 40 * FRAME + 14400
         assert abs(lag_of(decoded, pcm[40 * FRAME : 60 * FRAME], ref_at, search=3000)) <= 1
-        assert snr_db(decoded[: must_have], timeline[: must_have]) > 10
+        assert snr_db(decoded[:must_have], timeline[:must_have]) > 10
 
     opus = tmp_path / "k.opus"
     pages = ogg.parse_pages(opus.read_bytes())  # every complete page has a good CRC
@@ -583,7 +584,7 @@ def test_pcm_runs_into_ogg_of_any_length_land_exactly(tmp_path: Path) -> None:
     f = OggOpusAudioFile(tmp_path / "runs.opus")
     f.pad_to(5000)
     cuts = [5000, 5000 + 777, 5000 + 24_001, 5000 + RATE + 13]
-    for a, b in zip(cuts, cuts[1:]):
+    for a, b in itertools.pairwise(cuts):
         f.write_pcm(pcm[a - 5000 : b - 5000].tobytes(), a)
     f.write_pcm(bytes(4 * 1000), cuts[-1])  # a short quiet stretch inside the run
     second = cuts[-1] + 1000 + RATE // 2  # after a long gap: a new run
@@ -766,8 +767,25 @@ async def test_convert_renames_without_clobbering(tmp_path: Path) -> None:
     assert (await h.convert("../../evil")).parent == tmp_path
 
 
-HOSTILE = ["../../etc/passwd", "CON", "con.txt", "a/b\\c", "😀🎙️👨‍👩‍👧", "x" * 300, "é" * 200, "\x00", "", "..",
-           " trailing. ", "abc\u202egnp.exe", "LPT1", "nul.tar.gz", "COM¹", "a:b*c?d\"e<f>g|h", "\n\r\t"]
+HOSTILE = [
+    "../../etc/passwd",
+    "CON",
+    "con.txt",
+    "a/b\\c",
+    "😀🎙️👨‍👩‍👧",
+    "x" * 300,
+    "é" * 200,
+    "\x00",
+    "",
+    "..",
+    " trailing. ",
+    "abc\u202egnp.exe",
+    "LPT1",
+    "nul.tar.gz",
+    "COM¹",
+    'a:b*c?d"e<f>g|h',
+    "\n\r\t",
+]
 
 
 @pytest.mark.parametrize("name", HOSTILE)
@@ -801,7 +819,13 @@ def test_render_filename_fields_and_errors() -> None:
     start = datetime(2026, 11, 5, 20, 1, 2)
     name = render_filename(
         "{start:%Y-%m-%d %H:%M:%S} {user_name} ({display_name}) {ssrc} {guild_id}.{ext}",
-        user_id=1, user_name="bob", display_name="Bob 🎧", start=start, ext="mp3", ssrc=42, guild_id=7,
+        user_id=1,
+        user_name="bob",
+        display_name="Bob 🎧",
+        start=start,
+        ext="mp3",
+        ssrc=42,
+        guild_id=7,
     )
     assert name == "2026-11-05 20_01_02 bob (Bob 🎧) 42 7.mp3"
     assert render_filename("{user_name}-{user_id}", user_id=None, start=start, ext="wav") == "unknown-unknown.wav"

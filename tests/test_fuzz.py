@@ -83,16 +83,23 @@ def test_target_survives_arbitrary_bytes(name: str, examples: int, size: int) ->
 
 @fuzz_settings(200)
 @given(
-    seq=st.integers(0, 0xFFFF), ts=st.integers(0, 0xFFFFFFFF), ssrc=st.integers(0, 0xFFFFFFFF),
-    marker=st.booleans(), ext=st.one_of(st.none(), st.integers(0, 6)), pad=st.integers(0, 255),
-    payload=st.binary(max_size=300), counter=st.integers(0, 0xFFFFFFFF),
-    mode=st.sampled_from(transport.SUPPORTED_MODES), level=st.integers(0, 127),
+    seq=st.integers(0, 0xFFFF),
+    ts=st.integers(0, 0xFFFFFFFF),
+    ssrc=st.integers(0, 0xFFFFFFFF),
+    marker=st.booleans(),
+    ext=st.one_of(st.none(), st.integers(0, 6)),
+    pad=st.integers(0, 255),
+    payload=st.binary(max_size=300),
+    counter=st.integers(0, 0xFFFFFFFF),
+    mode=st.sampled_from(transport.SUPPORTED_MODES),
+    level=st.integers(0, 127),
 )
 def test_rtp_round_trip_through_both_ciphers(seq, ts, ssrc, marker, ext, pad, payload, counter, mode, level) -> None:
     cipher = transport.transport_cipher(mode, targets.KEY)
     ext_body = b"" if ext is None else (rtp.audio_level_extension(level) + bytes(4 * ext))
-    header = rtp.build_rtp_header(seq, ts, ssrc, marker=marker, padding=bool(pad),
-                                  extension_length=None if ext is None else len(ext_body))
+    header = rtp.build_rtp_header(
+        seq, ts, ssrc, marker=marker, padding=bool(pad), extension_length=None if ext is None else len(ext_body)
+    )
     body = ext_body + payload + (bytes(pad - 1) + bytes([pad]) if pad else b"")
     packet = cipher.encrypt(header, body, counter)
     h = rtp.parse_rtp_header(packet)
@@ -118,20 +125,34 @@ def test_every_single_bit_flip_and_truncation_is_rejected(data, mode) -> None:
 
 
 _block = st.builds(
-    rtp.ReportBlock, st.integers(0, 2**32 - 1), st.integers(0, 255), st.integers(-(2**23), 2**23 - 1),
-    st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
+    rtp.ReportBlock,
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 255),
+    st.integers(-(2**23), 2**23 - 1),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
 )
 
 
 @fuzz_settings(200)
 @given(
-    ssrc=st.integers(0, 2**32 - 1), ntp=st.integers(0, 2**64 - 1), rtp_ts=st.integers(0, 2**32 - 1),
-    blocks=st.lists(_block, max_size=31), bye=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=31),
-    reason=st.binary(max_size=255), lie=st.integers(-3, 3), where=st.integers(0, 2),
+    ssrc=st.integers(0, 2**32 - 1),
+    ntp=st.integers(0, 2**64 - 1),
+    rtp_ts=st.integers(0, 2**32 - 1),
+    blocks=st.lists(_block, max_size=31),
+    bye=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=31),
+    reason=st.binary(max_size=255),
+    lie=st.integers(-3, 3),
+    where=st.integers(0, 2),
 )
 def test_rtcp_compound_round_trip_and_lying_lengths(ssrc, ntp, rtp_ts, blocks, bye, reason, lie, where) -> None:
-    parts = [rtp.build_sender_report(ssrc, ntp, rtp_ts, 1, 2, blocks), rtp.build_receiver_report(ssrc, blocks[:5]),
-             rtp.build_goodbye(bye, reason)]
+    parts = [
+        rtp.build_sender_report(ssrc, ntp, rtp_ts, 1, 2, blocks),
+        rtp.build_receiver_report(ssrc, blocks[:5]),
+        rtp.build_goodbye(bye, reason),
+    ]
     compound = b"".join(parts)
     sr, rr, gb = rtp.parse_rtcp(compound)
     assert sr.reports == blocks and sr.ntp_timestamp == ntp and rr.reports == blocks[:5]
@@ -150,8 +171,12 @@ def test_rtcp_compound_round_trip_and_lying_lengths(ssrc, ntp, rtp_ts, blocks, b
 
 @fuzz_settings(150)
 @given(
-    start_seq=st.integers(0, 0xFFFF), start_ts=st.integers(0, 0xFFFFFFFF), n=st.integers(1, 300),
-    shuffle_seed=st.integers(0, 2**32), window=st.integers(1, 20), dup=st.floats(0, 0.3),
+    start_seq=st.integers(0, 0xFFFF),
+    start_ts=st.integers(0, 0xFFFFFFFF),
+    n=st.integers(1, 300),
+    shuffle_seed=st.integers(0, 2**32),
+    window=st.integers(1, 20),
+    dup=st.floats(0, 0.3),
 )
 def test_jitter_buffer_releases_each_packet_once_in_order(start_seq, start_ts, n, shuffle_seed, window, dup) -> None:
     rng = random.Random(shuffle_seed)
@@ -173,8 +198,11 @@ def test_jitter_buffer_releases_each_packet_once_in_order(start_seq, start_ts, n
 
 @fuzz_settings(100)
 @given(
-    n=st.integers(1, 120), seq=st.integers(0, 0xFFFF), ts=st.integers(0, 0xFFFFFFFF),
-    mode=st.sampled_from(transport.SUPPORTED_MODES), noise=st.lists(st.binary(max_size=120), max_size=60),
+    n=st.integers(1, 120),
+    seq=st.integers(0, 0xFFFF),
+    ts=st.integers(0, 0xFFFFFFFF),
+    mode=st.sampled_from(transport.SUPPORTED_MODES),
+    noise=st.lists(st.binary(max_size=120), max_size=60),
     seed=st.integers(0, 2**32),
 )
 def test_receiver_delivers_authentic_audio_untouched_among_noise(n, seq, ts, mode, noise, seed) -> None:
@@ -255,9 +283,19 @@ def test_atheris_bounded_run_finds_nothing(tmp_path: Path) -> None:
     pytest.importorskip("atheris")
     seconds = 6 * SCALE
     done = subprocess.run(
-        [sys.executable, str(ROOT / "fuzz" / "run.py"), "--seconds", str(seconds), "--json",
-         "--artifacts", str(tmp_path / "artifacts"), "all"],
-        capture_output=True, text=True, timeout=seconds + 120,
+        [
+            sys.executable,
+            str(ROOT / "fuzz" / "run.py"),
+            "--seconds",
+            str(seconds),
+            "--json",
+            "--artifacts",
+            str(tmp_path / "artifacts"),
+            "all",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
     )
     assert done.returncode in (0, 1), done.stderr[-3000:]
     (result,) = json.loads(done.stdout)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import os
 import random
 import signal
@@ -34,7 +35,6 @@ from discord.ext.listening.ssrc import SSRCMap
 from discord.ext.listening.stats import DropReason, ListenStats
 from discord.ext.listening.testing import VoiceServerEmulator, speechlike
 from discord.ext.listening.testing.dave_server import DaveGroupServer, LocalDaveMember, connect_local_member, deliver
-
 from helpers import Collect, listen_until_done, reference
 
 pytestmark = pytest.mark.timeout(120)
@@ -89,7 +89,7 @@ async def settle(server: VoiceServerEmulator, vc, *spoken) -> None:
 
     try:
         await server.wait_until(seen, timeout=5.0, what="the last packets")
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
 
 
@@ -193,7 +193,12 @@ async def test_forged_replayed_flooding_and_malformed_traffic_is_dropped_counted
     injected = len(bad) + len(replays) + len(flood)
     lost_in_kernel = udp_receive_buffer_drops() - kernel_drops
     assert counted <= injected and counted + lost_in_kernel >= injected, (
-        counted, lost_in_kernel, len(bad), len(replays), len(flood), total.dropped
+        counted,
+        lost_in_kernel,
+        len(bad),
+        len(replays),
+        len(flood),
+        total.dropped,
     )
     assert total.dropped[DropReason.malformed] >= 30  # the lying RTCP at least
     flood_counted = total.dropped[DropReason.overflow] + total.dropped[DropReason.unknown_ssrc]
@@ -370,7 +375,7 @@ async def test_workers_killed_at_random_moments_and_a_full_disk(pool, tmp_path: 
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 20)
     assert len(killed) == 3
-    (_, error, _), = done.results  # type: ignore[attr-defined]
+    ((_, error, _),) = done.results  # type: ignore[attr-defined]
     assert isinstance(error, listening.RecordingError) and error.errno == errno.ENOSPC, error
     end = collect.stopped_at
     stats = vc.listen_stats
@@ -380,7 +385,7 @@ async def test_workers_killed_at_random_moments_and_a_full_disk(pool, tmp_path: 
         assert s.frames + s.dropped[DropReason.worker_lost] >= sent, (member.name, s)
         got = [f for f in collect.by_user()[member.user_id]]
         seqs = [f.sequence for f in got]
-        assert all(seq_diff(y, x) > 0 for x, y in zip(seqs, seqs[1:])), "frames out of order after a restart"
+        assert all(seq_diff(y, x) > 0 for x, y in itertools.pairwise(seqs)), "frames out of order after a restart"
         assert any(f.sequence == spurt.frames[-1].sequence for f in got), "listening stopped after a kill"
     # The healthy file: valid, as long as the recording, every frame where it was placed.
     healthy = read_wav(files.output_files[a.user_id].path)
@@ -474,18 +479,24 @@ async def test_voice_websocket_close_codes_moves_and_new_keys(pool, tmp_path: Pa
             await asyncio.sleep(0.2)
             if code == "new key":
                 key = await server.new_session_key()
-                await server.wait_until(lambda: bytes(vc._connection.secret_key) == key, what="new key")
+                await server.wait_until(lambda vc=vc, key=key: bytes(vc._connection.secret_key) == key, what="new key")
             elif code == "move":
                 await server.move_bot(server.other_channel)
-                await server.wait_until(lambda: vc.is_connected() and vc.channel.id == server.other_channel_id,
-                                        timeout=15, what="moved")
+                await server.wait_until(
+                    lambda vc=vc: vc.is_connected() and vc.channel.id == server.other_channel_id,
+                    timeout=15,
+                    what="moved",
+                )
             else:
                 await server.close_voice(code)
             if code in (4015, 4006, 4009, "new key", "move"):  # resumed, reconnected or re-keyed: listening goes on
                 if code == 4015:
                     await server.wait_for_op(7)
-                await server.wait_until(lambda: vc.is_connected() and server.session is not None
-                                        and server.session.established, timeout=15, what=f"reconnect after {code}")
+                await server.wait_until(
+                    lambda vc=vc: vc.is_connected() and server.session is not None and server.session.established,
+                    timeout=15,
+                    what=f"reconnect after {code}",
+                )
                 await asyncio.sleep(0.3)
                 assert vc.is_listening() and not done.is_set()
                 second = speaker[vc.channel.id]
@@ -505,9 +516,10 @@ async def test_voice_websocket_close_codes_moves_and_new_keys(pool, tmp_path: Pa
                 assert not vc.is_listening()
                 assert_heard_exactly(collect, first, [before])
                 # (the client must have seen its own VOICE_STATE_UPDATE leaving before it joins again)
-                await server.wait_until(lambda: server.voice_client is None and server.guild.me.voice is None,
-                                        timeout=10, what="disconnect")
-            (_, error, _), = done.results  # type: ignore[attr-defined]
+                await server.wait_until(
+                    lambda: server.voice_client is None and server.guild.me.voice is None, timeout=10, what="disconnect"
+                )
+            ((_, error, _),) = done.results  # type: ignore[attr-defined]
             assert error is None
             for f in files.output_files.values():
                 assert len(read_wav(f.path)) == collect.stopped_at
@@ -533,6 +545,7 @@ async def test_dave_churn_and_an_invalid_commit_lose_no_audio_the_bot_has_keys_f
         done = await listen_until_done(vc, sink, pool)
         talk = asyncio.gather(*(s.speak(speechlike(6.0, seed=20 + i)) for i, s in enumerate(steady)))
         churners: list = []
+        chatter: list[asyncio.Future] = []  # churners' speech, running while they churn
         events = 0
         invalid_window = None
         for step in range(6):
@@ -542,7 +555,7 @@ async def test_dave_churn_and_an_invalid_commit_lose_no_audio_the_bot_has_keys_f
             else:
                 c = await server.add_member(1600 + step, f"churn{step}")
                 churners.append(c)
-                asyncio.ensure_future(c.speak(speechlike(0.4, seed=40 + step)))
+                chatter.append(asyncio.ensure_future(c.speak(speechlike(0.4, seed=40 + step))))
             events += 1
             if step == 3:  # an invalid commit (garbage op 29) to the bot
                 t_lo = server.sender_now()
@@ -608,8 +621,11 @@ async def test_transport_keys_never_reach_our_logs(pool, caplog) -> None:
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 10)
         cipher = vc._listening.receiver._cipher if vc._listening else None
-    ours = [r for r in caplog.records
-            if r.name.startswith("discord.ext.listening") and not r.name.startswith("discord.ext.listening.testing")]
+    ours = [
+        r
+        for r in caplog.records
+        if r.name.startswith("discord.ext.listening") and not r.name.startswith("discord.ext.listening.testing")
+    ]
     assert ours, "nothing was logged: the check would prove nothing"
     text = "\n".join(r.getMessage() + (r.exc_text or "") for r in ours)
     for key in keys:

@@ -5,6 +5,7 @@ must be what each member said, in order, for the right user."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 
@@ -17,7 +18,6 @@ from discord.ext.listening.opus import packet_has_fec
 from discord.ext.listening.reorder import seq_diff
 from discord.ext.listening.stats import DropReason
 from discord.ext.listening.testing import VoiceServerEmulator, speechlike
-
 from helpers import Collect, listen_until_done, reference
 
 pytestmark = pytest.mark.timeout(90)
@@ -51,16 +51,20 @@ async def test_three_members_under_dave_with_loss_reorder_and_jitter(pool) -> No
     for m, spurt in zip(members, spurts):
         got = frames[m.user_id]
         seqs = [f.sequence for f in got]
-        assert all(seq_diff(b, a) == 1 for a, b in zip(seqs, seqs[1:])), "frames out of order or repeated"
+        assert all(seq_diff(b, a) == 1 for a, b in itertools.pairwise(seqs)), "frames out of order or repeated"
         audio_seqs = [f.sequence for f in spurt.audio_frames]
         missing = [q for q in audio_seqs if q not in set(seqs)]
         # Only frames lost before the first one that arrived may be missing: nothing says they
         # existed, unless the first arrival carries their FEC (LBRR), which must then be used.
-        assert missing == audio_seqs[: len(missing)] and len(missing) <= 3, f"audio frames {missing} neither decoded nor concealed"
+        assert missing == audio_seqs[: len(missing)] and len(missing) <= 3, (
+            f"audio frames {missing} neither decoded nor concealed"
+        )
         if missing:
             first = next(f for f in spurt.audio_frames if f.sequence == seqs[0])
             assert not packet_has_fec(first.opus), "the first arrival had FEC for the frame before it, unused"
-        decoded = [f for f in got if f.kind is listening.FrameKind.decoded and refs[m.user_id][f.sequence].count(0) < 3800]
+        decoded = [
+            f for f in got if f.kind is listening.FrameKind.decoded and refs[m.user_id][f.sequence].count(0) < 3800
+        ]
         scores = [corr(f.audio, refs[m.user_id][f.sequence]) for f in decoded]
         assert np.median(scores) > 0.99 and np.mean(scores) > 0.9
         # the same stretch of another member's speech does not match: attribution is right
@@ -74,7 +78,13 @@ async def test_three_members_under_dave_with_loss_reorder_and_jitter(pool) -> No
         concealed_total += len(concealed)
         # within a spurt frames sit exactly 960 samples apart on the recording timeline
         pos = [f.position for f in got]
-        assert all(b - a == 960 for a, b in zip(pos, pos[1:])), [(f.sequence, f.kind.value, f.position) for f in got if True][:0] or [(a.sequence, a.kind.value, a.position, b.sequence, b.kind.value, b.position) for a, b in zip(got, got[1:]) if b.position - a.position != 960]
+        assert all(b - a == 960 for a, b in itertools.pairwise(pos)), [
+            (f.sequence, f.kind.value, f.position) for f in got if True
+        ][:0] or [
+            (a.sequence, a.kind.value, a.position, b.sequence, b.kind.value, b.position)
+            for a, b in itertools.pairwise(got)
+            if b.position - a.position != 960
+        ]
         assert all(isinstance(f.user, discord.Member) and f.user.id == m.user_id for f in got)
     assert concealed_total > 5, "5% loss but nothing concealed: the impairment did not happen?"
     stats = vc.listen_stats
@@ -147,7 +157,7 @@ async def test_sequence_and_timestamp_wrap_mid_speech_loses_nothing(pool) -> Non
     assert all(f.audio == ref[f.sequence] for f in got)  # lossless and in order: bit exact
     assert got[0].sequence > 65000 and got[-1].sequence < 100
     pos = [f.position for f in got]
-    assert all(b - a == 960 for a, b in zip(pos, pos[1:]))
+    assert all(b - a == 960 for a, b in itertools.pairwise(pos))
 
 
 async def test_garbage_forged_unknown_and_video_packets_are_counted_and_ignored(pool) -> None:
@@ -198,7 +208,7 @@ async def test_killing_a_decode_worker_mid_speech_keeps_listening(pool) -> None:
     seqs = [f.sequence for f in got]
     late = [f for f in got if f.sequence in {x.sequence for x in spurt.frames[-40:]}]
     assert len(late) >= 35, "listening did not go on after the worker died"
-    assert all(seq_diff(b, a) > 0 for a, b in zip(seqs, seqs[1:]))
+    assert all(seq_diff(b, a) > 0 for a, b in itertools.pairwise(seqs))
     stats = vc.listen_stats.user(600)
     sent = len(spurt.frames)
     assert stats.frames + stats.dropped[DropReason.worker_lost] >= sent - 1  # every frame accounted for
@@ -397,5 +407,5 @@ async def test_playing_while_listening_in_aes_gcm(pool) -> None:
         await asyncio.sleep(0.3)
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 10)
-    assert [p.opus for p in server.received_from_bot[-len(frames):]] == frames
+    assert [p.opus for p in server.received_from_bot[-len(frames) :]] == frames
     assert {f.sequence for f in spurt.frames} <= {f.sequence for f in sink.by_user()[960]}

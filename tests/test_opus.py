@@ -34,7 +34,7 @@ def test_encode_decode_round_trip_preserves_the_signal() -> None:
     sent = b"".join(frames)
     got = b"".join(out)
     shift = 312 * 4
-    assert _corr(sent[: -shift][shift * 4 :], got[shift:][shift * 4 :]) > 0.95
+    assert _corr(sent[:-shift][shift * 4 :], got[shift:][shift * 4 :]) > 0.95
 
 
 def test_fec_recovers_a_lost_frame_better_than_concealment() -> None:

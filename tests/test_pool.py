@@ -122,7 +122,10 @@ def test_frames_equal_an_in_process_decoder(shared_pool: AudioProcessPool, packe
     other = encode(2.0, seed=2) + [SILENCE_FRAME] * 5
     got = Collector()
     stream = shared_pool.open_stream(1234, got)
-    items_a = [DecodeItem(111, (65530 + i) & 0xFFFF, (2**32 - 960 * 3 + 960 * i) & 0xFFFFFFFF, p, 0, i) for i, p in enumerate(packets)]
+    items_a = [
+        DecodeItem(111, (65530 + i) & 0xFFFF, (2**32 - 960 * 3 + 960 * i) & 0xFFFFFFFF, p, 0, i)
+        for i, p in enumerate(packets)
+    ]
     items_b = [(222, i, 5000 + 960 * i, p, 0, 10_000 + i) for i, p in enumerate(other)]
     # Interleaved, in batches of varying size, as a jitter buffer would release them.
     merged = [x for pair in zip(items_a, items_b) for x in pair] + items_b[len(items_a) :]
@@ -147,7 +150,7 @@ def test_gap_of_one_recovers_by_fec(shared_pool: AudioProcessPool, packets: list
     got = Collector()
     stream = shared_pool.open_stream(1, got)
     items = [(7, i, 960 * i, p, 0, i) for i, p in enumerate(packets) if i != lost]
-    items[lost] = items[lost][:4] + (1, items[lost][5])  # the packet after the hole reports it
+    items[lost] = (*items[lost][:4], 1, items[lost][5])  # the packet after the hole reports it
     assert stream.submit(items)
     frames = got.wait_for(len(packets))
     assert [f.sequence for f in frames] == list(range(len(packets)))
@@ -210,7 +213,10 @@ def test_long_gap_conceals_up_to_the_limit_then_silence(shared_pool: AudioProces
     assert [f.timestamp for f in six] == [(100 - 960 * (8 - k)) & 0xFFFFFFFF for k in range(9)]
     seven = [f for f in frames if f.ssrc == 7]
     assert [(f.sequence, f.kind) for f in seven] == [
-        (50, FrameKind.decoded), (51, FrameKind.plc), (52, FrameKind.plc), (53, FrameKind.plc),
+        (50, FrameKind.decoded),
+        (51, FrameKind.plc),
+        (52, FrameKind.plc),
+        (53, FrameKind.plc),
     ]
     s = stream.stats()
     assert (s.plc, s.fec, s.silence, s.errors) == (5 + 5 + 3, 1, (lost - 6) + 3, 0)
@@ -392,7 +398,6 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path) -> None:
         parent.wait(10)
         parent.stdout.close()
     wait_until(lambda: all(process_gone(pid) for pid in pids), timeout=10)
-
 
 
 def test_spawn_start_method(packets: list[bytes]) -> None:

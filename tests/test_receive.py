@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 from types import SimpleNamespace
@@ -44,7 +45,11 @@ class Sender:
     def packet(self, payload: bytes, *, seq: int | None = None, ts: int | None = None, pt: int = 120) -> bytes:
         ext = rtp.audio_level_extension(20)
         header = rtp.build_rtp_header(
-            self.seq if seq is None else seq, self.ts if ts is None else ts, self.ssrc, payload_type=pt, extension_length=4
+            self.seq if seq is None else seq,
+            self.ts if ts is None else ts,
+            self.ssrc,
+            payload_type=pt,
+            extension_length=4,
         )
         self.counter += 1
         if seq is None:
@@ -152,7 +157,7 @@ def test_unmapped_ssrc_waits_for_speaking_then_is_attributed() -> None:
 
 
 def test_unmapped_ssrc_without_e2ee_is_delivered_after_hold_time_not_lost() -> None:
-    receiver, stats = _receiver(_clear_conn(), SSRCMap(), hold_time=0.3)
+    receiver, _stats = _receiver(_clear_conn(), SSRCMap(), hold_time=0.3)
     sender = Sender(33)
     frames = _opus_frames(5, seed=3)
     for i, f in enumerate(frames):
@@ -203,7 +208,9 @@ def dave_group() -> tuple[DaveGroupServer, dict[int, LocalDaveMember]]:
 
 
 def _dave_conn(bot: LocalDaveMember) -> SimpleNamespace:
-    return SimpleNamespace(mode=transport.XCHACHA20, secret_key=list(KEY), dave_session=bot.session, dave_protocol_version=1)
+    return SimpleNamespace(
+        mode=transport.XCHACHA20, secret_key=list(KEY), dave_session=bot.session, dave_protocol_version=1
+    )
 
 
 def test_dave_frames_decrypt_in_order_even_when_the_first_ones_arrive_reordered(dave_group) -> None:
@@ -307,7 +314,7 @@ def test_a_padding_burst_is_no_media_no_loss_and_no_time(lose: str) -> None:
     positions = [p.position for p in out]
     expected_lost = 1 if lose == "audio" else 0
     assert sum(p.lost_before for p in out) == expected_lost
-    for p, q in zip(out, out[1:]):
+    for p, q in itertools.pairwise(out):
         assert q.position - p.position == 960 * (1 + q.lost_before)
     assert positions[-1] - positions[0] == 960 * 39
     user = stats.user(ALICE)
@@ -323,7 +330,9 @@ def test_keepalive_echoes_are_recognised_not_malformed() -> None:
     assert stats.total.dropped == {}
 
 
-def _alice_with_a_dead_epoch(members: dict[int, LocalDaveMember]) -> tuple[PacketReceiver, ListenStats, LocalDaveMember]:
+def _alice_with_a_dead_epoch(
+    members: dict[int, LocalDaveMember],
+) -> tuple[PacketReceiver, ListenStats, LocalDaveMember]:
     """A receiver that knows Alice's SSRC 11, and an Alice sealing under keys it never held."""
     m = SSRCMap()
     m.set_audio(11, ALICE)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import json
 import os
 import signal
@@ -53,7 +54,6 @@ from discord.ext.listening.frames import AudioFrame, FrameKind
 from discord.ext.listening.opus import SILENCE_FRAME, OpusDecoder, OpusEncoder
 from discord.ext.listening.rtp import is_rtcp, parse_rtp_header
 from discord.ext.listening.testing import SpurtRecord, VoiceServerEmulator, speechlike
-
 from recording_child import CRASH_PLAN, PreEncoded, clip
 
 pytestmark = pytest.mark.timeout(120)
@@ -181,8 +181,16 @@ class Probe(listening.AudioSink):
         self.rows: list[tuple[int | None, int, float, float, int, int]] = []
 
     def on_audio(self, frame: AudioFrame) -> None:
-        self.rows.append((frame.user_id, frame.position + frame.samples, frame.arrival, time.monotonic(),
-                          frame.sequence, frame.position))
+        self.rows.append(
+            (
+                frame.user_id,
+                frame.position + frame.samples,
+                frame.arrival,
+                time.monotonic(),
+                frame.sequence,
+                frame.position,
+            )
+        )
 
 
 def warm_up(pool: Any, guild_id: int) -> None:
@@ -240,9 +248,18 @@ def decoded(member: Any) -> dict[int, np.ndarray]:
 STALL = 0.045
 
 
-def check_spurts(server: VoiceServerEmulator, origin: float, member: Any, spurts: list[SpurtRecord], probe: Probe,
-                 tracks: dict[str, np.ndarray], tap: WireTap | None = None, *, lossy: dict[str, int] | None = None,
-                 slack: int = 0) -> list[dict[str, Any]]:
+def check_spurts(
+    server: VoiceServerEmulator,
+    origin: float,
+    member: Any,
+    spurts: list[SpurtRecord],
+    probe: Probe,
+    tracks: dict[str, np.ndarray],
+    tap: WireTap | None = None,
+    *,
+    lossy: dict[str, int] | None = None,
+    slack: int = 0,
+) -> list[dict[str, Any]]:
     """Check each spurt against what the member sent, in every file of ``tracks``.
 
     The pipeline's own placement (the positions of the frames the sinks got) must put the
@@ -274,9 +291,15 @@ def check_spurts(server: VoiceServerEmulator, origin: float, member: Any, spurts
         if previous_end is not None:  # a spurt never starts before the previous one ended,
             late = max(late, previous_end - expected)  # which a split may have pushed back
         previous_end = pos[-1] + FRAME
-        split = [b - a - FRAME for a, b in zip(pos, pos[1:]) if b - a != FRAME]
-        row = {"offset": pos[0] - expected, "late": late, "emulator_late": emulator, "arrival_late": arrived,
-               "stall_ms": round(stall * 1000, 1), "split": split}
+        split = [b - a - FRAME for a, b in itertools.pairwise(pos) if b - a != FRAME]
+        row = {
+            "offset": pos[0] - expected,
+            "late": late,
+            "emulator_late": emulator,
+            "arrival_late": arrived,
+            "stall_ms": round(stall * 1000, 1),
+            "split": split,
+        }
         assert -48 - slack <= row["offset"] <= FRAME + late + slack, f"{member.name}: spurt misplaced {row}"
         assert not split or stall > STALL, f"{member.name}: spurt split without a stall {row}"
         for name, track in tracks.items():
@@ -318,8 +341,12 @@ async def test_every_file_on_one_timeline_with_real_speech(pool: Any, tmp_path: 
         tap = WireTap(server)
         # the mix waits up to a second for late frames here: this test wants the exact sum even
         # when the shared machine stalls one member (the crash test checks the default's lag)
-        sinks = {cls: listening.AudioFileSink(cls, tmp_path / cls.__name__, mixed=True, filename="{user_name}",
-                                              mix_delay=1.0) for cls in PCM_FORMATS}
+        sinks = {
+            cls: listening.AudioFileSink(
+                cls, tmp_path / cls.__name__, mixed=True, filename="{user_name}", mix_delay=1.0
+            )
+            for cls in PCM_FORMATS
+        }
         await asyncio.to_thread(warm_up, pool, vc.guild.id)
         probe = Probe()
         done = await listen(vc, listening.FanOutSink(*sinks.values(), probe), pool)
@@ -379,7 +406,7 @@ async def test_every_file_on_one_timeline_with_real_speech(pool: Any, tmp_path: 
         # a pause is silence of the paused length: nothing but zeros between the spurts
         track = wav[name]
         edges = [(r["start"], r["end"]) for r in rows]
-        quiet = [(0, edges[0][0])] + [(e1, s2) for (_, e1), (s2, _) in zip(edges, edges[1:])]
+        quiet = [(0, edges[0][0])] + [(e1, s2) for (_, e1), (s2, _) in itertools.pairwise(edges)]
         quiet.append((edges[-1][1], length))
         for lo, hi in quiet:
             assert hi > lo and not track[lo:hi].any(), f"{name}: sound in a pause {lo}..{hi}"
@@ -406,7 +433,10 @@ async def test_every_file_on_one_timeline_with_real_speech(pool: Any, tmp_path: 
     # one second behind the clock.
     given = [row for row in probe.rows if row[3] <= mid_time - 0.55]
     pipeline = [row[3] - row[2] for row in probe.rows if row[3] <= mid_time]
-    MEASURED["pipeline_arrival_to_sink_s"] = {"median": round(float(np.median(pipeline)), 3), "max": round(max(pipeline), 3)}
+    MEASURED["pipeline_arrival_to_sink_s"] = {
+        "median": round(float(np.median(pipeline)), 3),
+        "max": round(max(pipeline), 3),
+    }
     MEASURED["mid_recording_short_of_now_ms"] = {}
     for key, early in mid.items():
         fmt, name = key.split("/")
@@ -446,10 +476,12 @@ async def test_ogg_opus_passthrough_decodes_to_the_pcm_path(pool: Any, tmp_path:
         }
         vc = await server.connect(cls=listening.VoiceClient)
         tap = WireTap(server)
-        ogg = listening.AudioFileSink(listening.OggOpusAudioFile, tmp_path / "ogg", mixed=True, filename="{user_name}",
-                                      mix_delay=1.0)
-        wav = listening.AudioFileSink(listening.WaveAudioFile, tmp_path / "wav", mixed=True, filename="{user_name}",
-                                      mix_delay=1.0)
+        ogg = listening.AudioFileSink(
+            listening.OggOpusAudioFile, tmp_path / "ogg", mixed=True, filename="{user_name}", mix_delay=1.0
+        )
+        wav = listening.AudioFileSink(
+            listening.WaveAudioFile, tmp_path / "wav", mixed=True, filename="{user_name}", mix_delay=1.0
+        )
         probe = Probe()
         done = await listen(vc, listening.FanOutSink(ogg, wav, probe), None, decode=False)
         origin = vc._last_session.origin
@@ -464,8 +496,11 @@ async def test_ogg_opus_passthrough_decodes_to_the_pcm_path(pool: Any, tmp_path:
         _, error = await asyncio.wait_for(done, 20)
     assert error is None
     files = {f"{sink.file_type.__name__}/{p.name}": read(p) for sink in (ogg, wav) for p in sink.output_dir.iterdir()}
-    assert sorted(files) == sorted(f"{d}/{n}{e}" for d, e in (("OggOpusAudioFile", ".opus"), ("WaveAudioFile", ".wav"))
-                                   for n in ["alice", "bob", "mixed"])
+    assert sorted(files) == sorted(
+        f"{d}/{n}{e}"
+        for d, e in (("OggOpusAudioFile", ".opus"), ("WaveAudioFile", ".wav"))
+        for n in ["alice", "bob", "mixed"]
+    )
     lengths = {k: len(v) for k, v in files.items()}
     assert len(set(lengths.values())) == 1, lengths
     report = {}
@@ -474,9 +509,10 @@ async def test_ogg_opus_passthrough_decodes_to_the_pcm_path(pool: Any, tmp_path:
         got_ogg, got_wav = files[f"OggOpusAudioFile/{name}.opus"], files[f"WaveAudioFile/{name}.wav"]
         # the WAV file (the PCM path) holds every sent packet decoded, where the pipeline
         # placed it; the Ogg file the same audio, within its 2.5 ms grid
-        rows = check_spurts(server, origin, member, records, probe, {"wav": got_wav, "ogg": got_ogg}, tap,
-                            lossy={"ogg": 60})
-        for s, row in zip(records, rows):
+        rows = check_spurts(
+            server, origin, member, records, probe, {"wav": got_wav, "ogg": got_ogg}, tap, lossy={"ogg": 60}
+        )
+        for _s, row in zip(records, rows):
             if row["split"]:
                 continue  # the pieces were checked one frame at a time above
             wav_frames = got_wav[row["start"] : row["end"]]
@@ -489,11 +525,15 @@ async def test_ogg_opus_passthrough_decodes_to_the_pcm_path(pool: Any, tmp_path:
             row["ogg_vs_wav_snr_db"] = round(snr_db(ogg_frames, wav_frames), 1)
         report[f"{name} ({member.sender.clock.value})"] = rows
     # the mixed Ogg track (the mix is PCM, so it is encoded) against the mixed WAV track
-    lag, r = locate(files["OggOpusAudioFile/mixed.opus"], files["WaveAudioFile/mixed.wav"][RATE : 4 * RATE], RATE, search=1000)
+    lag, r = locate(
+        files["OggOpusAudioFile/mixed.opus"], files["WaveAudioFile/mixed.wav"][RATE : 4 * RATE], RATE, search=1000
+    )
     report["mixed.opus_vs_mixed.wav"] = {"lag": lag, "r": round(r, 3)}
     MEASURED["ogg"] = report
     assert abs(lag) <= 2 and r > 0.9, (lag, r)
-    assert np.array_equal(files["WaveAudioFile/mixed.wav"], mix(files["WaveAudioFile/alice.wav"], files["WaveAudioFile/bob.wav"]))
+    assert np.array_equal(
+        files["WaveAudioFile/mixed.wav"], mix(files["WaveAudioFile/alice.wav"], files["WaveAudioFile/bob.wav"])
+    )
 
 
 # ---- pause -----------------------------------------------------------------------------------
@@ -508,8 +548,9 @@ async def test_pause_listening_is_silence_of_the_paused_length(pool: Any, tmp_pa
         bob = await server.add_member(1202, "bob", clock="discordpy")
         vc = await server.connect(cls=listening.VoiceClient)
         tap = WireTap(server)
-        sink = listening.AudioFileSink(listening.WaveAudioFile, tmp_path, mixed=True, filename="{user_name}",
-                                       mix_delay=1.0)
+        sink = listening.AudioFileSink(
+            listening.WaveAudioFile, tmp_path, mixed=True, filename="{user_name}", mix_delay=1.0
+        )
         await asyncio.to_thread(warm_up, pool, vc.guild.id)
         probe = Probe()
         done = await listen(vc, listening.FanOutSink(sink, probe), pool)
@@ -541,8 +582,9 @@ async def test_pause_listening_is_silence_of_the_paused_length(pool: Any, tmp_pa
         # (a datagram is stamped when the socket thread's batch read began: +-10 ms around the calls)
         before = [row for row in heard if row[2] < (paused + resumed) / 2]
         after = [row for row in heard if row[2] >= (paused + resumed) / 2]
-        assert max(row[2] for row in before) < paused + 0.05 and min(row[2] for row in after) > resumed - 0.05, \
+        assert max(row[2] for row in before) < paused + 0.05 and min(row[2] for row in after) > resumed - 0.05, (
             "a packet that arrived while paused was kept"
+        )
         # what arrived before the pause ends where the pause began, what arrived after the
         # resume starts where it ended; in between, digital silence of the paused length
         last_end, first_start = max(row[1] for row in before), min(row[5] for row in after)
@@ -558,14 +600,18 @@ async def test_pause_listening_is_silence_of_the_paused_length(pool: Any, tmp_pa
             assert np.array_equal(track[row[5] : row[1]], ref[i * FRAME : (i + 1) * FRAME]), (name, i)
         rows = []
         pos = sorted(row[5] for row in after)
-        split = next((b for a, b in zip(pos, pos[1:]) if b - a != FRAME), None)  # a stall, see the module doc
+        split = next((b for a, b in itertools.pairwise(pos) if b - a != FRAME), None)  # a stall, see the module doc
         resumed_end = spurt.samples if split is None else split - spoken - LOOKAHEAD - FRAME
         for lo, hi in ((0, last_end - spoken - LOOKAHEAD - FRAME), (first_start - spoken + 2 * FRAME, resumed_end)):
             offset, r = locate(track, pcm(spurt.pcm)[lo:hi], spoken + lo)
             rows.append({"speech_offset": offset, "speech_r": round(r, 3), "late": late})
             assert r > 0.9 and LOOKAHEAD - 48 <= offset <= LOOKAHEAD + FRAME + late, (name, rows)
         report[f"{name} ({member.sender.clock.value})"] = {
-            "silence_samples": silence, "pause_began_at": last_end - p0, "resumed_at": first_start - p1, "speech": rows}
+            "silence_samples": silence,
+            "pause_began_at": last_end - p0,
+            "resumed_at": first_start - p1,
+            "speech": rows,
+        }
     MEASURED["pause"] = report
 
 
@@ -583,7 +629,8 @@ def test_sigkill_mid_recording_leaves_every_file_playable_up_to_a_second_before(
     and holds the audio up to one second before the kill, at its place."""
     child = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("recording_child.py")), str(tmp_path)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     lines: list[dict[str, Any]] = []
     ready = threading.Event()
@@ -650,7 +697,7 @@ def test_sigkill_mid_recording_leaves_every_file_playable_up_to_a_second_before(
         for name, said in spurts.items():
             track = tracks[name]
             # spoken up to a second before the kill: on disk, where it was spoken (the decoded
-    # packets include the encoder's lookahead, so they lie where the packets were sent)
+            # packets include the encoder's lookahead, so they lie where the packets were sent)
             due = max(min(start + len(ref), need) for start, ref in said if start < need)
             assert len(track) >= due, (cls.__name__, name, len(track), due)
             lossless = cls in (listening.WaveAudioFile, listening.FLACAudioFile)
@@ -672,8 +719,15 @@ def test_sigkill_mid_recording_leaves_every_file_playable_up_to_a_second_before(
                         offset, r = locate(track, piece, at_, search=RATE // 10)
                         found.append(-60 - FRAME <= offset <= RATE // 10 and r >= (0.7 if mp3 else 0.95))
                 assert found and (all(found) if lossless else np.mean(found) >= 0.9), (
-                    cls.__name__, name, start, found,
-                    [locate(track, ref[i * step : (i + 1) * step], start + i * step, search=RATE // 10) for i in range(len(found))])
+                    cls.__name__,
+                    name,
+                    start,
+                    found,
+                    [
+                        locate(track, ref[i * step : (i + 1) * step], start + i * step, search=RATE // 10)
+                        for i in range(len(found))
+                    ],
+                )
         mixed = tracks["mixed"]
         assert len(mixed) >= need, (cls.__name__, len(mixed), need)
         if cls in (listening.WaveAudioFile, listening.FLACAudioFile):  # lossless: the sum
@@ -695,7 +749,9 @@ def test_sigkill_mid_recording_leaves_every_file_playable_up_to_a_second_before(
 HOSTILE = ["../../etc/passwd", "CON", "a/b\\c", "\U0001f3a4" * 100, "\x00evil", "mixed", "twin", "twin", ".hidden"]
 
 
-async def test_hostile_display_names_stay_inside_the_directory_when_stopped_mid_speech(pool: Any, tmp_path: Path) -> None:
+async def test_hostile_display_names_stay_inside_the_directory_when_stopped_mid_speech(
+    pool: Any, tmp_path: Path
+) -> None:
     """Members named to escape or break the output directory: every file lands directly in
     it, with a distinct safe name, holding that member's audio; listening stops while they
     are all talking, and every file still ends on the same sample."""
@@ -761,8 +817,9 @@ async def test_a_full_disk_for_one_file_reaches_after_and_the_others_record_on(p
     async with VoiceServerEmulator(seed=25) as server:
         members = {n: await server.add_member(1401 + i, n) for i, n in enumerate(("alice", "bob", "carol"))}
         vc = await server.connect(cls=listening.VoiceClient)
-        sink = listening.AudioFileSink(listening.FLACAudioFile, tmp_path, mixed=True, filename="{user_name}",
-                                       mix_delay=1.0)
+        sink = listening.AudioFileSink(
+            listening.FLACAudioFile, tmp_path, mixed=True, filename="{user_name}", mix_delay=1.0
+        )
         await asyncio.to_thread(warm_up, pool, vc.guild.id)
         probe = Probe()
         done = await listen(vc, listening.FanOutSink(sink, probe), pool)
@@ -797,7 +854,10 @@ async def test_a_full_disk_for_one_file_reaches_after_and_the_others_record_on(p
     assert spoken + RATE // 4 <= len(bob) <= full_at + FRAME, (spoken, len(bob), full_at)
     kept = decoded(members["bob"])[first.first_sequence][: len(bob) - spoken - FRAME]
     offset, r = locate(bob, kept, spoken)
-    assert -48 <= offset <= 3 * FRAME and np.array_equal(bob[spoken + offset : spoken + offset + len(kept)], kept), (offset, r)
+    assert -48 <= offset <= 3 * FRAME and np.array_equal(bob[spoken + offset : spoken + offset + len(kept)], kept), (
+        offset,
+        r,
+    )
     # the mix went on with everyone in it (bob's audio came, only his file could not take it):
     # what is left of it without the others' (complete) tracks is bob, where he spoke
     others = tracks["alice"].astype(np.int32) + tracks["carol"].astype(np.int32)
@@ -868,8 +928,19 @@ def frames(user: int, pcm_: np.ndarray, position: int, *, ssrc: int | None = Non
     import discord
 
     who = discord.Object(id=user)
-    return [AudioFrame(who, ssrc or user, i, 0, pcm_[i * FRAME : (i + 1) * FRAME].tobytes(), FrameKind.decoded,
-                       position + i * FRAME, 0.0) for i in range(len(pcm_) // FRAME)]
+    return [
+        AudioFrame(
+            who,
+            ssrc or user,
+            i,
+            0,
+            pcm_[i * FRAME : (i + 1) * FRAME].tobytes(),
+            FrameKind.decoded,
+            position + i * FRAME,
+            0.0,
+        )
+        for i in range(len(pcm_) // FRAME)
+    ]
 
 
 def test_the_mixed_track_reaches_disk_at_every_tick(tmp_path: Path) -> None:
@@ -928,7 +999,9 @@ def test_the_mix_trims_a_users_overlapping_frames_like_their_file(tmp_path: Path
 # ---- memory ------------------------------------------------------------------------------------
 
 
-def _simulate(tmp_path: Path, *, hours: float, speakers: int, talk_seconds: float, formats: list[Any]) -> dict[str, Any]:
+def _simulate(
+    tmp_path: Path, *, hours: float, speakers: int, talk_seconds: float, formats: list[Any]
+) -> dict[str, Any]:
     """Feed AudioFileSinks (one per format, with a mixed track for the PCM ones) the frames of
     ``speakers`` people talking ``talk_seconds`` every minute for ``hours``, much faster than
     real time; returns the process's memory at 10 minutes and at the end."""
@@ -937,15 +1010,23 @@ def _simulate(tmp_path: Path, *, hours: float, speakers: int, talk_seconds: floa
     import discord
 
     proc = psutil.Process()
-    sinks = [listening.AudioFileSink(cls, tmp_path / cls.__name__, mixed=cls is not listening.OggOpusAudioFile,
-                                     filename="{user_id}") for cls in formats]
+    sinks = [
+        listening.AudioFileSink(
+            cls, tmp_path / cls.__name__, mixed=cls is not listening.OggOpusAudioFile, filename="{user_id}"
+        )
+        for cls in formats
+    ]
     n = round(talk_seconds * RATE / FRAME)
     enc = OpusEncoder()
     voices = []
     for k in range(speakers):
         p = speechlike(talk_seconds, seed=100 + k)
-        voices.append([(p[i * FRAME * 4 : (i + 1) * FRAME * 4], enc.encode(p[i * FRAME * 4 : (i + 1) * FRAME * 4]))
-                       for i in range(n)])
+        voices.append(
+            [
+                (p[i * FRAME * 4 : (i + 1) * FRAME * 4], enc.encode(p[i * FRAME * 4 : (i + 1) * FRAME * 4]))
+                for i in range(n)
+            ]
+        )
     users = [discord.Object(id=5000 + k) for k in range(speakers)]
     minutes = round(hours * 60)
     marks: dict[str, Any] = {}
@@ -964,8 +1045,18 @@ def _simulate(tmp_path: Path, *, hours: float, speakers: int, talk_seconds: floa
                 seq[k] += 1
                 for sink in sinks:
                     ogg = sink.file_type is listening.OggOpusAudioFile
-                    sink.on_audio(AudioFrame(users[k], 7000 + k, seq[k] & 0xFFFF, 0, packet if ogg else pcm_,
-                                             FrameKind.opus if ogg else FrameKind.decoded, start + i * FRAME, 0.0))
+                    sink.on_audio(
+                        AudioFrame(
+                            users[k],
+                            7000 + k,
+                            seq[k] & 0xFFFF,
+                            0,
+                            packet if ogg else pcm_,
+                            FrameKind.opus if ogg else FrameKind.decoded,
+                            start + i * FRAME,
+                            0.0,
+                        )
+                    )
         for tick in range(2):  # ticks every 30 s of the simulated minute
             for sink in sinks:
                 sink.on_tick((minute * 60 + tick * 30 + 30) * RATE)
@@ -983,8 +1074,13 @@ def _simulate(tmp_path: Path, *, hours: float, speakers: int, talk_seconds: floa
             assert sf.info(str(f.path)).frames == end, f.path
     # a spot check that the audio went where it belongs: speaker 3 at 1:30:00
     k, minute = 3, round(minutes * 0.75)
-    track, _ = sf.read(str(sinks[0].output_files[5000 + k].path), dtype="int16", always_2d=True,
-                       start=(minute * 60 + k * 60 // speakers) * RATE, frames=n * FRAME)
+    track, _ = sf.read(
+        str(sinks[0].output_files[5000 + k].path),
+        dtype="int16",
+        always_2d=True,
+        start=(minute * 60 + k * 60 // speakers) * RATE,
+        frames=n * FRAME,
+    )
     assert np.array_equal(track, pcm(b"".join(p for p, _ in voices[k])))
     marks["frames"] = sum(seq)
     return marks
@@ -997,8 +1093,9 @@ def _simulate(tmp_path: Path, *, hours: float, speakers: int, talk_seconds: floa
         pytest.param(2, 2.0, ALL_FORMATS, id="2h-soak", marks=[pytest.mark.soak, pytest.mark.timeout(1800)]),
     ],
 )
-def test_two_hours_of_ten_speakers_keep_memory_flat(tmp_path: Path, hours: float, talk_seconds: float,
-                                                    formats: list[Any], request: Any) -> None:
+def test_two_hours_of_ten_speakers_keep_memory_flat(
+    tmp_path: Path, hours: float, talk_seconds: float, formats: list[Any], request: Any
+) -> None:
     """Two hours of ten speakers through the sink, the mixer and the writers: memory at the
     end is what it was after ten minutes (the CI form: each talks 0.1 s a minute, WAV and Ogg;
     ``LISTENING_SOAK=1``: 2 s a minute, every format, ~6 min)."""
@@ -1010,9 +1107,12 @@ def test_two_hours_of_ten_speakers_keep_memory_flat(tmp_path: Path, hours: float
     grown_rss = marks["rss_end"] - marks["rss_10min"]
     grown_traced = marks["traced_end"] - marks["traced_10min"]
     MEASURED[f"memory_{request.node.callspec.id}"] = {
-        "rss_10min_MB": round(marks["rss_10min"] / 2**20, 1), "rss_end_MB": round(marks["rss_end"] / 2**20, 1),
-        "traced_growth_kB": round(grown_traced / 1024, 1), "traced_peak_MB": round(marks["traced_peak"] / 2**20, 2),
-        "frames": marks["frames"], "seconds": marks["seconds"],
+        "rss_10min_MB": round(marks["rss_10min"] / 2**20, 1),
+        "rss_end_MB": round(marks["rss_end"] / 2**20, 1),
+        "traced_growth_kB": round(grown_traced / 1024, 1),
+        "traced_peak_MB": round(marks["traced_peak"] / 2**20, 2),
+        "frames": marks["frames"],
+        "seconds": marks["seconds"],
     }
     assert grown_traced < 256 * 1024, marks  # Python objects: nothing kept per frame or per second
     assert grown_rss < 8 * 2**20, marks

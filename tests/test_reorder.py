@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -132,7 +133,9 @@ starts = st.one_of(st.integers(65535 - 160, 65535), st.integers(0, 65535))
 def test_any_pattern_within_depth_releases_each_survivor_once_in_order(s0: int, copies: list[list[float]]) -> None:
     # Any permutation / duplication / loss with delays below depth: nothing is late, every
     # packet that arrived comes out exactly once, in order, and the holes are the losses.
-    arrivals = [(k * FRAME + d, seq_add(s0, k), (TS0 + 960 * k) & 0xFFFFFFFF) for k, ds in enumerate(copies) for d in ds]
+    arrivals = [
+        (k * FRAME + d, seq_add(s0, k), (TS0 + 960 * k) & 0xFFFFFFFF) for k, ds in enumerate(copies) for d in ds
+    ]
     jb = JitterBuffer(depth=DEPTH)
     out = simulate(jb, arrivals)
     items = [r for _, r in out]
@@ -160,7 +163,9 @@ def test_any_pattern_within_depth_releases_each_survivor_once_in_order(s0: int, 
 def test_any_pattern_with_late_packets_keeps_order_and_counts(s0: int, copies: list[list[float]]) -> None:
     # Delays up to 0.5 s (8x depth): some packets are late. Still: strictly in order, no
     # packet twice, every push accounted for, losses exact, latency bounded by depth.
-    arrivals = [(k * FRAME + d, seq_add(s0, k), (TS0 + 960 * k) & 0xFFFFFFFF) for k, ds in enumerate(copies) for d in ds]
+    arrivals = [
+        (k * FRAME + d, seq_add(s0, k), (TS0 + 960 * k) & 0xFFFFFFFF) for k, ds in enumerate(copies) for d in ds
+    ]
     jb = JitterBuffer(depth=DEPTH)
     out = simulate(jb, arrivals)
     items = [r for _, r in out]
@@ -177,7 +182,9 @@ def test_any_pattern_with_late_packets_keeps_order_and_counts(s0: int, copies: l
         assert t - r.arrival <= DEPTH + TICK + 1e-9
 
 
-def stream(n: int, *, s0: int = 1000, skip: frozenset[int] = frozenset(), start: float = 0.0) -> list[tuple[float, int, int]]:
+def stream(
+    n: int, *, s0: int = 1000, skip: frozenset[int] = frozenset(), start: float = 0.0
+) -> list[tuple[float, int, int]]:
     return [(start + k * FRAME, seq_add(s0, k), (TS0 + 960 * k) & 0xFFFFFFFF) for k in range(n) if k not in skip]
 
 
@@ -251,7 +258,9 @@ def test_long_idle_gap_is_not_loss() -> None:
     jb = JitterBuffer(depth=DEPTH)
     first = stream(50, s0=65500)
     gap = 300.0
-    second = [(gap + k * FRAME, seq_add(65500, 50 + k), (TS0 + 960 * (50 + k) + 48000 * 300) & 0xFFFFFFFF) for k in range(50)]
+    second = [
+        (gap + k * FRAME, seq_add(65500, 50 + k), (TS0 + 960 * (50 + k) + 48000 * 300) & 0xFFFFFFFF) for k in range(50)
+    ]
     out = simulate(jb, first + second)
     assert len(out) == 100
     assert jb.stats.lost == 0 and jb.stats.restarts == 0
@@ -388,7 +397,7 @@ def test_flood_of_random_sequence_numbers_stays_bounded(packets: list[tuple[int,
     assert s.received == len(packets) == s.released + s.duplicates + s.late + s.overflow
     assert s.released == len(released)
     assert s.lost == sum(r.lost_before for r in released)
-    for prev, cur in zip(released, released[1:]):
+    for prev, cur in itertools.pairwise(released):
         if not cur.new_stream:
             assert (cur.sequence - prev.sequence) & 0xFFFF == cur.lost_before + 1
 
@@ -455,7 +464,12 @@ def test_straggler_of_the_old_stream_fills_its_hole_after_a_restart() -> None:
     # The old stream's 3 arrives after the restart, still within depth: filled in.
     assert jb.push(103, TS0 + 960 * 3, 3, 0.11) is PushResult.ACCEPTED
     got = jb.flush()
-    assert [(r.payload, r.lost_before, r.new_stream) for r in got] == [(3, 0, False), (4, 0, False), (5, 0, False), ("n0", 0, True)]
+    assert [(r.payload, r.lost_before, r.new_stream) for r in got] == [
+        (3, 0, False),
+        (4, 0, False),
+        (5, 0, False),
+        ("n0", 0, True),
+    ]
     assert jb.stats.lost == 0 and jb.stats.late == 0 and jb.stats.restarts == 1
 
 
@@ -480,7 +494,12 @@ def test_a_stream_emptied_by_overflow_is_skipped_cleanly() -> None:
     for k in range(1, 4):  # overflow drops a, b0, b1
         jb.push(60000 + k, TS0 + 2 * 10**8 + 960 * k, f"c{k}", 0.03 + 0.001 * k)
     got = jb.pop_ready(1.0)
-    assert [(r.payload, r.new_stream, r.lost_before) for r in got] == [("c0", True, 0), ("c1", False, 0), ("c2", False, 0), ("c3", False, 0)]
+    assert [(r.payload, r.new_stream, r.lost_before) for r in got] == [
+        ("c0", True, 0),
+        ("c1", False, 0),
+        ("c2", False, 0),
+        ("c3", False, 0),
+    ]
     s = jb.stats
     assert s.restarts == 2 and s.overflow == 3 and s.received == s.released + s.overflow
 
@@ -492,8 +511,18 @@ def test_straggler_of_a_stream_that_overflow_just_finished_is_late_not_a_huge_ga
     # boundary left, so the new stream's next packet came out with lost_before=262128
     # (87 minutes for the decoder to conceal, and as many timeline positions to compute).
     jb = JitterBuffer(depth=DEPTH, max_packets=2, max_dropout=3, max_misorder=214)
-    pushes = [(1034, 101128905), (1037, 101131785), (1042, 101136585), (1042, 101136585), (1047, 101141385),
-              (1052, 101146185), (1048, 101142345), (1043, 101137545), (1043, 101137545), (1053, 101147145)]
+    pushes = [
+        (1034, 101128905),
+        (1037, 101131785),
+        (1042, 101136585),
+        (1042, 101136585),
+        (1047, 101141385),
+        (1052, 101146185),
+        (1048, 101142345),
+        (1043, 101137545),
+        (1043, 101137545),
+        (1053, 101147145),
+    ]
     results = [jb.push(seq, ts, i, 0.0) for i, (seq, ts) in enumerate(pushes)]
     assert results[2] is PushResult.RESTART and results[-1] is PushResult.LATE
     got = jb.flush()

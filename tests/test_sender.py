@@ -251,7 +251,9 @@ def test_reorder_really_reorders():
     displaced = [i for i in range(N - 4) if late[i] > late[i + 1]]
     assert len(displaced) >= 0.08 * N
     assert all(any(late[i] > late[i + k] for k in (1, 2, 3)) for i in displaced)
-    assert not any(late[i] > late[i + 4] for i in range(N - 4) if not any(late[j] > late[j + 1] for j in range(i, i + 4)))
+    assert not any(
+        late[i] > late[i + 4] for i in range(N - 4) if not any(late[j] > late[j + 1] for j in range(i, i + 4))
+    )
 
 
 def test_duplicates_are_delivered_and_counted():
@@ -300,9 +302,17 @@ def test_chained_impairments_compound():
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(loss=-0.1), dict(loss=1.5), dict(reorder=2), dict(duplicate=-1), dict(jitter=-0.01),
-        dict(delay=float("inf")), dict(burst_loss=(0.1, 0.0)), dict(burst_loss=(1.2, 0.5)),
-        dict(burst_loss=0.1), dict(interval=0), dict(seed="x"),
+        dict(loss=-0.1),
+        dict(loss=1.5),
+        dict(reorder=2),
+        dict(duplicate=-1),
+        dict(jitter=-0.01),
+        dict(delay=float("inf")),
+        dict(burst_loss=(0.1, 0.0)),
+        dict(burst_loss=(1.2, 0.5)),
+        dict(burst_loss=0.1),
+        dict(interval=0),
+        dict(seed="x"),
     ],
 )
 def test_impairment_validates_its_parameters(kwargs):
@@ -400,7 +410,7 @@ def test_load_pcm_arrays_bytes_and_errors(tmp_path):
         load_pcm(np.full(10, 300.0))
     with pytest.raises(ValueError, match="NaN"):
         load_pcm(np.array([0.0, np.nan]))
-    with pytest.raises(ValueError, match="array.T"):
+    with pytest.raises(ValueError, match=r"array\.T"):
         load_pcm(np.zeros((2, 100), dtype=np.int16))
     with pytest.raises(TypeError, match="int16 or floating"):
         load_pcm(np.zeros(10, dtype=np.int32))

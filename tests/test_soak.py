@@ -30,11 +30,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import discord
 import psutil
 import pytest
 import soundfile as sf
 
+import discord
 from discord.ext import listening
 from discord.ext.listening import rtp, transport
 from discord.ext.listening.files import WaveAudioFile
@@ -133,8 +133,10 @@ def _process_figures() -> dict[str, float]:
     }
 
 
-def run_soak(pool: listening.AudioProcessPool, out_dir: Path, *, minutes: float, speakers: int = 10, seed: int = 1) -> dict[str, Any]:
-    rng = random.Random(seed)
+def run_soak(
+    pool: listening.AudioProcessPool, out_dir: Path, *, minutes: float, speakers: int = 10, seed: int = 1
+) -> dict[str, Any]:
+    random.Random(seed)
     # Real DAVE: the bot and every speaker in one MLS group.
     server = DaveGroupServer(CHANNEL)
     members: dict[int, LocalDaveMember] = {BOT: LocalDaveMember(BOT, CHANNEL)}
@@ -151,10 +153,21 @@ def run_soak(pool: listening.AudioProcessPool, out_dir: Path, *, minutes: float,
         opus = [enc.encode(pcm[k * 3840 : (k + 1) * 3840]) for k in range(50)]
         ssrc = 5000 + i
         ssrc_map.set_audio(ssrc, uid)
-        people.append(Speaker(uid, ssrc, members[uid], opus, random.Random(seed * 1000 + i),
-                              seq=65536 - 500 - 97 * i, ts0=(2**32 - SAMPLE_RATE * (20 + 7 * i)) & 0xFFFFFFFF))
+        people.append(
+            Speaker(
+                uid,
+                ssrc,
+                members[uid],
+                opus,
+                random.Random(seed * 1000 + i),
+                seq=65536 - 500 - 97 * i,
+                ts0=(2**32 - SAMPLE_RATE * (20 + 7 * i)) & 0xFFFFFFFF,
+            )
+        )
     assert all(m.ready for m in members.values())
-    conn = SimpleNamespace(mode=transport.AES_GCM, secret_key=list(KEY), dave_session=members[BOT].session, dave_protocol_version=1)
+    conn = SimpleNamespace(
+        mode=transport.AES_GCM, secret_key=list(KEY), dave_session=members[BOT].session, dave_protocol_version=1
+    )
     stats = ListenStats()
     receiver = PacketReceiver(conn, ssrc_map, stats, origin=0.0)
     network = Impairment(loss=0.005, reorder=0.005, jitter=0.004, delay=0.03, seed=seed)
@@ -180,8 +193,19 @@ def run_soak(pool: listening.AudioProcessPool, out_dir: Path, *, minutes: float,
             lost = p.lost_positions
             position = p.position if back <= 0 or back > len(lost) else lost[len(lost) - back]
             user = discord.Object(id=p.user_id) if p.user_id is not None else None
-            decoded.put(AudioFrame(user, f.ssrc, f.sequence, f.timestamp, f.audio, f.kind, position, p.arrival,
-                                   p.audio_level if back == 0 else None))
+            decoded.put(
+                AudioFrame(
+                    user,
+                    f.ssrc,
+                    f.sequence,
+                    f.timestamp,
+                    f.audio,
+                    f.kind,
+                    position,
+                    p.arrival,
+                    p.audio_level if back == 0 else None,
+                )
+            )
 
     def on_lost(items: list) -> None:
         lost_in_worker[0] += len(items)

@@ -9,7 +9,9 @@ def test_gateway_ops_map_and_unmap_ssrcs() -> None:
     m = SSRCMap()
     m.update_from_gateway(11, {"user_ids": ["10", "20"]})
     assert m.connected_users == {10, 20}
-    m.update_from_gateway(12, {"user_id": "10", "audio_ssrc": 111, "video_ssrc": 112, "streams": [{"ssrc": 113, "rtx_ssrc": 114}]})
+    m.update_from_gateway(
+        12, {"user_id": "10", "audio_ssrc": 111, "video_ssrc": 112, "streams": [{"ssrc": 113, "rtx_ssrc": 114}]}
+    )
     m.update_from_gateway(5, {"user_id": "20", "ssrc": 222, "speaking": 1})
     assert m.user_for(111) == 10 and m.user_for(222) == 20
     assert m.is_video(112) and m.is_video(113) and m.is_video(114) and not m.is_video(111)
@@ -31,7 +33,13 @@ def test_a_user_with_a_new_ssrc_loses_the_old_one() -> None:
 
 def test_malformed_gateway_data_is_ignored() -> None:
     m = SSRCMap()
-    for op, data in [(5, {}), (5, {"ssrc": "x", "user_id": 1}), (12, None), (13, {"user": 1}), (12, {"user_id": 1, "streams": [None]})]:
+    for op, data in [
+        (5, {}),
+        (5, {"ssrc": "x", "user_id": 1}),
+        (12, None),
+        (13, {"user": 1}),
+        (12, {"user_id": 1, "streams": [None]}),
+    ]:
         m.update_from_gateway(op, data)  # type: ignore[arg-type]
     assert m.user_for(0) is None
     m.update_from_gateway(5, {"ssrc": 0, "user_id": 3})  # 0 is "no stream"

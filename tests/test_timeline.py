@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 
@@ -57,8 +58,14 @@ def talk(
             ts = ts0 + (spoken - first if sender == "webrtc" else FRAME * sent)
             j = rng.uniform(0, jitter) if one_sided else rng.uniform(-jitter, jitter)
             out.append(
-                Pkt(n, seq_add(seq0, sent), ts & 0xFFFFFFFF, spoken + round(BASE_DELAY * RATE),
-                    spoken / RATE + BASE_DELAY + j, i >= frames)
+                Pkt(
+                    n,
+                    seq_add(seq0, sent),
+                    ts & 0xFFFFFFFF,
+                    spoken + round(BASE_DELAY * RATE),
+                    spoken / RATE + BASE_DELAY + j,
+                    i >= frames,
+                )
             )
             sent += 1
     return out
@@ -372,7 +379,7 @@ def test_one_late_packet_does_not_move_the_rest_of_its_spurt() -> None:
         elif i in (6, 7, 8):
             arrival = 1.0 + 5 * 0.02 + 0.077  # the next ones right behind it
         positions.append(clock.position((123456 + 960 * i) & 0xFFFFFFFF, arrival))
-    steps = [b - a for a, b in zip(positions, positions[1:])]
+    steps = [b - a for a, b in itertools.pairwise(positions)]
     assert steps == [FRAME] * len(steps), steps
     assert clock.resyncs == 0
 

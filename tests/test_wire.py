@@ -23,7 +23,9 @@ def test_rtp_round_trip_with_extension_and_padding(mode: str, padding: int) -> N
     cipher = transport.transport_cipher(mode, KEY)
     payload = os.urandom(97)
     ext = rtp.audio_level_extension(42)
-    header = rtp.build_rtp_header(65535, 2**32 - 960, 0xDEADBEEF, marker=True, padding=bool(padding), extension_length=len(ext))
+    header = rtp.build_rtp_header(
+        65535, 2**32 - 960, 0xDEADBEEF, marker=True, padding=bool(padding), extension_length=len(ext)
+    )
     body = ext + payload + (bytes(padding - 1) + bytes([padding]) if padding else b"")
     packet = cipher.encrypt(header, body, 12345)
     parsed = rtp.parse_rtp_header(packet)
@@ -124,7 +126,11 @@ def test_rtcp_feedback_is_rtcp_and_parses(pt: int, fmt: int) -> None:
     parsed = rtp.parse_rtcp(rr + packet)
     assert isinstance(parsed[1], rtp.Feedback)
     assert (parsed[1].type, parsed[1].fmt, parsed[1].sender_ssrc, parsed[1].media_ssrc, parsed[1].fci) == (
-        pt, fmt, 0x11111111, 0x22222222, fci,
+        pt,
+        fmt,
+        0x11111111,
+        0x22222222,
+        fci,
     )
     with pytest.raises(rtp.MalformedPacket):
         rtp.parse_rtcp(struct.pack(">BBHI", 0x80 | fmt, pt, 1, 1))  # no media SSRC

@@ -13,7 +13,6 @@ import logging
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Optional
 
 import av
 import numpy as np
@@ -23,7 +22,7 @@ from .recorder import record_channel
 from .report import ProgressPrinter
 from .voice_client import VoiceClient
 
-__all__ = ("load_clip", "run_demo", "CLIPS")
+__all__ = ("CLIPS", "load_clip", "run_demo")
 
 _log = logging.getLogger(__name__)
 
@@ -51,8 +50,14 @@ def load_clip(name: str) -> bytes:
 
 
 async def run_demo(
-    output: Path, *, file_format: str = "wav", loss: float = 0.03, seed: int = 1, workers: int = 2,
-    clips: Optional[int] = None, progress_interval: float = 1.0,
+    output: Path,
+    *,
+    file_format: str = "wav",
+    loss: float = 0.03,
+    seed: int = 1,
+    workers: int = 2,
+    clips: int | None = None,
+    progress_interval: float = 1.0,
 ) -> int:
     """Run the demo: simulated members speak through the local voice server into files.
 
@@ -93,9 +98,11 @@ async def run_demo(
             for uid, name, _, _, late in plan:
                 members[uid] = await server.add_member(uid, name, join=not late)
             vc = await server.connect(cls=VoiceClient)
-            print(f"connected: {vc.channel.name!r} in {vc.guild.name!r}, mode {vc.mode}, "
-                  f"DAVE v{vc._connection.dave_protocol_version} epoch {vc._connection.dave_session.epoch}")
-            names: dict[Optional[int], str] = {uid: name for uid, name, _, _, _ in plan}
+            print(
+                f"connected: {vc.channel.name!r} in {vc.guild.name!r}, mode {vc.mode}, "
+                f"DAVE v{vc._connection.dave_protocol_version} epoch {vc._connection.dave_session.epoch}"
+            )
+            names: dict[int | None, str] = {uid: name for uid, name, _, _, _ in plan}
 
             async def script(progress: ProgressPrinter) -> None:
                 async def talk(uid: int, name: str, at: float, late: bool) -> None:
@@ -111,7 +118,13 @@ async def run_demo(
                 await asyncio.sleep(0.3)
 
             recording = await record_channel(
-                vc, pool, out_dir, script, file_format=file_format, filename="{user_name}", names=names,
+                vc,
+                pool,
+                out_dir,
+                script,
+                file_format=file_format,
+                filename="{user_name}",
+                names=names,
                 interval=progress_interval,
             )
     stats = recording.stats

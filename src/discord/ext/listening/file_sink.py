@@ -6,9 +6,9 @@ import asyncio
 import logging
 import os
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -53,7 +53,7 @@ class Mixer:
         self._written = 0  # everything before this position is in the file
         self._newest = 0
         self._decoders: dict[int, OpusDecoder] = {}
-        self._user_ends: dict[Optional[int], int] = {}  # per user: end of their newest frame
+        self._user_ends: dict[int | None, int] = {}  # per user: end of their newest frame
         #: Frames that arrived after their part of the mix was written.
         self.late_frames = 0
 
@@ -102,7 +102,7 @@ class Mixer:
         # packets) instead of encoding zeros: an hour of quiet costs no LAME time. So does
         # the silence before a block's first sound: a format that needs room before audio
         # (Ogg Opus starts its encoder early) gets it.
-        silent_from: Optional[int] = None  # start of a run of silence not yet padded
+        silent_from: int | None = None  # start of a run of silence not yet padded
         while self._written < position:
             if self._written >= self._newest:  # nothing was added from here on
                 self._written = position
@@ -135,7 +135,7 @@ class Mixer:
         """Everything before this timeline position is in the file."""
         return self._written
 
-    def flush(self, position: Optional[int] = None) -> None:
+    def flush(self, position: int | None = None) -> None:
         """Write everything up to ``position`` (default: the newest sample)."""
         self._flush_to(self._newest if position is None else max(position, self._written))
 
@@ -214,13 +214,13 @@ class AudioFileSink(AudioSink):
         self.file_options = file_options
         self.mix_delay = float(mix_delay)
         self._mix_lag = round(self.mix_delay * SAMPLE_RATE)
-        self.started = datetime.now(timezone.utc)
-        self.output_files: dict[Optional[int], AudioFile] = {}
-        self.mixed_file: Optional[AudioFile] = None
-        self.error: Optional[BaseException] = None
+        self.started = datetime.now(UTC)
+        self.output_files: dict[int | None, AudioFile] = {}
+        self.mixed_file: AudioFile | None = None
+        self.error: BaseException | None = None
         self._lock = threading.Lock()
-        self._failed: set[Optional[int]] = set()
-        self._mixer: Optional[Mixer] = None
+        self._failed: set[int | None] = set()
+        self._mixer: Mixer | None = None
         self._closed = False
         if mixed:
             path = unique_path(self.output_dir, f"mixed{file_type.extension}")
@@ -238,10 +238,17 @@ class AudioFileSink(AudioSink):
             name = getattr(user, "name", None)
             display = getattr(user, "display_name", None)
             stem = render_filename(
-                self.filename, user_id=key, user_name=name, display_name=display, start=self.started,
-                ssrc=frame.ssrc, ext=self.file_type.extension.lstrip("."),
+                self.filename,
+                user_id=key,
+                user_name=name,
+                display_name=display,
+                start=self.started,
+                ssrc=frame.ssrc,
+                ext=self.file_type.extension.lstrip("."),
             )
-            path = unique_path(self.output_dir, stem if stem.endswith(self.file_type.extension) else stem + self.file_type.extension)
+            path = unique_path(
+                self.output_dir, stem if stem.endswith(self.file_type.extension) else stem + self.file_type.extension
+            )
             f = self.file_type(path, **self.file_options)
             self.output_files[key] = f
         return f

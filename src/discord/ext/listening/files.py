@@ -43,10 +43,10 @@ import struct
 import threading
 import time
 import unicodedata
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
-from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Union, cast
 
 from . import __version__
@@ -62,16 +62,16 @@ if TYPE_CHECKING:
     from .opus import OpusDecoder, OpusEncoder
 
 __all__ = (
-    "RecordingError",
+    "FORMATS",
     "AudioFile",
-    "WaveAudioFile",
     "FLACAudioFile",
     "MP3AudioFile",
     "OggOpusAudioFile",
-    "FORMATS",
+    "RecordingError",
+    "WaveAudioFile",
+    "render_filename",
     "repair_wav",
     "sanitize_filename",
-    "render_filename",
     "unique_path",
 )
 
@@ -331,7 +331,7 @@ class _Output:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.fh: io.RawIOBase = open(path, "w+b", buffering=0)  # noqa: SIM115 - closed by the AudioFile
+        self.fh: io.RawIOBase = open(path, "w+b", buffering=0)
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
@@ -686,7 +686,7 @@ class AudioFile:
         """
         return await asyncio.to_thread(self.finish, new_name)
 
-    def __enter__(self) -> "AudioFile":
+    def __enter__(self) -> AudioFile:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -1274,8 +1274,21 @@ def _flac_renumber(frame: bytes, number: int) -> bytes:
     return new_header + body + new_crc.to_bytes(2, "big")
 
 
-_FLAC_BLOCKSIZE_CODES: Final = {192: 1, 576: 2, 1152: 3, 2304: 4, 4608: 5, 256: 8, 512: 9, 1024: 10, 2048: 11,
-                                4096: 12, 8192: 13, 16384: 14, 32768: 15}
+_FLAC_BLOCKSIZE_CODES: Final = {
+    192: 1,
+    576: 2,
+    1152: 3,
+    2304: 4,
+    4608: 5,
+    256: 8,
+    512: 9,
+    1024: 10,
+    2048: 11,
+    4096: 12,
+    8192: 13,
+    16384: 14,
+    32768: 15,
+}
 
 
 class _FlacSilence:
@@ -1286,7 +1299,7 @@ class _FlacSilence:
     a couple of microseconds a frame, because an hour of silence is 37500 of them.
     """
 
-    __slots__ = ("_prefix", "_extra", "_crc8", "_crc16", "_skip_hi", "_skip_lo")
+    __slots__ = ("_crc8", "_crc16", "_extra", "_prefix", "_skip_hi", "_skip_lo")
 
     _TAIL: ClassVar[bytes] = b"\x00\x00\x00" * CHANNELS  # per channel: CONSTANT subframe header, 16-bit 0
 

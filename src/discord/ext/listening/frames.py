@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 from .opus import FRAME_SAMPLES, SAMPLE_RATE
 
 if TYPE_CHECKING:
     import discord
 
-__all__ = ("FrameKind", "AudioFrame")
+__all__ = ("AudioFrame", "FrameKind")
 
 
 class FrameKind(enum.Enum):
@@ -59,7 +59,7 @@ class AudioFrame:
         The sender's RFC 6464 audio level in -dBov (0 loud .. 127 silent), when sent.
     """
 
-    user: Union["discord.Member", "discord.Object", None]
+    user: discord.Member | discord.Object | None
     ssrc: int
     sequence: int
     timestamp: int

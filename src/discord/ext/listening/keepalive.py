@@ -16,7 +16,8 @@ import asyncio
 import logging
 import socket
 import struct
-from typing import Callable, Final, Optional
+from collections.abc import Callable
+from typing import Final
 
 __all__ = ("KEEPALIVE_INTERVAL", "UDPKeepalive", "keepalive_packet")
 
@@ -54,7 +55,7 @@ class UDPKeepalive:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        get_socket: Callable[[], Optional[socket.socket]],
+        get_socket: Callable[[], socket.socket | None],
         *,
         interval: float = KEEPALIVE_INTERVAL,
     ) -> None:
@@ -63,7 +64,7 @@ class UDPKeepalive:
         self._loop = loop
         self._get_socket = get_socket
         self.interval = interval
-        self._handle: Optional[asyncio.TimerHandle] = None
+        self._handle: asyncio.TimerHandle | None = None
         self.sent = 0
 
     @property

@@ -19,22 +19,22 @@ import collections
 import logging
 import struct
 import zlib
-from dataclasses import dataclass
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Final, Union
+from dataclasses import dataclass
+from typing import Final
 
 __all__ = (
-    "crc32",
-    "crc32_reference",
+    "FLAG_BOS",
+    "FLAG_CONTINUED",
+    "FLAG_EOS",
+    "OggError",
     "OggPage",
     "OggStreamWriter",
-    "parse_pages",
+    "crc32",
+    "crc32_reference",
     "opus_head",
     "opus_tags",
-    "OggError",
-    "FLAG_CONTINUED",
-    "FLAG_BOS",
-    "FLAG_EOS",
+    "parse_pages",
 )
 
 _log = logging.getLogger(__name__)
@@ -339,8 +339,9 @@ class OggStreamWriter:
                 granule = last.granule
                 if eos_granule is not None:  # trim within this page's packets only
                     granule = min(max(eos_granule, self._granule_before), last.granule)
-                pages[-1] = _encode_page(last.flags | FLAG_EOS, granule, self.serial, last.sequence,
-                                         last.segments, last.body)
+                pages[-1] = _encode_page(
+                    last.flags | FLAG_EOS, granule, self.serial, last.sequence, last.segments, last.body
+                )
                 self._last_granule = granule
             else:
                 # nothing left to put on a page: an empty page (no segments) ends the stream
@@ -423,9 +424,7 @@ def _encode_page(flags: int, granule: int, serial: int, sequence: int, segments:
 # --- Ogg Opus headers (RFC 7845 section 5) ---------------------------------------------
 
 
-def opus_head(
-    *, channels: int = 2, pre_skip: int = 0, input_sample_rate: int = 48000, output_gain: int = 0
-) -> bytes:
+def opus_head(*, channels: int = 2, pre_skip: int = 0, input_sample_rate: int = 48000, output_gain: int = 0) -> bytes:
     """Build an OpusHead identification header (channel mapping family 0).
 
     Parameters
@@ -446,7 +445,7 @@ def opus_head(
     return struct.pack("<8sBBHIhB", b"OpusHead", 1, channels, pre_skip, input_sample_rate, output_gain, 0)
 
 
-_Comments = Union[Mapping[str, str], Iterable[tuple[str, str]]]
+_Comments = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
 def opus_tags(vendor: str, comments: _Comments | None = None) -> bytes:

@@ -21,14 +21,14 @@ import threading
 from typing import Final
 
 __all__ = (
-    "SAMPLE_RATE",
     "CHANNELS",
-    "FRAME_SAMPLES",
     "FRAME_BYTES",
+    "FRAME_SAMPLES",
+    "SAMPLE_RATE",
     "SILENCE_FRAME",
-    "OpusError",
-    "OpusEncoder",
     "OpusDecoder",
+    "OpusEncoder",
+    "OpusError",
     "libopus_path",
     "load_for_discord",
     "packet_samples",

@@ -42,7 +42,7 @@ import itertools
 import logging
 import math
 import multiprocessing
-import multiprocessing.util  # noqa: F401 - its atexit hook must be registered before ours
+import multiprocessing.util
 import os
 import pickle
 import socket
@@ -50,9 +50,10 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Final, Iterable, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from .frames import FrameKind
 from .opus import FRAME_BYTES, FRAME_SAMPLES, OpusDecoder
@@ -72,17 +73,17 @@ from .worker import (
 )
 
 __all__ = (
+    "DEFAULT_CONCEAL_LIMIT",
+    "DEFAULT_MAX_BACKLOG",
+    "DEFAULT_PROCESS_PATIENCE",
+    "DEFAULT_WAIT_TIMEOUT",
     "AudioProcessPool",
-    "StreamHandle",
-    "StreamStats",
     "DecodeItem",
     "DecodedFrame",
-    "init_audio_processing_pool",
+    "StreamHandle",
+    "StreamStats",
     "get_default_pool",
-    "DEFAULT_WAIT_TIMEOUT",
-    "DEFAULT_PROCESS_PATIENCE",
-    "DEFAULT_MAX_BACKLOG",
-    "DEFAULT_CONCEAL_LIMIT",
+    "init_audio_processing_pool",
 )
 
 _log = logging.getLogger(__name__)
@@ -219,9 +220,24 @@ class _Incarnation:
     """One worker process and the two threads that talk to it; replaced whole on restart."""
 
     __slots__ = (
-        "process", "conn", "pid", "reader", "writer", "alive", "retired", "ready", "eof",
-        "started", "last_progress", "sent", "done", "send_lock", "direct", "sent_bytes", "read_bytes",
+        "alive",
+        "conn",
+        "direct",
+        "done",
+        "eof",
         "in_worker",
+        "last_progress",
+        "pid",
+        "process",
+        "read_bytes",
+        "reader",
+        "ready",
+        "retired",
+        "send_lock",
+        "sent",
+        "sent_bytes",
+        "started",
+        "writer",
     )
 
     def __init__(self, process: Any, conn: Connection, direct: bool) -> None:
@@ -391,7 +407,12 @@ class StreamHandle:
                     if suppressed is not None and not self._closed:
                         _log.warning(
                             "decode worker %d is backlogged (%d packets queued); dropped %d packets of stream %d "
-                            "(%d more drops not logged)", slot.index, slot.outstanding, n, self.stream_id, suppressed,
+                            "(%d more drops not logged)",
+                            slot.index,
+                            slot.outstanding,
+                            n,
+                            self.stream_id,
+                            suppressed,
                         )
                     dropped = True
             if not dropped:
@@ -445,7 +466,11 @@ class StreamHandle:
                 ssrc, seq, ts, payload, lost, extra = item
                 lost = min(int(lost), MAX_GAP)
                 for k in range(lost, 0, -1):
-                    append(DecodedFrame(ssrc, (seq - k) & 0xFFFF, (ts - FRAME_SAMPLES * k) & 0xFFFFFFFF, b"", silence_kind, extra))
+                    append(
+                        DecodedFrame(
+                            ssrc, (seq - k) & 0xFFFF, (ts - FRAME_SAMPLES * k) & 0xFFFFFFFF, b"", silence_kind, extra
+                        )
+                    )
                 silence += max(lost, 0)
                 if payload:
                     append(DecodedFrame(ssrc, seq & 0xFFFF, ts & 0xFFFFFFFF, bytes(payload), opus_kind, extra))
@@ -578,8 +603,14 @@ class StreamHandle:
         """A consistent snapshot of every counter."""
         with self._lock:
             return StreamStats(
-                self._submitted, self._decoded, self._fec, self._plc, self._silence,
-                self._errors, self._lost_in_worker, self._dropped,
+                self._submitted,
+                self._decoded,
+                self._fec,
+                self._plc,
+                self._silence,
+                self._errors,
+                self._lost_in_worker,
+                self._dropped,
             )
 
     @property
@@ -701,7 +732,7 @@ def _preload_in_forkserver() -> None:
 
         current = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["__main__"])
         if worker_main.__module__ not in current:
-            forkserver.set_forkserver_preload(current + [worker_main.__module__])
+            forkserver.set_forkserver_preload([*current, worker_main.__module__])
     except Exception:  # pragma: no cover - private layout changed: workers just start slower
         _log.debug("could not add the decode worker to the forkserver preload list", exc_info=True)
 
@@ -902,7 +933,7 @@ class AudioProcessPool:
                         slot.has_work.notify_all()
                         incs.append((slot, inc))
         deadline = time.monotonic() + timeout
-        for slot, inc in incs:
+        for _slot, inc in incs:
             inc.process.join(max(0.0, deadline - time.monotonic()))
         for slot, inc in incs:
             # A clean exit leaves the last replies in the pipe: let the reader drain them.
@@ -985,8 +1016,12 @@ class AudioProcessPool:
                     child_conn.close()
             inc = _Incarnation(process, parent_conn, direct)
             name = f"listening-pool{self._id}-w{slot.index}"
-            inc.reader = threading.Thread(target=self._reader_loop, args=(slot, inc), name=name + "-reader", daemon=True)
-            inc.writer = threading.Thread(target=self._writer_loop, args=(slot, inc), name=name + "-writer", daemon=True)
+            inc.reader = threading.Thread(
+                target=self._reader_loop, args=(slot, inc), name=name + "-reader", daemon=True
+            )
+            inc.writer = threading.Thread(
+                target=self._writer_loop, args=(slot, inc), name=name + "-writer", daemon=True
+            )
             with slot.lock:
                 slot.inc = inc
             inc.reader.start()
@@ -1122,7 +1157,7 @@ class AudioProcessPool:
             # Items still in slot.pending never reached the dead worker: they wait for the
             # next one. What the worker had been given and not answered died with it.
             lost: dict[StreamHandle, list[tuple]] = {}
-            for sid, stream, items, answered in inc.in_worker:
+            for _sid, stream, items, answered in inc.in_worker:
                 if stream is not None:
                     lost.setdefault(stream, []).extend(items[answered:])
             inc.in_worker.clear()
@@ -1177,10 +1212,16 @@ class AudioProcessPool:
         slot.next_start = now + delay
         hint = ""
         if not inc.ready and self.start_method != "fork":
-            hint = " (it died before starting: is the main module guarded by `if __name__ == \"__main__\":`?)"
+            hint = ' (it died before starting: is the main module guarded by `if __name__ == "__main__":`?)'
         _log.warning(
             "decode worker %d (pid %s) %s, exit code %s; %d in-flight packets lost; restarting%s%s",
-            slot.index, inc.pid, reason, exitcode, lost_total, f" in {delay:.1f}s" if delay else "", hint,
+            slot.index,
+            inc.pid,
+            reason,
+            exitcode,
+            lost_total,
+            f" in {delay:.1f}s" if delay else "",
+            hint,
         )
 
     def _monitor_loop(self) -> None:
@@ -1268,7 +1309,9 @@ def init_audio_processing_pool(
         current = _default_pool
         if current is not None and not current.closed:
             same = (current.max_processes, current.wait_timeout, current.process_patience) == (
-                max_processes, wait_timeout, process_patience,
+                max_processes,
+                wait_timeout,
+                process_patience,
             )
             if same:
                 return current

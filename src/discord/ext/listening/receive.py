@@ -22,20 +22,30 @@ import struct
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Final, Optional
+from typing import Any, Final
 
 import davey
 
 from . import dave
 from .opus import FRAME_SAMPLES, SAMPLE_RATE, packet_has_fec
 from .reorder import JitterBuffer, PushResult, seq_diff, ts_diff
-from .rtp import AUDIO_LEVEL_EXTENSION_ID, OPUS_PAYLOAD_TYPE, MalformedPacket, RTCPPacket, is_rtcp, parse_audio_level, parse_rtcp, parse_rtp_header, split_plaintext
+from .rtp import (
+    AUDIO_LEVEL_EXTENSION_ID,
+    OPUS_PAYLOAD_TYPE,
+    MalformedPacket,
+    RTCPPacket,
+    is_rtcp,
+    parse_audio_level,
+    parse_rtcp,
+    parse_rtp_header,
+    split_plaintext,
+)
 from .ssrc import SSRCMap
 from .stats import DropReason, ListenStats
 from .timeline import StreamClock
 from .transport import DecryptionFailed, TransportCipher, transport_cipher
 
-__all__ = ("ReceivedPacket", "SpeakingChange", "PacketReceiver")
+__all__ = ("PacketReceiver", "ReceivedPacket", "SpeakingChange")
 
 _log = logging.getLogger(__name__)
 
@@ -87,14 +97,14 @@ class ReceivedPacket:
     """
 
     ssrc: int
-    user_id: Optional[int]
+    user_id: int | None
     sequence: int
     timestamp: int
     opus: bytes
     lost_positions: tuple[int, ...]
     position: int
     arrival: float
-    audio_level: Optional[int]
+    audio_level: int | None
     new_stream: bool = False
 
     @property
@@ -108,7 +118,7 @@ class SpeakingChange:
     """A user started or stopped sending audio."""
 
     ssrc: int
-    user_id: Optional[int]
+    user_id: int | None
     speaking: bool
 
 
@@ -119,7 +129,7 @@ class _Pending:
     sequence: int
     timestamp: int
     payload: bytes
-    audio_level: Optional[int]
+    audio_level: int | None
     arrival: float
     lost_positions: tuple[int, ...]
     position: int
@@ -143,7 +153,7 @@ class _Stream:
     #: Set once the SSRC's first packet went out (see :meth:`PacketReceiver._leading_loss`).
     started: bool = False
     #: RTP timestamp of the last audio packet placed (padding-only packets repeat it).
-    last_timestamp: Optional[int] = None
+    last_timestamp: int | None = None
     #: Padding-only packets released since the last audio packet, the sequence numbers
     #: missing among them, and whether one of them started the stream.
     padding_run: int = 0
@@ -213,14 +223,14 @@ class PacketReceiver:
         self.max_streams = max_streams
         self._lock = threading.Lock()
         self._streams: dict[int, _Stream] = {}
-        self._cipher: Optional[TransportCipher] = None
+        self._cipher: TransportCipher | None = None
         self._cipher_key: Any = None
-        self._cipher_mode: Optional[str] = None
+        self._cipher_mode: str | None = None
         # Around a key change the UDP and websocket paths race: packets sealed with the new
         # key can arrive before SESSION_DESCRIPTION does, and ones sealed with the old key
         # after it. The old cipher stays usable for a grace period, and packets that fail
         # authentication are parked (bounded) and retried once when the key changes.
-        self._prev_cipher: Optional[TransportCipher] = None
+        self._prev_cipher: TransportCipher | None = None
         self._prev_until = 0.0
         self._parked: deque[tuple[bytes, float]] = deque()
         self._key_changed = False
@@ -229,7 +239,7 @@ class PacketReceiver:
 
     # -- socket thread -------------------------------------------------------------------
 
-    def _current_cipher(self) -> Optional[TransportCipher]:
+    def _current_cipher(self) -> TransportCipher | None:
         key = getattr(self._conn, "secret_key", None)
         mode = getattr(self._conn, "mode", None)
         # discord.py assigns a fresh list on every SESSION_DESCRIPTION, so identity tells us
@@ -245,7 +255,7 @@ class PacketReceiver:
                     _log.error("voice connection uses unsupported mode %r; cannot decrypt", mode)
         return self._cipher
 
-    def datagram(self, data: bytes, now: float) -> Optional[list[RTCPPacket]]:
+    def datagram(self, data: bytes, now: float) -> list[RTCPPacket] | None:
         """Take one datagram from the voice socket.
 
         Returns the parsed RTCP packets if it was RTCP, else ``None``. Never raises for bad
@@ -280,7 +290,7 @@ class PacketReceiver:
                 self.stats.drop_unattributed(DropReason.malformed)
         return rtcp
 
-    def _rtcp(self, data: bytes) -> Optional[list[RTCPPacket]]:
+    def _rtcp(self, data: bytes) -> list[RTCPPacket] | None:
         cipher = self._current_cipher()
         if cipher is None:
             return None
@@ -309,7 +319,7 @@ class PacketReceiver:
             self.stats.drop_unattributed(DropReason.auth_failed)
         parked.append((data, now))
 
-    def _open_prev(self, data: bytes, aad_length: int, now: float) -> Optional[bytes]:
+    def _open_prev(self, data: bytes, aad_length: int, now: float) -> bytes | None:
         """The current key failed: the previous one, within its grace period."""
         prev = self._prev_cipher
         if prev is not None and now < self._prev_until:
@@ -370,7 +380,7 @@ class PacketReceiver:
             self._push_padding(ssrc, sequence, timestamp, now)
             return
         if ext_len > 1 and plain[0] >> 4 == AUDIO_LEVEL_EXTENSION_ID:
-            level: Optional[int] = plain[1] & 0x7F  # where clients put it: first (saves a call a packet)
+            level: int | None = plain[1] & 0x7F  # where clients put it: first (saves a call a packet)
         else:
             level = parse_audio_level(plain, ext_len) if ext_len else None
         with self._lock:
@@ -451,7 +461,7 @@ class PacketReceiver:
         """
         out: list[ReceivedPacket] = []
         changes: list[SpeakingChange] = []
-        counts: dict[Optional[int], list[int]] = {}
+        counts: dict[int | None, list[int]] = {}
         try:
             with self._lock:
                 for stream in self._streams.values():
@@ -470,7 +480,7 @@ class PacketReceiver:
     def flush(self, now: float) -> list[ReceivedPacket]:
         """Release everything buffered (listening is ending); what cannot be decrypted now is dropped."""
         out: list[ReceivedPacket] = []
-        counts: dict[Optional[int], list[int]] = {}
+        counts: dict[int | None, list[int]] = {}
         try:
             with self._lock:
                 for stream in self._streams.values():
@@ -486,7 +496,7 @@ class PacketReceiver:
     def reset_streams(self, now: float) -> list[ReceivedPacket]:
         """Flush and forget every SSRC's ordering state (after a pause: a fresh start)."""
         out: list[ReceivedPacket] = []
-        counts: dict[Optional[int], list[int]] = {}
+        counts: dict[int | None, list[int]] = {}
         try:
             with self._lock:
                 for stream in self._streams.values():
@@ -497,7 +507,7 @@ class PacketReceiver:
             self._count(counts)
         return out
 
-    def _count(self, counts: dict[Optional[int], list[int]]) -> None:
+    def _count(self, counts: dict[int | None, list[int]]) -> None:
         """Per user: [packets released (received and decrypted), frames lost], once per poll."""
         if counts:
             self.stats.add_released(counts)
@@ -507,7 +517,7 @@ class PacketReceiver:
         return session, session is not None and bool(getattr(self._conn, "dave_protocol_version", 0))
 
     def _place(
-        self, stream: _Stream, released: list[Any], out: list[ReceivedPacket], counts: dict[Optional[int], list[int]]
+        self, stream: _Stream, released: list[Any], out: list[ReceivedPacket], counts: dict[int | None, list[int]]
     ) -> None:
         """Put released packets (and the frames lost before them) on the timeline, and send
         them on: straight out when nothing waits before them and they need neither a DAVE key
@@ -555,14 +565,28 @@ class PacketReceiver:
             position = clock.position(r.timestamp, arrival, new_stream=r.new_stream, silence=silence)
             if direct and not pending and not (e2ee and not silence) and not dave.is_dave_frame(payload):
                 # What _decrypt_pending would do with it at once, without the queue.
-                self._emit(stream, user_id, r.sequence, r.timestamp, payload, lost_positions, position, r.arrival,
-                           level, r.new_stream, out, counts)
+                self._emit(
+                    stream,
+                    user_id,
+                    r.sequence,
+                    r.timestamp,
+                    payload,
+                    lost_positions,
+                    position,
+                    r.arrival,
+                    level,
+                    r.new_stream,
+                    out,
+                    counts,
+                )
                 continue
             if len(pending) >= self.max_held:
                 self._drop_head(stream, DropReason.overflow)
-            pending.append(_Pending(r.sequence, r.timestamp, payload, level, r.arrival, lost_positions, position, r.new_stream))
+            pending.append(
+                _Pending(r.sequence, r.timestamp, payload, level, r.arrival, lost_positions, position, r.new_stream)
+            )
 
-    def _padding(self, stream: _Stream, r: Any, user_id: Optional[int]) -> None:
+    def _padding(self, stream: _Stream, r: Any, user_id: int | None) -> None:
         """A released padding-only packet: no frame, no position, no loss, no time."""
         self.stats.add(user_id, "padding")
         stream.padding_run += 1
@@ -593,11 +617,16 @@ class PacketReceiver:
         self.stats.add(user_id, "received")
         self.stats.drop(user_id, reason)
         # The decoder must still conceal this frame's slot (and any loss before it).
-        stream.carry_lost += p.lost_positions + (p.position,)
+        stream.carry_lost += (*p.lost_positions, p.position)
 
     def _decrypt_pending(
-        self, stream: _Stream, now: float, out: list[ReceivedPacket], counts: dict[Optional[int], list[int]],
-        *, final: bool,
+        self,
+        stream: _Stream,
+        now: float,
+        out: list[ReceivedPacket],
+        counts: dict[int | None, list[int]],
+        *,
+        final: bool,
     ) -> None:
         user_id = self._map.user_for(stream.ssrc)
         session, e2ee = self._e2ee()
@@ -614,8 +643,20 @@ class PacketReceiver:
                     if found is not None:
                         user_id, payload = found
                         pending.popleft()
-                        self._emit(stream, user_id, p.sequence, p.timestamp, payload, p.lost_positions, p.position,
-                                   p.arrival, p.audio_level, p.new_stream, out, counts)
+                        self._emit(
+                            stream,
+                            user_id,
+                            p.sequence,
+                            p.timestamp,
+                            payload,
+                            p.lost_positions,
+                            p.position,
+                            p.arrival,
+                            p.audio_level,
+                            p.new_stream,
+                            out,
+                            counts,
+                        )
                         continue
                 if user_id is None or session is None:
                     if may_wait:
@@ -640,10 +681,22 @@ class PacketReceiver:
                 # little for SPEAKING; after hold_time it goes out with user None, not lost.
                 return
             pending.popleft()
-            self._emit(stream, user_id, p.sequence, p.timestamp, payload, p.lost_positions, p.position, p.arrival,
-                       p.audio_level, p.new_stream, out, counts)
+            self._emit(
+                stream,
+                user_id,
+                p.sequence,
+                p.timestamp,
+                payload,
+                p.lost_positions,
+                p.position,
+                p.arrival,
+                p.audio_level,
+                p.new_stream,
+                out,
+                counts,
+            )
 
-    def _infer_owner(self, stream: _Stream, session: Any, frame: bytes, now: float) -> Optional[tuple[int, bytes]]:
+    def _infer_owner(self, stream: _Stream, session: Any, frame: bytes, now: float) -> tuple[int, bytes] | None:
         """Find whose frame this is by trying the keys of members with no known SSRC.
 
         Discord names an SSRC's owner only in SPEAKING (op 5), which may come after the first
@@ -663,8 +716,9 @@ class PacketReceiver:
                 continue
             self._map.set_audio(stream.ssrc, user_id)
             self.stats.ssrcs_inferred += 1
-            _log.info("SSRC %d belongs to user %s (its DAVE key opened the frame; no SPEAKING named it)",
-                      stream.ssrc, user_id)
+            _log.info(
+                "SSRC %d belongs to user %s (its DAVE key opened the frame; no SPEAKING named it)", stream.ssrc, user_id
+            )
             return user_id, plain
         return None
 
@@ -679,7 +733,8 @@ class PacketReceiver:
         self._recoveries.append(user_id)
         _log.warning(
             "%d DAVE frames of user %s in a row could not be decrypted: asking for a new DAVE session",
-            DAVE_FAILURE_LIMIT, user_id,
+            DAVE_FAILURE_LIMIT,
+            user_id,
         )
 
     def take_dave_recoveries(self) -> list[int]:
@@ -695,9 +750,19 @@ class PacketReceiver:
         return out
 
     def _emit(
-        self, stream: _Stream, user_id: Optional[int], sequence: int, timestamp: int, payload: bytes,
-        lost_positions: tuple[int, ...], position: int, arrival: float, level: Optional[int], new_stream: bool,
-        out: list[ReceivedPacket], counts: dict[Optional[int], list[int]],
+        self,
+        stream: _Stream,
+        user_id: int | None,
+        sequence: int,
+        timestamp: int,
+        payload: bytes,
+        lost_positions: tuple[int, ...],
+        position: int,
+        arrival: float,
+        level: int | None,
+        new_stream: bool,
+        out: list[ReceivedPacket],
+        counts: dict[int | None, list[int]],
     ) -> None:
         """One packet goes out (counted in ``counts``, see :meth:`_count`)."""
         if stream.carry_lost:
@@ -712,9 +777,20 @@ class PacketReceiver:
         c[0] += 1
         if lost_positions:
             c[1] += len(lost_positions)
-        out.append(ReceivedPacket(
-            stream.ssrc, user_id, sequence, timestamp, payload, lost_positions, position, arrival, level, new_stream,
-        ))
+        out.append(
+            ReceivedPacket(
+                stream.ssrc,
+                user_id,
+                sequence,
+                timestamp,
+                payload,
+                lost_positions,
+                position,
+                arrival,
+                level,
+                new_stream,
+            )
+        )
 
     @staticmethod
     def _leading_loss(new_stream: bool, position: int, payload: bytes) -> tuple[int, ...]:

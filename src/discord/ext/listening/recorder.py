@@ -8,10 +8,11 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any
 
 import discord
 
@@ -23,7 +24,7 @@ from .sink import FanOutSink
 from .stats import ListenStats
 from .voice_client import VoiceClient
 
-__all__ = ("run_record", "record_channel", "Recording", "RecordError")
+__all__ = ("RecordError", "Recording", "record_channel", "run_record")
 
 _log = logging.getLogger(__name__)
 
@@ -40,7 +41,11 @@ def _check_channel(client: discord.Client, guild_id: int, channel_id: int) -> di
     if channel is None:
         raise RecordError(f"guild {guild.name!r} has no channel with id {channel_id}")
     if not isinstance(channel, discord.VoiceChannel):
-        kind = "a stage channel (not supported)" if isinstance(channel, discord.StageChannel) else f"a {channel.type} channel"
+        kind = (
+            "a stage channel (not supported)"
+            if isinstance(channel, discord.StageChannel)
+            else f"a {channel.type} channel"
+        )
         raise RecordError(f"channel {channel.name!r} is {kind}, not a voice channel")
     perms = channel.permissions_for(guild.me)
     missing = [name for name in ("view_channel", "connect") if not getattr(perms, name)]
@@ -70,7 +75,7 @@ class Recording:
     """
 
     exit_code: int
-    error: Optional[BaseException]
+    error: BaseException | None
     paths: list[Path]
     files: AudioFileSink
     meter: SpeechMeter
@@ -87,9 +92,9 @@ async def record_channel(
     mixed: bool = True,
     filename: str = "{user_id}-{user_name}",
     decode: bool = True,
-    names: Optional[dict[Optional[int], str]] = None,
+    names: dict[int | None, str] | None = None,
     interval: float = 2.0,
-    keep_going: Optional[Callable[[], bool]] = None,
+    keep_going: Callable[[], bool] | None = None,
 ) -> Recording:
     """Record a connected voice client to files, printing progress and a closing summary.
 
@@ -142,9 +147,9 @@ async def record_channel(
     files = AudioFileSink(FORMATS[file_format], out_dir, mixed=mixed, filename=filename)
     meter = SpeechMeter()
     finished = asyncio.Event()
-    result: dict[str, Optional[BaseException]] = {}
+    result: dict[str, BaseException | None] = {}
 
-    async def after(sink: Any, error: Optional[BaseException]) -> None:
+    async def after(sink: Any, error: BaseException | None) -> None:
         result["error"] = error
         finished.set()
 
@@ -173,8 +178,15 @@ async def record_channel(
         names = {uid: m.name for uid, m in meter.users.items()}
         names.update({uid: getattr(f.user, "display_name", str(uid)) for uid, f in files.output_files.items()})
     print()
-    print(summary_table(stats, meter, {u: f.path for u, f in files.output_files.items()}, names,
-                        files.mixed_file.path if files.mixed_file else None))
+    print(
+        summary_table(
+            stats,
+            meter,
+            {u: f.path for u, f in files.output_files.items()},
+            names,
+            files.mixed_file.path if files.mixed_file else None,
+        )
+    )
     error = result.get("error")
     if error is not None:
         print(f"error: {error}", file=sys.stderr)
@@ -217,7 +229,7 @@ async def _record(args: argparse.Namespace, token: str) -> int:
                 print(f"recording {channel.name!r} in {channel.guild.name!r} to {out_dir}/ (Ctrl-C to finish)")
                 try:
                     await asyncio.wait_for(stop.wait(), args.duration)  # --duration to the second
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
             def keep_going() -> bool:
@@ -227,8 +239,14 @@ async def _record(args: argparse.Namespace, token: str) -> int:
                 return True
 
             recording = await record_channel(
-                vc, pool, out_dir, until, file_format=args.format, mixed=not args.no_mixed,
-                decode=args.format != "opus", keep_going=keep_going,
+                vc,
+                pool,
+                out_dir,
+                until,
+                file_format=args.format,
+                mixed=not args.no_mixed,
+                decode=args.format != "opus",
+                keep_going=keep_going,
             )
         return recording.exit_code
     finally:

@@ -24,22 +24,22 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 from heapq import heappop, heappush
-from typing import Any, Final, NamedTuple, Optional
+from typing import Any, Final, NamedTuple
 
 __all__ = (
     "SEQ_MOD",
     "TS_MOD",
-    "seq_diff",
-    "seq_add",
-    "seq_lt",
-    "ts_diff",
-    "ts_add",
-    "ts_lt",
-    "Unwrapper",
+    "JitterBuffer",
+    "JitterStats",
     "PushResult",
     "Released",
-    "JitterStats",
-    "JitterBuffer",
+    "Unwrapper",
+    "seq_add",
+    "seq_diff",
+    "seq_lt",
+    "ts_add",
+    "ts_diff",
+    "ts_lt",
 )
 
 _log = logging.getLogger(__name__)
@@ -134,14 +134,14 @@ class Unwrapper:
     [65534, 65535, 65536, 65535, 65537]
     """
 
-    __slots__ = ("_mask", "_half", "_last")
+    __slots__ = ("_half", "_last", "_mask")
 
     def __init__(self, bits: int = 16) -> None:
         if bits < 2:
             raise ValueError(f"bits must be at least 2, got {bits!r}")
         self._mask = (1 << bits) - 1
         self._half = 1 << (bits - 1)
-        self._last: Optional[int] = None
+        self._last: int | None = None
 
     def unwrap(self, value: int) -> int:
         """The extended value of ``value`` (its low bits are ``value``)."""
@@ -336,35 +336,35 @@ class JitterBuffer:
     """
 
     __slots__ = (
-        "depth",
-        "max_packets",
-        "max_dropout",
-        "max_misorder",
+        "_bounds",
         "_buf",
-        "_heap",
+        "_duplicates",
         "_fifo",
         "_fifo_limit",
-        "_bounds",
-        "_nxt",
+        "_heap",
         "_hist",
         "_hist_mask",
+        "_late",
+        "_live_at",
+        "_lost",
+        "_nxt",
+        "_overflow",
+        "_prev_ext",
+        "_prev_hist",
+        "_prev_nxt",
+        "_prev_seq",
+        "_probe",
+        "_received",
         "_ref_ext",
         "_ref_seq",
         "_ref_ts",
-        "_prev_ext",
-        "_prev_seq",
-        "_prev_nxt",
-        "_prev_hist",
-        "_received",
         "_released",
-        "_duplicates",
-        "_late",
-        "_lost",
-        "_overflow",
         "_restarts",
+        "depth",
+        "max_dropout",
+        "max_misorder",
+        "max_packets",
         "restart_probation",
-        "_live_at",
-        "_probe",
     )
 
     def __init__(
@@ -391,7 +391,7 @@ class JitterBuffer:
         # old-looking packets that may turn out to be a restarted sender:
         # (sequence, timestamp, count, arrival of the first).
         self._live_at = float("-inf")
-        self._probe: Optional[tuple[int, int, int, float]] = None
+        self._probe: tuple[int, int, int, float] | None = None
         self.depth = float(depth)
         self.max_packets = max_packets
         self.max_dropout = max_dropout
@@ -407,21 +407,21 @@ class JitterBuffer:
         # Lower bounds (ext) of streams that begin after the one being released.
         self._bounds: deque[int] = deque()
         # Next extended sequence number to release; None at a stream start (not decided).
-        self._nxt: Optional[int] = None
+        self._nxt: int | None = None
         # Bit k set: ext ``_nxt - 1 - k`` was released.
         # Tells a duplicate of a released packet from a late one.
         self._hist = 0
         self._hist_mask = (1 << (max_misorder + 1)) - 1
         # Highest packet seen of the current stream: the reference for windows and unwrapping.
-        self._ref_ext: Optional[int] = None
+        self._ref_ext: int | None = None
         self._ref_seq = 0
         self._ref_ts = 0
         # The same for the stream before the last restart (to recognise its stragglers),
         # and once it is fully released, its final _nxt and _hist (to tell a straggling
         # duplicate from a late packet).
-        self._prev_ext: Optional[int] = None
+        self._prev_ext: int | None = None
         self._prev_seq = 0
-        self._prev_nxt: Optional[int] = None
+        self._prev_nxt: int | None = None
         self._prev_hist = 0
         self._received = 0
         self._released = 0
@@ -529,7 +529,9 @@ class JitterBuffer:
         self._late += 1
         return PushResult.LATE
 
-    def _store(self, ext: int, sequence: int, timestamp: int, payload: Any, now: float, result: PushResult) -> PushResult:
+    def _store(
+        self, ext: int, sequence: int, timestamp: int, payload: Any, now: float, result: PushResult
+    ) -> PushResult:
         buf = self._buf
         if len(buf) >= self.max_packets:
             bound = self._bounds[0] if self._bounds else None
@@ -590,7 +592,7 @@ class JitterBuffer:
         self._late += 1
         return PushResult.LATE
 
-    def _straggler(self, sequence: int, timestamp: int, payload: Any, now: float) -> Optional[PushResult]:
+    def _straggler(self, sequence: int, timestamp: int, payload: Any, now: float) -> PushResult | None:
         # A packet of the stream before the last restart? Judged within that stream (filled
         # in while it is being released, else duplicate or late); None if it is not one.
         prev = self._prev_ext
@@ -630,7 +632,10 @@ class JitterBuffer:
         self._restarts += 1
         _log.debug(
             "sequence %d / timestamp %d after %d / %d: sender restarted, new stream",
-            sequence, timestamp, self._ref_seq, self._ref_ts,
+            sequence,
+            timestamp,
+            self._ref_seq,
+            self._ref_ts,
         )
         ref = self._ref_ext
         assert ref is not None
@@ -707,7 +712,7 @@ class JitterBuffer:
         self._probe = None
         return out
 
-    def next_deadline(self) -> Optional[float]:
+    def next_deadline(self) -> float | None:
         """When :meth:`pop_ready` will next release something without new input.
 
         Returns
@@ -727,7 +732,7 @@ class JitterBuffer:
             fifo.popleft()
         return buf[fifo[0]].arrival + self.depth
 
-    def _finish_streams(self, head: int, nxt: Optional[int], hist: int) -> None:
+    def _finish_streams(self, head: int, nxt: int | None, hist: int) -> None:
         # The release point crosses into the stream holding ``head`` (skipping streams whose
         # packets were all dropped on overflow). When that is the current stream, the one
         # just finished is the "previous" one: keep its end state for its stragglers.

@@ -15,30 +15,30 @@ from typing import Final, NamedTuple
 
 __all__ = (
     "OPUS_PAYLOAD_TYPE",
-    "MalformedPacket",
-    "RTPHeader",
-    "parse_rtp_header",
-    "build_rtp_header",
-    "split_plaintext",
-    "audio_level_extension",
-    "parse_audio_level",
-    "is_rtcp",
-    "RTCPMessageType",
-    "RTCPPacket",
-    "ReportBlock",
-    "SenderReport",
-    "ReceiverReport",
-    "SourceDescription",
-    "SourceDescriptionChunk",
-    "Goodbye",
     "ApplicationDefined",
     "Feedback",
+    "Goodbye",
+    "MalformedPacket",
+    "RTCPMessageType",
+    "RTCPPacket",
+    "RTPHeader",
+    "ReceiverReport",
+    "ReportBlock",
+    "SenderReport",
+    "SourceDescription",
+    "SourceDescriptionChunk",
     "UnknownRTCP",
-    "parse_rtcp",
-    "build_sender_report",
-    "build_receiver_report",
+    "audio_level_extension",
     "build_goodbye",
+    "build_receiver_report",
+    "build_rtp_header",
+    "build_sender_report",
+    "is_rtcp",
     "ntp_to_unix",
+    "parse_audio_level",
+    "parse_rtcp",
+    "parse_rtp_header",
+    "split_plaintext",
     "unix_to_ntp",
 )
 
@@ -101,7 +101,9 @@ def parse_rtp_header(data: bytes) -> RTPHeader:
         ext_len = 4 * words
     elif len(data) < offset:
         raise MalformedPacket("RTP CSRC list runs past the end of the packet")
-    return RTPHeader(bool(b1 & 0x80), b1 & 0x7F, sequence, timestamp, ssrc, bool(b0 & 0x20), cc, profile, ext_len, offset)
+    return RTPHeader(
+        bool(b1 & 0x80), b1 & 0x7F, sequence, timestamp, ssrc, bool(b0 & 0x20), cc, profile, ext_len, offset
+    )
 
 
 def build_rtp_header(
@@ -239,8 +241,13 @@ class ReportBlock:
     def _build(self) -> bytes:
         lost = self.cumulative_lost.to_bytes(3, "big", signed=True)
         return self._STRUCT.pack(
-            self.ssrc, self.fraction_lost, lost, self.highest_sequence, self.jitter,
-            self.last_sender_report, self.delay_since_last_sender_report,
+            self.ssrc,
+            self.fraction_lost,
+            lost,
+            self.highest_sequence,
+            self.jitter,
+            self.last_sender_report,
+            self.delay_since_last_sender_report,
         )
 
 
@@ -417,7 +424,11 @@ def _parse_one(pt: int, count: int, data: bytes, offset: int, end: int) -> RTCPP
         _check(end - offset >= 8, "RTCP APP packet truncated")
         (ssrc,) = struct.unpack_from(">I", data, offset)
         return ApplicationDefined(
-            RTCPMessageType.application_defined, count, ssrc, bytes(data[offset + 4 : offset + 8]), bytes(data[offset + 8 : end])
+            RTCPMessageType.application_defined,
+            count,
+            ssrc,
+            bytes(data[offset + 4 : offset + 8]),
+            bytes(data[offset + 8 : end]),
         )
     if pt == RTCPMessageType.transport_feedback or pt == RTCPMessageType.payload_feedback:
         _check(end - offset >= 8, "RTCP feedback packet truncated")
@@ -432,15 +443,23 @@ def _rtcp_header(pt: int, count: int, body_len: int) -> bytes:
 
 
 def build_sender_report(
-    ssrc: int, ntp_timestamp: int, rtp_timestamp: int, packet_count: int, octet_count: int,
+    ssrc: int,
+    ntp_timestamp: int,
+    rtp_timestamp: int,
+    packet_count: int,
+    octet_count: int,
     reports: list[ReportBlock] | tuple[ReportBlock, ...] = (),
 ) -> bytes:
     """Build a clear-text RTCP sender report."""
     if len(reports) > 31:
         raise ValueError("an RTCP report carries at most 31 report blocks")
     body = struct.pack(
-        ">IQIII", ssrc, ntp_timestamp & 0xFFFFFFFFFFFFFFFF, rtp_timestamp & 0xFFFFFFFF,
-        packet_count & 0xFFFFFFFF, octet_count & 0xFFFFFFFF,
+        ">IQIII",
+        ssrc,
+        ntp_timestamp & 0xFFFFFFFFFFFFFFFF,
+        rtp_timestamp & 0xFFFFFFFF,
+        packet_count & 0xFFFFFFFF,
+        octet_count & 0xFFFFFFFF,
     ) + b"".join(r._build() for r in reports)
     return _rtcp_header(RTCPMessageType.sender_report, len(reports), len(body)) + body
 

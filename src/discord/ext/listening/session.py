@@ -30,15 +30,16 @@ import struct
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Coroutine, Optional
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import discord
 
 from .frames import AudioFrame, FrameKind
 from .opus import SAMPLE_RATE
 from .receive import PacketReceiver, ReceivedPacket, SpeakingChange
-from .rtp import RTCPPacket
 from .reorder import seq_diff
+from .rtp import RTCPPacket
 from .sink import AudioSink
 from .ssrc import SSRCMap
 from .stats import DropReason, ListenStats
@@ -82,11 +83,11 @@ class ListeningSession:
         self,
         voice_client: Any,
         sink: AudioSink,
-        pool: Optional[AudioProcessPool],
+        pool: AudioProcessPool | None,
         *,
         ssrc_map: SSRCMap,
         decode: bool,
-        after: Optional[Callable[..., Coroutine[Any, Any, Any]]],
+        after: Callable[..., Coroutine[Any, Any, Any]] | None,
         after_kwargs: dict[str, Any],
         jitter_depth: float,
         sink_queue_size: int,
@@ -128,16 +129,18 @@ class ListeningSession:
         self._stamped = False
         self._cleaned = asyncio.Event()
         self._stop_lock = threading.Lock()
-        self._error: Optional[BaseException] = None
-        self._stop_reason: Optional[str] = None
-        self._pump_thread = threading.Thread(target=self._pump, name=f"listening-pump:{voice_client.guild.id}", daemon=True)
+        self._error: BaseException | None = None
+        self._stop_reason: str | None = None
+        self._pump_thread = threading.Thread(
+            target=self._pump, name=f"listening-pump:{voice_client.guild.id}", daemon=True
+        )
         self._dispatch_thread = threading.Thread(
             target=self._dispatch, name=f"listening-sink:{voice_client.guild.id}", daemon=True
         )
         self.paused = False
         self.done = False
         self.cleaned_up = False
-        self._pause_started: Optional[float] = None
+        self._pause_started: float | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -150,7 +153,7 @@ class ListeningSession:
         self.voice_client._connection.add_socket_listener(self._on_datagram)
         _log.info("listening in guild %s (decode=%s)", self.voice_client.guild.id, self.decode)
 
-    def stop(self, reason: str = "stopped", error: Optional[BaseException] = None) -> None:
+    def stop(self, reason: str = "stopped", error: BaseException | None = None) -> None:
         """Begin stopping (idempotent, any thread); cleanup and ``after`` follow asynchronously."""
         with self._stop_lock:
             if self.done:
@@ -359,14 +362,17 @@ class ListeningSession:
             return
         if not self.decode:
             # Opus passthrough: nothing to conceal; a gap stays a gap (positions say where).
-            members: dict[Optional[int], Any] = {}
+            members: dict[int | None, Any] = {}
             opus = FrameKind.opus
             out = []
             for p in packets:
                 uid = p.user_id
                 user = members[uid] if uid in members else members.setdefault(uid, self._user(uid))
-                out.append(AudioFrame(user, p.ssrc, p.sequence, p.timestamp, p.opus, opus, p.position, p.arrival,
-                                      p.audio_level))
+                out.append(
+                    AudioFrame(
+                        user, p.ssrc, p.sequence, p.timestamp, p.opus, opus, p.position, p.arrival, p.audio_level
+                    )
+                )
             self._enqueue_frames(out)
             return
         from .pool import DecodeItem
@@ -428,8 +434,8 @@ class ListeningSession:
                     del meta[f.extra]
                 found.append(p)
         out = []
-        members: dict[Optional[int], Any] = {}
-        counts: dict[tuple[Optional[int], str], int] = {}
+        members: dict[int | None, Any] = {}
+        counts: dict[tuple[int | None, str], int] = {}
         decoded = FrameKind.decoded
         for f, p in zip(frames, found):
             if p is None:
@@ -440,10 +446,19 @@ class ListeningSession:
             position = p.position if back <= 0 or back > len(lost) else lost[len(lost) - back]
             uid = p.user_id
             user = members[uid] if uid in members else members.setdefault(uid, self._user(uid))
-            out.append(AudioFrame(
-                user, f.ssrc, f.sequence, f.timestamp, f.audio, kind, position,
-                p.arrival, p.audio_level if back == 0 else None,
-            ))
+            out.append(
+                AudioFrame(
+                    user,
+                    f.ssrc,
+                    f.sequence,
+                    f.timestamp,
+                    f.audio,
+                    kind,
+                    position,
+                    p.arrival,
+                    p.audio_level if back == 0 else None,
+                )
+            )
             key = (uid, "decoded" if kind is decoded else "concealed")
             counts[key] = counts.get(key, 0) + 1
         for (uid, name), n in counts.items():
@@ -452,13 +467,13 @@ class ListeningSession:
 
     # -- dispatcher thread ---------------------------------------------------------------
 
-    def _user(self, user_id: Optional[int]) -> Any:
+    def _user(self, user_id: int | None) -> Any:
         if user_id is None:
             return None
         guild = self.voice_client.guild
         return guild.get_member(user_id) or discord.Object(id=user_id)
 
-    def _enqueue(self, item: Any, user_id: Optional[int]) -> None:
+    def _enqueue(self, item: Any, user_id: int | None) -> None:
         """One tick or RTCP packet (or a single frame); dropped when the sink is behind."""
         if isinstance(item, AudioFrame):
             self._enqueue_frames([item])
@@ -486,7 +501,7 @@ class ListeningSession:
         if take:
             self._queue.put_nowait(take)
         if rest:
-            dropped: dict[Optional[int], int] = {}
+            dropped: dict[int | None, int] = {}
             for f in rest:
                 uid = f.user_id
                 dropped[uid] = dropped.get(uid, 0) + 1
@@ -510,7 +525,7 @@ class ListeningSession:
             if item is _STOP:
                 break
             if type(item) is list:
-                counts: dict[Optional[int], int] = {}
+                counts: dict[int | None, int] = {}
                 for frame in item:
                     uid = frame.user_id
                     counts[uid] = counts.get(uid, 0) + 1

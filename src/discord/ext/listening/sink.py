@@ -8,7 +8,8 @@ that raises is logged and counted; listening goes on.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from .frames import AudioFrame
 from .reorder import seq_diff
@@ -16,7 +17,7 @@ from .reorder import seq_diff
 if TYPE_CHECKING:
     from .rtp import RTCPPacket
 
-__all__ = ("AudioSink", "AudioHandlingSink", "FanOutSink")
+__all__ = ("AudioHandlingSink", "AudioSink", "FanOutSink")
 
 _log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class AudioSink:
         :meth:`VoiceClient.listen` then receives it as its error.
     """
 
-    error: "BaseException | None" = None
+    error: BaseException | None = None
 
     def __init__(self) -> None:
         pass
@@ -120,17 +121,17 @@ class FanOutSink(AudioSink):
         self.sinks: tuple[AudioSink, ...] = sinks
         #: Exceptions raised by child sinks, counted per sink index.
         self.errors: list[int] = [0] * len(sinks)
-        self._error: "BaseException | None" = None
+        self._error: BaseException | None = None
 
     @property  # type: ignore[override]
-    def error(self) -> "BaseException | None":
+    def error(self) -> BaseException | None:
         """The first error a child sink reported (a full disk...), so ``after`` receives it."""
         if self._error is not None:
             return self._error
         return next((e for e in (getattr(s, "error", None) for s in self.sinks) if e is not None), None)
 
     @error.setter
-    def error(self, value: "BaseException | None") -> None:
+    def error(self, value: BaseException | None) -> None:
         self._error = value
 
     def _each(self, method: str, *args: object) -> None:

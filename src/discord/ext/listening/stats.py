@@ -9,10 +9,10 @@ from __future__ import annotations
 import enum
 import threading
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
-__all__ = ("DropReason", "UserStats", "ListenStats")
+__all__ = ("DropReason", "ListenStats", "UserStats")
 
 
 class DropReason(enum.Enum):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any, Final, Optional
+from typing import Any, Final
 
 from .opus import FRAME_SAMPLES, SAMPLE_RATE
 from .reorder import ts_diff
@@ -100,24 +100,24 @@ class StreamClock:
     """
 
     __slots__ = (
-        "origin",
-        "sample_rate",
-        "gap",
-        "tolerance",
-        "_rate",
-        "_gap_samples",
-        "_tol_samples",
-        "_drift_samples",
         "_after_silence",
-        "_next_ts",
+        "_drift_samples",
         "_end",
+        "_gap_samples",
         "_lag0",
         "_last_arrival",
-        "_sr_time",
-        "_sr_rtp",
-        "_sr_offsets",
+        "_next_ts",
+        "_rate",
         "_sr_offset",
+        "_sr_offsets",
+        "_sr_rtp",
+        "_sr_time",
+        "_tol_samples",
+        "gap",
+        "origin",
         "resyncs",
+        "sample_rate",
+        "tolerance",
     )
 
     def __init__(
@@ -147,7 +147,7 @@ class StreamClock:
         self._drift_samples = round(drift_tolerance * sample_rate)
         self._after_silence = True
         # RTP timestamp right after the last placed frame, and the timeline sample there.
-        self._next_ts: Optional[int] = None
+        self._next_ts: int | None = None
         self._end = 0
         # arrival position - placed position at the spurt's first frame: the reference the
         # tolerance is measured against (non-zero when the start was clamped or SR-placed).
@@ -156,7 +156,7 @@ class StreamClock:
         # Latest sender report: sender wall time (s) <-> RTP timestamp, and the estimated
         # offset from sender wall time to our arrival clock (min over recent reports).
         self._sr_time = 0.0
-        self._sr_rtp: Optional[int] = None
+        self._sr_rtp: int | None = None
         self._sr_offsets: deque[float] = deque(maxlen=_SR_HISTORY)
         self._sr_offset = 0.0
         self.resyncs = 0
@@ -165,7 +165,7 @@ class StreamClock:
         return f"<StreamClock end={self._end} next_ts={self._next_ts} resyncs={self.resyncs}>"
 
     @property
-    def end(self) -> Optional[int]:
+    def end(self) -> int | None:
         """Timeline sample right after the last placed frame (``None`` before the first)."""
         return None if self._next_ts is None else self._end
 
@@ -327,14 +327,14 @@ class Timeline:
         Samples per second.
     """
 
-    __slots__ = ("origin", "sample_rate", "_pause_start", "_spans")
+    __slots__ = ("_pause_start", "_spans", "origin", "sample_rate")
 
     def __init__(self, origin: float, sample_rate: int = SAMPLE_RATE) -> None:
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate!r}")
         self.origin = float(origin)
         self.sample_rate = sample_rate
-        self._pause_start: Optional[int] = None
+        self._pause_start: int | None = None
         self._spans: list[tuple[int, int]] = []
 
     def __repr__(self) -> str:

@@ -22,11 +22,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = (
     "AES_GCM",
-    "XCHACHA20",
     "SUPPORTED_MODES",
+    "XCHACHA20",
+    "AESGCMCipher",
     "DecryptionFailed",
     "TransportCipher",
-    "AESGCMCipher",
     "XChaCha20Cipher",
     "transport_cipher",
 )
@@ -99,7 +99,9 @@ class TransportCipher:
         if len(packet) < aad_length + _TAG + _NONCE_SUFFIX:
             raise DecryptionFailed(f"{len(packet)}-byte packet cannot hold a {aad_length}-byte header, tag and nonce")
         # (the nonce built inline: this runs once per received packet)
-        return self._open(packet[-_NONCE_SUFFIX:] + self._nonce_pad, packet[aad_length:-_NONCE_SUFFIX], packet[:aad_length])
+        return self._open(
+            packet[-_NONCE_SUFFIX:] + self._nonce_pad, packet[aad_length:-_NONCE_SUFFIX], packet[:aad_length]
+        )
 
     def decrypt_rtcp(self, packet: bytes) -> bytes:
         """Decrypt an RTCP packet; returns the clear compound packet (header included)."""
@@ -156,5 +158,7 @@ def transport_cipher(mode: str, secret_key: bytes | bytearray | list[int]) -> Tr
     try:
         cls = _CIPHERS[mode]
     except KeyError:
-        raise ValueError(f"unsupported voice encryption mode {mode!r}; supported: {', '.join(SUPPORTED_MODES)}") from None
+        raise ValueError(
+            f"unsupported voice encryption mode {mode!r}; supported: {', '.join(SUPPORTED_MODES)}"
+        ) from None
     return cls(secret_key)

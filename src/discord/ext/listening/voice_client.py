@@ -6,10 +6,12 @@ import asyncio
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Callable, Coroutine, Optional
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from discord.voice_state import VoiceConnectionState
 
 import discord
-from discord.voice_state import VoiceConnectionState
 
 from . import pool as _pool
 from .keepalive import KEEPALIVE_INTERVAL, UDPKeepalive
@@ -119,14 +121,16 @@ class VoiceClient(discord.VoiceClient):
 
     keepalive_interval: float = KEEPALIVE_INTERVAL
 
-    supported_modes = (AES_GCM, XCHACHA20) + tuple(
-        m for m in discord.VoiceClient.supported_modes if m not in (AES_GCM, XCHACHA20)
+    supported_modes = (
+        AES_GCM,
+        XCHACHA20,
+        *(m for m in discord.VoiceClient.supported_modes if m not in (AES_GCM, XCHACHA20)),
     )  # type: ignore[assignment]
 
     def __init__(self, client: discord.Client, channel: discord.abc.Connectable) -> None:
         self._ssrc_map = SSRCMap()
-        self._listening: Optional[ListeningSession] = None
-        self._last_session: Optional[ListeningSession] = None
+        self._listening: ListeningSession | None = None
+        self._last_session: ListeningSession | None = None
         self._send_cipher: Any = None
         self._send_cipher_key: Any = None
         # The last DAVE transition the gateway named (op 21/22), for op 31 in a recovery.
@@ -139,12 +143,14 @@ class VoiceClient(discord.VoiceClient):
     def create_connection_state(self) -> VoiceConnectionState:
         return _ConnectionState(self, hook=self._on_gateway_message)
 
-    async def connect(self, *, reconnect: bool, timeout: float, self_deaf: bool = False, self_mute: bool = False) -> None:
+    async def connect(
+        self, *, reconnect: bool, timeout: float, self_deaf: bool = False, self_mute: bool = False
+    ) -> None:
         await super().connect(reconnect=reconnect, timeout=timeout, self_deaf=self_deaf, self_mute=self_mute)
         # From now until cleanup(), listening or not: Discord forgets a silent address.
         self._keepalive.start()
 
-    def _keepalive_socket(self) -> Optional[socket.socket]:
+    def _keepalive_socket(self) -> socket.socket | None:
         state = self._connection
         sock = getattr(state, "socket", None)
         if not state.is_connected() or not isinstance(sock, socket.socket) or sock.fileno() == -1:
@@ -200,10 +206,10 @@ class VoiceClient(discord.VoiceClient):
     def listen(
         self,
         sink: AudioSink,
-        processing_pool: Optional[AudioProcessPool] = None,
+        processing_pool: AudioProcessPool | None = None,
         *,
         decode: bool = True,
-        after: Optional[AfterCallback] = None,
+        after: AfterCallback | None = None,
         jitter_depth: float = 0.06,
         sink_queue_size: int = 5000,
         **kwargs: Any,
@@ -293,7 +299,7 @@ class VoiceClient(discord.VoiceClient):
         """Whether listening is paused."""
         return self.is_listening() and self._listening.paused  # type: ignore[union-attr]
 
-    async def wait_for_listen_ready(self, timeout: Optional[float] = None) -> None:
+    async def wait_for_listen_ready(self, timeout: float | None = None) -> None:
         """Wait until a new :meth:`listen` cannot collide with the last one.
 
         Returns once the previous session has stopped, flushed and cleaned up its sink
@@ -309,13 +315,13 @@ class VoiceClient(discord.VoiceClient):
             await asyncio.wait_for(session.wait_cleaned_up(), timeout)
 
     @property
-    def listen_stats(self) -> Optional[ListenStats]:
+    def listen_stats(self) -> ListenStats | None:
         """Counters of the current (or last) listening session, or ``None``."""
         session = self._last_session
         return session.stats if session is not None else None
 
     @property
-    def listen_position(self) -> Optional[int]:
+    def listen_position(self) -> int | None:
         """The current sample on the timeline of the listening session, or ``None``.
 
         Sample 0 is the moment :meth:`listen` started, at 48 kHz, the same axis as
@@ -334,4 +340,3 @@ class VoiceClient(discord.VoiceClient):
     def init_audio_processing_pool(max_processes: int, **kwargs: Any) -> AudioProcessPool:
         """Same as :func:`discord.ext.listening.init_audio_processing_pool`."""
         return _pool.init_audio_processing_pool(max_processes, **kwargs)
-

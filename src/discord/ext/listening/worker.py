@@ -39,14 +39,14 @@ from typing import Any, Final, NamedTuple
 from .opus import FRAME_SAMPLES, OpusDecoder, OpusError, packet_has_fec
 
 __all__ = (
+    "KIND_DECODED",
+    "KIND_FEC",
+    "KIND_OPUS",
+    "KIND_PLC",
+    "KIND_SILENCE",
     "DecodeItem",
     "StreamDecoder",
     "worker_main",
-    "KIND_DECODED",
-    "KIND_FEC",
-    "KIND_PLC",
-    "KIND_SILENCE",
-    "KIND_OPUS",
 )
 
 _log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class StreamDecoder:
     lost frame. Items that cannot even be unpacked count an error and produce nothing.
     """
 
-    __slots__ = ("_states", "_tick", "_max_ssrcs")
+    __slots__ = ("_max_ssrcs", "_states", "_tick")
 
     def __init__(self, max_ssrcs: int = MAX_SSRCS_PER_STREAM) -> None:
         self._states: dict[int, _SsrcState] = {}
@@ -250,7 +250,9 @@ class StreamDecoder:
         return payload
 
     @staticmethod
-    def _conceal(state: _SsrcState, limit: int, ssrc: int, q: int, t: int, extra: Any, append: Any, counts: list[int]) -> None:
+    def _conceal(
+        state: _SsrcState, limit: int, ssrc: int, q: int, t: int, extra: Any, append: Any, counts: list[int]
+    ) -> None:
         if state.plc_run < limit:
             try:
                 pcm = state.decoder.conceal()

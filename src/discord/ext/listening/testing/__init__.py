@@ -21,20 +21,20 @@ from .media import BotPacket
 from .speech import OutgoingFrame, PaddingBurst, SenderClock, SentRecord, SpurtRecord
 
 __all__ = (
-    "VoiceServerEmulator",
-    "SimulatedMember",
-    "EmulatorError",
     "BotPacket",
+    "EmulatorError",
     "GatewayEvent",
-    "Op",
-    "VoiceSession",
     "Impairment",
-    "SenderClock",
+    "Op",
     "OutgoingFrame",
     "PaddingBurst",
-    "SpurtRecord",
+    "SenderClock",
     "SentRecord",
+    "SimulatedMember",
+    "SpurtRecord",
+    "VoiceServerEmulator",
+    "VoiceSession",
     "load_pcm",
-    "tone",
     "speechlike",
+    "tone",
 )

@@ -27,14 +27,14 @@ from ..opus import CHANNELS, SAMPLE_RATE
 
 __all__ = (
     "AudioInput",
-    "load_pcm",
-    "resample",
-    "pcm_to_array",
     "array_to_pcm",
-    "tone",
-    "chirp",
-    "speechlike",
     "best_alignment",
+    "chirp",
+    "load_pcm",
+    "pcm_to_array",
+    "resample",
+    "speechlike",
+    "tone",
 )
 
 _log = logging.getLogger(__name__)
@@ -75,7 +75,9 @@ def array_to_pcm(samples: npt.ArrayLike) -> bytes:
     return q.tobytes()
 
 
-def resample(samples: npt.ArrayLike, rate_in: int, rate_out: int = SAMPLE_RATE, *, taps_per_side: int = 24) -> npt.NDArray[np.float64]:
+def resample(
+    samples: npt.ArrayLike, rate_in: int, rate_out: int = SAMPLE_RATE, *, taps_per_side: int = 24
+) -> npt.NDArray[np.float64]:
     """Resample float audio by a rational factor with a polyphase windowed-sinc filter.
 
     Parameters
@@ -143,7 +145,12 @@ def resample(samples: npt.ArrayLike, rate_in: int, rate_out: int = SAMPLE_RATE, 
 
 
 def _wav_to_float(reader: wave.Wave_read) -> tuple[npt.NDArray[np.float64], int]:
-    channels, width, rate, frames = reader.getnchannels(), reader.getsampwidth(), reader.getframerate(), reader.getnframes()
+    channels, width, rate, frames = (
+        reader.getnchannels(),
+        reader.getsampwidth(),
+        reader.getframerate(),
+        reader.getnframes(),
+    )
     raw = reader.readframes(frames)
     if width == 1:  # 8-bit WAV is unsigned with 128 as zero
         data = (np.frombuffer(raw, dtype=np.uint8).astype(np.float64) - 128.0) / 128.0
@@ -274,7 +281,7 @@ def _check_common(seconds: float, amplitude: float) -> int:
         raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
     if not 0 <= amplitude <= 1:
         raise ValueError(f"amplitude is a fraction of full scale within [0, 1], got {amplitude!r}")
-    return int(round(seconds * SAMPLE_RATE))
+    return round(seconds * SAMPLE_RATE)
 
 
 def tone(freq: float, seconds: float, amplitude: float = 0.5) -> bytes:

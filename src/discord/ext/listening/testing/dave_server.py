@@ -43,8 +43,9 @@ import itertools
 import logging
 import struct
 from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any
 
 import davey
 
@@ -52,30 +53,30 @@ from . import mls
 from .mls import ExternalSender, KeyPackage, MLSDecodeError, Welcome
 
 __all__ = (
-    "OP_PREPARE_TRANSITION",
-    "OP_EXECUTE_TRANSITION",
-    "OP_TRANSITION_READY",
-    "OP_PREPARE_EPOCH",
-    "OP_EXTERNAL_SENDER",
-    "OP_KEY_PACKAGE",
-    "OP_PROPOSALS",
-    "OP_COMMIT_WELCOME",
-    "OP_ANNOUNCE_COMMIT",
-    "OP_WELCOME",
-    "OP_INVALID_COMMIT_WELCOME",
     "E2EE_REQUIRED_CLOSE_CODE",
+    "OP_ANNOUNCE_COMMIT",
+    "OP_COMMIT_WELCOME",
+    "OP_EXECUTE_TRANSITION",
+    "OP_EXTERNAL_SENDER",
+    "OP_INVALID_COMMIT_WELCOME",
+    "OP_KEY_PACKAGE",
+    "OP_PREPARE_EPOCH",
+    "OP_PREPARE_TRANSITION",
+    "OP_PROPOSALS",
+    "OP_TRANSITION_READY",
+    "OP_WELCOME",
     "TRANSITION_TIMEOUT",
+    "DaveBinaryMessage",
+    "DaveGroupServer",
+    "DaveJsonMessage",
+    "DaveMessage",
     "DaveProtocolError",
     "E2EERequired",
-    "DaveMessage",
-    "DaveJsonMessage",
-    "DaveBinaryMessage",
-    "message_from_frame",
-    "PendingTransition",
-    "DaveGroupServer",
     "LocalDaveMember",
-    "deliver",
+    "PendingTransition",
     "connect_local_member",
+    "deliver",
+    "message_from_frame",
     "stale_epoch_member",
 )
 
@@ -96,13 +97,19 @@ OP_WELCOME = 30  # server -> client, binary >H transition_id + welcome
 OP_INVALID_COMMIT_WELCOME = 31  # client -> server, JSON {transition_id}
 
 _SERVER_OPS = frozenset(
-    {OP_PREPARE_TRANSITION, OP_EXECUTE_TRANSITION, OP_PREPARE_EPOCH, OP_EXTERNAL_SENDER,
-     OP_PROPOSALS, OP_ANNOUNCE_COMMIT, OP_WELCOME}
+    {
+        OP_PREPARE_TRANSITION,
+        OP_EXECUTE_TRANSITION,
+        OP_PREPARE_EPOCH,
+        OP_EXTERNAL_SENDER,
+        OP_PROPOSALS,
+        OP_ANNOUNCE_COMMIT,
+        OP_WELCOME,
+    }
 )
 _CLIENT_OPS = frozenset({OP_TRANSITION_READY, OP_KEY_PACKAGE, OP_COMMIT_WELCOME, OP_INVALID_COMMIT_WELCOME})
 _JSON_OPS = frozenset(
-    {OP_PREPARE_TRANSITION, OP_EXECUTE_TRANSITION, OP_TRANSITION_READY, OP_PREPARE_EPOCH,
-     OP_INVALID_COMMIT_WELCOME}
+    {OP_PREPARE_TRANSITION, OP_EXECUTE_TRANSITION, OP_TRANSITION_READY, OP_PREPARE_EPOCH, OP_INVALID_COMMIT_WELCOME}
 )
 _BINARY_OPS = frozenset(
     {OP_EXTERNAL_SENDER, OP_KEY_PACKAGE, OP_PROPOSALS, OP_COMMIT_WELCOME, OP_ANNOUNCE_COMMIT, OP_WELCOME}
@@ -174,15 +181,15 @@ class DaveJsonMessage(DaveMessage):
         The ``d`` object, e.g. ``{"transition_id": 3, "protocol_version": 1}``.
     """
 
-    data: Dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
-    def to_frame(self, seq: Optional[int] = None) -> Dict[str, Any]:
+    def to_frame(self, seq: int | None = None) -> dict[str, Any]:
         """The websocket JSON object: ``{"op": op, "d": data}`` plus ``"seq"`` if given.
 
         Server frames carry ``seq`` (discord.py echoes the last one as ``seq_ack``);
         client frames do not.
         """
-        frame: Dict[str, Any] = {"op": self.op, "d": dict(self.data)}
+        frame: dict[str, Any] = {"op": self.op, "d": dict(self.data)}
         if seq is not None:
             frame["seq"] = seq
         return frame
@@ -220,7 +227,7 @@ class DaveBinaryMessage(DaveMessage):
 
 
 def message_from_frame(
-    user_id: int, frame: Union[bytes, bytearray, memoryview, Mapping[str, Any]], *, from_server: bool = False
+    user_id: int, frame: bytes | bytearray | memoryview | Mapping[str, Any], *, from_server: bool = False
 ) -> DaveMessage:
     """Decode a websocket frame into a :class:`DaveMessage`.
 
@@ -292,7 +299,7 @@ class PendingTransition:
 
     transition_id: int
     protocol_version: int
-    epoch: Optional[int]
+    epoch: int | None
     awaiting: frozenset
     recipients: frozenset
 
@@ -301,8 +308,8 @@ class PendingTransition:
 class _Participant:
     user_id: int
     version: int  # effective max protocol version (0 = no DAVE support)
-    key_package: Optional[KeyPackage] = None  # newest key package not welcomed yet
-    leaf: Optional[int] = None  # leaf index in the established group
+    key_package: KeyPackage | None = None  # newest key package not welcomed yet
+    leaf: int | None = None  # leaf index in the established group
     sent_external_sender: bool = False
 
 
@@ -318,8 +325,8 @@ class _Proposal:
     ref: bytes
     message: bytes
     user_id: int  # add: the joiner; remove: the leaf's owner
-    key_package: Optional[KeyPackage] = None  # add proposals
-    leaf: Optional[int] = None  # remove proposals
+    key_package: KeyPackage | None = None  # add proposals
+    leaf: int | None = None  # remove proposals
     delivered: set = field(default_factory=set)  # users whose MLS state holds it
 
     @property
@@ -372,7 +379,7 @@ class DaveGroupServer:
         self,
         channel_id: int,
         *,
-        external_sender: Optional[ExternalSender] = None,
+        external_sender: ExternalSender | None = None,
         require_e2ee: bool = True,
         max_protocol_version: int = 1,
     ) -> None:
@@ -389,13 +396,13 @@ class DaveGroupServer:
         self.commit_rejections: Counter = Counter()
 
         self._external_sender_package = self.external_sender.package()
-        self._participants: Dict[int, _Participant] = {}
+        self._participants: dict[int, _Participant] = {}
         self._protocol_version = max_protocol_version
         self._established = False
         self._epoch = 0
-        self._leaves: Dict[int, _Leaf] = {}
-        self._proposals: Dict[bytes, _Proposal] = {}  # insertion order = creation order
-        self._transitions: Dict[int, PendingTransition] = {}
+        self._leaves: dict[int, _Leaf] = {}
+        self._proposals: dict[bytes, _Proposal] = {}  # insertion order = creation order
+        self._transitions: dict[int, PendingTransition] = {}
         self._transition_counter = itertools.count(1)
 
     # --- read-only views -----------------------------------------------------------------
@@ -416,12 +423,12 @@ class DaveGroupServer:
         return self._epoch
 
     @property
-    def participants(self) -> Dict[int, int]:
+    def participants(self) -> dict[int, int]:
         """Connected users and their effective max protocol version, in join order."""
         return {uid: p.version for uid, p in self._participants.items()}
 
     @property
-    def members(self) -> Dict[int, int]:
+    def members(self) -> dict[int, int]:
         """Members of the established group: ``user_id -> leaf index``."""
         return {
             leaf.user_id: index
@@ -430,30 +437,28 @@ class DaveGroupServer:
         }
 
     @property
-    def pending_members(self) -> Tuple[int, ...]:
+    def pending_members(self) -> tuple[int, ...]:
         """DAVE participants not in the group yet (waiting for a key package or a commit)."""
-        return tuple(
-            p.user_id for p in self._participants.values() if p.version > 0 and p.leaf is None
-        )
+        return tuple(p.user_id for p in self._participants.values() if p.version > 0 and p.leaf is None)
 
     @property
-    def pending_transitions(self) -> Dict[int, PendingTransition]:
+    def pending_transitions(self) -> dict[int, PendingTransition]:
         """Announced transitions that were not executed yet, by id."""
         return dict(self._transitions)
 
     @property
-    def pending_proposals(self) -> Tuple[bytes, ...]:
+    def pending_proposals(self) -> tuple[bytes, ...]:
         """The unrevoked proposal messages of the current epoch, in creation order."""
         return tuple(p.message for p in self._proposals.values())
 
-    def leaf_index(self, user_id: int) -> Optional[int]:
+    def leaf_index(self, user_id: int) -> int | None:
         """The user's leaf index in the established group, or ``None``."""
         p = self._participants.get(user_id)
         return None if p is None else p.leaf
 
     # --- events ------------------------------------------------------------------------------
 
-    def handle(self, message: DaveMessage) -> List[DaveMessage]:
+    def handle(self, message: DaveMessage) -> list[DaveMessage]:
         """Dispatch a client message (op 23, 26, 28 or 31) to its event method.
 
         Raises
@@ -473,7 +478,7 @@ class DaveGroupServer:
             return self.invalid_commit_welcome(message.user_id, transition_id)  # type: ignore[arg-type]
         raise DaveProtocolError(f"op {op} ({type(message).__name__}) is not a client DAVE message")
 
-    def add_participant(self, user_id: int, max_protocol_version: int = 1) -> List[DaveMessage]:
+    def add_participant(self, user_id: int, max_protocol_version: int = 1) -> list[DaveMessage]:
         """A user identified (op 0) with ``max_dave_protocol_version``.
 
         Returns
@@ -520,7 +525,7 @@ class DaveGroupServer:
         participant.sent_external_sender = True
         return [_binary(user_id, OP_EXTERNAL_SENDER, self._external_sender_package)]
 
-    def remove_participant(self, user_id: int) -> List[DaveMessage]:
+    def remove_participant(self, user_id: int) -> list[DaveMessage]:
         """A user disconnected (or was disconnected).
 
         Returns
@@ -551,7 +556,7 @@ class DaveGroupServer:
             return out
         return out + self._sync()
 
-    def key_package(self, user_id: int, payload: bytes) -> List[DaveMessage]:
+    def key_package(self, user_id: int, payload: bytes) -> list[DaveMessage]:
         """Op 26: a participant's (new) KeyPackage.
 
         The key package is validated as the voice gateway does: parses completely, MLS
@@ -585,7 +590,7 @@ class DaveGroupServer:
             _log.debug("ignoring key package of user %s: the call is downgraded", user_id)
             return []
 
-        out: List[DaveMessage] = []
+        out: list[DaveMessage] = []
         if not participant.sent_external_sender:
             # A member must know the external sender before it can take proposals.
             participant.sent_external_sender = True
@@ -596,7 +601,7 @@ class DaveGroupServer:
         participant.key_package = key_package
         return out + self._sync()
 
-    def commit_welcome(self, user_id: int, payload: bytes) -> List[DaveMessage]:
+    def commit_welcome(self, user_id: int, payload: bytes) -> list[DaveMessage]:
         """Op 28: a commit (plus a welcome when it adds members).
 
         The first valid commit for the current epoch wins. A valid commit is a
@@ -637,7 +642,7 @@ class DaveGroupServer:
             return []
         return self._apply_commit(participant, commit_raw, welcome, removes, adds)
 
-    def transition_ready(self, user_id: int, transition_id: int) -> List[DaveMessage]:
+    def transition_ready(self, user_id: int, transition_id: int) -> list[DaveMessage]:
         """Op 23: the user is ready for ``transition_id``.
 
         Returns
@@ -655,7 +660,7 @@ class DaveGroupServer:
             return []
         return self._mark_ready(transition, user_id)
 
-    def invalid_commit_welcome(self, user_id: int, transition_id: int) -> List[DaveMessage]:
+    def invalid_commit_welcome(self, user_id: int, transition_id: int) -> list[DaveMessage]:
         """Op 31: the user could not process a commit / welcome and reset its MLS state.
 
         The user goes back to the pending state (its leaf is proposed for removal) and
@@ -673,7 +678,7 @@ class DaveGroupServer:
         if participant.version == 0:
             raise DaveProtocolError(f"user {user_id} joined without DAVE support")
         _log.info("user %s reported an invalid commit/welcome for transition %s", user_id, transition_id)
-        out: List[DaveMessage] = []
+        out: list[DaveMessage] = []
         transition = self._transitions.get(transition_id)
         if transition is not None and user_id in transition.awaiting:
             # It will never be ready for this one: do not make the others wait for it.
@@ -687,7 +692,7 @@ class DaveGroupServer:
         participant.sent_external_sender = False
         return out + self._sync()
 
-    def execute_transition(self, transition_id: int) -> List[DaveMessage]:
+    def execute_transition(self, transition_id: int) -> list[DaveMessage]:
         """Execute a pending transition now (the shell's timeout).
 
         Returns
@@ -704,7 +709,7 @@ class DaveGroupServer:
 
     # --- internals: proposals ------------------------------------------------------------
 
-    def _sync(self) -> List[DaveMessage]:
+    def _sync(self) -> list[DaveMessage]:
         """Bring the in-flight proposals in line with who should be in the group.
 
         Called after every change of participants or epoch: revokes Add proposals that
@@ -713,7 +718,7 @@ class DaveGroupServer:
         """
         if self._protocol_version == 0:
             return []
-        out: List[DaveMessage] = []
+        out: list[DaveMessage] = []
         if self._established:
             if self._needs_reset():
                 return self._sole_member_reset()
@@ -726,7 +731,7 @@ class DaveGroupServer:
 
         # 1. Revoke Add proposals whose key package is no longer the user's current one
         #    (left, replaced it, reset its state) so commits stop covering them.
-        revokes: Dict[int, List[bytes]] = {}
+        revokes: dict[int, list[bytes]] = {}
         for ref, proposal in list(self._proposals.items()):
             if not proposal.is_add:
                 continue
@@ -767,7 +772,8 @@ class DaveGroupServer:
         #    everybody's Add but its own.
         for holder in self._proposal_holders():
             missing = [
-                p for p in self._proposals.values()
+                p
+                for p in self._proposals.values()
                 if holder not in p.delivered and not (p.is_add and p.user_id == holder and not self._established)
             ]
             if not missing:
@@ -784,7 +790,7 @@ class DaveGroupServer:
         return out
 
     def _new_proposal(
-        self, message: bytes, user_id: int, *, key_package: Optional[KeyPackage] = None, leaf: Optional[int] = None
+        self, message: bytes, user_id: int, *, key_package: KeyPackage | None = None, leaf: int | None = None
     ) -> None:
         # Sign once and keep the bytes: ECDSA signatures are randomised, and every
         # member must commit to the very same proposal reference.
@@ -793,7 +799,7 @@ class DaveGroupServer:
         kind = "add" if key_package is not None else f"remove leaf {leaf}"
         _log.debug("proposal %s for user %s at epoch %s", kind, user_id, self._epoch)
 
-    def _proposal_holders(self) -> List[int]:
+    def _proposal_holders(self) -> list[int]:
         """Users whose MLS state takes the current proposals, in join order."""
         if self._established:
             members = self.members
@@ -820,8 +826,8 @@ class DaveGroupServer:
     # --- internals: commits ----------------------------------------------------------------
 
     def _check_commit(
-        self, participant: _Participant, message: mls.PublicMessage, welcome: Optional[Welcome]
-    ) -> Tuple[Optional[str], List[_Proposal], List[_Proposal]]:
+        self, participant: _Participant, message: mls.PublicMessage, welcome: Welcome | None
+    ) -> tuple[str | None, list[_Proposal], list[_Proposal]]:
         """Why the commit cannot be accepted (``None`` if it can), and its proposals."""
         user_id = participant.user_id
         if self._protocol_version == 0:
@@ -880,10 +886,10 @@ class DaveGroupServer:
         self,
         committer: _Participant,
         commit: bytes,
-        welcome: Optional[Welcome],
-        removes: List[_Proposal],
-        adds: List[_Proposal],
-    ) -> List[DaveMessage]:
+        welcome: Welcome | None,
+        removes: list[_Proposal],
+        adds: list[_Proposal],
+    ) -> list[DaveMessage]:
         if not self._established:
             # The committer's local group becomes the group; it is leaf 0 there.
             assert committer.key_package is not None
@@ -897,7 +903,7 @@ class DaveGroupServer:
             self._leaves.pop(proposal.leaf, None)  # type: ignore[arg-type]
         staying = self.members  # after the removes, before the adds: who gets op 29
         announce_to = [uid for uid in self._participants if uid in staying]
-        welcomes: List[Tuple[int, bytes]] = []
+        welcomes: list[tuple[int, bytes]] = []
         for proposal in adds:
             index = next(i for i in itertools.count() if i not in self._leaves)
             kp = proposal.key_package
@@ -918,10 +924,13 @@ class DaveGroupServer:
         )
         _log.info(
             "accepted commit of user %s: epoch %s, transition %s, members %s",
-            committer.user_id, self._epoch, transition_id, self.members,
+            committer.user_id,
+            self._epoch,
+            transition_id,
+            self.members,
         )
         head = struct.pack(">H", transition_id)
-        out: List[DaveMessage] = [_binary(uid, OP_ANNOUNCE_COMMIT, head + commit) for uid in announce_to]
+        out: list[DaveMessage] = [_binary(uid, OP_ANNOUNCE_COMMIT, head + commit) for uid in announce_to]
         out += [_binary(uid, OP_WELCOME, head + data) for uid, data in welcomes]
         return out + self._sync()
 
@@ -930,25 +939,25 @@ class DaveGroupServer:
     def _needs_reset(self) -> bool:
         """Discord's sole member reset: one (or no) member left and nobody to add."""
         live = self.members
-        others = [
-            p for p in self._participants.values() if p.version > 0 and p.user_id not in live
-        ]
+        others = [p for p in self._participants.values() if p.version > 0 and p.user_id not in live]
         return len(live) <= 1 and not others
 
-    def _sole_member_reset(self) -> List[DaveMessage]:
+    def _sole_member_reset(self) -> list[DaveMessage]:
         # No single member keeps control of an established group: the last one is told
         # to start over (op 24 epoch 1 makes it send a new key package) and to switch at
         # once (op 21 with transition id 0).
         survivors = list(self.members)
         self._reset_group()
-        out: List[DaveMessage] = []
+        out: list[DaveMessage] = []
         for user_id in survivors:
             _log.info("sole member reset for user %s", user_id)
             out.append(_json(user_id, OP_PREPARE_EPOCH, epoch=1, protocol_version=self._protocol_version))
             out.append(
                 _json(
-                    user_id, OP_PREPARE_TRANSITION,
-                    transition_id=_INIT_TRANSITION_ID, protocol_version=self._protocol_version,
+                    user_id,
+                    OP_PREPARE_TRANSITION,
+                    transition_id=_INIT_TRANSITION_ID,
+                    protocol_version=self._protocol_version,
                 )
             )
         return out
@@ -968,7 +977,7 @@ class DaveGroupServer:
             if not keep_key_packages:
                 participant.key_package = None
 
-    def _downgrade(self) -> List[DaveMessage]:
+    def _downgrade(self) -> list[DaveMessage]:
         dave_users = [p.user_id for p in self._participants.values() if p.version > 0]
         self._protocol_version = 0
         self._reset_group()
@@ -982,7 +991,7 @@ class DaveGroupServer:
             _json(uid, OP_PREPARE_TRANSITION, transition_id=transition_id, protocol_version=0) for uid in dave_users
         ]
 
-    def _upgrade(self) -> List[DaveMessage]:
+    def _upgrade(self) -> list[DaveMessage]:
         # A new group is created from scratch: op 24 with epoch 1 makes every member
         # reset and send a key package; the first commit then carries a transition id.
         self._protocol_version = self.max_protocol_version
@@ -1005,11 +1014,14 @@ class DaveGroupServer:
 
     def _mark_ready(
         self, transition: PendingTransition, user_id: int, *, executes_for_it: bool = True
-    ) -> List[DaveMessage]:
+    ) -> list[DaveMessage]:
         recipients = transition.recipients if executes_for_it else transition.recipients - {user_id}
         transition = PendingTransition(
-            transition.transition_id, transition.protocol_version, transition.epoch,
-            transition.awaiting - {user_id}, recipients,
+            transition.transition_id,
+            transition.protocol_version,
+            transition.epoch,
+            transition.awaiting - {user_id},
+            recipients,
         )
         if transition.awaiting:
             self._transitions[transition.transition_id] = transition
@@ -1017,20 +1029,23 @@ class DaveGroupServer:
         del self._transitions[transition.transition_id]
         return self._execute(transition)
 
-    def _forget_in_transitions(self, user_id: int) -> List[DaveMessage]:
-        out: List[DaveMessage] = []
+    def _forget_in_transitions(self, user_id: int) -> list[DaveMessage]:
+        out: list[DaveMessage] = []
         for transition in list(self._transitions.values()):
             if user_id in transition.recipients or user_id in transition.awaiting:
                 if user_id in transition.awaiting:
                     out += self._mark_ready(transition, user_id, executes_for_it=False)
                 else:
                     self._transitions[transition.transition_id] = PendingTransition(
-                        transition.transition_id, transition.protocol_version, transition.epoch,
-                        transition.awaiting, transition.recipients - {user_id},
+                        transition.transition_id,
+                        transition.protocol_version,
+                        transition.epoch,
+                        transition.awaiting,
+                        transition.recipients - {user_id},
                     )
         return out
 
-    def _execute(self, transition: PendingTransition) -> List[DaveMessage]:
+    def _execute(self, transition: PendingTransition) -> list[DaveMessage]:
         _log.debug("transition %s executes", transition.transition_id)
         return [
             _json(uid, OP_EXECUTE_TRANSITION, transition_id=transition.transition_id)
@@ -1096,7 +1111,7 @@ class LocalDaveMember:
         user_id: int,
         channel_id: int,
         *,
-        max_protocol_version: Optional[int] = None,
+        max_protocol_version: int | None = None,
         switch_at_execute: bool = True,
     ) -> None:
         _check_user_id(user_id)
@@ -1105,18 +1120,18 @@ class LocalDaveMember:
         self.max_protocol_version: int = (
             davey.DAVE_PROTOCOL_VERSION if max_protocol_version is None else max_protocol_version
         )
-        self.session: Optional[davey.DaveSession] = None
+        self.session: davey.DaveSession | None = None
         #: discord.py's ``dave_protocol_version``.
         self.protocol_version: int = 0
         #: discord.py's ``dave_pending_transitions``: transition id -> protocol version.
-        self.pending_transitions: Dict[int, int] = {}
+        self.pending_transitions: dict[int, int] = {}
         #: discord.py's ``dave_downgraded``.
         self.downgraded: bool = False
         #: Ids of the transitions it executed, in order (for tests and diagnostics).
-        self.executed_transitions: List[int] = []
+        self.executed_transitions: list[int] = []
         self.switch_at_execute = switch_at_execute
         # A commit (op 29) answered with op 23 but not applied yet.
-        self._deferred: Optional[Tuple[int, int, bytes]] = None
+        self._deferred: tuple[int, int, bytes] | None = None
 
     def __repr__(self) -> str:
         return f"<LocalDaveMember user_id={self.user_id} protocol_version={self.protocol_version} ready={self.ready}>"
@@ -1127,13 +1142,13 @@ class LocalDaveMember:
         return self.protocol_version != 0 and self.session is not None and self.session.ready
 
     @property
-    def epoch(self) -> Optional[int]:
+    def epoch(self) -> int | None:
         """The session's MLS epoch (``None`` without a session or group)."""
         return None if self.session is None else self.session.epoch
 
     # --- what discord.py does ---------------------------------------------------------------
 
-    def session_description(self, dave_protocol_version: int) -> List[DaveMessage]:
+    def session_description(self, dave_protocol_version: int) -> list[DaveMessage]:
         """Op 4 (SESSION_DESCRIPTION) arrived with ``dave_protocol_version``.
 
         Returns
@@ -1146,7 +1161,7 @@ class LocalDaveMember:
             return self._reinit_session()
         return []
 
-    def handle(self, message: DaveMessage) -> List[DaveMessage]:
+    def handle(self, message: DaveMessage) -> list[DaveMessage]:
         """React to one server message addressed to this member.
 
         Returns
@@ -1166,7 +1181,7 @@ class LocalDaveMember:
             return self._apply_deferred() + self._handle_binary(message.op, message.payload)
         raise TypeError(f"not a DAVE message: {message!r}")
 
-    def _apply_deferred(self, transition_id: Any = None) -> List[DaveMessage]:
+    def _apply_deferred(self, transition_id: Any = None) -> list[DaveMessage]:
         """Apply a commit held for op 22 (``transition_id``: only that one's)."""
         deferred = self._deferred
         if deferred is None or (transition_id is not None and deferred[1] != transition_id):
@@ -1182,7 +1197,7 @@ class LocalDaveMember:
             return self._recover_from_invalid_commit(held_id)
         return []
 
-    def _handle_json(self, op: int, data: Mapping[str, Any]) -> List[DaveMessage]:
+    def _handle_json(self, op: int, data: Mapping[str, Any]) -> list[DaveMessage]:
         if self.session is None:  # discord.py: `elif self._connection.dave_session:`
             return []
         if op == OP_PREPARE_TRANSITION:
@@ -1204,7 +1219,7 @@ class LocalDaveMember:
             return []
         return []
 
-    def _handle_binary(self, op: int, payload: bytes) -> List[DaveMessage]:
+    def _handle_binary(self, op: int, payload: bytes) -> list[DaveMessage]:
         session = self.session
         if session is None:
             return []
@@ -1212,9 +1227,7 @@ class LocalDaveMember:
             session.set_external_sender(payload)
             return []
         if op == OP_PROPOSALS:
-            optype = (
-                davey.ProposalsOperationType.append if payload[0] == 0 else davey.ProposalsOperationType.revoke
-            )
+            optype = davey.ProposalsOperationType.append if payload[0] == 0 else davey.ProposalsOperationType.revoke
             result = session.process_proposals(optype, payload[1:])
             if isinstance(result, davey.CommitWelcome):
                 data = result.commit + result.welcome if result.welcome else result.commit
@@ -1240,7 +1253,7 @@ class LocalDaveMember:
             return []
         return []
 
-    def _reinit_session(self) -> List[DaveMessage]:
+    def _reinit_session(self) -> list[DaveMessage]:
         if self.protocol_version > 0:
             if self.session is not None:
                 self.session.reinit(self.protocol_version, self.user_id, self.channel_id)
@@ -1252,8 +1265,8 @@ class LocalDaveMember:
             self.session.set_passthrough_mode(True, 10)
         return []
 
-    def _recover_from_invalid_commit(self, transition_id: int) -> List[DaveMessage]:
-        out: List[DaveMessage] = [_json(self.user_id, OP_INVALID_COMMIT_WELCOME, transition_id=transition_id)]
+    def _recover_from_invalid_commit(self, transition_id: int) -> list[DaveMessage]:
+        out: list[DaveMessage] = [_json(self.user_id, OP_INVALID_COMMIT_WELCOME, transition_id=transition_id)]
         return out + self._reinit_session()
 
     def _execute_transition(self, transition_id: int) -> None:
@@ -1305,9 +1318,9 @@ def deliver(
     messages: Iterable[DaveMessage],
     *,
     max_messages: int = 10_000,
-    trace: Optional[List[DaveMessage]] = None,
-    on_error: Optional[Callable[[DaveMessage, Exception], None]] = None,
-) -> List[DaveMessage]:
+    trace: list[DaveMessage] | None = None,
+    on_error: Callable[[DaveMessage, Exception], None] | None = None,
+) -> list[DaveMessage]:
     """Route messages between the server and in-process members until none are left.
 
     Client messages go to ``server.handle``; server messages go to the addressed member
@@ -1336,8 +1349,8 @@ def deliver(
         Server messages for users not in ``members`` (e.g. a real bot behind a
         websocket), in order.
     """
-    queue: Deque[DaveMessage] = deque(messages)
-    external: List[DaveMessage] = []
+    queue: deque[DaveMessage] = deque(messages)
+    external: list[DaveMessage] = []
     handled = 0
     while queue:
         handled += 1
@@ -1364,8 +1377,8 @@ def deliver(
 def connect_local_member(
     server: DaveGroupServer,
     member: LocalDaveMember,
-    members: Optional[Mapping[int, LocalDaveMember]] = None,
-) -> List[DaveMessage]:
+    members: Mapping[int, LocalDaveMember] | None = None,
+) -> list[DaveMessage]:
     """Join ``member`` to ``server`` the way a voice connection does, and run DAVE.
 
     ``server.add_participant`` (op 0), then op 4 (:meth:`LocalDaveMember.session_description`
@@ -1382,7 +1395,7 @@ def connect_local_member(
     list[DaveMessage]
         Server messages for users not in ``members``.
     """
-    routing: Dict[int, LocalDaveMember] = dict(members or {})
+    routing: dict[int, LocalDaveMember] = dict(members or {})
     routing[member.user_id] = member
     to_member = server.add_participant(member.user_id, member.max_protocol_version)
     from_member = member.session_description(server.protocol_version)

@@ -35,8 +35,9 @@ import logging
 import random
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 
@@ -65,7 +66,7 @@ from .speech import OutgoingFrame, PaddingBurst, RTPSender, SenderClock, SentRec
 if TYPE_CHECKING:
     from .audio import AudioInput
 
-__all__ = ("EmulatorError", "SimulatedMember", "VoiceServerEmulator", "FaultKind")
+__all__ = ("EmulatorError", "FaultKind", "SimulatedMember", "VoiceServerEmulator")
 
 _log = logging.getLogger(__name__)
 
@@ -97,8 +98,8 @@ class _Call:
     """One voice channel's call: who is in it and its DAVE group."""
 
     channel_id: int
-    dave: Optional[DaveGroupServer] = None  # created when the first DAVE participant arrives
-    session: Optional[VoiceSession] = None  # the bot's session in this call
+    dave: DaveGroupServer | None = None  # created when the first DAVE participant arrives
+    session: VoiceSession | None = None  # the bot's session in this call
     armed_transitions: set[int] = field(default_factory=set)  # transition ids with a timeout task
 
 
@@ -137,7 +138,7 @@ class SimulatedMember:
         ssrc: int,
         video_ssrc: int,
         sender: RTPSender,
-        impairment: Optional[PacketImpairment],
+        impairment: PacketImpairment | None,
         channel_id: int,
         video: bool = False,
     ) -> None:
@@ -151,9 +152,9 @@ class SimulatedMember:
         self.sender = sender
         self.impairment = impairment
         self.home_channel_id = channel_id
-        self.channel_id: Optional[int] = None
+        self.channel_id: int | None = None
         #: The member's DAVE state (a real ``davey.DaveSession`` inside) while in a DAVE call.
-        self.dave: Optional[LocalDaveMember] = None
+        self.dave: LocalDaveMember | None = None
         self.session_id = secrets.token_hex(16)
         self._speak_lock = asyncio.Lock()
         #: Packets handed to the network (before impairment), and those dropped because no
@@ -162,7 +163,7 @@ class SimulatedMember:
         self.packets_unroutable = 0
         #: Audio frames still to be sealed under a dead DAVE epoch (:meth:`seal_with_dead_epoch`).
         self.dead_epoch_frames = 0
-        self._dead_epoch: Optional[LocalDaveMember] = None
+        self._dead_epoch: LocalDaveMember | None = None
 
     def __repr__(self) -> str:
         return f"<SimulatedMember {self.name} id={self.user_id} ssrc={self.ssrc} channel={self.channel_id}>"
@@ -185,7 +186,7 @@ class SimulatedMember:
             raise EmulatorError(f"member {self.user_id} is not in the guild cache")
         return member
 
-    async def join(self, channel: Optional[discord.abc.Snowflake] = None) -> None:
+    async def join(self, channel: discord.abc.Snowflake | None = None) -> None:
         """Join ``channel`` (default: the channel it was created for).
 
         Raises
@@ -210,10 +211,10 @@ class SimulatedMember:
         audio: AudioInput,
         *,
         realtime: bool = True,
-        speaking_event: Optional[SpeakingEvent] = None,
+        speaking_event: SpeakingEvent | None = None,
         padding: int = 0,
-        padding_burst_at: Optional[int] = None,
-        padding_burst_size: Optional[int] = None,
+        padding_burst_at: int | None = None,
+        padding_burst_size: int | None = None,
     ) -> SpurtRecord:
         """Send one talk spurt to the bot and return what was sent.
 
@@ -282,7 +283,7 @@ class SimulatedMember:
             self._dead_epoch = dave_server.stale_epoch_member(self.user_id, self.home_channel_id)
         self.dead_epoch_frames = frames
 
-    def _dave_sealer(self) -> Optional[LocalDaveMember]:
+    def _dave_sealer(self) -> LocalDaveMember | None:
         """Whose keys seal this member's next frame (the dead epoch's while the fault lasts)."""
         if self.dead_epoch_frames and self._dead_epoch is not None:
             self.dead_epoch_frames -= 1
@@ -394,9 +395,9 @@ class VoiceServerEmulator:
         *,
         dave: bool = True,
         modes: Sequence[str] = ("aead_aes256_gcm_rtpsize", "aead_xchacha20_poly1305_rtpsize"),
-        seed: Optional[int] = None,
+        seed: int | None = None,
         loss: float = 0.0,
-        burst_loss: Optional[tuple[float, float]] = None,
+        burst_loss: tuple[float, float] | None = None,
         reorder: float = 0.0,
         duplicate: float = 0.0,
         jitter: float = 0.0,
@@ -409,16 +410,16 @@ class VoiceServerEmulator:
         speaking_before: bool = True,
         heartbeat_interval: float = 13.75,
         answer_delay: float = 0.02,
-        rtcp_interval: Optional[float] = None,
+        rtcp_interval: float | None = None,
         resume_session_description: bool = True,
-        require_dave: Optional[bool] = None,
+        require_dave: bool | None = None,
         goodbye_on_close: bool = False,
-        media_timeout: Optional[float] = 30.0,
+        media_timeout: float | None = 30.0,
         echo_keepalive: bool = False,
         ssrc_in_client_connect: bool = False,
-        padding_bursts: Optional[float] = 20.0,
+        padding_bursts: float | None = 20.0,
         padding_burst_size: int = DEFAULT_BURST_SIZE,
-        sfu_report_interval: Optional[float] = 5.0,
+        sfu_report_interval: float | None = 5.0,
     ) -> None:
         modes = tuple(modes)
         if not modes:
@@ -451,7 +452,9 @@ class VoiceServerEmulator:
         self.seed = seed
         self._rng = random.Random(seed)
         #: The global impairment (the bot's uplink): every member's packets go through it.
-        self.impairment = Impairment(loss, burst_loss, reorder, duplicate, jitter, delay, seed=self._rng.getrandbits(63))
+        self.impairment = Impairment(
+            loss, burst_loss, reorder, duplicate, jitter, delay, seed=self._rng.getrandbits(63)
+        )
         self.bot_name = bot_name
         self.speaking_before = speaking_before
         self.answer_delay = answer_delay
@@ -467,7 +470,7 @@ class VoiceServerEmulator:
 
         self.gateway = VoiceGatewayServer(self, heartbeat_interval_ms=heartbeat_interval * 1000.0)
         self.media = MediaServer(self, media_timeout=media_timeout)  # validates media_timeout
-        self._harness: Optional[ClientHarness] = None
+        self._harness: ClientHarness | None = None
         self._calls: dict[int, _Call] = {
             self.channel_id: _Call(self.channel_id),
             self.other_channel_id: _Call(self.other_channel_id),
@@ -475,8 +478,8 @@ class VoiceServerEmulator:
         self.members: dict[int, SimulatedMember] = {}
         self._used_ssrcs: set[int] = {SERVER_SSRC}
         self._main_session_id = secrets.token_hex(16)  # the bot's main gateway session
-        self._bot_session: Optional[VoiceSession] = None
-        self._bot_channel_id: Optional[int] = None
+        self._bot_session: VoiceSession | None = None
+        self._bot_channel_id: int | None = None
         self._sessions: list[VoiceSession] = []  # every session ever created (tests inspect)
         self._links: dict[VoiceSession, TransportLink] = {}
         self._udp_addresses: dict[VoiceSession, tuple[str, int]] = {}
@@ -541,7 +544,9 @@ class VoiceServerEmulator:
             self._spawn(self._rtcp_loop(self.rtcp_interval), "rtcp")
         if self.sfu_report_interval is not None:
             self._spawn(self._sfu_report_loop(self.sfu_report_interval), "sfu-rtcp")
-        _log.info("voice emulator up: ws://%s udp %s dave=%s", self.gateway.endpoint, self.media.port, self.dave_enabled)
+        _log.info(
+            "voice emulator up: ws://%s udp %s dave=%s", self.gateway.endpoint, self.media.port, self.dave_enabled
+        )
 
     async def close(self) -> None:
         """Tear everything down: the client (and its voice client), tasks, sockets."""
@@ -592,11 +597,11 @@ class VoiceServerEmulator:
         while not predicate():
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise asyncio.TimeoutError(f"timed out after {timeout}s waiting for {what}")
+                raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
             event = self._state_changed
             try:
                 await asyncio.wait_for(event.wait(), min(remaining, 0.02))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     # -- what tests read ------------------------------------------------------------------------
@@ -634,12 +639,12 @@ class VoiceServerEmulator:
         return channel
 
     @property
-    def voice_client(self) -> Optional[discord.VoiceProtocol]:
+    def voice_client(self) -> discord.VoiceProtocol | None:
         """The client's voice client in the guild, if any."""
         return self.guild.voice_client
 
     @property
-    def session(self) -> Optional[VoiceSession]:
+    def session(self) -> VoiceSession | None:
         """The bot's current voice session on the server side (``None`` when not in voice)."""
         return self._bot_session
 
@@ -661,12 +666,14 @@ class VoiceServerEmulator:
         """Frames with ``op`` the server sent to the bot."""
         return [e for e in self.gateway.events if e.direction == "send" and e.op == op]
 
-    async def wait_for_op(self, op: int, *, direction: str = "recv", after: int = 0, timeout: float = 10.0) -> GatewayEvent:
+    async def wait_for_op(
+        self, op: int, *, direction: str = "recv", after: int = 0, timeout: float = 10.0
+    ) -> GatewayEvent:
         """Wait for a gateway frame (``direction`` ``"recv"``: from the bot; ``"send"``: to it)."""
         return await self.gateway.wait_for(direction, op, after=after, timeout=timeout)
 
     @property
-    def media_timeout(self) -> Optional[float]:
+    def media_timeout(self) -> float | None:
         """Seconds of UDP silence from the bot after which media to it is withheld (``None``: never)."""
         return self.media.media_timeout
 
@@ -676,7 +683,7 @@ class VoiceServerEmulator:
         return self.media.withheld
 
     @property
-    def bot_last_heard(self) -> Optional[float]:
+    def bot_last_heard(self) -> float | None:
         """``time.monotonic()`` of the last datagram from the bot's current UDP address, if any."""
         session = self._bot_session
         address = self._udp_addresses.get(session) if session is not None else None
@@ -716,15 +723,15 @@ class VoiceServerEmulator:
     async def add_member(
         self,
         user_id: int,
-        name: Optional[str] = None,
+        name: str | None = None,
         *,
-        impairment: Optional[PacketImpairment] = None,
-        clock: Union[str, SenderClock] = "webrtc",
-        sequence: Optional[int] = None,
-        timestamp: Optional[int] = None,
+        impairment: PacketImpairment | None = None,
+        clock: str | SenderClock = "webrtc",
+        sequence: int | None = None,
+        timestamp: int | None = None,
         join: bool = True,
-        channel: Optional[discord.abc.Snowflake] = None,
-        ssrc: Optional[int] = None,
+        channel: discord.abc.Snowflake | None = None,
+        ssrc: int | None = None,
         video: bool = False,
     ) -> SimulatedMember:
         """Add a simulated member to the guild and (by default) to the call.
@@ -788,7 +795,9 @@ class VoiceServerEmulator:
         if self.padding_bursts is not None and sender_clock is SenderClock.webrtc:
             # Seeded from the sender's seed, not drawn from self._rng: turning probing on or
             # off leaves every other random choice of a seeded emulator as it was.
-            probing = ProbeSchedule(self.padding_bursts, self.padding_burst_size, random.Random(f"probing:{sender_seed}"))
+            probing = ProbeSchedule(
+                self.padding_bursts, self.padding_burst_size, random.Random(f"probing:{sender_seed}")
+            )
         sender = RTPSender(
             ssrc, sequence=sequence, timestamp=timestamp, clock=sender_clock, rng=sender_seed, probing=probing
         )
@@ -878,7 +887,7 @@ class VoiceServerEmulator:
         self,
         cls: Any = discord.VoiceClient,
         *,
-        channel: Optional[discord.VoiceChannel] = None,
+        channel: discord.VoiceChannel | None = None,
         timeout: float = 10.0,
         wait_dave: bool = True,
         **kwargs: Any,
@@ -1056,11 +1065,11 @@ class VoiceServerEmulator:
         self,
         kind: FaultKind,
         *,
-        member: Optional[SimulatedMember] = None,
-        ssrc: Optional[int] = None,
+        member: SimulatedMember | None = None,
+        ssrc: int | None = None,
         count: int = 1,
-        size: Optional[int] = None,
-        payload: Optional[bytes] = None,
+        size: int | None = None,
+        payload: bytes | None = None,
         payload_type: int = 103,
     ) -> list[bytes]:
         """Send hostile or foreign datagrams to the bot now (no impairment) and return them.
@@ -1087,7 +1096,7 @@ class VoiceServerEmulator:
             raise ValueError(f"unknown fault kind {kind!r}; use garbage, wrong_tag, unknown_ssrc, video or raw")
         if not 1 <= count <= 10000:
             raise ValueError(f"count must be 1..10000, got {count!r}")
-        session, link, address = self._bot_route()
+        _session, link, address = self._bot_route()
         out: list[bytes] = []
         for i in range(count):
             if kind == "garbage":
@@ -1098,18 +1107,29 @@ class VoiceServerEmulator:
                 data = bytes(payload)
             elif kind == "unknown_ssrc":
                 target = ssrc if ssrc is not None else self._new_ssrc()
-                data = unknown_ssrc_packet(link.cipher, link.next_counter(), ssrc=target, sequence=i & 0xFFFF, timestamp=(i * 960) & 0xFFFFFFFF)
+                data = unknown_ssrc_packet(
+                    link.cipher, link.next_counter(), ssrc=target, sequence=i & 0xFFFF, timestamp=(i * 960) & 0xFFFFFFFF
+                )
             elif kind == "video":
                 target = ssrc if ssrc is not None else (member.video_ssrc if member is not None else None)
                 if target is None:
                     raise ValueError("inject('video') needs member= or ssrc=")
-                data = video_packet(link.cipher, link.next_counter(), ssrc=target, sequence=i & 0xFFFF, payload_type=payload_type, rng=self._rng)
+                data = video_packet(
+                    link.cipher,
+                    link.next_counter(),
+                    ssrc=target,
+                    sequence=i & 0xFFFF,
+                    payload_type=payload_type,
+                    rng=self._rng,
+                )
             else:  # wrong_tag
                 if member is None:
                     raise ValueError("inject('wrong_tag') needs member=")
                 frame_payload = payload if payload is not None else SILENCE_FRAME
                 data = with_wrong_tag(
-                    unknown_ssrc_packet(link.cipher, link.next_counter(), ssrc=member.ssrc, sequence=i & 0xFFFF, payload=frame_payload)
+                    unknown_ssrc_packet(
+                        link.cipher, link.next_counter(), ssrc=member.ssrc, sequence=i & 0xFFFF, payload=frame_payload
+                    )
                 )
             self.media.send_now(data, address)
             out.append(data)
@@ -1118,7 +1138,7 @@ class VoiceServerEmulator:
 
     # -- media to the bot -------------------------------------------------------------------------
 
-    def _bot_route(self, channel_id: Optional[int] = None) -> tuple[VoiceSession, TransportLink, tuple[str, int]]:
+    def _bot_route(self, channel_id: int | None = None) -> tuple[VoiceSession, TransportLink, tuple[str, int]]:
         """The bot session (in ``channel_id`` if given) that can receive media now."""
         self._check_running()
         session = self._bot_session
@@ -1135,7 +1155,9 @@ class VoiceServerEmulator:
             return self.impairment
         return ImpairmentChain(member.impairment, self.impairment)
 
-    def _send_to_bot(self, member: SimulatedMember, packet: bytes, send_loop_time: float) -> Optional[asyncio.Future[None]]:
+    def _send_to_bot(
+        self, member: SimulatedMember, packet: bytes, send_loop_time: float
+    ) -> asyncio.Future[None] | None:
         """Put one of ``member``'s packets on the (impaired) path to the bot.
 
         Returns a future that completes when its first copy is on the wire, or ``None`` when
@@ -1181,7 +1203,7 @@ class VoiceServerEmulator:
         audio: AudioInput,
         *,
         realtime: bool,
-        speaking_event: Optional[SpeakingEvent],
+        speaking_event: SpeakingEvent | None,
         padding: int,
         padding_bursts: dict[int, int],
     ) -> SpurtRecord:
@@ -1199,8 +1221,12 @@ class VoiceServerEmulator:
         self._bot_route(member.channel_id)  # fail early and clearly: nobody to speak to
         if self.dave_enabled:
             try:
-                await self.wait_until(lambda: member.dave is not None and member.dave.ready, timeout=10.0, what=f"{member.name}'s DAVE session")
-            except asyncio.TimeoutError:
+                await self.wait_until(
+                    lambda: member.dave is not None and member.dave.ready,
+                    timeout=10.0,
+                    what=f"{member.name}'s DAVE session",
+                )
+            except TimeoutError:
                 raise EmulatorError(f"{member.name} has no ready DAVE session: is the bot in the call?") from None
         async with member._speak_lock:
             record = member.sender.record
@@ -1218,7 +1244,7 @@ class VoiceServerEmulator:
                 await self._speak_fast(member, frames, bursts, speaking_event == "after", padding)
             return spurt
 
-    def _member_link(self, member: SimulatedMember) -> Optional[TransportLink]:
+    def _member_link(self, member: SimulatedMember) -> TransportLink | None:
         """The transport link ``member``'s packets are sealed with now (``None``: nobody to send to)."""
         try:
             _, link, _ = self._bot_route(member.channel_id)
@@ -1234,7 +1260,7 @@ class VoiceServerEmulator:
             return []
         return [(t, burst.to_packet(i, link.cipher, link.next_counter())) for i, t in enumerate(burst.send_times)]
 
-    def _seal_frame(self, member: SimulatedMember, frame: OutgoingFrame, padding: int) -> Optional[bytes]:
+    def _seal_frame(self, member: SimulatedMember, frame: OutgoingFrame, padding: int) -> bytes | None:
         """DAVE- and transport-encrypt one frame as ``member``'s client would; ``None`` if it cannot."""
         link = self._member_link(member)
         if link is None:
@@ -1249,7 +1275,12 @@ class VoiceServerEmulator:
         return frame.to_packet(link.cipher, link.next_counter(), payload=payload, padding=padding)
 
     async def _speak_realtime(
-        self, member: SimulatedMember, frames: list[OutgoingFrame], bursts: dict[int, PaddingBurst], speaking_after: bool, padding: int
+        self,
+        member: SimulatedMember,
+        frames: list[OutgoingFrame],
+        bursts: dict[int, PaddingBurst],
+        speaking_after: bool,
+        padding: int,
     ) -> None:
         loop = asyncio.get_running_loop()
         for i, frame in enumerate(frames):
@@ -1276,7 +1307,12 @@ class VoiceServerEmulator:
             await asyncio.sleep(delay)
 
     async def _speak_fast(
-        self, member: SimulatedMember, frames: list[OutgoingFrame], bursts: dict[int, PaddingBurst], speaking_after: bool, padding: int
+        self,
+        member: SimulatedMember,
+        frames: list[OutgoingFrame],
+        bursts: dict[int, PaddingBurst],
+        speaking_after: bool,
+        padding: int,
     ) -> None:
         """Send a spurt as fast as possible, keeping the impairment's *order* of arrival.
 
@@ -1326,7 +1362,7 @@ class VoiceServerEmulator:
         if speaking_after:
             await self._speaking_after(member, first if any(d[1] == 0 for d in deliveries) else None)
 
-    async def _speaking_after(self, member: SimulatedMember, on_wire: Optional[asyncio.Future[None]]) -> None:
+    async def _speaking_after(self, member: SimulatedMember, on_wire: asyncio.Future[None] | None) -> None:
         if on_wire is not None:
             # The first packet is on the wire before op 5 (bounded: impairment may delay it).
             await asyncio.wait([on_wire], timeout=2.0)
@@ -1377,8 +1413,8 @@ class VoiceServerEmulator:
         kind: FeedbackKind,
         *,
         sequences: Sequence[int] = (),
-        media_ssrc: Optional[int] = None,
-        fmt: Optional[int] = None,
+        media_ssrc: int | None = None,
+        fmt: int | None = None,
         fci: bytes = b"",
     ) -> bytes:
         """Send the bot an RTCP feedback packet from the SFU now; returns it in clear.
@@ -1448,7 +1484,9 @@ class VoiceServerEmulator:
             self._bot_error(data, f"{type(exc).__name__}: {exc}")
             return
         if header.ssrc == session.ssrc:
-            self._reception.setdefault(session, ReceptionStats()).update(header.sequence, header.timestamp, time.monotonic())
+            self._reception.setdefault(session, ReceptionStats()).update(
+                header.sequence, header.timestamp, time.monotonic()
+            )
         opus, dave, decrypted, error = payload, False, True, None
         if self.dave_enabled and session.dave_version and not is_silence(payload):
             dave = is_dave_frame(payload)
@@ -1456,8 +1494,16 @@ class VoiceServerEmulator:
                 opus, error = self._dave_decrypt_from_bot(session, payload)
                 decrypted = error is None
         packet = BotPacket(
-            time.monotonic(), header.sequence, header.timestamp, header.ssrc, header.payload_type,
-            header.marker, opus, dave, decrypted, error,
+            time.monotonic(),
+            header.sequence,
+            header.timestamp,
+            header.ssrc,
+            header.payload_type,
+            header.marker,
+            opus,
+            dave,
+            decrypted,
+            error,
         )
         if len(self.received_from_bot) < self.max_received:
             self.received_from_bot.append(packet)
@@ -1482,7 +1528,9 @@ class VoiceServerEmulator:
 
     # -- the main gateway (op 4) ----------------------------------------------------------------
 
-    async def _on_voice_state_request(self, guild_id: int, channel_id: Optional[int], self_mute: bool, self_deaf: bool) -> None:
+    async def _on_voice_state_request(
+        self, guild_id: int, channel_id: int | None, self_mute: bool, self_deaf: bool
+    ) -> None:
         if int(guild_id) != self.guild_id:
             _log.warning("op 4 for unknown guild %s ignored", guild_id)
             return
@@ -1491,14 +1539,16 @@ class VoiceServerEmulator:
         # Answer later, from a task: discord.py sends op 4 and only then starts waiting.
         self._spawn(self._answer_voice_state(channel_id, self_mute, self_deaf), "op4")
 
-    async def _answer_voice_state(self, channel_id: Optional[int], self_mute: bool, self_deaf: bool) -> None:
+    async def _answer_voice_state(self, channel_id: int | None, self_mute: bool, self_deaf: bool) -> None:
         await asyncio.sleep(self.answer_delay)
         if channel_id is None:
             session = self._bot_session
             if session is not None:
                 await self._end_session(session, why="bot left")
             self._bot_channel_id = None
-            self.harness.dispatch_voice_state(self.bot_user_id, None, self._main_session_id, self_mute=self_mute, self_deaf=self_deaf)
+            self.harness.dispatch_voice_state(
+                self.bot_user_id, None, self._main_session_id, self_mute=self_mute, self_deaf=self_deaf
+            )
             return
         channel_id = int(channel_id)
         if channel_id not in self._calls:
@@ -1511,7 +1561,9 @@ class VoiceServerEmulator:
             # voice state update to complete its handshake; the other order leaves it waiting.
             self.harness.dispatch_voice_server(session.token, self.gateway.endpoint)
             await asyncio.sleep(0)
-            self.harness.dispatch_voice_state(self.bot_user_id, channel_id, self._main_session_id, self_mute=self_mute, self_deaf=self_deaf)
+            self.harness.dispatch_voice_state(
+                self.bot_user_id, channel_id, self._main_session_id, self_mute=self_mute, self_deaf=self_deaf
+            )
             return
         await self._join_bot(channel_id, self_mute=self_mute, self_deaf=self_deaf)
 
@@ -1535,7 +1587,9 @@ class VoiceServerEmulator:
         self._bot_session = session
         self._bot_channel_id = channel_id
         self._calls[channel_id].session = session
-        self.harness.dispatch_voice_state(self.bot_user_id, channel_id, self._main_session_id, self_mute=self_mute, self_deaf=self_deaf)
+        self.harness.dispatch_voice_state(
+            self.bot_user_id, channel_id, self._main_session_id, self_mute=self_mute, self_deaf=self_deaf
+        )
         await asyncio.sleep(0)
         self.harness.dispatch_voice_server(session.token, self.gateway.endpoint)
         if old_connection is not None and not old_connection.closed:
@@ -1650,7 +1704,7 @@ class VoiceServerEmulator:
         await self._dave_from_bot(call, op, data)
         self._notify()
 
-    async def on_connection_closed(self, session: Optional[VoiceSession], connection: VoiceGatewayConnection) -> None:
+    async def on_connection_closed(self, session: VoiceSession | None, connection: VoiceGatewayConnection) -> None:
         """:class:`.gateway.GatewayHandler`: a websocket ended; the session stays resumable."""
         if session is not None and session.connection is connection:
             session.connection = None
@@ -1789,7 +1843,7 @@ class VoiceServerEmulator:
             return
         await self._dave_route(call, out)
 
-    def _dave_decrypt_from_bot(self, session: VoiceSession, frame: bytes) -> tuple[bytes, Optional[str]]:
+    def _dave_decrypt_from_bot(self, session: VoiceSession, frame: bytes) -> tuple[bytes, str | None]:
         error = "no member in the call can decrypt (no ready DAVE session)"
         for member in self._members_in(session.channel_id):
             if member.dave is None or member.dave.session is None:

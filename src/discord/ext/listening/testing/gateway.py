@@ -24,19 +24,19 @@ import logging
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
 
 __all__ = (
-    "Op",
     "GatewayClose",
-    "VoiceSession",
-    "GatewayHandler",
     "GatewayEvent",
+    "GatewayHandler",
+    "Op",
     "VoiceGatewayConnection",
     "VoiceGatewayServer",
+    "VoiceSession",
 )
 
 _log = logging.getLogger(__name__)
@@ -75,8 +75,16 @@ class Op:
 
 #: JSON ops a client may send. Op 12 is accepted because discord.py has a sender for it.
 _CLIENT_JSON_OPS = frozenset(
-    {Op.IDENTIFY, Op.SELECT_PROTOCOL, Op.HEARTBEAT, Op.SPEAKING, Op.RESUME, Op.CLIENT_CONNECT,
-     Op.DAVE_TRANSITION_READY, Op.MLS_INVALID_COMMIT_WELCOME}
+    {
+        Op.IDENTIFY,
+        Op.SELECT_PROTOCOL,
+        Op.HEARTBEAT,
+        Op.SPEAKING,
+        Op.RESUME,
+        Op.CLIENT_CONNECT,
+        Op.DAVE_TRANSITION_READY,
+        Op.MLS_INVALID_COMMIT_WELCOME,
+    }
 )
 _CLIENT_BINARY_OPS = frozenset({Op.MLS_KEY_PACKAGE, Op.MLS_COMMIT_WELCOME})
 _SERVER_BINARY_OPS = frozenset(
@@ -124,15 +132,15 @@ class VoiceSession:
     ssrc: int
     secret_key: bytes
     dave_version: int
-    mode: Optional[str] = None
+    mode: str | None = None
     identified: bool = False
     established: bool = False  # SESSION_DESCRIPTION sent
     closed: bool = False
-    client_address: Optional[tuple[str, int]] = None  # from SELECT_PROTOCOL
+    client_address: tuple[str, int] | None = None  # from SELECT_PROTOCOL
     seq: int = 0
     seq_ack: int = -1
     max_dave_version: int = 0
-    connection: Optional[VoiceGatewayConnection] = None
+    connection: VoiceGatewayConnection | None = None
     resumes: int = 0
 
     def next_seq(self) -> int:
@@ -153,7 +161,7 @@ class GatewayEvent:
     direction: str
     op: int
     data: Any
-    seq: Optional[int] = None
+    seq: int | None = None
     binary: bool = False
     connection_id: int = 0
 
@@ -182,7 +190,7 @@ class GatewayHandler(Protocol):
     async def on_dave_message(self, session: VoiceSession, op: int, data: Any) -> None:
         """The client sent a DAVE message: JSON 23/31 (``data`` a dict) or binary 26/28 (bytes)."""
 
-    async def on_connection_closed(self, session: Optional[VoiceSession], connection: VoiceGatewayConnection) -> None:
+    async def on_connection_closed(self, session: VoiceSession | None, connection: VoiceGatewayConnection) -> None:
         """A websocket ended (for whatever reason)."""
 
 
@@ -203,9 +211,9 @@ class VoiceGatewayConnection:
         self.server = server
         self.ws = ws
         self.id = connection_id
-        self.session: Optional[VoiceSession] = None
+        self.session: VoiceSession | None = None
         self._send_lock = asyncio.Lock()
-        self.close_code: Optional[int] = None
+        self.close_code: int | None = None
         #: Whether the server (rather than the client) started the closing handshake.
         self.closed_by_server = False
 
@@ -217,7 +225,7 @@ class VoiceGatewayConnection:
         """Whether the websocket is closing or closed."""
         return self.ws.closed or self.close_code is not None
 
-    def _record(self, direction: str, op: int, data: Any, seq: Optional[int], binary: bool) -> None:
+    def _record(self, direction: str, op: int, data: Any, seq: int | None, binary: bool) -> None:
         self.server.record(GatewayEvent(time.monotonic(), direction, op, data, seq, binary, self.id))
 
     async def send_json(self, op: int, data: Any, *, seq: bool = True) -> None:
@@ -230,7 +238,7 @@ class VoiceGatewayConnection:
                 _log.debug("drop op %s to closed connection %s", op, self.id)
                 return
             message: dict[str, Any] = {"op": op, "d": data}
-            number: Optional[int] = None
+            number: int | None = None
             if seq and self.session is not None:
                 number = self.session.next_seq()
                 message["seq"] = number
@@ -271,7 +279,7 @@ class VoiceGatewayConnection:
         _log.debug("closing voice connection %s with %s (%s)", self.id, code, reason)
         try:
             await self.ws.close(code=code, message=reason.encode()[:120])
-        except (ConnectionError, RuntimeError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ConnectionError, RuntimeError) as exc:
             _log.debug("closing connection %s: %s", self.id, exc)
 
     async def run(self) -> None:
@@ -460,7 +468,7 @@ class VoiceGatewayServer:
         self._event_waiters: list[asyncio.Event] = []
         self.connections: list[VoiceGatewayConnection] = []
         self._next_id = 0
-        self._runner: Optional[web.AppRunner] = None
+        self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property

@@ -20,24 +20,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-import discord
 from discord.gateway import DiscordClientWebSocketResponse
+
+import discord
 
 from .. import opus
 
 if TYPE_CHECKING:
     from discord.state import ConnectionState
 
-__all__ = ("FakeMainGateway", "ClientHarness", "VoiceStateRequest")
+__all__ = ("ClientHarness", "FakeMainGateway", "VoiceStateRequest")
 
 _log = logging.getLogger(__name__)
 
 #: Called by :class:`FakeMainGateway` for every op 4 the client sends.
-VoiceStateRequest = Callable[[int, Optional[int], bool, bool], Awaitable[None]]
+VoiceStateRequest = Callable[[int, int | None, bool, bool], Awaitable[None]]
 
 _JOINED_AT = "2024-01-01T00:00:00+00:00"
 
@@ -54,7 +56,7 @@ class FakeMainGateway:
         ``await on_voice_state(guild_id, channel_id, self_mute, self_deaf)`` for each op 4.
     """
 
-    shard_id: Optional[int] = None
+    shard_id: int | None = None
     latency: float = 0.0
 
     def __init__(self, on_voice_state: VoiceStateRequest) -> None:
@@ -66,7 +68,7 @@ class FakeMainGateway:
     async def voice_state(
         self,
         guild_id: int,
-        channel_id: Optional[int],
+        channel_id: int | None,
         self_mute: bool = False,
         self_deaf: bool = False,
     ) -> None:
@@ -165,7 +167,7 @@ class ClientHarness:
         self.bot_name = bot_name
         self._ws_host = ws_host
         self.gateway = FakeMainGateway(on_voice_state)
-        self._session: Optional[aiohttp.ClientSession] = None
+        self._session: aiohttp.ClientSession | None = None
         self.client: discord.Client = discord.Client(
             intents=discord.Intents(guilds=True, voice_states=True, members=True)
         )
@@ -266,7 +268,7 @@ class ClientHarness:
     def dispatch_voice_state(
         self,
         user_id: int,
-        channel_id: Optional[int],
+        channel_id: int | None,
         session_id: str,
         *,
         self_mute: bool = False,
@@ -292,7 +294,7 @@ class ClientHarness:
         _log.debug("dispatch VOICE_STATE_UPDATE user=%s channel=%s", user_id, channel_id)
         self.state.parse_voice_state_update(data)  # type: ignore[arg-type]
 
-    def dispatch_voice_server(self, token: str, endpoint: Optional[str]) -> None:
+    def dispatch_voice_server(self, token: str, endpoint: str | None) -> None:
         """Deliver a VOICE_SERVER_UPDATE through the client's own parser."""
         data = {"token": token, "guild_id": str(self.guild_id), "endpoint": endpoint}
         _log.debug("dispatch VOICE_SERVER_UPDATE endpoint=%s", endpoint)
@@ -303,7 +305,7 @@ class ClientHarness:
         try:
             if not self.client.is_closed():
                 await asyncio.wait_for(self.client.close(), timeout=10)
-        except (asyncio.TimeoutError, Exception):  # teardown must go on whatever happened
+        except (TimeoutError, Exception):  # teardown must go on whatever happened
             _log.warning("closing the harness client failed", exc_info=True)
         finally:
             if self._session is not None:

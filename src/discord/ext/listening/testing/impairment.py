@@ -27,14 +27,14 @@ if TYPE_CHECKING:
 
 __all__ = (
     "VIDEO_PAYLOAD_TYPE",
-    "ImpairmentStats",
-    "PacketImpairment",
     "Impairment",
     "ImpairmentChain",
+    "ImpairmentStats",
+    "PacketImpairment",
     "garbage_datagram",
-    "with_wrong_tag",
-    "video_packet",
     "unknown_ssrc_packet",
+    "video_packet",
+    "with_wrong_tag",
 )
 
 _log = logging.getLogger(__name__)
@@ -162,10 +162,11 @@ class Impairment:
             try:
                 p, r = burst_loss
             except (TypeError, ValueError):
-                raise ValueError(
-                    f"burst_loss is a pair (p_good_to_bad, p_bad_to_good), got {burst_loss!r}"
-                ) from None
-            burst_loss = (_probability("burst_loss p_good_to_bad", p), _probability("burst_loss p_bad_to_good", r, allow_zero=False))
+                raise ValueError(f"burst_loss is a pair (p_good_to_bad, p_bad_to_good), got {burst_loss!r}") from None
+            burst_loss = (
+                _probability("burst_loss p_good_to_bad", p),
+                _probability("burst_loss p_bad_to_good", r, allow_zero=False),
+            )
         self.burst_loss: tuple[float, float] | None = burst_loss
         self.reorder = _probability("reorder", reorder)
         self.duplicate = _probability("duplicate", duplicate)
@@ -193,7 +194,13 @@ class Impairment:
     def with_seed(self, seed: int | None) -> Impairment:
         """A fresh impairment with the same parameters and another seed (e.g. one per member)."""
         return Impairment(
-            self.loss, self.burst_loss, self.reorder, self.duplicate, self.jitter, self.delay, seed,
+            self.loss,
+            self.burst_loss,
+            self.reorder,
+            self.duplicate,
+            self.jitter,
+            self.delay,
+            seed,
             interval=self.interval,
         )
 
@@ -372,8 +379,14 @@ def video_packet(
     if payload is None:
         payload = _rng(rng).randbytes(size)
     return build_rtp_packet(
-        cipher, counter, ssrc=ssrc, sequence=sequence, timestamp=timestamp, payload=payload,
-        payload_type=payload_type, marker=marker,
+        cipher,
+        counter,
+        ssrc=ssrc,
+        sequence=sequence,
+        timestamp=timestamp,
+        payload=payload,
+        payload_type=payload_type,
+        marker=marker,
     )
 
 
@@ -410,6 +423,11 @@ def unknown_ssrc_packet(
     """
     opus, level = _opus_frame()
     return build_rtp_packet(
-        cipher, counter, ssrc=ssrc, sequence=sequence, timestamp=timestamp,
-        payload=opus if payload is None else payload, audio_level=level,
+        cipher,
+        counter,
+        ssrc=ssrc,
+        sequence=sequence,
+        timestamp=timestamp,
+        payload=opus if payload is None else payload,
+        audio_level=level,
     )

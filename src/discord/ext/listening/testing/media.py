@@ -26,20 +26,21 @@ import itertools
 import logging
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol
+from typing import Protocol
 
 from ..rtp import RTPHeader, parse_rtp_header, split_plaintext
 from ..transport import TransportCipher, transport_cipher
 
 __all__ = (
     "DISCOVERY_LENGTH",
-    "build_discovery_reply",
-    "parse_discovery_request",
-    "TransportLink",
     "BotPacket",
     "MediaHandler",
     "MediaServer",
+    "TransportLink",
+    "build_discovery_reply",
+    "parse_discovery_request",
 )
 
 _log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ DISCOVERY_LENGTH = 74
 _DISCOVERY = struct.Struct(">HHI")
 
 
-def parse_discovery_request(data: bytes) -> Optional[int]:
+def parse_discovery_request(data: bytes) -> int | None:
     """Return the SSRC of an IP discovery request, or ``None`` if ``data`` is not one."""
     if len(data) != DISCOVERY_LENGTH:
         return None
@@ -147,7 +148,7 @@ class BotPacket:
     opus: bytes
     dave: bool
     decrypted: bool
-    error: Optional[str] = None
+    error: str | None = None
 
 
 class MediaHandler(Protocol):
@@ -214,7 +215,7 @@ class MediaServer:
         max_pending: int = 20000,
         burst: int = 8,
         burst_pause: float = 0.001,
-        media_timeout: Optional[float] = None,
+        media_timeout: float | None = None,
     ) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending!r}")
@@ -233,13 +234,13 @@ class MediaServer:
         self.host = host
         self.port = 0
         self.max_pending = max_pending
-        self._transport: Optional[asyncio.DatagramTransport] = None
-        self._heap: list[tuple[float, int, bytes, tuple[str, int], Optional[Callable[[], None]], bool]] = []
+        self._transport: asyncio.DatagramTransport | None = None
+        self._heap: list[tuple[float, int, bytes, tuple[str, int], Callable[[], None] | None, bool]] = []
         self._order = itertools.count()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._sender: Optional[asyncio.Task[None]] = None
+        self._sender: asyncio.Task[None] | None = None
         #: Counters, for tests and logs.
         self.sent = 0
         self.received = 0
@@ -294,7 +295,7 @@ class MediaServer:
         data: bytes,
         addr: tuple[str, int],
         deliver_at: float,
-        on_sent: Optional[Callable[[], None]] = None,
+        on_sent: Callable[[], None] | None = None,
         *,
         media: bool = True,
     ) -> bool:
@@ -354,7 +355,7 @@ class MediaServer:
                 try:
                     # A newly scheduled, earlier packet wakes us before the timeout.
                     await asyncio.wait_for(self._wakeup.wait(), delay)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 continue
             _, _, data, addr, on_sent, media = heapq.heappop(self._heap)
@@ -372,4 +373,3 @@ class MediaServer:
                     on_sent()
                 except Exception:
                     _log.exception("on_sent callback failed")
-

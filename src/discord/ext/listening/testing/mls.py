@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Tuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -35,42 +35,42 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 __all__ = (
-    "MLS_VERSION_10",
     "CIPHERSUITE_DHKEMP256_AES128GCM_SHA256_P256",
-    "WIRE_FORMAT_PUBLIC_MESSAGE",
-    "WIRE_FORMAT_WELCOME",
-    "WIRE_FORMAT_KEY_PACKAGE",
-    "CONTENT_TYPE_PROPOSAL",
     "CONTENT_TYPE_COMMIT",
-    "SENDER_MEMBER",
-    "SENDER_EXTERNAL",
-    "PROPOSAL_ADD",
-    "PROPOSAL_REMOVE",
+    "CONTENT_TYPE_PROPOSAL",
     "CREDENTIAL_BASIC",
+    "MLS_VERSION_10",
     "PROPOSALS_APPEND",
     "PROPOSALS_REVOKE",
-    "MLSDecodeError",
-    "encode_varint",
-    "decode_varint",
-    "encode_vl",
-    "group_id_for_channel",
-    "user_id_identity",
-    "ExternalSender",
+    "PROPOSAL_ADD",
+    "PROPOSAL_REMOVE",
+    "SENDER_EXTERNAL",
+    "SENDER_MEMBER",
+    "WIRE_FORMAT_KEY_PACKAGE",
+    "WIRE_FORMAT_PUBLIC_MESSAGE",
+    "WIRE_FORMAT_WELCOME",
+    "Commit",
     "Credential",
-    "LeafNode",
+    "EncryptedGroupSecrets",
+    "ExternalSender",
     "KeyPackage",
+    "LeafNode",
+    "MLSDecodeError",
     "Proposal",
     "ProposalOrRef",
-    "Commit",
     "PublicMessage",
-    "EncryptedGroupSecrets",
     "Welcome",
-    "parse_public_message",
-    "split_commit_welcome",
-    "proposal_ref",
-    "key_package_ref",
-    "encode_proposals_payload",
     "decode_proposals_payload",
+    "decode_varint",
+    "encode_proposals_payload",
+    "encode_varint",
+    "encode_vl",
+    "group_id_for_channel",
+    "key_package_ref",
+    "parse_public_message",
+    "proposal_ref",
+    "split_commit_welcome",
+    "user_id_identity",
 )
 
 # --- constants (RFC 9420 IANA registries; only what DAVE v1 uses) -----------------------
@@ -155,7 +155,7 @@ def encode_varint(value: int) -> bytes:
     return struct.pack(">I", 0x80000000 | value)
 
 
-def decode_varint(data: bytes, offset: int = 0) -> Tuple[int, int]:
+def decode_varint(data: bytes, offset: int = 0) -> tuple[int, int]:
     """Decode an MLS variable-length integer.
 
     Parameters
@@ -309,14 +309,12 @@ class ExternalSender:
 
     def __init__(
         self,
-        private_key: Optional[ec.EllipticCurvePrivateKey] = None,
+        private_key: ec.EllipticCurvePrivateKey | None = None,
         identity: bytes = b"discord-voice-emulator",
     ) -> None:
         if private_key is None:
             private_key = ec.generate_private_key(ec.SECP256R1())
-        if not isinstance(private_key, ec.EllipticCurvePrivateKey) or not isinstance(
-            private_key.curve, ec.SECP256R1
-        ):
+        if not isinstance(private_key, ec.EllipticCurvePrivateKey) or not isinstance(private_key.curve, ec.SECP256R1):
             raise ValueError("the external sender key must be a P-256 (SECP256R1) private key")
         if not isinstance(identity, (bytes, bytearray)):
             raise TypeError("identity must be bytes")
@@ -336,11 +334,7 @@ class ExternalSender:
             ``VL(signature_key) || u16 1 (basic) || VL(identity)``; without the
             server's ``>H seq`` and op byte.
         """
-        return (
-            encode_vl(self.signature_public_key)
-            + struct.pack(">H", CREDENTIAL_BASIC)
-            + encode_vl(self.identity)
-        )
+        return encode_vl(self.signature_public_key) + struct.pack(">H", CREDENTIAL_BASIC) + encode_vl(self.identity)
 
     def sign_with_label(self, label: str, content: bytes) -> bytes:
         """MLS ``SignWithLabel``: ECDSA P-256/SHA-256, DER-encoded."""
@@ -406,7 +400,7 @@ class Credential:
     identity: bytes
 
     @property
-    def user_id(self) -> Optional[int]:
+    def user_id(self) -> int | None:
         """The Discord user id when ``identity`` is 8 big-endian bytes, else ``None``."""
         if self.credential_type == CREDENTIAL_BASIC and len(self.identity) == 8:
             return struct.unpack(">Q", self.identity)[0]
@@ -428,7 +422,7 @@ class LeafNode:
     signature_key: bytes
     credential: Credential
     source: int
-    lifetime: Optional[Tuple[int, int]]
+    lifetime: tuple[int, int] | None
     signature: bytes
     #: The encoding up to (not including) ``signature``: the ``LeafNodeTBS`` prefix.
     tbs: bytes = field(repr=False)
@@ -469,7 +463,7 @@ class KeyPackage:
     tbs: bytes = field(repr=False)
 
     @classmethod
-    def parse(cls, data: bytes) -> "KeyPackage":
+    def parse(cls, data: bytes) -> KeyPackage:
         """Parse a complete bare ``KeyPackage``.
 
         Raises
@@ -487,7 +481,7 @@ class KeyPackage:
         return kp
 
     @classmethod
-    def _read(cls, r: _Reader) -> "KeyPackage":
+    def _read(cls, r: _Reader) -> KeyPackage:
         start = r.pos
         version = r.u16("key package version")
         if version != MLS_VERSION_10:
@@ -505,7 +499,7 @@ class KeyPackage:
         return cls(version, suite, init_key, leaf, signature, bytes(r.data[start : r.pos]), bytes(tbs))
 
     @property
-    def user_id(self) -> Optional[int]:
+    def user_id(self) -> int | None:
         """The user id of the leaf's basic credential (``None`` if it is not 8 bytes)."""
         return self.leaf_node.credential.user_id
 
@@ -513,7 +507,7 @@ class KeyPackage:
         """``KeyPackageRef``: what a Welcome names its recipients by."""
         return key_package_ref(self.raw)
 
-    def validate(self, user_id: Optional[int] = None) -> None:
+    def validate(self, user_id: int | None = None) -> None:
         """Check what the voice gateway checks before proposing the key package.
 
         Parameters
@@ -528,9 +522,7 @@ class KeyPackage:
             that is no P-256 point, or a bad leaf node / key package signature.
         """
         if user_id is not None and self.user_id != user_id:
-            raise MLSDecodeError(
-                f"key package credential names user {self.user_id}, the sender is {user_id}"
-            )
+            raise MLSDecodeError(f"key package credential names user {self.user_id}, the sender is {user_id}")
         if self.leaf_node.lifetime != _LIFETIME_MAX:
             raise MLSDecodeError(f"key package lifetime must be [0, 2**64-1], got {self.leaf_node.lifetime}")
         if len(self.leaf_node.signature_key) != _P256_POINT_LEN:
@@ -544,8 +536,8 @@ class Proposal:
     """An Add or Remove proposal (the only types DAVE allows)."""
 
     proposal_type: int
-    key_package: Optional[KeyPackage] = None
-    removed: Optional[int] = None
+    key_package: KeyPackage | None = None
+    removed: int | None = None
 
 
 def _parse_proposal(r: _Reader) -> Proposal:
@@ -561,17 +553,17 @@ def _parse_proposal(r: _Reader) -> Proposal:
 class ProposalOrRef:
     """One entry of a commit's proposal list: an inline proposal or a reference."""
 
-    proposal: Optional[Proposal] = None
-    reference: Optional[bytes] = None
+    proposal: Proposal | None = None
+    reference: bytes | None = None
 
 
 @dataclass(frozen=True)
 class Commit:
     """An MLS ``Commit`` body."""
 
-    proposals: Tuple[ProposalOrRef, ...]
+    proposals: tuple[ProposalOrRef, ...]
     #: The committer's new leaf node when the commit carries an UpdatePath.
-    path_leaf_node: Optional[LeafNode]
+    path_leaf_node: LeafNode | None
 
 
 def _parse_commit(r: _Reader) -> Commit:
@@ -601,21 +593,21 @@ class PublicMessage:
     epoch: int
     sender_type: int
     #: Leaf index (member sender) or external sender index; ``None`` for new-member senders.
-    sender_index: Optional[int]
+    sender_index: int | None
     authenticated_data: bytes
     content_type: int
-    proposal: Optional[Proposal]
-    commit: Optional[Commit]
+    proposal: Proposal | None
+    commit: Commit | None
     signature: bytes
-    confirmation_tag: Optional[bytes]
-    membership_tag: Optional[bytes]
+    confirmation_tag: bytes | None
+    membership_tag: bytes | None
     #: The exact bytes of the whole MLSMessage.
     raw: bytes = field(repr=False)
     #: ``AuthenticatedContent`` (wire_format + content + auth): what RefHash covers.
     authenticated_content: bytes = field(repr=False)
 
 
-def parse_public_message(data: bytes, offset: int = 0) -> Tuple[PublicMessage, int]:
+def parse_public_message(data: bytes, offset: int = 0) -> tuple[PublicMessage, int]:
     """Parse one MLS ``PublicMessage`` at ``data[offset:]``.
 
     Only proposal and commit content is supported (application data is never public
@@ -644,7 +636,7 @@ def parse_public_message(data: bytes, offset: int = 0) -> Tuple[PublicMessage, i
     epoch = r.u64("epoch")
     sender_type = r.u8("sender_type")
     if sender_type in (SENDER_MEMBER, SENDER_EXTERNAL):
-        sender_index: Optional[int] = r.u32("sender index")
+        sender_index: int | None = r.u32("sender index")
     elif sender_type in (SENDER_NEW_MEMBER_PROPOSAL, SENDER_NEW_MEMBER_COMMIT):
         sender_index = None
     else:
@@ -694,14 +686,14 @@ class Welcome:
     """A parsed MLS ``Welcome`` (bare, or inside an MLSMessage with wire format 3)."""
 
     cipher_suite: int
-    secrets: Tuple[EncryptedGroupSecrets, ...]
+    secrets: tuple[EncryptedGroupSecrets, ...]
     encrypted_group_info: bytes
     #: Whether the input was wrapped in an MLSMessage header (``>HH 1, 3``).
     wrapped: bool
     raw: bytes = field(repr=False)
 
     @classmethod
-    def parse(cls, data: bytes) -> "Welcome":
+    def parse(cls, data: bytes) -> Welcome:
         """Parse a complete Welcome.
 
         Raises
@@ -737,7 +729,7 @@ class Welcome:
             raise MLSDecodeError(f"{r.remaining} trailing bytes after the welcome")
         return cls(suite, tuple(secrets), info, wrapped, data)
 
-    def recipients(self) -> Tuple[bytes, ...]:
+    def recipients(self) -> tuple[bytes, ...]:
         """The ``KeyPackageRef`` of every member this welcome is for."""
         return tuple(s.new_member for s in self.secrets)
 
@@ -756,9 +748,7 @@ class Welcome:
         for entry in self.secrets:
             if entry.new_member == key_package_reference:
                 body = (
-                    struct.pack(">H", self.cipher_suite)
-                    + encode_vl(entry.raw)
-                    + encode_vl(self.encrypted_group_info)
+                    struct.pack(">H", self.cipher_suite) + encode_vl(entry.raw) + encode_vl(self.encrypted_group_info)
                 )
                 if self.wrapped:
                     body = struct.pack(">HH", MLS_VERSION_10, WIRE_FORMAT_WELCOME) + body
@@ -766,7 +756,7 @@ class Welcome:
         raise ValueError("the welcome has no group secrets for that key package")
 
 
-def split_commit_welcome(payload: bytes) -> Tuple[bytes, Optional[bytes]]:
+def split_commit_welcome(payload: bytes) -> tuple[bytes, bytes | None]:
     """Split an op 28 payload into the commit and the optional welcome.
 
     discord.py sends ``commit + welcome`` with no separator; the commit's own length is
@@ -846,7 +836,7 @@ def encode_proposals_payload(operation_type: int, items: Sequence[bytes]) -> byt
     return bytes((operation_type,)) + encode_vl(body)
 
 
-def decode_proposals_payload(payload: bytes) -> Tuple[int, Tuple[bytes, ...]]:
+def decode_proposals_payload(payload: bytes) -> tuple[int, tuple[bytes, ...]]:
     """Inverse of :func:`encode_proposals_payload`.
 
     Returns

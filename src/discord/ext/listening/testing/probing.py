@@ -17,7 +17,7 @@ import logging
 import random
 from typing import Final
 
-__all__ = ("PROBE_PADDING", "DEFAULT_BURST_SIZE", "check_burst_size", "ProbeSchedule")
+__all__ = ("DEFAULT_BURST_SIZE", "PROBE_PADDING", "ProbeSchedule", "check_burst_size")
 
 _log = logging.getLogger(__name__)
 
@@ -59,7 +59,9 @@ class ProbeSchedule:
         Source of the gaps (a seed or a generator), so runs are repeatable.
     """
 
-    def __init__(self, mean_interval: float, size: int = DEFAULT_BURST_SIZE, rng: random.Random | int | None = None) -> None:
+    def __init__(
+        self, mean_interval: float, size: int = DEFAULT_BURST_SIZE, rng: random.Random | int | None = None
+    ) -> None:
         if isinstance(mean_interval, bool) or not isinstance(mean_interval, (int, float)) or not mean_interval > 0:
             raise ValueError(f"mean_interval must be positive seconds of talk, got {mean_interval!r}")
         self.mean_interval = float(mean_interval)

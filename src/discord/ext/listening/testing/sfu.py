@@ -15,22 +15,23 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import Final, Iterable, Literal, Optional
+from collections.abc import Iterable
+from typing import Final, Literal
 
 from ..opus import SAMPLE_RATE
 from ..rtp import ReportBlock
 
 __all__ = (
-    "SERVER_SSRC",
-    "RTPFB",
-    "PSFB",
     "NACK_FMT",
     "PLI_FMT",
+    "PSFB",
+    "RTPFB",
+    "SERVER_SSRC",
     "FeedbackKind",
-    "build_feedback",
-    "nack_fci",
-    "feedback",
     "ReceptionStats",
+    "build_feedback",
+    "feedback",
+    "nack_fci",
 )
 
 _log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def feedback(
     media_ssrc: int,
     *,
     sequences: Iterable[int] = (),
-    fmt: Optional[int] = None,
+    fmt: int | None = None,
     fci: bytes = b"",
 ) -> bytes:
     """Build a clear feedback packet by kind.
@@ -147,11 +148,11 @@ class ReceptionStats:
     def __init__(self, clock_rate: int = SAMPLE_RATE) -> None:
         self.clock_rate = clock_rate
         self.received = 0
-        self._base: Optional[int] = None  # first sequence number seen
+        self._base: int | None = None  # first sequence number seen
         self._max = 0  # highest sequence number seen (16 bits)
         self._cycles = 0  # wraps of the sequence number, times 2^16
         self._jitter = 0.0  # in timestamp units
-        self._transit: Optional[float] = None
+        self._transit: float | None = None
         self._expected_prior = 0
         self._received_prior = 0
 

@@ -29,8 +29,9 @@ import enum
 import logging
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Mapping
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
@@ -45,12 +46,12 @@ if TYPE_CHECKING:
 __all__ = (
     "FRAME_DURATION",
     "SILENCE_FRAMES",
-    "SenderClock",
     "OutgoingFrame",
     "PaddingBurst",
-    "SpurtRecord",
-    "SentRecord",
     "RTPSender",
+    "SenderClock",
+    "SentRecord",
+    "SpurtRecord",
     "audio_level",
     "build_rtp_packet",
 )
@@ -141,8 +142,13 @@ def build_rtp_packet(
         raise ValueError(f"padding must be 0..255 bytes, got {padding!r}")
     ext = audio_level_extension(audio_level, voice=voice) if audio_level is not None else None
     header = build_rtp_header(
-        sequence, timestamp, ssrc, payload_type=payload_type, marker=marker,
-        padding=padding > 0, extension_length=len(ext) if ext is not None else None,
+        sequence,
+        timestamp,
+        ssrc,
+        payload_type=payload_type,
+        marker=marker,
+        padding=padding > 0,
+        extension_length=len(ext) if ext is not None else None,
     )
     pad = bytes(padding - 1) + bytes((padding,)) if padding else b""
     return cipher.encrypt(header, (ext or b"") + payload + pad, counter)
@@ -193,9 +199,15 @@ class OutgoingFrame:
         ``davey.DaveSession.encrypt_opus(frame.opus)`` (silence frames are never DAVE-encrypted).
         """
         return build_rtp_packet(
-            cipher, counter, ssrc=self.ssrc, sequence=self.sequence, timestamp=self.timestamp,
-            payload=self.opus if payload is None else payload, marker=self.marker,
-            audio_level=self.audio_level if self.header_extension else None, voice=not self.silence,
+            cipher,
+            counter,
+            ssrc=self.ssrc,
+            sequence=self.sequence,
+            timestamp=self.timestamp,
+            payload=self.opus if payload is None else payload,
+            marker=self.marker,
+            audio_level=self.audio_level if self.header_extension else None,
+            voice=not self.silence,
             padding=padding,
         )
 
@@ -257,9 +269,15 @@ class PaddingBurst:
         if not 0 <= index < self.count:
             raise ValueError(f"index must be 0..{self.count - 1}, got {index!r}")
         return build_rtp_packet(
-            cipher, counter, ssrc=self.ssrc, sequence=(self.first_sequence + index) % _SEQ_MOD,
-            timestamp=self.timestamp, payload=b"", audio_level=127 if self.header_extension else None,
-            voice=False, padding=self.padding,
+            cipher,
+            counter,
+            ssrc=self.ssrc,
+            sequence=(self.first_sequence + index) % _SEQ_MOD,
+            timestamp=self.timestamp,
+            payload=b"",
+            audio_level=127 if self.header_extension else None,
+            voice=False,
+            padding=self.padding,
         )
 
 
@@ -520,8 +538,12 @@ class RTPSender:
             if i in bursts_at:
                 previous = frames[-1]
                 burst = PaddingBurst(
-                    before_frame=i, ssrc=self.ssrc, first_sequence=sequence, count=bursts_at[i],
-                    timestamp=previous.timestamp, send_time=previous.send_time + FRAME_DURATION / 4,
+                    before_frame=i,
+                    ssrc=self.ssrc,
+                    first_sequence=sequence,
+                    count=bursts_at[i],
+                    timestamp=previous.timestamp,
+                    send_time=previous.send_time + FRAME_DURATION / 4,
                     header_extension=self.clock.sends_audio_level,
                 )
                 bursts.append(burst)
@@ -550,7 +572,12 @@ class RTPSender:
         self.record.spurts.append(SpurtRecord(start, pcm, frames, bursts))
         _log.debug(
             "ssrc %d: spurt at %.3f, %d audio + %d silence frames, seq %d, ts %d",
-            self.ssrc, start, n_audio, self.silence_frames, frames[0].sequence, frames[0].timestamp,
+            self.ssrc,
+            start,
+            n_audio,
+            self.silence_frames,
+            frames[0].sequence,
+            frames[0].timestamp,
         )
         return frames
 
@@ -577,4 +604,6 @@ class RTPSender:
         if self._origin is None:
             raise ValueError("no spurt sent yet: the capture clock has no origin")
         rec = self.record
-        return build_sender_report(self.ssrc, unix_to_ntp(now), self.timestamp_at(now), rec.packet_count, rec.octet_count)
+        return build_sender_report(
+            self.ssrc, unix_to_ntp(now), self.timestamp_at(now), rec.packet_count, rec.octet_count
+        )
