@@ -124,29 +124,29 @@ class _StubDecoder:
 def worker_path_cost(streams: list[list[bytes]], ticks: int, rounds: int = 7) -> float:
     """The worker's per-packet work besides libopus, in-process and with a stub decoder so
     that background load and decoder cache misses do not drown a few microseconds: unpickle
-    the batch, StreamDecoder.decode, pickle the reply (the pipe's syscalls are not in it)."""
-    from discord.ext.listening import worker
+    the batch, DecoderSet.decode_items, pickle the reply (the pipe's syscalls are not in it)."""
+    from discord.ext.listening import decoding
 
     speakers = len(streams)
     batches = [
-        pickle.dumps([(1, 1, 5, [(1000 + s, t, 960 * t, streams[s][t], 0, t) for s in range(speakers)])], 5)
+        pickle.dumps([(1, 1, 5, [(1000 + s, t, 960 * t, streams[s][t], 0, t, False) for s in range(speakers)])], 5)
         for t in range(ticks)
     ]
-    real, worker.OpusDecoder = worker.OpusDecoder, _StubDecoder  # type: ignore[misc]
+    real, decoding.OpusDecoder = decoding.OpusDecoder, _StubDecoder  # type: ignore[misc]
     try:
         best = math.inf
         for _ in range(rounds):
-            dec = worker.StreamDecoder()
+            dec = decoding.DecoderSet()
             start = time.thread_time()
             for data in batches:
-                ((_, sid, limit, items),) = pickle.loads(data)
+                ((_, sid, _limit, items),) = pickle.loads(data)
                 frames: list[tuple] = []
-                counts = [0] * 5
-                dec.decode(items, limit, frames, counts)
-                pickle.dumps((2, [(sid, len(items), frames, counts)], 0), 5)
+                refused: list[tuple] = []
+                dec.decode_items(items, frames, refused)
+                pickle.dumps((2, [(sid, len(items), frames, dec.counts.take(), refused)], 0), 5)
             best = min(best, time.thread_time() - start)
     finally:
-        worker.OpusDecoder = real  # type: ignore[misc]
+        decoding.OpusDecoder = real  # type: ignore[misc]
     return best / (ticks * speakers) * 1e6
 
 
@@ -200,7 +200,7 @@ def run_pool(processes: int, guilds: int, streams: list[list[bytes]], paced_seco
                     (
                         handle,
                         [
-                            (1000 + s, tick & 0xFFFF, (960 * tick) & 0xFFFFFFFF, streams[s][tick], 0, tick)
+                            (1000 + s, tick & 0xFFFF, (960 * tick) & 0xFFFFFFFF, streams[s][tick], 0, tick, False)
                             for s in per_guild[g]
                         ],
                     )
@@ -253,7 +253,7 @@ def run_pool(processes: int, guilds: int, streams: list[list[bytes]], paced_seco
                     time.sleep(delay)
                 for g, handle in enumerate(handles):
                     extra = 1_000_000 + tick * guilds + g
-                    batch = [(1000 + s, tick, 960 * tick, streams[s][tick], 0, extra) for s in per_guild[g]]
+                    batch = [(1000 + s, tick, 960 * tick, streams[s][tick], 0, extra, False) for s in per_guild[g]]
                     with counter.lock:
                         counter.sent_at[extra] = time.perf_counter()
                     handle.submit(batch)

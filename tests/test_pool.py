@@ -11,8 +11,9 @@ import numpy as np
 import psutil
 import pytest
 
-from discord.ext.listening import pool as pool_mod
-from discord.ext.listening.frames import FrameKind
+from discord.ext.listening.decoding import DecoderSet
+from discord.ext.listening.file_sink import Mixer
+from discord.ext.listening.frames import AudioFrame, FrameKind
 from discord.ext.listening.opus import FRAME_BYTES, SILENCE_FRAME, OpusDecoder, OpusEncoder, packet_has_fec
 from discord.ext.listening.pool import (
     AudioProcessPool,
@@ -22,7 +23,7 @@ from discord.ext.listening.pool import (
     get_default_pool,
     init_audio_processing_pool,
 )
-from discord.ext.listening.worker import StreamDecoder
+from discord.ext.listening.pool import default as default_pool_mod
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -225,7 +226,8 @@ def test_long_gap_conceals_up_to_the_limit_then_silence(shared_pool: AudioProces
 
 def test_corrupt_packet_is_counted_and_concealed(shared_pool: AudioProcessPool, packets: list[bytes]) -> None:
     got = Collector()
-    stream = shared_pool.open_stream(4, got)
+    refused: list[tuple] = []
+    stream = shared_pool.open_stream(4, got, on_decode_error=refused.extend)
     bad = b"\xff" + b"\xff" * 40  # code 3 with an impossible frame count
     items = [(1, i, 960 * i, p, 0, i) for i, p in enumerate(packets[:10])]
     items[5] = (1, 5, 960 * 5, bad, 0, 5)
@@ -235,6 +237,8 @@ def test_corrupt_packet_is_counted_and_concealed(shared_pool: AudioProcessPool, 
     assert [f.kind for f in frames] == [FrameKind.decoded] * 5 + [FrameKind.plc] + [FrameKind.decoded] * 4
     wait_until(lambda: stream.in_flight == 0)
     assert stream.errors == 2
+    # libopus' refusal reaches the owner, with the item, before the frames that conceal it.
+    assert refused == [items[5]]
     # The worker survived and keeps decoding.
     assert stream.submit([(1, 10, 9600, packets[10], 0, 10)])
     assert got.wait_for(11)[-1].kind is FrameKind.decoded
@@ -278,14 +282,51 @@ def test_payload_types(shared_pool: AudioProcessPool, packets: list[bytes]) -> N
 
 def test_decoder_table_is_bounded() -> None:
     # Sans-I/O: the worker's per-stream table keeps the most recently used SSRCs only.
-    dec = StreamDecoder(max_ssrcs=2)
+    dec = DecoderSet(max_ssrcs=2)
     pkt = encode(0.1)[0]
     for ssrc in (1, 2, 1, 3):  # 2 is the least recently used when 3 arrives
         out: list[tuple] = []
-        dec.decode([(ssrc, 0, 0, pkt, 0, 0)], 5, out, [0] * 5)
-    assert sorted(dec._states) == [1, 3]
+        dec.decode_items([(ssrc, 0, 0, pkt, 0, 0)], out)
+    assert len(dec) == 2 and 1 in dec and 3 in dec and 2 not in dec
+    assert dec.counts.take() == (4, 0, 0, 0, 0) and dec.counts.take() == (0, 0, 0, 0, 0)
     dec.reset()
-    assert not dec._states
+    assert not len(dec)
+
+
+def test_decoder_set_decodes_single_packets_and_counts_refusals(packets: list[bytes]) -> None:
+    dec = DecoderSet()
+    ref = OpusDecoder()
+    assert [dec.decode(7, p) for p in packets[:5]] == [ref.decode(p) for p in packets[:5]]
+    assert dec.decode(7, b"\xff" * 41) is None
+    assert (dec.counts.decoded, dec.counts.errors) == (5, 1)
+
+
+def test_a_restarted_stream_decodes_as_on_a_fresh_decoder(shared_pool: AudioProcessPool, packets: list[bytes]) -> None:
+    # A sender that restarts its stream keeps its SSRC but starts a new encoder: its first
+    # packet (new_stream) must meet a fresh decoder, bit for bit, not one still predicting
+    # from the old stream's audio.
+    restarted = encode(1.0, seed=3)
+    lead = next(i for i in range(1, len(restarted)) if packet_has_fec(restarted[i]))
+    got = Collector()
+    stream = shared_pool.open_stream(12, got)
+    old = [DecodeItem(5, i, 960 * i, p, 0, i) for i, p in enumerate(packets[:30])]
+    # The restart's first packet also reports the frame lost before it (recovered by FEC).
+    new = [
+        DecodeItem(5, 900 + i, 960 * i, p, 1 if i == lead else 0, 100 + i, i == lead) for i, p in enumerate(restarted)
+    ]
+    new = new[lead:]
+    assert stream.submit(old + new[:10]) and stream.submit(new[10:])  # the restart mid-batch
+    frames = got.wait_for(30 + 1 + len(new))
+    fresh = OpusDecoder()
+    expect = [fresh.decode_fec(restarted[lead])] + [fresh.decode(p) for p in restarted[lead:]]
+    assert [f.kind for f in frames[30:32]] == [FrameKind.fec, FrameKind.decoded]
+    assert [f.audio for f in frames[30:]] == expect
+    # Without the flag the same packets decode differently: the reset is what makes them equal.
+    carried = DecoderSet()
+    out: list[tuple] = []
+    carried.decode_items([tuple(i)[:6] for i in old + new], out)
+    assert [f[3] for f in out[30:]] != expect
+    stream.close()
 
 
 def test_reset_drops_decoder_state(shared_pool: AudioProcessPool, packets: list[bytes]) -> None:
@@ -320,22 +361,20 @@ def test_on_frames_exception_does_not_stop_the_stream(shared_pool: AudioProcessP
     stream.close()
 
 
-def test_decode_false_passes_opus_through_in_the_parent(shared_pool: AudioProcessPool, packets: list[bytes]) -> None:
-    got = Collector()
-    stream = shared_pool.open_stream(7, got, decode=False)
-    assert stream.worker_index is None
-    assert stream.submit([(1, 0, 0, packets[0], 0, "a"), (1, 3, 2880, packets[3], 2, "b"), (1, 4, 3840, None, 0, "c")])
-    frames = got.frames  # delivered synchronously, on this thread
-    assert [(f.sequence, f.kind, f.audio, f.extra) for f in frames] == [
-        (0, FrameKind.opus, packets[0], "a"),
-        (1, FrameKind.silence, b"", "b"),
-        (2, FrameKind.silence, b"", "b"),
-        (3, FrameKind.opus, packets[3], "b"),
-        (4, FrameKind.silence, b"", "c"),
-    ]
-    assert stream.stats() == StreamStats(submitted=3, decoded=2, silence=3)
-    stream.close()
-    assert not stream.submit([(1, 5, 0, packets[5], 0, 0)]) and stream.dropped == 1
+def test_mixer_counts_what_it_cannot_decode(tmp_path, packets: list[bytes]) -> None:
+    from discord.ext.listening.files import WaveAudioFile
+
+    with WaveAudioFile(tmp_path / "mix.wav") as file:
+        mixer = Mixer(file)
+
+        def frame(i: int, audio: bytes) -> AudioFrame:
+            return AudioFrame(None, 1, i, 960 * i, audio, FrameKind.opus, 960 * i, 0.0, None)
+
+        mixer.add(frame(0, packets[0]))
+        mixer.add(frame(1, b"\xff" * 41))
+        mixer.add(frame(2, packets[1]))
+        assert mixer.decode_errors == 1
+        assert mixer.newest == 3 * 960
 
 
 def test_two_guilds_use_two_workers(shared_pool: AudioProcessPool, packets: list[bytes]) -> None:
@@ -555,8 +594,10 @@ def test_bad_stream_arguments(shared_pool: AudioProcessPool) -> None:
         shared_pool.open_stream("1", print)
     with pytest.raises(TypeError, match="on_frames"):
         shared_pool.open_stream(1, None)
-    with pytest.raises(TypeError, match="decode"):
-        shared_pool.open_stream(1, print, decode="yes")
+    with pytest.raises(TypeError, match="decode"):  # decode=False is the session's own path
+        shared_pool.open_stream(1, print, decode=False)
+    with pytest.raises(TypeError, match="on_decode_error"):
+        shared_pool.open_stream(1, print, on_decode_error=3)
     with pytest.raises(ValueError, match="conceal_limit"):
         shared_pool.open_stream(1, print, conceal_limit=-2)
     with pytest.raises(TypeError, match="on_lost"):
@@ -565,7 +606,7 @@ def test_bad_stream_arguments(shared_pool: AudioProcessPool) -> None:
 
 def test_default_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     # Start from no default pool, and give back whatever another test module left there.
-    monkeypatch.setattr(pool_mod, "_default_pool", None)
+    monkeypatch.setattr(default_pool_mod, "_default_pool", None)
     try:
         p = init_audio_processing_pool(1, process_patience=3)
         assert init_audio_processing_pool(1, process_patience=3) is p

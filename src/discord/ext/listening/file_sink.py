@@ -12,9 +12,10 @@ from typing import Any, Union
 
 import numpy as np
 
+from .decoding import DecoderSet
 from .files import AudioFile, RecordingError, render_filename, unique_path
 from .frames import AudioFrame, FrameKind
-from .opus import CHANNELS, FRAME_SAMPLES, SAMPLE_RATE, OpusDecoder
+from .opus import CHANNELS, FRAME_SAMPLES, SAMPLE_RATE
 from .sink import AudioSink
 
 __all__ = ("AudioFileSink", "Mixer")
@@ -40,6 +41,9 @@ class Mixer:
     sample: a frame that overlaps audio of its own user already added is trimmed to the new
     part, or skipped, exactly as :meth:`AudioFile.write` does in that user's file (the
     concealment of a loss can overlap the frame before it).
+
+    Opus frames (``listen(decode=False)``) are decoded here, one decoder per SSRC; a packet
+    libopus refuses adds nothing to the mix and is counted in :attr:`decode_errors`.
     """
 
     def __init__(self, file: AudioFile, *, window: float = 10.0) -> None:
@@ -52,7 +56,7 @@ class Mixer:
         self._buf = np.zeros((self._size, CHANNELS), dtype=np.int32)
         self._written = 0  # everything before this position is in the file
         self._newest = 0
-        self._decoders: dict[int, OpusDecoder] = {}
+        self._decoders = DecoderSet()
         self._user_ends: dict[int | None, int] = {}  # per user: end of their newest frame
         #: Frames that arrived after their part of the mix was written.
         self.late_frames = 0
@@ -61,13 +65,10 @@ class Mixer:
         """Add one frame (PCM, or Opus which is decoded here) at its timeline position."""
         audio = frame.audio
         if frame.kind is FrameKind.opus:
-            dec = self._decoders.get(frame.ssrc)
-            if dec is None:
-                dec = self._decoders[frame.ssrc] = OpusDecoder()
-            try:
-                audio = dec.decode(audio)
-            except Exception:
-                return
+            pcm = self._decoders.decode(frame.ssrc, audio)
+            if pcm is None:
+                return  # counted in decode_errors
+            audio = pcm
         samples = np.frombuffer(audio, dtype="<i2").reshape(-1, CHANNELS)
         start = frame.position
         user = frame.user_id
@@ -124,6 +125,11 @@ class Mixer:
             self._written += n
         if silent_from is not None or self._written > self.file.end_position:
             self.file.pad_to(self._written)
+
+    @property
+    def decode_errors(self) -> int:
+        """Opus frames that could not be decoded (left out of the mix)."""
+        return self._decoders.counts.errors
 
     @property
     def newest(self) -> int:
@@ -219,7 +225,7 @@ class AudioFileSink(AudioSink):
         self.mixed_file: AudioFile | None = None
         self.error: BaseException | None = None
         self._lock = threading.Lock()
-        self._failed: set[int | None] = set()
+        self._failed: set[int | str | None] = set()  # user ids, and "mixed"
         self._mixer: Mixer | None = None
         self._closed = False
         if mixed:
@@ -246,9 +252,7 @@ class AudioFileSink(AudioSink):
                 ssrc=frame.ssrc,
                 ext=self.file_type.extension.lstrip("."),
             )
-            path = unique_path(
-                self.output_dir, stem if stem.endswith(self.file_type.extension) else stem + self.file_type.extension
-            )
+            path = unique_path(self.output_dir, stem)  # render_filename always ends it with the extension
             f = self.file_type(path, **self.file_options)
             self.output_files[key] = f
         return f
@@ -270,7 +274,7 @@ class AudioFileSink(AudioSink):
             try:
                 self._mixer.add(frame)
             except (RecordingError, OSError) as exc:
-                self._failed.add("mixed")  # type: ignore[arg-type]
+                self._failed.add("mixed")
                 self._fail("the mixed track", exc)
             else:
                 # while people talk, the mix follows them to disk in quarter seconds
@@ -285,7 +289,7 @@ class AudioFileSink(AudioSink):
             self._mixer.flush((newest - self._mix_lag) // FRAME_SAMPLES * FRAME_SAMPLES)
             self._mixer.file.sync()
         except (RecordingError, OSError) as exc:
-            self._failed.add("mixed")  # type: ignore[arg-type]
+            self._failed.add("mixed")
             self._fail("the mixed track", exc)
 
     def on_tick(self, position: int) -> None:
@@ -323,7 +327,7 @@ class AudioFileSink(AudioSink):
                 self._mixer.flush(position)
                 self._mixer.file.pad_to(position)
             except (RecordingError, OSError) as exc:
-                self._failed.add("mixed")  # type: ignore[arg-type]
+                self._failed.add("mixed")
                 self._fail("the mixed track", exc)
         for key, f in self.output_files.items():
             if key not in self._failed:
