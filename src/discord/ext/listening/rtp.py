@@ -2,8 +2,9 @@
 
 Only byte layout lives here. Encryption is :mod:`.transport`, DAVE is :mod:`.dave`.
 Layouts follow RFC 3550 (RTP/RTCP), RFC 8285 (one-byte header extensions) and what Discord
-sends (PROTOCOL.md): payload type 120 is Opus, audio carries a ``0xBEDE`` extension whose
-body is encrypted together with the payload in the ``*_rtpsize`` modes.
+sends (docs/architecture.md, "Protocol facts"): payload type 120 is Opus, audio carries a
+``0xBEDE`` extension whose body is encrypted together with the payload in the ``*_rtpsize``
+modes.
 """
 
 from __future__ import annotations

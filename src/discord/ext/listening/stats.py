@@ -1,7 +1,8 @@
 """Counters for one listening session: what arrived, what became audio, and why the rest did not.
 
-The contract (DESIGN.md) is that every authenticated audio packet ends up either in the
-output or in a counter naming the reason; these are those counters.
+The contract (docs/architecture.md, "Rules the code keeps") is that every authenticated
+audio packet ends up either in the output or in a counter naming the reason; these are those
+counters.
 """
 
 from __future__ import annotations

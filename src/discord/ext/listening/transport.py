@@ -1,6 +1,6 @@
 """Transport encryption of voice packets (the ``*_rtpsize`` AEAD modes), sans-I/O.
 
-Discord's two current modes share one layout (PROTOCOL.md):
+Discord's two current modes share one layout (docs/architecture.md, "Protocol facts"):
 
 * RTP: ``AAD = fixed header + CSRCs + 4-byte extension preamble``, then the ciphertext of
   ``extension body + payload (+ padding)`` with the 16-byte tag at its end, then a 4-byte
