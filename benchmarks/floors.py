@@ -93,7 +93,8 @@ def transport_floor(frames: list[bytes], mode: str, repeat: int) -> float:
 def dave_floor(frames: list[bytes], repeat: int) -> float:
     import davey
 
-    from discord.ext.listening.testing.dave_server import DaveGroupServer, LocalDaveMember, connect_local_member
+    from discord.ext.listening.testing.dave_member import LocalDaveMember, connect_local_member
+    from discord.ext.listening.testing.dave_server import DaveGroupServer
 
     server = DaveGroupServer(1)
     a, b = LocalDaveMember(11, 1), LocalDaveMember(22, 1)

@@ -208,7 +208,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         fds, addrs, ports = [], [], set()
         per_speaker: list[tuple[int, Any, Any, list[bytes], int, int]] = []
         for j, (server, ms) in enumerate(zip(servers, members)):
-            _, link, addr = server._bot_route()
+            _, link, addr = server._media.route()
             fds.append(server.media._transport.get_extra_info("socket").fileno())
             addrs.append(addr)
             ports.add(addr[1])

@@ -210,7 +210,8 @@ SENDER, BOT = 2002, 1001
 
 def _dave_group() -> dict[str, Any]:
     if not _DAVE:
-        from discord.ext.listening.testing.dave_server import DaveGroupServer, LocalDaveMember, connect_local_member
+        from discord.ext.listening.testing.dave_member import LocalDaveMember, connect_local_member
+        from discord.ext.listening.testing.dave_server import DaveGroupServer
 
         server = DaveGroupServer(777)
         members: dict[int, Any] = {}

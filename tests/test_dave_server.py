@@ -21,8 +21,9 @@ from discord.voice_state import VoiceConnectionState
 from hypothesis import given
 from hypothesis import strategies as st
 
-from discord.ext.listening.testing import mls
-from discord.ext.listening.testing.dave_server import (
+from discord.ext.listening.testing import mls, mls_wire
+from discord.ext.listening.testing.dave_member import LocalDaveMember, connect_local_member, deliver
+from discord.ext.listening.testing.dave_messages import (
     OP_ANNOUNCE_COMMIT,
     OP_COMMIT_WELCOME,
     OP_EXECUTE_TRANSITION,
@@ -33,17 +34,19 @@ from discord.ext.listening.testing.dave_server import (
     OP_PROPOSALS,
     OP_TRANSITION_READY,
     OP_WELCOME,
+    PROPOSALS_APPEND,
+    PROPOSALS_REVOKE,
     DaveBinaryMessage,
-    DaveGroupServer,
     DaveJsonMessage,
     DaveMessage,
     DaveProtocolError,
     E2EERequired,
-    LocalDaveMember,
-    connect_local_member,
-    deliver,
+    decode_proposals_payload,
+    encode_proposals_payload,
     message_from_frame,
 )
+from discord.ext.listening.testing.dave_server import DaveGroupServer
+from discord.ext.listening.testing.external_sender import ExternalSender
 
 CHANNEL = 1_234_567_890_123_456_789
 BOT, ALICE, BOB, CAROL, ERIN = (
@@ -108,40 +111,40 @@ def by_op(messages: Iterable[DaveMessage], op: int) -> list[DaveMessage]:
 
 @given(st.integers(min_value=0, max_value=2**30 - 1))
 def test_varint_round_trip(value):
-    encoded = mls.encode_varint(value)
+    encoded = mls_wire.encode_varint(value)
     assert len(encoded) == (1 if value < 64 else 2 if value < 16384 else 4)
-    assert mls.decode_varint(encoded + b"tail") == (value, len(encoded))
+    assert mls_wire.decode_varint(encoded + b"tail") == (value, len(encoded))
 
 
 def test_varint_boundaries_and_errors():
-    assert mls.encode_varint(63) == b"\x3f"
-    assert mls.encode_varint(64) == b"\x40\x40"
-    assert mls.encode_varint(16383) == b"\x7f\xff"
-    assert mls.encode_varint(16384) == b"\x80\x00\x40\x00"
+    assert mls_wire.encode_varint(63) == b"\x3f"
+    assert mls_wire.encode_varint(64) == b"\x40\x40"
+    assert mls_wire.encode_varint(16383) == b"\x7f\xff"
+    assert mls_wire.encode_varint(16384) == b"\x80\x00\x40\x00"
     for bad in (-1, 2**30):
         with pytest.raises(ValueError):
-            mls.encode_varint(bad)
+            mls_wire.encode_varint(bad)
     with pytest.raises(TypeError):
-        mls.encode_varint(1.5)  # type: ignore[arg-type]
+        mls_wire.encode_varint(1.5)  # type: ignore[arg-type]
     for data in (b"", b"\x40", b"\xc0\x00\x00\x00", b"\x40\x05", b"\x80\x00\x00\x05"):
-        with pytest.raises(mls.MLSDecodeError):
-            mls.decode_varint(data)
-    assert mls.encode_vl(b"abc") == b"\x03abc"
+        with pytest.raises(mls_wire.MLSDecodeError):
+            mls_wire.decode_varint(data)
+    assert mls_wire.encode_vl(b"abc") == b"\x03abc"
 
 
 def test_external_sender_package_layout():
-    sender = mls.ExternalSender(identity=b"gateway")
+    sender = ExternalSender(identity=b"gateway")
     package = sender.package()
     assert package[:2] == b"\x40\x41"  # VL(65)
     assert package[2] == 0x04  # uncompressed P-256 point
     assert package[2:67] == sender.signature_public_key
     assert package[67:] == b"\x00\x01" + b"\x07gateway"  # basic credential + VL(identity)
     with pytest.raises(ValueError):
-        mls.ExternalSender(ec.generate_private_key(ec.SECP384R1()))
+        ExternalSender(ec.generate_private_key(ec.SECP384R1()))
 
 
 def test_add_and_remove_proposal_layout_and_signature():
-    sender = mls.ExternalSender()
+    sender = ExternalSender()
     session = davey.DaveSession(1, ALICE, CHANNEL)
     key_package = session.get_serialized_key_package()
     gid = mls.group_id_for_channel(CHANNEL)
@@ -158,12 +161,12 @@ def test_add_and_remove_proposal_layout_and_signature():
         assert (parsed.epoch, parsed.sender_type, parsed.sender_index) == (7, mls.SENDER_EXTERNAL, 0)
         assert parsed.membership_tag is None and parsed.confirmation_tag is None
         tbs = message[: len(head) + len(tail)]
-        signed = mls.encode_vl(b"MLS 1.0 FramedContentTBS") + mls.encode_vl(tbs)
+        signed = mls_wire.encode_vl(b"MLS 1.0 FramedContentTBS") + mls_wire.encode_vl(tbs)
         public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), sender.signature_public_key)
         public.verify(parsed.signature, signed, ec.ECDSA(hashes.SHA256()))  # raises if wrong
         assert len(mls.proposal_ref(message)) == 32
 
-    with pytest.raises(mls.MLSDecodeError):
+    with pytest.raises(mls_wire.MLSDecodeError):
         sender.add_proposal(gid, 0, key_package[:-1])
     with pytest.raises(ValueError):
         sender.add_proposal(gid, -1, key_package)
@@ -174,21 +177,21 @@ def test_add_and_remove_proposal_layout_and_signature():
 
 
 def test_proposals_payload_round_trip():
-    sender = mls.ExternalSender()
+    sender = ExternalSender()
     gid = mls.group_id_for_channel(CHANNEL)
     messages = [sender.remove_proposal(gid, 1, i) for i in range(3)]
-    payload = mls.encode_proposals_payload(mls.PROPOSALS_APPEND, messages)
+    payload = encode_proposals_payload(PROPOSALS_APPEND, messages)
     assert payload[0] == 0
-    assert mls.decode_proposals_payload(payload) == (0, tuple(messages))
+    assert decode_proposals_payload(payload) == (0, tuple(messages))
     refs = [mls.proposal_ref(m) for m in messages]
-    payload = mls.encode_proposals_payload(mls.PROPOSALS_REVOKE, refs)
+    payload = encode_proposals_payload(PROPOSALS_REVOKE, refs)
     assert payload[0] == 1
-    assert mls.decode_proposals_payload(payload) == (1, tuple(refs))
+    assert decode_proposals_payload(payload) == (1, tuple(refs))
     for bad in ((2, messages), (0, []), (0, [b""])):
         with pytest.raises(ValueError):
-            mls.encode_proposals_payload(*bad)
-    with pytest.raises(mls.MLSDecodeError):
-        mls.decode_proposals_payload(b"\x00\x05abc")
+            encode_proposals_payload(*bad)
+    with pytest.raises(mls_wire.MLSDecodeError):
+        decode_proposals_payload(b"\x00\x05abc")
 
 
 def test_key_package_parse_and_validate():
@@ -197,20 +200,20 @@ def test_key_package_parse_and_validate():
     assert kp.user_id == ALICE
     assert kp.leaf_node.lifetime == (0, 2**64 - 1)
     kp.validate(ALICE)
-    with pytest.raises(mls.MLSDecodeError, match="names user"):
+    with pytest.raises(mls_wire.MLSDecodeError, match="names user"):
         kp.validate(BOB)
     tampered = bytearray(raw)
     tampered[-5] ^= 0x01  # inside the key package signature
-    with pytest.raises(mls.MLSDecodeError):
+    with pytest.raises(mls_wire.MLSDecodeError):
         mls.KeyPackage.parse(bytes(tampered)).validate(ALICE)
-    with pytest.raises(mls.MLSDecodeError, match="trailing"):
+    with pytest.raises(mls_wire.MLSDecodeError, match="trailing"):
         mls.KeyPackage.parse(raw + b"\x00")
-    with pytest.raises(mls.MLSDecodeError):
+    with pytest.raises(mls_wire.MLSDecodeError):
         mls.KeyPackage.parse(raw[:100])
 
 
 def test_commit_welcome_split_and_welcome_subset():
-    sender = mls.ExternalSender()
+    sender = ExternalSender()
     gid = mls.group_id_for_channel(CHANNEL)
     sessions = {}
     kps = {}
@@ -221,7 +224,7 @@ def test_commit_welcome_split_and_welcome_subset():
         sessions[uid] = s
     proposals = [sender.add_proposal(gid, 0, kps[uid]) for uid in (BOB, CAROL)]
     cw = sessions[ALICE].process_proposals(
-        davey.ProposalsOperationType.append, mls.encode_proposals_payload(0, proposals)[1:]
+        davey.ProposalsOperationType.append, encode_proposals_payload(0, proposals)[1:]
     )
     commit, welcome = mls.split_commit_welcome(cw.commit + cw.welcome)
     assert (commit, welcome) == (cw.commit, cw.welcome)
@@ -241,12 +244,12 @@ def test_commit_welcome_split_and_welcome_subset():
     # a remove commit has an update path and no welcome
     remove = sender.remove_proposal(gid, 1, 2)
     cw = sessions[ALICE].process_proposals(
-        davey.ProposalsOperationType.append, mls.encode_proposals_payload(0, [remove])[1:]
+        davey.ProposalsOperationType.append, encode_proposals_payload(0, [remove])[1:]
     )
     assert cw.welcome is None
     assert mls.split_commit_welcome(cw.commit) == (cw.commit, None)
     assert mls.parse_public_message(cw.commit)[0].commit.path_leaf_node is not None
-    with pytest.raises(mls.MLSDecodeError):
+    with pytest.raises(mls_wire.MLSDecodeError):
         mls.split_commit_welcome(cw.commit + b"junk")
 
 
@@ -707,9 +710,9 @@ def test_pending_joiner_leaving_revokes_its_proposal():
         assert ops(members[m.user_id].handle(m)) == [(m.user_id, OP_COMMIT_WELCOME)]
     revokes = server.remove_participant(CAROL)
     assert ops(revokes) == [(ALICE, OP_PROPOSALS), (BOB, OP_PROPOSALS)]
-    assert revokes[0].payload == revokes[1].payload and revokes[0].payload[0] == mls.PROPOSALS_REVOKE
-    (add_proposal,) = mls.decode_proposals_payload(proposals[0].payload)[1]
-    assert mls.decode_proposals_payload(revokes[0].payload) == (mls.PROPOSALS_REVOKE, (mls.proposal_ref(add_proposal),))
+    assert revokes[0].payload == revokes[1].payload and revokes[0].payload[0] == PROPOSALS_REVOKE
+    (add_proposal,) = decode_proposals_payload(proposals[0].payload)[1]
+    assert decode_proposals_payload(revokes[0].payload) == (PROPOSALS_REVOKE, (mls.proposal_ref(add_proposal),))
     assert deliver(server, members, revokes) == []  # davey: no commit left to send
     assert server.pending_proposals == () and server.epoch == 1
     assert_all_decrypt(members)

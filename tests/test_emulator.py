@@ -935,7 +935,7 @@ async def test_no_rtcp_bye_on_move_unless_asked(goodbye: bool) -> None:
         assert server.goodbye_on_close is goodbye
         vc = await server.connect()
         old_session, old_key = server.session, bytes(vc._connection.secret_key)
-        old_address = server._udp_addresses[old_session]
+        old_address = server._media.addresses[old_session]
         tap = _WireTap(server)
         await server.move_bot(server.other_channel)
         await server.wait_until(

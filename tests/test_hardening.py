@@ -34,7 +34,8 @@ from discord.ext.listening.reorder import seq_diff
 from discord.ext.listening.ssrc import SSRCMap
 from discord.ext.listening.stats import DropReason, ListenStats
 from discord.ext.listening.testing import VoiceServerEmulator, speechlike
-from discord.ext.listening.testing.dave_server import DaveGroupServer, LocalDaveMember, connect_local_member, deliver
+from discord.ext.listening.testing.dave_member import LocalDaveMember, connect_local_member, deliver
+from discord.ext.listening.testing.dave_server import DaveGroupServer
 from helpers import Collect, listen_until_done, reference
 
 pytestmark = pytest.mark.timeout(120)
@@ -139,7 +140,7 @@ async def test_forged_replayed_flooding_and_malformed_traffic_is_dropped_counted
 
         # 2. The same and worse from the voice server's own address (an on-path attacker who
         # can spoof it, or a broken server): every one dropped and counted, none heard.
-        link = server._links[server.session]
+        link = server._media.links[server.session]
         bad: list[bytes] = []
         bad += [bytes(p[:-20]) + bytes(a ^ 0x5A for a in p[-20:-4]) + p[-4:] for p in authentic[:40]]  # wrong tag
         bad += [p[: rng.randrange(0, len(p))] for p in authentic[:60]]  # truncated

@@ -15,13 +15,13 @@ from discord.ext.listening.receive import DAVE_FAILURE_LIMIT, PacketReceiver
 from discord.ext.listening.ssrc import SSRCMap
 from discord.ext.listening.stats import DropReason, ListenStats
 from discord.ext.listening.testing.audio import speechlike
-from discord.ext.listening.testing.dave_server import (
-    DaveGroupServer,
+from discord.ext.listening.testing.dave_member import (
     LocalDaveMember,
     connect_local_member,
     deliver,
     stale_epoch_member,
 )
+from discord.ext.listening.testing.dave_server import DaveGroupServer
 
 CHANNEL = 4242
 BOT, ALICE, BOB = 1, 100, 200

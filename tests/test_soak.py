@@ -46,7 +46,8 @@ from discord.ext.listening.reorder import seq_diff
 from discord.ext.listening.ssrc import SSRCMap
 from discord.ext.listening.stats import ListenStats
 from discord.ext.listening.testing.audio import speechlike
-from discord.ext.listening.testing.dave_server import DaveGroupServer, LocalDaveMember, connect_local_member
+from discord.ext.listening.testing.dave_member import LocalDaveMember, connect_local_member
+from discord.ext.listening.testing.dave_server import DaveGroupServer
 from discord.ext.listening.testing.impairment import Impairment
 
 KEY = bytes(range(7, 39))

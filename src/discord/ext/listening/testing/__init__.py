@@ -14,10 +14,12 @@ emulator behaves like Discord where a receiver can tell (docs/discord-behaviours
 """
 
 from .audio import load_pcm, speechlike, tone
-from .emulator import EmulatorError, SimulatedMember, VoiceServerEmulator
+from .calls import EmulatorError
+from .emulator import VoiceServerEmulator
 from .gateway import GatewayEvent, Op, VoiceSession
 from .impairment import Impairment
 from .media import BotPacket
+from .members import SimulatedMember
 from .speech import OutgoingFrame, PaddingBurst, SenderClock, SentRecord, SpurtRecord
 
 __all__ = (

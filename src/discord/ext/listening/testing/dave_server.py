@@ -9,16 +9,14 @@ This module is that role as plain objects over bytes:
 - :class:`DaveGroupServer`: one voice channel's group as the server sees it. Every
   event method (a participant joined / left, sent op 23, 26, 28 or 31, a transition
   timed out) returns the list of :class:`DaveMessage` the server must send.
-- :class:`LocalDaveMember`: a simulated member living inside the emulator; it owns a
-  real :class:`davey.DaveSession` and reacts to the server's messages exactly as
-  discord.py 2.7.1 does, so the emulator treats in-process members and a real bot alike.
-- :func:`deliver` / :func:`connect_local_member`: route messages between the server and
-  in-process members until nothing is left to do.
+- Its records and the commit rules are :mod:`.dave_state`; the messages and their
+  framing :mod:`.dave_messages`; members that live in-process (a real
+  :class:`davey.DaveSession` each) and the routing to them :mod:`.dave_member`.
 
 No sockets, threads or asyncio here: an I/O shell (the websocket server) turns frames
-into :class:`DaveMessage` objects (:func:`message_from_frame`), feeds them to
+into :class:`DaveMessage` objects (:func:`.dave_messages.message_from_frame`), feeds them to
 :meth:`DaveGroupServer.handle` and writes the returned messages back out
-(:meth:`DaveJsonMessage.to_frame` / :meth:`DaveBinaryMessage.to_frame`).
+(``to_frame()``).
 
 What the shell must do around this module
 -----------------------------------------
@@ -42,296 +40,47 @@ from __future__ import annotations
 import itertools
 import logging
 import struct
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
-
-import davey
+from collections import Counter
 
 from . import mls
-from .mls import ExternalSender, KeyPackage, MLSDecodeError, Welcome
-
-__all__ = (
-    "E2EE_REQUIRED_CLOSE_CODE",
-    "OP_ANNOUNCE_COMMIT",
-    "OP_COMMIT_WELCOME",
-    "OP_EXECUTE_TRANSITION",
-    "OP_EXTERNAL_SENDER",
-    "OP_INVALID_COMMIT_WELCOME",
-    "OP_KEY_PACKAGE",
-    "OP_PREPARE_EPOCH",
-    "OP_PREPARE_TRANSITION",
-    "OP_PROPOSALS",
-    "OP_TRANSITION_READY",
-    "OP_WELCOME",
-    "TRANSITION_TIMEOUT",
-    "DaveBinaryMessage",
-    "DaveGroupServer",
-    "DaveJsonMessage",
-    "DaveMessage",
-    "DaveProtocolError",
-    "E2EERequired",
-    "LocalDaveMember",
-    "PendingTransition",
-    "connect_local_member",
-    "deliver",
-    "message_from_frame",
-    "stale_epoch_member",
+from .dave_messages import (
+    INIT_TRANSITION_ID,
+    OP_ANNOUNCE_COMMIT,
+    OP_COMMIT_WELCOME,
+    OP_EXECUTE_TRANSITION,
+    OP_EXTERNAL_SENDER,
+    OP_INVALID_COMMIT_WELCOME,
+    OP_KEY_PACKAGE,
+    OP_PREPARE_EPOCH,
+    OP_PREPARE_TRANSITION,
+    OP_PROPOSALS,
+    OP_TRANSITION_READY,
+    OP_WELCOME,
+    PROPOSALS_APPEND,
+    PROPOSALS_REVOKE,
+    DaveBinaryMessage,
+    DaveJsonMessage,
+    DaveMessage,
+    DaveProtocolError,
+    E2EERequired,
+    check_transition_id,
+    check_user_id,
+    encode_proposals_payload,
+    json_message,
 )
+from .dave_state import Committer, Leaf, Participant, PendingTransition, Proposal, Transitions, check_commit
+from .external_sender import ExternalSender
+from .mls import KeyPackage, Welcome
+from .mls_wire import MLSDecodeError
+
+__all__ = ("TRANSITION_TIMEOUT", "DaveGroupServer")
 
 _log = logging.getLogger(__name__)
 
-# --- opcodes (voice gateway v8) -----------------------------------------------------------
-
-OP_PREPARE_TRANSITION = 21  # server -> client, JSON {transition_id, protocol_version}
-OP_EXECUTE_TRANSITION = 22  # server -> client, JSON {transition_id}
-OP_TRANSITION_READY = 23  # client -> server, JSON {transition_id}
-OP_PREPARE_EPOCH = 24  # server -> client, JSON {epoch, protocol_version}
-OP_EXTERNAL_SENDER = 25  # server -> client, binary ExternalSender
-OP_KEY_PACKAGE = 26  # client -> server, binary KeyPackage
-OP_PROPOSALS = 27  # server -> client, binary optype + VL(proposals | refs)
-OP_COMMIT_WELCOME = 28  # client -> server, binary commit [+ welcome]
-OP_ANNOUNCE_COMMIT = 29  # server -> client, binary >H transition_id + commit
-OP_WELCOME = 30  # server -> client, binary >H transition_id + welcome
-OP_INVALID_COMMIT_WELCOME = 31  # client -> server, JSON {transition_id}
-
-_SERVER_OPS = frozenset(
-    {
-        OP_PREPARE_TRANSITION,
-        OP_EXECUTE_TRANSITION,
-        OP_PREPARE_EPOCH,
-        OP_EXTERNAL_SENDER,
-        OP_PROPOSALS,
-        OP_ANNOUNCE_COMMIT,
-        OP_WELCOME,
-    }
-)
-_CLIENT_OPS = frozenset({OP_TRANSITION_READY, OP_KEY_PACKAGE, OP_COMMIT_WELCOME, OP_INVALID_COMMIT_WELCOME})
-_JSON_OPS = frozenset(
-    {OP_PREPARE_TRANSITION, OP_EXECUTE_TRANSITION, OP_TRANSITION_READY, OP_PREPARE_EPOCH, OP_INVALID_COMMIT_WELCOME}
-)
-_BINARY_OPS = frozenset(
-    {OP_EXTERNAL_SENDER, OP_KEY_PACKAGE, OP_PROPOSALS, OP_COMMIT_WELCOME, OP_ANNOUNCE_COMMIT, OP_WELCOME}
-)
-
-#: Close code Discord uses for a connection that cannot do E2EE (since 2026-03-02).
-E2EE_REQUIRED_CLOSE_CODE = 4017
-
-#: Seconds after which a shell should force a pending transition
 #: (:meth:`DaveGroupServer.execute_transition`). Discord's value is not published; the
 #: whitepaper says removed members keep decrypting for "roughly two seconds" because of
 #: it, so 2 s is the honest guess.
 TRANSITION_TIMEOUT = 2.0
-
-#: Transition id 0 means "(re)initialisation, execute immediately" (whitepaper op 21).
-_INIT_TRANSITION_ID = 0
-
-
-class DaveProtocolError(ValueError):
-    """A client (or the caller) broke the DAVE protocol; the server state is unchanged."""
-
-
-class E2EERequired(DaveProtocolError):
-    """A participant without DAVE support tried to join a server that requires E2EE.
-
-    Attributes
-    ----------
-    close_code : int
-        The websocket close code Discord sends (4017).
-    """
-
-    close_code = E2EE_REQUIRED_CLOSE_CODE
-
-
-# --- messages -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DaveMessage:
-    """One DAVE voice gateway message, in either direction.
-
-    The direction follows from the opcode (server and client opcodes do not overlap):
-    for a server message ``user_id`` is the recipient, for a client message the sender.
-
-    Attributes
-    ----------
-    user_id : int
-        The participant on the other end of the websocket.
-    op : int
-        The voice gateway opcode (21..31).
-    """
-
-    user_id: int
-    op: int
-
-    @property
-    def from_client(self) -> bool:
-        """``True`` for ops 23, 26, 28, 31 (client -> server)."""
-        return self.op in _CLIENT_OPS
-
-
-@dataclass(frozen=True)
-class DaveJsonMessage(DaveMessage):
-    """A JSON DAVE message (ops 21, 22, 23, 24, 31).
-
-    Attributes
-    ----------
-    data : dict
-        The ``d`` object, e.g. ``{"transition_id": 3, "protocol_version": 1}``.
-    """
-
-    data: dict[str, Any] = field(default_factory=dict)
-
-    def to_frame(self, seq: int | None = None) -> dict[str, Any]:
-        """The websocket JSON object: ``{"op": op, "d": data}`` plus ``"seq"`` if given.
-
-        Server frames carry ``seq`` (discord.py echoes the last one as ``seq_ack``);
-        client frames do not.
-        """
-        frame: dict[str, Any] = {"op": self.op, "d": dict(self.data)}
-        if seq is not None:
-            frame["seq"] = seq
-        return frame
-
-
-@dataclass(frozen=True)
-class DaveBinaryMessage(DaveMessage):
-    """A binary DAVE message (ops 25, 26, 27, 28, 29, 30).
-
-    Attributes
-    ----------
-    payload : bytes
-        Everything after the opcode byte, i.e. *without* the server's ``>H seq`` and
-        ``u8 op`` prefix (or the client's ``u8 op``):
-
-        - 25: ``ExternalSender`` (:meth:`ExternalSender.package`)
-        - 26: bare ``KeyPackage``
-        - 27: ``u8 optype`` (0 append / 1 revoke) + ``VL(proposals or refs)``
-        - 28: commit ``MLSMessage`` [+ ``Welcome``], concatenated
-        - 29: ``>H transition_id`` + commit ``MLSMessage``
-        - 30: ``>H transition_id`` + ``Welcome`` (only the recipient's secrets)
-    """
-
-    payload: bytes = b""
-
-    def to_frame(self, seq: int = 0) -> bytes:
-        """The websocket binary frame.
-
-        Server messages: ``>H seq | u8 op | payload``; client messages: ``u8 op |
-        payload`` (``seq`` is ignored).
-        """
-        if self.from_client:
-            return bytes((self.op,)) + self.payload
-        return struct.pack(">HB", seq & 0xFFFF, self.op) + self.payload
-
-
-def message_from_frame(
-    user_id: int, frame: bytes | bytearray | memoryview | Mapping[str, Any], *, from_server: bool = False
-) -> DaveMessage:
-    """Decode a websocket frame into a :class:`DaveMessage`.
-
-    Parameters
-    ----------
-    user_id : int
-        The participant on the other end.
-    frame : bytes or mapping
-        A binary frame (client: ``u8 op | payload``; server: ``>H seq | u8 op |
-        payload``) or a decoded JSON object ``{"op": ..., "d": {...}}``.
-    from_server : bool
-        Whether the frame was sent by the server (only changes binary framing).
-
-    Raises
-    ------
-    DaveProtocolError
-        Not a DAVE opcode, wrong direction, or malformed.
-    """
-    if isinstance(frame, Mapping):
-        op = frame.get("op")
-        data = frame.get("d")
-        if op not in _JSON_OPS:
-            raise DaveProtocolError(f"not a JSON DAVE opcode: {op!r}")
-        if not isinstance(data, Mapping):
-            raise DaveProtocolError(f"op {op}: 'd' must be an object")
-        message: DaveMessage = DaveJsonMessage(user_id, op, dict(data))
-    else:
-        raw = bytes(frame)
-        header = 3 if from_server else 1
-        if len(raw) < header:
-            raise DaveProtocolError("binary frame too short")
-        op = raw[header - 1]
-        if op not in _BINARY_OPS:
-            raise DaveProtocolError(f"not a binary DAVE opcode: {op}")
-        message = DaveBinaryMessage(user_id, op, raw[header:])
-    if message.from_client == from_server:
-        raise DaveProtocolError(f"op {message.op} cannot be sent by the {'server' if from_server else 'client'}")
-    return message
-
-
-def _json(user_id: int, op: int, **data: Any) -> DaveJsonMessage:
-    return DaveJsonMessage(user_id, op, data)
-
-
-def _binary(user_id: int, op: int, payload: bytes) -> DaveBinaryMessage:
-    return DaveBinaryMessage(user_id, op, payload)
-
-
-# --- server state ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PendingTransition:
-    """A transition the server announced and has not executed yet.
-
-    Attributes
-    ----------
-    transition_id : int
-        1..65535 (0 is never pending: it executes at once).
-    protocol_version : int
-        The protocol version in effect after the transition.
-    epoch : int or None
-        The MLS epoch the transition moves to (``None`` for a downgrade).
-    awaiting : frozenset[int]
-        Users whose op 23 (ready) is still missing.
-    recipients : frozenset[int]
-        Users that get op 22 (execute).
-    """
-
-    transition_id: int
-    protocol_version: int
-    epoch: int | None
-    awaiting: frozenset
-    recipients: frozenset
-
-
-@dataclass(eq=False)
-class _Participant:
-    user_id: int
-    version: int  # effective max protocol version (0 = no DAVE support)
-    key_package: KeyPackage | None = None  # newest key package not welcomed yet
-    leaf: int | None = None  # leaf index in the established group
-    sent_external_sender: bool = False
-
-
-@dataclass(eq=False)
-class _Leaf:
-    user_id: int
-    signature_key: bytes
-    remove: bool = False  # the next commit must remove this leaf
-
-
-@dataclass(eq=False)
-class _Proposal:
-    ref: bytes
-    message: bytes
-    user_id: int  # add: the joiner; remove: the leaf's owner
-    key_package: KeyPackage | None = None  # add proposals
-    leaf: int | None = None  # remove proposals
-    delivered: set = field(default_factory=set)  # users whose MLS state holds it
-
-    @property
-    def is_add(self) -> bool:
-        return self.key_package is not None
 
 
 class DaveGroupServer:
@@ -393,17 +142,16 @@ class DaveGroupServer:
         self.require_e2ee: bool = require_e2ee
         self.max_protocol_version: int = max_protocol_version
         #: Why commits were ignored, by reason (``"stale_epoch"``, ``"proposals_mismatch"``...).
-        self.commit_rejections: Counter = Counter()
+        self.commit_rejections: Counter[str] = Counter()
 
         self._external_sender_package = self.external_sender.package()
-        self._participants: dict[int, _Participant] = {}
+        self._participants: dict[int, Participant] = {}
         self._protocol_version = max_protocol_version
         self._established = False
         self._epoch = 0
-        self._leaves: dict[int, _Leaf] = {}
-        self._proposals: dict[bytes, _Proposal] = {}  # insertion order = creation order
-        self._transitions: dict[int, PendingTransition] = {}
-        self._transition_counter = itertools.count(1)
+        self._leaves: dict[int, Leaf] = {}
+        self._proposals: dict[bytes, Proposal] = {}  # insertion order = creation order
+        self._transitions = Transitions()
 
     # --- read-only views -----------------------------------------------------------------
 
@@ -444,12 +192,17 @@ class DaveGroupServer:
     @property
     def pending_transitions(self) -> dict[int, PendingTransition]:
         """Announced transitions that were not executed yet, by id."""
-        return dict(self._transitions)
+        return self._transitions.pending
 
     @property
     def pending_proposals(self) -> tuple[bytes, ...]:
         """The unrevoked proposal messages of the current epoch, in creation order."""
         return tuple(p.message for p in self._proposals.values())
+
+    def has_key_package(self, user_id: int) -> bool:
+        """Whether the user sent a key package that no welcome used yet."""
+        p = self._participants.get(user_id)
+        return p is not None and p.key_package is not None
 
     def leaf_index(self, user_id: int) -> int | None:
         """The user's leaf index in the established group, or ``None``."""
@@ -497,7 +250,7 @@ class DaveGroupServer:
         DaveProtocolError
             Already connected, or bad arguments.
         """
-        _check_user_id(user_id)
+        check_user_id(user_id)
         if (
             not isinstance(max_protocol_version, int)
             or isinstance(max_protocol_version, bool)
@@ -510,7 +263,7 @@ class DaveGroupServer:
         if version == 0 and self.require_e2ee:
             raise E2EERequired(f"user {user_id} does not support DAVE and this server requires E2EE")
 
-        participant = _Participant(user_id, version)
+        participant = Participant(user_id, version)
         self._participants[user_id] = participant
         _log.debug("user %s joined channel %s (max DAVE version %s)", user_id, self.channel_id, version)
 
@@ -523,7 +276,7 @@ class DaveGroupServer:
             # no DAVE session; the upgrade's op 24 is its way in.
             return []
         participant.sent_external_sender = True
-        return [_binary(user_id, OP_EXTERNAL_SENDER, self._external_sender_package)]
+        return [DaveBinaryMessage(user_id, OP_EXTERNAL_SENDER, self._external_sender_package)]
 
     def remove_participant(self, user_id: int) -> list[DaveMessage]:
         """A user disconnected (or was disconnected).
@@ -539,7 +292,7 @@ class DaveGroupServer:
         participant = self._require_participant(user_id)
         del self._participants[user_id]
         _log.debug("user %s left channel %s", user_id, self.channel_id)
-        out = self._forget_in_transitions(user_id)
+        out = [m for t in self._transitions.forget(user_id) for m in self._execute(t)]
         for proposal in self._proposals.values():
             proposal.delivered.discard(user_id)
         if participant.leaf is not None and participant.leaf in self._leaves:
@@ -594,7 +347,7 @@ class DaveGroupServer:
         if not participant.sent_external_sender:
             # A member must know the external sender before it can take proposals.
             participant.sent_external_sender = True
-            out.append(_binary(user_id, OP_EXTERNAL_SENDER, self._external_sender_package))
+            out.append(DaveBinaryMessage(user_id, OP_EXTERNAL_SENDER, self._external_sender_package))
         # A key package means the client (re)started its MLS state: whatever it held
         # before is gone, including a leaf it had in the group.
         self._drop_mls_state(participant)
@@ -653,12 +406,12 @@ class DaveGroupServer:
             happens normally after a timeout).
         """
         self._require_participant(user_id)
-        _check_transition_id(transition_id)
+        check_transition_id(transition_id)
         transition = self._transitions.get(transition_id)
         if transition is None or user_id not in transition.awaiting:
             _log.debug("user %s ready for transition %s that does not wait for it", user_id, transition_id)
             return []
-        return self._mark_ready(transition, user_id)
+        return self._execute(self._transitions.ready(transition, user_id))
 
     def invalid_commit_welcome(self, user_id: int, transition_id: int) -> list[DaveMessage]:
         """Op 31: the user could not process a commit / welcome and reset its MLS state.
@@ -674,7 +427,7 @@ class DaveGroupServer:
             transition only waited for it.
         """
         participant = self._require_participant(user_id)
-        _check_transition_id(transition_id)
+        check_transition_id(transition_id)
         if participant.version == 0:
             raise DaveProtocolError(f"user {user_id} joined without DAVE support")
         _log.info("user %s reported an invalid commit/welcome for transition %s", user_id, transition_id)
@@ -682,7 +435,7 @@ class DaveGroupServer:
         transition = self._transitions.get(transition_id)
         if transition is not None and user_id in transition.awaiting:
             # It will never be ready for this one: do not make the others wait for it.
-            out += self._mark_ready(transition, user_id, executes_for_it=False)
+            out += self._execute(self._transitions.ready(transition, user_id, executes_for_it=False))
         self._drop_mls_state(participant)
         participant.key_package = None
         # A client that cannot take a welcome may never have received op 25 (it came
@@ -700,8 +453,8 @@ class DaveGroupServer:
         list[DaveMessage]
             Op 22 to its recipients; ``[]`` if it is not pending (already executed).
         """
-        _check_transition_id(transition_id)
-        transition = self._transitions.pop(transition_id, None)
+        check_transition_id(transition_id)
+        transition = self._transitions.pop(transition_id)
         if transition is None:
             return []
         _log.info("executing transition %s (timeout, still waiting for %s)", transition_id, sorted(transition.awaiting))
@@ -745,7 +498,7 @@ class DaveGroupServer:
         for holder in self._participants:  # join order: deterministic output
             if holder in revokes:
                 out.append(
-                    _binary(holder, OP_PROPOSALS, mls.encode_proposals_payload(mls.PROPOSALS_REVOKE, revokes[holder]))
+                    DaveBinaryMessage(holder, OP_PROPOSALS, encode_proposals_payload(PROPOSALS_REVOKE, revokes[holder]))
                 )
 
         # 2. Create the proposals the current epoch needs.
@@ -781,10 +534,10 @@ class DaveGroupServer:
             for p in missing:
                 p.delivered.add(holder)
             out.append(
-                _binary(
+                DaveBinaryMessage(
                     holder,
                     OP_PROPOSALS,
-                    mls.encode_proposals_payload(mls.PROPOSALS_APPEND, [p.message for p in missing]),
+                    encode_proposals_payload(PROPOSALS_APPEND, [p.message for p in missing]),
                 )
             )
         return out
@@ -795,7 +548,7 @@ class DaveGroupServer:
         # Sign once and keep the bytes: ECDSA signatures are randomised, and every
         # member must commit to the very same proposal reference.
         ref = mls.proposal_ref(message)
-        self._proposals[ref] = _Proposal(ref, message, user_id, key_package=key_package, leaf=leaf)
+        self._proposals[ref] = Proposal(ref, message, user_id, key_package=key_package, leaf=leaf)
         kind = "add" if key_package is not None else f"remove leaf {leaf}"
         _log.debug("proposal %s for user %s at epoch %s", kind, user_id, self._epoch)
 
@@ -810,12 +563,12 @@ class DaveGroupServer:
             if p.version > 0 and p.key_package is not None and p.leaf is None
         ]
 
-    def _expected_refs(self, committer: int) -> set:
+    def _expected_refs(self, committer: int) -> set[bytes]:
         if self._established:
             return set(self._proposals)
         return {ref for ref, p in self._proposals.items() if not (p.is_add and p.user_id == committer)}
 
-    def _drop_mls_state(self, participant: _Participant) -> None:
+    def _drop_mls_state(self, participant: Participant) -> None:
         """The participant's client reset its MLS state (new key package, op 31)."""
         if participant.leaf is not None and participant.leaf in self._leaves:
             self._leaves[participant.leaf].remove = True
@@ -826,74 +579,45 @@ class DaveGroupServer:
     # --- internals: commits ----------------------------------------------------------------
 
     def _check_commit(
-        self, participant: _Participant, message: mls.PublicMessage, welcome: Welcome | None
-    ) -> tuple[str | None, list[_Proposal], list[_Proposal]]:
+        self, participant: Participant, message: mls.PublicMessage, welcome: Welcome | None
+    ) -> tuple[str | None, list[Proposal], list[Proposal]]:
         """Why the commit cannot be accepted (``None`` if it can), and its proposals."""
-        user_id = participant.user_id
         if self._protocol_version == 0:
             return "downgraded", [], []
-        if message.content_type != mls.CONTENT_TYPE_COMMIT or message.commit is None:
-            return "not_a_commit", [], []
-        if message.group_id != self.group_id:
-            return "wrong_group", [], []
-        if message.epoch != self._epoch:
-            # The usual loser of a commit race, or a commit for an epoch the client
-            # has not caught up with: Discord only broadcasts commits for the current epoch.
-            return "stale_epoch", [], []
-        if message.sender_type != mls.SENDER_MEMBER:
-            return "not_a_member_sender", [], []
+        committer: Committer | str
         if self._established:
             if participant.leaf is None or self._leaves[participant.leaf].remove:
-                return "not_a_member", [], []
-            expected_leaf = participant.leaf
-            signature_key = self._leaves[participant.leaf].signature_key
+                committer = "not_a_member"
+            else:
+                leaf = self._leaves[participant.leaf]
+                committer = Committer(participant.user_id, participant.leaf, leaf.signature_key)
+        elif participant.key_package is None:
+            committer = "no_local_group"
         else:
-            if participant.key_package is None:
-                return "no_local_group", [], []
-            expected_leaf = 0  # the creator's leaf of its local group
-            signature_key = participant.key_package.leaf_node.signature_key
-        if message.sender_index != expected_leaf:
-            return "wrong_sender_leaf", [], []
-
-        refs = []
-        for item in message.commit.proposals:
-            if item.reference is None:
-                return "inline_proposal", [], []
-            refs.append(item.reference)
-        if not refs:
-            return "no_proposals", [], []
-        if len(set(refs)) != len(refs) or set(refs) != self._expected_refs(user_id):
-            return "proposals_mismatch", [], []
-
-        leaf = message.commit.path_leaf_node
-        if leaf is not None and (leaf.signature_key != signature_key or leaf.credential.user_id != user_id):
-            return "leaf_identity_changed", [], []
-
-        proposals = [self._proposals[ref] for ref in refs]
-        removes = [p for p in proposals if not p.is_add]
-        adds = [p for p in proposals if p.is_add]
-        if adds:
-            if welcome is None:
-                return "missing_welcome", [], []
-            recipients = set(welcome.recipients())
-            if any(p.key_package.ref() not in recipients for p in adds):  # type: ignore[union-attr]
-                return "welcome_misses_joiner", [], []
-        elif welcome is not None:
-            return "unexpected_welcome", [], []
-        return None, removes, adds
+            # The creator's leaf of its local group is leaf 0.
+            committer = Committer(participant.user_id, 0, participant.key_package.leaf_node.signature_key)
+        return check_commit(
+            message,
+            welcome,
+            group_id=self.group_id,
+            epoch=self._epoch,
+            committer=committer,
+            proposals=self._proposals,
+            expected_refs=self._expected_refs(participant.user_id),
+        )
 
     def _apply_commit(
         self,
-        committer: _Participant,
+        committer: Participant,
         commit: bytes,
         welcome: Welcome | None,
-        removes: list[_Proposal],
-        adds: list[_Proposal],
+        removes: list[Proposal],
+        adds: list[Proposal],
     ) -> list[DaveMessage]:
         if not self._established:
             # The committer's local group becomes the group; it is leaf 0 there.
             assert committer.key_package is not None
-            self._leaves = {0: _Leaf(committer.user_id, committer.key_package.leaf_node.signature_key)}
+            self._leaves = {0: Leaf(committer.user_id, committer.key_package.leaf_node.signature_key)}
             committer.leaf = 0
             committer.key_package = None
             self._established = True
@@ -908,7 +632,7 @@ class DaveGroupServer:
             index = next(i for i in itertools.count() if i not in self._leaves)
             kp = proposal.key_package
             assert kp is not None and welcome is not None
-            self._leaves[index] = _Leaf(proposal.user_id, kp.leaf_node.signature_key)
+            self._leaves[index] = Leaf(proposal.user_id, kp.leaf_node.signature_key)
             joiner = self._participants[proposal.user_id]
             joiner.leaf = index
             # The gateway drops a cached key package once it has a welcome for it.
@@ -917,11 +641,8 @@ class DaveGroupServer:
         self._epoch += 1
         self._proposals.clear()
 
-        transition_id = self._new_transition_id()
         members = frozenset(announce_to) | frozenset(uid for uid, _ in welcomes)
-        self._transitions[transition_id] = PendingTransition(
-            transition_id, self._protocol_version, self._epoch, members, members
-        )
+        transition_id = self._transitions.open(self._protocol_version, self._epoch, members).transition_id
         _log.info(
             "accepted commit of user %s: epoch %s, transition %s, members %s",
             committer.user_id,
@@ -930,8 +651,8 @@ class DaveGroupServer:
             self.members,
         )
         head = struct.pack(">H", transition_id)
-        out: list[DaveMessage] = [_binary(uid, OP_ANNOUNCE_COMMIT, head + commit) for uid in announce_to]
-        out += [_binary(uid, OP_WELCOME, head + data) for uid, data in welcomes]
+        out: list[DaveMessage] = [DaveBinaryMessage(uid, OP_ANNOUNCE_COMMIT, head + commit) for uid in announce_to]
+        out += [DaveBinaryMessage(uid, OP_WELCOME, head + data) for uid, data in welcomes]
         return out + self._sync()
 
     # --- internals: group lifecycle ---------------------------------------------------------
@@ -951,12 +672,12 @@ class DaveGroupServer:
         out: list[DaveMessage] = []
         for user_id in survivors:
             _log.info("sole member reset for user %s", user_id)
-            out.append(_json(user_id, OP_PREPARE_EPOCH, epoch=1, protocol_version=self._protocol_version))
+            out.append(json_message(user_id, OP_PREPARE_EPOCH, epoch=1, protocol_version=self._protocol_version))
             out.append(
-                _json(
+                json_message(
                     user_id,
                     OP_PREPARE_TRANSITION,
-                    transition_id=_INIT_TRANSITION_ID,
+                    transition_id=INIT_TRANSITION_ID,
                     protocol_version=self._protocol_version,
                 )
             )
@@ -983,12 +704,11 @@ class DaveGroupServer:
         self._reset_group()
         if not dave_users:
             return []
-        transition_id = self._new_transition_id()
-        users = frozenset(dave_users)
-        self._transitions[transition_id] = PendingTransition(transition_id, 0, None, users, users)
+        transition_id = self._transitions.open(0, None, frozenset(dave_users)).transition_id
         _log.info("downgrading channel %s to transport-only encryption (transition %s)", self.channel_id, transition_id)
         return [
-            _json(uid, OP_PREPARE_TRANSITION, transition_id=transition_id, protocol_version=0) for uid in dave_users
+            json_message(uid, OP_PREPARE_TRANSITION, transition_id=transition_id, protocol_version=0)
+            for uid in dave_users
         ]
 
     def _upgrade(self) -> list[DaveMessage]:
@@ -998,428 +718,27 @@ class DaveGroupServer:
         self._reset_group()
         _log.info("upgrading channel %s to DAVE protocol version %s", self.channel_id, self._protocol_version)
         return [
-            _json(p.user_id, OP_PREPARE_EPOCH, epoch=1, protocol_version=self._protocol_version)
+            json_message(p.user_id, OP_PREPARE_EPOCH, epoch=1, protocol_version=self._protocol_version)
             for p in self._participants.values()
             if p.version > 0
         ]
 
     # --- internals: transitions -------------------------------------------------------------
 
-    def _new_transition_id(self) -> int:
-        for _ in range(0xFFFF):
-            candidate = (next(self._transition_counter) - 1) % 0xFFFF + 1  # 1..65535, never 0
-            if candidate not in self._transitions:
-                return candidate
-        raise RuntimeError("65535 transitions pending")  # pragma: no cover - needs a broken shell
-
-    def _mark_ready(
-        self, transition: PendingTransition, user_id: int, *, executes_for_it: bool = True
-    ) -> list[DaveMessage]:
-        recipients = transition.recipients if executes_for_it else transition.recipients - {user_id}
-        transition = PendingTransition(
-            transition.transition_id,
-            transition.protocol_version,
-            transition.epoch,
-            transition.awaiting - {user_id},
-            recipients,
-        )
-        if transition.awaiting:
-            self._transitions[transition.transition_id] = transition
+    def _execute(self, transition: PendingTransition | None) -> list[DaveMessage]:
+        """Op 22 for a transition that executes now, to its recipients in join order (``None``: nothing)."""
+        if transition is None:
             return []
-        del self._transitions[transition.transition_id]
-        return self._execute(transition)
-
-    def _forget_in_transitions(self, user_id: int) -> list[DaveMessage]:
-        out: list[DaveMessage] = []
-        for transition in list(self._transitions.values()):
-            if user_id in transition.recipients or user_id in transition.awaiting:
-                if user_id in transition.awaiting:
-                    out += self._mark_ready(transition, user_id, executes_for_it=False)
-                else:
-                    self._transitions[transition.transition_id] = PendingTransition(
-                        transition.transition_id,
-                        transition.protocol_version,
-                        transition.epoch,
-                        transition.awaiting,
-                        transition.recipients - {user_id},
-                    )
-        return out
-
-    def _execute(self, transition: PendingTransition) -> list[DaveMessage]:
         _log.debug("transition %s executes", transition.transition_id)
         return [
-            _json(uid, OP_EXECUTE_TRANSITION, transition_id=transition.transition_id)
+            json_message(uid, OP_EXECUTE_TRANSITION, transition_id=transition.transition_id)
             for uid in self._participants
             if uid in transition.recipients
         ]
 
-    def _require_participant(self, user_id: int) -> _Participant:
-        _check_user_id(user_id)
+    def _require_participant(self, user_id: int) -> Participant:
+        check_user_id(user_id)
         participant = self._participants.get(user_id)
         if participant is None:
             raise DaveProtocolError(f"user {user_id} is not connected to channel {self.channel_id}")
         return participant
-
-
-def _check_user_id(user_id: Any) -> None:
-    if not isinstance(user_id, int) or isinstance(user_id, bool) or not 0 < user_id < 2**64:
-        raise DaveProtocolError(f"user id must be a positive 64-bit int, not {user_id!r}")
-
-
-def _check_transition_id(transition_id: Any) -> None:
-    if not isinstance(transition_id, int) or isinstance(transition_id, bool) or not 0 <= transition_id <= 0xFFFF:
-        raise DaveProtocolError(f"transition_id must be an int in [0, 65535], not {transition_id!r}")
-
-
-# --- an in-process member ---------------------------------------------------------------------
-
-
-class LocalDaveMember:
-    """A simulated voice member that lives inside the emulator, DAVE-wise.
-
-    It owns a real :class:`davey.DaveSession` and reacts to server messages exactly as
-    discord.py 2.7.1 does (``DiscordVoiceWebSocket.received_message`` /
-    ``received_binary_message`` and ``VoiceConnectionState.reinit_dave_session`` /
-    ``_execute_transition`` / ``_recover_from_invalid_commit``), including its quirks:
-    JSON DAVE ops are ignored while it has no session, transition 0 executes at once,
-    op 23 is not sent for transition 0, and exceptions of ``set_external_sender`` /
-    ``process_proposals`` propagate (in discord.py they end the websocket).
-
-    Media keys switch like a libdave client's (Discord's own apps), not like discord.py's:
-    a commit of a transition other than 0 is answered with op 23 at once but applied only
-    when op 22 (execute) arrives, so the member keeps sealing with the old epoch's key until
-    then, and a receiver meets new-epoch frames only after it reported ready itself (davey
-    switches keys as soon as it processes a commit). A welcome is applied on arrival: a
-    joiner has no older key to keep using.
-
-    Parameters
-    ----------
-    user_id : int
-        The member's Discord user id.
-    channel_id : int
-        The voice channel id (the MLS group id).
-    max_protocol_version : int
-        What it announces in op 0 (``davey.DAVE_PROTOCOL_VERSION`` like discord.py; 0
-        for a member without DAVE support).
-    switch_at_execute : bool
-        Apply commits at op 22, as libdave clients do (default); ``False`` applies them on
-        arrival, as discord.py does.
-    """
-
-    def __init__(
-        self,
-        user_id: int,
-        channel_id: int,
-        *,
-        max_protocol_version: int | None = None,
-        switch_at_execute: bool = True,
-    ) -> None:
-        _check_user_id(user_id)
-        self.user_id: int = user_id
-        self.channel_id: int = channel_id
-        self.max_protocol_version: int = (
-            davey.DAVE_PROTOCOL_VERSION if max_protocol_version is None else max_protocol_version
-        )
-        self.session: davey.DaveSession | None = None
-        #: discord.py's ``dave_protocol_version``.
-        self.protocol_version: int = 0
-        #: discord.py's ``dave_pending_transitions``: transition id -> protocol version.
-        self.pending_transitions: dict[int, int] = {}
-        #: discord.py's ``dave_downgraded``.
-        self.downgraded: bool = False
-        #: Ids of the transitions it executed, in order (for tests and diagnostics).
-        self.executed_transitions: list[int] = []
-        self.switch_at_execute = switch_at_execute
-        # A commit (op 29) answered with op 23 but not applied yet.
-        self._deferred: tuple[int, int, bytes] | None = None
-
-    def __repr__(self) -> str:
-        return f"<LocalDaveMember user_id={self.user_id} protocol_version={self.protocol_version} ready={self.ready}>"
-
-    @property
-    def ready(self) -> bool:
-        """discord.py's ``can_encrypt``: protocol version > 0 and the session is ready."""
-        return self.protocol_version != 0 and self.session is not None and self.session.ready
-
-    @property
-    def epoch(self) -> int | None:
-        """The session's MLS epoch (``None`` without a session or group)."""
-        return None if self.session is None else self.session.epoch
-
-    # --- what discord.py does ---------------------------------------------------------------
-
-    def session_description(self, dave_protocol_version: int) -> list[DaveMessage]:
-        """Op 4 (SESSION_DESCRIPTION) arrived with ``dave_protocol_version``.
-
-        Returns
-        -------
-        list[DaveMessage]
-            Op 26 (a fresh key package) when the version is > 0.
-        """
-        self.protocol_version = dave_protocol_version
-        if dave_protocol_version > 0:
-            return self._reinit_session()
-        return []
-
-    def handle(self, message: DaveMessage) -> list[DaveMessage]:
-        """React to one server message addressed to this member.
-
-        Returns
-        -------
-        list[DaveMessage]
-            What discord.py would send back: op 23, 26, 28 and/or 31.
-        """
-        if message.user_id != self.user_id:
-            raise ValueError(f"message for user {message.user_id} delivered to member {self.user_id}")
-        if isinstance(message, DaveJsonMessage):
-            if message.op == OP_EXECUTE_TRANSITION:
-                out = self._apply_deferred(message.data.get("transition_id"))
-                return out + self._handle_json(message.op, message.data)
-            return self._apply_deferred() + self._handle_json(message.op, message.data)
-        if isinstance(message, DaveBinaryMessage):
-            # Anything binary belongs to the epoch after a deferred commit: apply that first.
-            return self._apply_deferred() + self._handle_binary(message.op, message.payload)
-        raise TypeError(f"not a DAVE message: {message!r}")
-
-    def _apply_deferred(self, transition_id: Any = None) -> list[DaveMessage]:
-        """Apply a commit held for op 22 (``transition_id``: only that one's)."""
-        deferred = self._deferred
-        if deferred is None or (transition_id is not None and deferred[1] != transition_id):
-            return []
-        self._deferred = None
-        op, held_id, message = deferred
-        if self.session is None:
-            return []
-        try:
-            self.session.process_commit(message)
-        except Exception:
-            _log.debug("member %s cannot apply op %s of transition %s", self.user_id, op, held_id)
-            return self._recover_from_invalid_commit(held_id)
-        return []
-
-    def _handle_json(self, op: int, data: Mapping[str, Any]) -> list[DaveMessage]:
-        if self.session is None:  # discord.py: `elif self._connection.dave_session:`
-            return []
-        if op == OP_PREPARE_TRANSITION:
-            transition_id = data["transition_id"]
-            self.pending_transitions[transition_id] = data["protocol_version"]
-            if transition_id == _INIT_TRANSITION_ID:
-                self._execute_transition(transition_id)
-                return []
-            if data["protocol_version"] == 0 and self.session is not None:
-                self.session.set_passthrough_mode(True, 120)
-            return [_json(self.user_id, OP_TRANSITION_READY, transition_id=transition_id)]
-        if op == OP_EXECUTE_TRANSITION:
-            self._execute_transition(data["transition_id"])
-            return []
-        if op == OP_PREPARE_EPOCH:
-            if data["epoch"] == 1:
-                self.protocol_version = data["protocol_version"]
-                return self._reinit_session()
-            return []
-        return []
-
-    def _handle_binary(self, op: int, payload: bytes) -> list[DaveMessage]:
-        session = self.session
-        if session is None:
-            return []
-        if op == OP_EXTERNAL_SENDER:
-            session.set_external_sender(payload)
-            return []
-        if op == OP_PROPOSALS:
-            optype = davey.ProposalsOperationType.append if payload[0] == 0 else davey.ProposalsOperationType.revoke
-            result = session.process_proposals(optype, payload[1:])
-            if isinstance(result, davey.CommitWelcome):
-                data = result.commit + result.welcome if result.welcome else result.commit
-                return [_binary(self.user_id, OP_COMMIT_WELCOME, data)]
-            return []
-        if op in (OP_ANNOUNCE_COMMIT, OP_WELCOME):
-            (transition_id,) = struct.unpack_from(">H", payload, 0)
-            if self.switch_at_execute and op == OP_ANNOUNCE_COMMIT and transition_id != _INIT_TRANSITION_ID:
-                self._deferred = (op, transition_id, payload[2:])
-                self.pending_transitions[transition_id] = self.protocol_version
-                return [_json(self.user_id, OP_TRANSITION_READY, transition_id=transition_id)]
-            try:
-                if op == OP_ANNOUNCE_COMMIT:
-                    session.process_commit(payload[2:])
-                else:
-                    session.process_welcome(payload[2:])
-            except Exception:  # discord.py catches everything here too
-                _log.debug("member %s cannot process op %s of transition %s", self.user_id, op, transition_id)
-                return self._recover_from_invalid_commit(transition_id)
-            if transition_id != _INIT_TRANSITION_ID:
-                self.pending_transitions[transition_id] = self.protocol_version
-                return [_json(self.user_id, OP_TRANSITION_READY, transition_id=transition_id)]
-            return []
-        return []
-
-    def _reinit_session(self) -> list[DaveMessage]:
-        if self.protocol_version > 0:
-            if self.session is not None:
-                self.session.reinit(self.protocol_version, self.user_id, self.channel_id)
-            else:
-                self.session = davey.DaveSession(self.protocol_version, self.user_id, self.channel_id)
-            return [_binary(self.user_id, OP_KEY_PACKAGE, self.session.get_serialized_key_package())]
-        if self.session is not None:
-            self.session.reset()
-            self.session.set_passthrough_mode(True, 10)
-        return []
-
-    def _recover_from_invalid_commit(self, transition_id: int) -> list[DaveMessage]:
-        out: list[DaveMessage] = [_json(self.user_id, OP_INVALID_COMMIT_WELCOME, transition_id=transition_id)]
-        return out + self._reinit_session()
-
-    def _execute_transition(self, transition_id: int) -> None:
-        if transition_id not in self.pending_transitions:
-            _log.warning("member %s: execute for unknown transition %s", self.user_id, transition_id)
-            return
-        old_version = self.protocol_version
-        self.protocol_version = self.pending_transitions.pop(transition_id)
-        if old_version != self.protocol_version and self.protocol_version == 0:
-            self.downgraded = True
-        elif transition_id > 0 and self.downgraded:
-            self.downgraded = False
-            if self.session is not None:
-                self.session.set_passthrough_mode(True, 10)
-        self.executed_transitions.append(transition_id)
-
-    # --- media ---------------------------------------------------------------------------------
-
-    def encrypt_opus(self, frame: bytes) -> bytes:
-        """What discord.py puts in the RTP payload for this Opus frame.
-
-        A DAVE frame when :attr:`ready`, else the frame unchanged (discord.py's
-        ``VoiceClient._get_voice_packet``).
-        """
-        if self.session is not None and self.ready:
-            return self.session.encrypt_opus(frame)
-        return bytes(frame)
-
-    def decrypt(self, sender_id: int, frame: bytes) -> bytes:
-        """Decrypt another member's audio frame with this member's session.
-
-        Raises
-        ------
-        ValueError
-            From davey (``NoDecryptorForUser``, ``DecryptionFailed(...)``,
-            ``UnencryptedWhenPassthroughDisabled``), or when there is no session.
-        """
-        if self.session is None:
-            raise ValueError(f"member {self.user_id} has no DAVE session")
-        return self.session.decrypt(sender_id, davey.MediaType.audio, frame)
-
-
-# --- routing helpers -------------------------------------------------------------------------
-
-
-def deliver(
-    server: DaveGroupServer,
-    members: Mapping[int, LocalDaveMember],
-    messages: Iterable[DaveMessage],
-    *,
-    max_messages: int = 10_000,
-    trace: list[DaveMessage] | None = None,
-    on_error: Callable[[DaveMessage, Exception], None] | None = None,
-) -> list[DaveMessage]:
-    """Route messages between the server and in-process members until none are left.
-
-    Client messages go to ``server.handle``; server messages go to the addressed member
-    in ``members``. Messages are processed first in, first out, so every connection
-    sees its messages in order, as on a websocket.
-
-    Parameters
-    ----------
-    server : DaveGroupServer
-    members : mapping of user id to LocalDaveMember
-    messages : iterable of DaveMessage
-        The messages to start from (e.g. the result of a server event method).
-    max_messages : int
-        Safety bound against a protocol loop.
-    trace : list, optional
-        Every routed message is appended to it, in processing order (diagnostics).
-    on_error : callable, optional
-        ``on_error(message, exc)`` is called when the server or a member raises while
-        handling ``message`` (a :class:`DaveProtocolError`, a davey ``ValueError``...);
-        routing then goes on with the other messages. Without it the exception
-        propagates and the remaining messages are not routed.
-
-    Returns
-    -------
-    list[DaveMessage]
-        Server messages for users not in ``members`` (e.g. a real bot behind a
-        websocket), in order.
-    """
-    queue: deque[DaveMessage] = deque(messages)
-    external: list[DaveMessage] = []
-    handled = 0
-    while queue:
-        handled += 1
-        if handled > max_messages:
-            raise RuntimeError(f"more than {max_messages} DAVE messages: protocol loop?")
-        message = queue.popleft()
-        if trace is not None:
-            trace.append(message)
-        if not message.from_client and message.user_id not in members:
-            external.append(message)
-            continue
-        try:
-            if message.from_client:
-                queue.extend(server.handle(message))
-            else:
-                queue.extend(members[message.user_id].handle(message))
-        except Exception as exc:
-            if on_error is None:
-                raise
-            on_error(message, exc)
-    return external
-
-
-def connect_local_member(
-    server: DaveGroupServer,
-    member: LocalDaveMember,
-    members: Mapping[int, LocalDaveMember] | None = None,
-) -> list[DaveMessage]:
-    """Join ``member`` to ``server`` the way a voice connection does, and run DAVE.
-
-    ``server.add_participant`` (op 0), then op 4 (:meth:`LocalDaveMember.session_description`
-    with the server's protocol version), then everything that follows via
-    :func:`deliver`.
-
-    Parameters
-    ----------
-    members : mapping, optional
-        All in-process members (``member`` is added to the routing if missing).
-
-    Returns
-    -------
-    list[DaveMessage]
-        Server messages for users not in ``members``.
-    """
-    routing: dict[int, LocalDaveMember] = dict(members or {})
-    routing[member.user_id] = member
-    to_member = server.add_participant(member.user_id, member.max_protocol_version)
-    from_member = member.session_description(server.protocol_version)
-    return deliver(server, routing, list(to_member) + from_member)
-
-
-def stale_epoch_member(user_id: int, channel_id: int) -> LocalDaveMember:
-    """A ready member whose frames are sealed under keys no other group ever held.
-
-    What a receiver meets when a sender seals with an epoch the receiver no longer (or
-    never) holds: the receiver knows the sender, but no key of its own opens the frame
-    (davey: ``NoValidCryptorFound``). Built as the sender's side of a private two-member
-    group, so the keys are real DAVE keys for ``user_id``, just not the call's.
-    """
-    _check_user_id(user_id)
-    other_id = user_id + 1 if user_id < (1 << 63) else user_id - 1
-    server = DaveGroupServer(channel_id)
-    member = LocalDaveMember(user_id, channel_id)
-    other = LocalDaveMember(other_id, channel_id)
-    routing = {user_id: member, other_id: other}
-    connect_local_member(server, member, routing)
-    connect_local_member(server, other, routing)
-    for transition_id in list(server.pending_transitions):
-        deliver(server, routing, server.execute_transition(transition_id))
-    if not member.ready:  # pragma: no cover - davey refused a two-member group
-        raise RuntimeError("could not build a private DAVE group")
-    return member

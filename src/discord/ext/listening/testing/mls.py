@@ -1,38 +1,30 @@
-"""MLS (RFC 9420) wire encoding for the DAVE voice server's external-sender role.
+"""MLS (RFC 9420) as much as the DAVE voice server inspects: what members send it.
 
 A Discord voice gateway never holds MLS group secrets: it only *frames* messages
-(external Add/Remove proposals it signs itself) and *inspects* public messages the
-members send (commits, welcomes, key packages). This module is exactly that much MLS,
-for DAVE protocol version 1 (MLS 1.0, ciphersuite 2 = DHKEMP256_AES128GCM_SHA256_P256,
-basic credentials, ECDSA P-256/SHA-256 signatures):
+(external Add/Remove proposals it signs itself, :mod:`.external_sender`) and *inspects*
+public messages the members send (commits, welcomes, key packages). This module is the
+inspecting part, for DAVE protocol version 1 (MLS 1.0, ciphersuite 2 =
+DHKEMP256_AES128GCM_SHA256_P256, basic credentials, ECDSA P-256/SHA-256 signatures):
 
-- :func:`encode_varint` / :func:`decode_varint` / :func:`encode_vl`: the MLS
-  variable-size vector length header ("VL").
-- :class:`ExternalSender`: the server's signing key; builds the op 25 package and signs
-  external Add / Remove proposals (MLS ``PublicMessage`` with ``sender = external 0``).
-- :func:`encode_proposals_payload`: the op 27 payload.
 - Parsers for what members send: :class:`KeyPackage` (op 26),
   :class:`PublicMessage` (the commit in op 28), :class:`Welcome` (the welcome in
   op 28 / op 30) and :func:`split_commit_welcome`.
 - :func:`proposal_ref` / :func:`key_package_ref`: MLS ``RefHash`` references, so the
   server can check which proposals a commit covers and which joiner a welcome is for.
+- The RFC 9420 code points DAVE uses, and DAVE's group id and credential identity.
 
-Everything here works on ``bytes`` and raises :class:`MLSDecodeError` (a
+The TLS encoding underneath (varints, vectors, signatures, hashes) is :mod:`.mls_wire`.
+Everything here works on ``bytes`` and raises :class:`.mls_wire.MLSDecodeError` (a
 :class:`ValueError`) on malformed input: the caller is a coordinator that must never
 crash on garbage a client sends.
 """
 
 from __future__ import annotations
 
-import hashlib
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from .mls_wire import MLSDecodeError, Reader, check_u64, encode_vl, ref_hash, verify_with_label
 
 __all__ = (
     "CIPHERSUITE_DHKEMP256_AES128GCM_SHA256_P256",
@@ -40,8 +32,6 @@ __all__ = (
     "CONTENT_TYPE_PROPOSAL",
     "CREDENTIAL_BASIC",
     "MLS_VERSION_10",
-    "PROPOSALS_APPEND",
-    "PROPOSALS_REVOKE",
     "PROPOSAL_ADD",
     "PROPOSAL_REMOVE",
     "SENDER_EXTERNAL",
@@ -52,19 +42,12 @@ __all__ = (
     "Commit",
     "Credential",
     "EncryptedGroupSecrets",
-    "ExternalSender",
     "KeyPackage",
     "LeafNode",
-    "MLSDecodeError",
     "Proposal",
     "ProposalOrRef",
     "PublicMessage",
     "Welcome",
-    "decode_proposals_payload",
-    "decode_varint",
-    "encode_proposals_payload",
-    "encode_varint",
-    "encode_vl",
     "group_id_for_channel",
     "key_package_ref",
     "parse_public_message",
@@ -107,141 +90,10 @@ LEAF_NODE_SOURCE_COMMIT = 3
 _PROPOSAL_OR_REF_PROPOSAL = 1
 _PROPOSAL_OR_REF_REFERENCE = 2
 
-#: op 27 operation types (``davey.ProposalsOperationType`` values).
-PROPOSALS_APPEND = 0
-PROPOSALS_REVOKE = 1
-
 #: Key package lifetime the voice gateway requires (DAVE whitepaper, "Validation").
 _LIFETIME_MAX = (0, 2**64 - 1)
 
-_VARINT_MAX = 2**30 - 1
 _P256_POINT_LEN = 65  # uncompressed SEC1 point: 0x04 || X || Y
-
-
-class MLSDecodeError(ValueError):
-    """Malformed or unsupported MLS bytes (a :class:`ValueError`)."""
-
-
-# --- VL: variable-size vector length headers (RFC 9420 section 2.1.2) ----------------------
-
-
-def encode_varint(value: int) -> bytes:
-    """Encode an MLS variable-length integer.
-
-    Parameters
-    ----------
-    value : int
-        ``0 <= value < 2**30``.
-
-    Returns
-    -------
-    bytes
-        1 byte (top bits ``00``, value < 64), 2 bytes (``01``, < 16384) or 4 bytes
-        (``10``), always the shortest form (RFC 9420 requires minimal encoding).
-
-    Raises
-    ------
-    ValueError
-        If ``value`` is negative, not an int, or too large.
-    """
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"varint value must be an int, not {type(value).__name__}")
-    if value < 0 or value > _VARINT_MAX:
-        raise ValueError(f"varint value out of range [0, 2**30): {value}")
-    if value < 0x40:
-        return bytes((value,))
-    if value < 0x4000:
-        return struct.pack(">H", 0x4000 | value)
-    return struct.pack(">I", 0x80000000 | value)
-
-
-def decode_varint(data: bytes, offset: int = 0) -> tuple[int, int]:
-    """Decode an MLS variable-length integer.
-
-    Parameters
-    ----------
-    data : bytes
-        The buffer.
-    offset : int
-        Where the varint starts.
-
-    Returns
-    -------
-    tuple[int, int]
-        ``(value, offset_after)``.
-
-    Raises
-    ------
-    MLSDecodeError
-        Truncated input, the reserved ``11`` prefix, or a non-minimal encoding.
-    """
-    if offset >= len(data):
-        raise MLSDecodeError("truncated varint")
-    first = data[offset]
-    prefix = first >> 6
-    if prefix == 3:
-        raise MLSDecodeError("invalid varint prefix 0b11")
-    size = 1 << prefix
-    if offset + size > len(data):
-        raise MLSDecodeError("truncated varint")
-    value = first & 0x3F
-    for byte in data[offset + 1 : offset + size]:
-        value = (value << 8) | byte
-    # A longer-than-needed form would let two encodings of one message exist, which
-    # breaks signatures and RefHash references: RFC 9420 forbids it, so do we.
-    if (size == 2 and value < 0x40) or (size == 4 and value < 0x4000):
-        raise MLSDecodeError("non-minimal varint encoding")
-    return value, offset + size
-
-
-def encode_vl(data: bytes) -> bytes:
-    """Prefix ``data`` with its VL length: the encoding of MLS ``opaque x<V>``."""
-    return encode_varint(len(data)) + bytes(data)
-
-
-class _Reader:
-    """Cursor over a buffer that reads TLS presentation-language fields."""
-
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data: bytes, pos: int = 0) -> None:
-        self.data = data
-        self.pos = pos
-
-    def _take(self, n: int, what: str) -> bytes:
-        end = self.pos + n
-        if end > len(self.data):
-            have = len(self.data) - self.pos
-            raise MLSDecodeError(f"truncated {what}: need {n} bytes at offset {self.pos}, have {have}")
-        out = self.data[self.pos : end]
-        self.pos = end
-        return bytes(out)
-
-    def u8(self, what: str = "uint8") -> int:
-        return self._take(1, what)[0]
-
-    def u16(self, what: str = "uint16") -> int:
-        return struct.unpack(">H", self._take(2, what))[0]
-
-    def u32(self, what: str = "uint32") -> int:
-        return struct.unpack(">I", self._take(4, what))[0]
-
-    def u64(self, what: str = "uint64") -> int:
-        return struct.unpack(">Q", self._take(8, what))[0]
-
-    def vl(self, what: str = "vector") -> bytes:
-        length, self.pos = decode_varint(self.data, self.pos)
-        return self._take(length, what)
-
-    def optional(self, what: str = "optional") -> bool:
-        flag = self.u8(what)
-        if flag > 1:
-            raise MLSDecodeError(f"invalid optional<> presence byte {flag} in {what}")
-        return flag == 1
-
-    @property
-    def remaining(self) -> int:
-        return len(self.data) - self.pos
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -249,144 +101,14 @@ class _Reader:
 
 def group_id_for_channel(channel_id: int) -> bytes:
     """DAVE's MLS group id: the channel id as 8 big-endian bytes."""
-    _check_u64(channel_id, "channel_id")
+    check_u64(channel_id, "channel_id")
     return struct.pack(">Q", channel_id)
 
 
 def user_id_identity(user_id: int) -> bytes:
     """DAVE's basic-credential identity: the user id as 8 big-endian bytes."""
-    _check_u64(user_id, "user_id")
+    check_u64(user_id, "user_id")
     return struct.pack(">Q", user_id)
-
-
-def _check_u64(value: int, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if not 0 <= value < 2**64:
-        raise ValueError(f"{name} must fit in an unsigned 64-bit integer: {value}")
-
-
-def _sign_content(label: str, content: bytes) -> bytes:
-    # RFC 9420 5.1.2 SignWithLabel: struct { opaque label<V> = "MLS 1.0 " + Label;
-    # opaque content<V>; } SignContent
-    return encode_vl(b"MLS 1.0 " + label.encode()) + encode_vl(content)
-
-
-def _ref_hash(label: bytes, value: bytes) -> bytes:
-    # RFC 9420 5.2: RefHash(label, value) = Hash(struct{label<V>; value<V>}); the hash of
-    # ciphersuite 2 is SHA-256.
-    return hashlib.sha256(encode_vl(label) + encode_vl(value)).digest()
-
-
-def _verify_with_label(signature_key: bytes, label: str, content: bytes, signature: bytes) -> None:
-    try:
-        key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), signature_key)
-    except ValueError as exc:
-        raise MLSDecodeError(f"signature key is not a P-256 point: {exc}") from None
-    try:
-        key.verify(signature, _sign_content(label, content), ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        raise MLSDecodeError(f"bad {label} signature") from None
-
-
-# --- external sender (the voice gateway's identity) ---------------------------------------
-
-
-class ExternalSender:
-    """The voice server's MLS external sender: a P-256 signing key and a basic credential.
-
-    Members put this sender into their group's ``external_senders`` extension (op 25)
-    and from then on accept Add/Remove proposals signed by it.
-
-    Parameters
-    ----------
-    private_key : cryptography.hazmat.primitives.asymmetric.ec.EllipticCurvePrivateKey, optional
-        A P-256 key; a fresh one is generated when omitted.
-    identity : bytes
-        The basic credential's identity. Discord's content is not documented; any bytes
-        work for davey (default ``b"discord-voice-emulator"``).
-    """
-
-    def __init__(
-        self,
-        private_key: ec.EllipticCurvePrivateKey | None = None,
-        identity: bytes = b"discord-voice-emulator",
-    ) -> None:
-        if private_key is None:
-            private_key = ec.generate_private_key(ec.SECP256R1())
-        if not isinstance(private_key, ec.EllipticCurvePrivateKey) or not isinstance(private_key.curve, ec.SECP256R1):
-            raise ValueError("the external sender key must be a P-256 (SECP256R1) private key")
-        if not isinstance(identity, (bytes, bytearray)):
-            raise TypeError("identity must be bytes")
-        self._key = private_key
-        self.identity: bytes = bytes(identity)
-        #: Uncompressed SEC1 point (65 bytes), the MLS ``SignaturePublicKey`` of suite 2.
-        self.signature_public_key: bytes = private_key.public_key().public_bytes(
-            Encoding.X962, PublicFormat.UncompressedPoint
-        )
-
-    def package(self) -> bytes:
-        """The op 25 payload: ``ExternalSender{signature_key<V>, Credential}``.
-
-        Returns
-        -------
-        bytes
-            ``VL(signature_key) || u16 1 (basic) || VL(identity)``; without the
-            server's ``>H seq`` and op byte.
-        """
-        return encode_vl(self.signature_public_key) + struct.pack(">H", CREDENTIAL_BASIC) + encode_vl(self.identity)
-
-    def sign_with_label(self, label: str, content: bytes) -> bytes:
-        """MLS ``SignWithLabel``: ECDSA P-256/SHA-256, DER-encoded."""
-        return self._key.sign(_sign_content(label, content), ec.ECDSA(hashes.SHA256()))
-
-    def _proposal_message(self, group_id: bytes, epoch: int, proposal: bytes) -> bytes:
-        if not isinstance(group_id, (bytes, bytearray)) or not group_id:
-            raise ValueError("group_id must be non-empty bytes")
-        _check_u64(epoch, "epoch")
-        framed_content = (
-            encode_vl(bytes(group_id))
-            + struct.pack(">Q", epoch)
-            + struct.pack(">BI", SENDER_EXTERNAL, 0)  # sender: external, sender_index 0
-            + encode_vl(b"")  # authenticated_data
-            + bytes((CONTENT_TYPE_PROPOSAL,))
-            + proposal
-        )
-        head = struct.pack(">HH", MLS_VERSION_10, WIRE_FORMAT_PUBLIC_MESSAGE)
-        # FramedContentTBS for an external sender: version, wire_format, content and no
-        # GroupContext (RFC 9420 6.1: the context is only bound for member senders).
-        signature = self.sign_with_label("FramedContentTBS", head + framed_content)
-        # FramedContentAuthData for a proposal is the signature alone, and external
-        # senders carry no membership_tag.
-        return head + framed_content + encode_vl(signature)
-
-    def add_proposal(self, group_id: bytes, epoch: int, key_package: bytes) -> bytes:
-        """An external Add proposal as an MLS ``PublicMessage``.
-
-        Parameters
-        ----------
-        group_id : bytes
-            The MLS group id (:func:`group_id_for_channel`).
-        epoch : int
-            The group's current epoch (0 for a group that is not established yet: every
-            member's local group starts there).
-        key_package : bytes
-            The joiner's bare ``KeyPackage`` (op 26 payload). It is checked to parse
-            completely, so a truncated one cannot produce a confusing proposal.
-
-        Returns
-        -------
-        bytes
-            The ``MLSMessage`` (``>HH 1, 1`` + FramedContent + signature<V>).
-        """
-        KeyPackage.parse(key_package)  # raises MLSDecodeError on garbage
-        return self._proposal_message(group_id, epoch, struct.pack(">H", PROPOSAL_ADD) + bytes(key_package))
-
-    def remove_proposal(self, group_id: bytes, epoch: int, leaf_index: int) -> bytes:
-        """An external Remove proposal (``>H 3`` + ``>I removed``) as an MLS ``PublicMessage``."""
-        if not isinstance(leaf_index, int) or isinstance(leaf_index, bool) or not 0 <= leaf_index < 2**32:
-            raise ValueError(f"leaf_index must be an unsigned 32-bit integer: {leaf_index!r}")
-        return self._proposal_message(group_id, epoch, struct.pack(">HI", PROPOSAL_REMOVE, leaf_index))
 
 
 # --- parsed structures ----------------------------------------------------------------------
@@ -407,7 +129,7 @@ class Credential:
         return None
 
 
-def _parse_credential(r: _Reader) -> Credential:
+def _parse_credential(r: Reader) -> Credential:
     ctype = r.u16("credential_type")
     if ctype != CREDENTIAL_BASIC:
         raise MLSDecodeError(f"unsupported credential type {ctype} (DAVE allows only basic)")
@@ -428,7 +150,7 @@ class LeafNode:
     tbs: bytes = field(repr=False)
 
 
-def _parse_leaf_node(r: _Reader) -> LeafNode:
+def _parse_leaf_node(r: Reader) -> LeafNode:
     start = r.pos
     encryption_key = r.vl("leaf encryption_key")
     signature_key = r.vl("leaf signature_key")
@@ -474,14 +196,14 @@ class KeyPackage:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"key package must be bytes, not {type(data).__name__}")
         data = bytes(data)
-        r = _Reader(data)
+        r = Reader(data)
         kp = cls._read(r)
         if r.remaining:
             raise MLSDecodeError(f"{r.remaining} trailing bytes after the key package")
         return kp
 
     @classmethod
-    def _read(cls, r: _Reader) -> KeyPackage:
+    def _read(cls, r: Reader) -> KeyPackage:
         start = r.pos
         version = r.u16("key package version")
         if version != MLS_VERSION_10:
@@ -527,8 +249,8 @@ class KeyPackage:
             raise MLSDecodeError(f"key package lifetime must be [0, 2**64-1], got {self.leaf_node.lifetime}")
         if len(self.leaf_node.signature_key) != _P256_POINT_LEN:
             raise MLSDecodeError("leaf signature key is not an uncompressed P-256 point")
-        _verify_with_label(self.leaf_node.signature_key, "LeafNodeTBS", self.leaf_node.tbs, self.leaf_node.signature)
-        _verify_with_label(self.leaf_node.signature_key, "KeyPackageTBS", self.tbs, self.signature)
+        verify_with_label(self.leaf_node.signature_key, "LeafNodeTBS", self.leaf_node.tbs, self.leaf_node.signature)
+        verify_with_label(self.leaf_node.signature_key, "KeyPackageTBS", self.tbs, self.signature)
 
 
 @dataclass(frozen=True)
@@ -540,7 +262,7 @@ class Proposal:
     removed: int | None = None
 
 
-def _parse_proposal(r: _Reader) -> Proposal:
+def _parse_proposal(r: Reader) -> Proposal:
     ptype = r.u16("proposal_type")
     if ptype == PROPOSAL_ADD:
         return Proposal(ptype, key_package=KeyPackage._read(r))
@@ -566,9 +288,9 @@ class Commit:
     path_leaf_node: LeafNode | None
 
 
-def _parse_commit(r: _Reader) -> Commit:
+def _parse_commit(r: Reader) -> Commit:
     proposals_blob = r.vl("commit proposals")
-    pr = _Reader(proposals_blob)
+    pr = Reader(proposals_blob)
     items = []
     while pr.remaining:
         kind = pr.u8("ProposalOrRef type")
@@ -625,7 +347,7 @@ def parse_public_message(data: bytes, offset: int = 0) -> tuple[PublicMessage, i
         Malformed, or not a public proposal/commit of MLS 1.0.
     """
     data = bytes(data)
-    r = _Reader(data, offset)
+    r = Reader(data, offset)
     version = r.u16("MLSMessage version")
     if version != MLS_VERSION_10:
         raise MLSDecodeError(f"not an MLS 1.0 message (version {version})")
@@ -702,7 +424,7 @@ class Welcome:
             Malformed, trailing bytes or a ciphersuite other than 2.
         """
         data = bytes(data)
-        r = _Reader(data)
+        r = Reader(data)
         wrapped = False
         # A bare Welcome starts with the cipher suite (0x0002); an MLSMessage with
         # version 0x0001. The two cannot be confused for DAVE's only suite.
@@ -716,7 +438,7 @@ class Welcome:
         if suite != CIPHERSUITE_DHKEMP256_AES128GCM_SHA256_P256:
             raise MLSDecodeError(f"welcome uses ciphersuite {suite}, DAVE v1 needs 2")
         secrets_blob = r.vl("welcome secrets")
-        sr = _Reader(secrets_blob)
+        sr = Reader(secrets_blob)
         secrets = []
         while sr.remaining:
             start = sr.pos
@@ -792,73 +514,9 @@ def proposal_ref(message: bytes) -> bytes:
         raise MLSDecodeError("trailing bytes after the proposal message")
     if parsed.content_type != CONTENT_TYPE_PROPOSAL:
         raise MLSDecodeError("not a proposal message")
-    return _ref_hash(b"MLS 1.0 Proposal Reference", parsed.authenticated_content)
+    return ref_hash(b"MLS 1.0 Proposal Reference", parsed.authenticated_content)
 
 
 def key_package_ref(key_package: bytes) -> bytes:
     """``KeyPackageRef`` of a bare KeyPackage encoding (RefHash, SHA-256)."""
-    return _ref_hash(b"MLS 1.0 KeyPackage Reference", bytes(key_package))
-
-
-# --- op 27 --------------------------------------------------------------------------------
-
-
-def encode_proposals_payload(operation_type: int, items: Sequence[bytes]) -> bytes:
-    """The op 27 payload: optype byte + VL(concatenated items).
-
-    Parameters
-    ----------
-    operation_type : int
-        :data:`PROPOSALS_APPEND` (items are proposal ``MLSMessage`` bytes, concatenated
-        as they are: each is self-delimiting) or :data:`PROPOSALS_REVOKE` (items are
-        ``ProposalRef`` values, each VL-encoded as MLS ``ProposalRef proposal_refs<V>``
-        requires).
-    items : sequence of bytes
-        At least one.
-
-    Returns
-    -------
-    bytes
-        Without the server's ``>H seq`` and op byte.
-    """
-    if operation_type not in (PROPOSALS_APPEND, PROPOSALS_REVOKE):
-        raise ValueError(f"operation_type must be 0 (append) or 1 (revoke), not {operation_type!r}")
-    items = list(items)
-    if not items:
-        raise ValueError("an op 27 payload needs at least one proposal or reference")
-    for item in items:
-        if not isinstance(item, (bytes, bytearray)) or not item:
-            raise ValueError("every proposal / reference must be non-empty bytes")
-    if operation_type == PROPOSALS_APPEND:
-        body = b"".join(bytes(i) for i in items)
-    else:
-        body = b"".join(encode_vl(bytes(i)) for i in items)
-    return bytes((operation_type,)) + encode_vl(body)
-
-
-def decode_proposals_payload(payload: bytes) -> tuple[int, tuple[bytes, ...]]:
-    """Inverse of :func:`encode_proposals_payload`.
-
-    Returns
-    -------
-    tuple[int, tuple[bytes, ...]]
-        ``(operation_type, items)``: proposal messages (append) or refs (revoke).
-    """
-    r = _Reader(bytes(payload))
-    optype = r.u8("operation_type")
-    if optype not in (PROPOSALS_APPEND, PROPOSALS_REVOKE):
-        raise MLSDecodeError(f"invalid proposals operation type {optype}")
-    body = r.vl("proposals")
-    if r.remaining:
-        raise MLSDecodeError("trailing bytes after the proposals vector")
-    items = []
-    if optype == PROPOSALS_APPEND:
-        pos = 0
-        while pos < len(body):
-            message, pos = parse_public_message(body, pos)
-            items.append(message.raw)
-    else:
-        br = _Reader(body)
-        while br.remaining:
-            items.append(br.vl("proposal ref"))
-    return optype, tuple(items)
+    return ref_hash(b"MLS 1.0 KeyPackage Reference", bytes(key_package))
