@@ -170,7 +170,10 @@ class GatewayHandler(Protocol):
     """What the emulator decides for the voice gateway. Every hook may raise :class:`GatewayClose`."""
 
     modes: tuple[str, ...]
-    udp_port: int
+
+    @property
+    def udp_port(self) -> int:
+        """The UDP port READY announces."""
 
     def authenticate(self, identify: dict[str, Any]) -> VoiceSession:
         """Find the session an IDENTIFY names (server_id, user_id, session_id, token)."""
@@ -515,9 +518,10 @@ class VoiceGatewayServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[union-attr]
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        # aiohttp keeps the asyncio.Server as an AbstractServer, which does not declare sockets.
+        sockets = getattr(site._server, "sockets", None)
+        assert sockets
+        self.port = sockets[0].getsockname()[1]
         _log.debug("voice gateway listening on ws://%s", self.endpoint)
 
     async def _handle(self, request: web.Request) -> web.WebSocketResponse:

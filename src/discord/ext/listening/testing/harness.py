@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -33,6 +33,7 @@ from .. import opus
 
 if TYPE_CHECKING:
     from discord.state import ConnectionState
+    from discord.types.user import User as UserPayload
 
 __all__ = ("ClientHarness", "FakeMainGateway", "VoiceStateRequest")
 
@@ -196,7 +197,8 @@ class ClientHarness:
         # to the running loop.
         await client._async_setup_hook()
         state = self.state
-        state.user = discord.ClientUser(state=state, data=user_payload(self.bot_user_id, self.bot_name, bot=True))
+        payload = cast("UserPayload", user_payload(self.bot_user_id, self.bot_name, bot=True))
+        state.user = discord.ClientUser(state=state, data=payload)
         client.ws = self.gateway  # type: ignore[assignment]
         self._session = aiohttp.ClientSession(ws_response_class=DiscordClientWebSocketResponse)
         # Instance attribute on this client's HTTPClient only: the voice websocket dials here.

@@ -57,7 +57,7 @@ def parse_discovery_request(data: bytes) -> int | None:
     kind, length, ssrc = _DISCOVERY.unpack_from(data)
     if kind != 1 or length != 70:
         return None
-    return ssrc
+    return int(ssrc)
 
 
 def build_discovery_reply(ssrc: int, ip: str, port: int) -> bytes:
@@ -250,7 +250,7 @@ class MediaServer:
         """Bind the socket and start the delivery task."""
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=(self.host, 0))
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport
         self.port = transport.get_extra_info("sockname")[1]
         self._sender = loop.create_task(self._deliver_loop(), name="voice-emulator-udp-sender")
         _log.debug("media server on udp://%s:%s", self.host, self.port)

@@ -125,7 +125,7 @@ class Credential:
     def user_id(self) -> int | None:
         """The Discord user id when ``identity`` is 8 big-endian bytes, else ``None``."""
         if self.credential_type == CREDENTIAL_BASIC and len(self.identity) == 8:
-            return struct.unpack(">Q", self.identity)[0]
+            return int.from_bytes(self.identity)
         return None
 
 

@@ -160,8 +160,8 @@ class Speaker:
                 # The whole burst at once: its packets are less than a millisecond apart, finer
                 # than the loop's sleeps.
                 await self._sleep_until(burst.send_time)
-                for _, packet in self._seal_burst(member, burst) if member.in_call else ():
-                    self.media.send_from(member, packet, loop.time())
+                for _, probe in self._seal_burst(member, burst) if member.in_call else ():
+                    self.media.send_from(member, probe, loop.time())
             await self._sleep_until(frame.send_time)
             if not member.in_call:
                 return
@@ -205,9 +205,9 @@ class Speaker:
             if i and i % 50 == 0:
                 await asyncio.sleep(0)  # keep the loop (and the bot) responsive while we build
             burst = bursts.get(i)
-            for send_time, packet in self._seal_burst(member, burst) if burst is not None else ():
+            for send_time, probe in self._seal_burst(member, burst) if burst is not None else ():
                 member.packets_sent += 1
-                for arrival, data in path.apply(packet, send_time):
+                for arrival, data in path.apply(probe, send_time):
                     deliveries.append((arrival, i, data))
                     latency = min(latency, arrival - send_time)
             packet = self._seal_frame(member, frame, padding)
