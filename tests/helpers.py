@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from typing import Any
 
 from discord.ext import listening
 from discord.ext.listening.opus import OpusDecoder
+from discord.ext.listening.receive import PacketReceiver
+from discord.ext.listening.ssrc import SSRCMap
+from discord.ext.listening.stats import ListenStats
 from discord.ext.listening.testing import SpurtRecord, VoiceServerEmulator
 
 
@@ -80,3 +84,17 @@ async def stop_listening(vc: listening.VoiceClient, done: asyncio.Event, timeout
     """Stop listening and wait until ``after`` ran."""
     vc.stop_listening()
     await asyncio.wait_for(done.wait(), timeout)
+
+
+def sync_keys(receiver: PacketReceiver, conn: Any) -> None:
+    """Tell ``receiver`` the keys of ``conn`` (``mode``, ``secret_key``, ``dave_session``,
+    ``dave_protocol_version``), as the voice client does after each voice gateway message."""
+    receiver.set_transport(conn.mode, conn.secret_key)
+    receiver.set_dave(conn.dave_session, conn.dave_protocol_version)
+
+
+def receiver_for(conn: Any, ssrc_map: SSRCMap, stats: ListenStats | None = None, **kw: Any) -> PacketReceiver:
+    """A :class:`PacketReceiver` (timeline origin 0) that knows ``conn``'s keys."""
+    receiver = PacketReceiver(ssrc_map, ListenStats() if stats is None else stats, origin=0.0, **kw)
+    sync_keys(receiver, conn)
+    return receiver

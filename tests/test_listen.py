@@ -15,7 +15,7 @@ import pytest
 import discord
 from discord.ext import listening
 from discord.ext.listening.opus import packet_has_fec
-from discord.ext.listening.reorder import seq_diff
+from discord.ext.listening.seqmath import seq_diff
 from discord.ext.listening.stats import DropReason
 from discord.ext.listening.testing import VoiceServerEmulator, speechlike
 from helpers import Collect, listen_until_done, reference
@@ -383,11 +383,12 @@ async def test_speaking_events_slow_and_failing_sinks(pool) -> None:
         broken = Broken()
         done = await listen_until_done(vc, broken, pool)
         spurt = await m.speak(speechlike(0.5, seed=9))
-        await asyncio.sleep(0.3)
+        await server.wait_until(lambda: len(broken.frames) >= len(spurt.frames), timeout=10, what="frames")
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 10)
         assert [f.sequence for f in broken.frames] == [f.sequence for f in spurt.frames]
         assert broken.cleaned == 1 and done.results[0][1] is None  # type: ignore[attr-defined]
+        assert vc.listen_stats.sink_errors == len(broken.frames)  # every raise counted (and logged)
 
 
 async def test_playing_while_listening_in_aes_gcm(pool) -> None:

@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import pytest
 
 from discord.ext.listening import rtp, transport
+from discord.ext.listening.dave import FAILURE_LIMIT as DAVE_FAILURE_LIMIT
 from discord.ext.listening.opus import SILENCE_FRAME, OpusEncoder, packet_has_fec
-from discord.ext.listening.receive import DAVE_FAILURE_LIMIT, PacketReceiver
+from discord.ext.listening.receive import PacketReceiver
 from discord.ext.listening.ssrc import SSRCMap
 from discord.ext.listening.stats import DropReason, ListenStats
 from discord.ext.listening.testing.audio import speechlike
@@ -22,6 +23,7 @@ from discord.ext.listening.testing.dave_member import (
     stale_epoch_member,
 )
 from discord.ext.listening.testing.dave_server import DaveGroupServer
+from helpers import receiver_for
 
 CHANNEL = 4242
 BOT, ALICE, BOB = 1, 100, 200
@@ -60,7 +62,7 @@ class Sender:
 
 def _receiver(conn: SimpleNamespace, ssrc_map: SSRCMap, **kw: object) -> tuple[PacketReceiver, ListenStats]:
     stats = ListenStats()
-    return PacketReceiver(conn, ssrc_map, stats, origin=0.0, **kw), stats  # type: ignore[arg-type]
+    return receiver_for(conn, ssrc_map, stats, **kw), stats
 
 
 def _clear_conn() -> SimpleNamespace:

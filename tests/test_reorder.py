@@ -1,4 +1,4 @@
-"""Jitter buffer and wrap-safe RTP arithmetic (discord.ext.listening.reorder)."""
+"""Jitter buffer (discord.ext.listening.reorder) and wrap-safe RTP arithmetic (seqmath)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from discord.ext.listening.reorder import (
-    JitterBuffer,
-    PushResult,
-    Released,
-    Unwrapper,
-    seq_add,
-    seq_diff,
-    seq_lt,
-    ts_add,
-    ts_diff,
-    ts_lt,
-)
+from discord.ext.listening.reorder import JitterBuffer, PushResult, Released
+from discord.ext.listening.seqmath import seq_add, seq_diff, ts_add, ts_diff
 
 DEPTH = 0.06
 FRAME = 0.02
@@ -38,8 +28,6 @@ def test_seq_diff_inverts_seq_add(a: int, n: int) -> None:
     b = seq_add(a, n)
     assert 0 <= b <= 0xFFFF
     assert seq_diff(b, a) == n
-    if n != -32768:  # exactly half way: ambiguous, seq_diff calls it -32768 both ways
-        assert seq_lt(a, b) == (n > 0)
 
 
 @given(st.integers(0, 0xFFFFFFFF), st.integers(-(2**31), 2**31 - 1))
@@ -47,8 +35,6 @@ def test_ts_diff_inverts_ts_add(a: int, n: int) -> None:
     b = ts_add(a, n)
     assert 0 <= b <= 0xFFFFFFFF
     assert ts_diff(b, a) == n
-    if n != -(2**31):
-        assert ts_lt(a, b) == (n > 0)
 
 
 def test_wrap_edges() -> None:
@@ -57,16 +43,6 @@ def test_wrap_edges() -> None:
     assert seq_diff(32768, 0) == -32768  # the one ambiguous distance resolves to the low end
     assert ts_diff(0, 0xFFFFFFFF) == 1
     assert ts_add(0xFFFFFFFF, 960) == 959
-
-
-@given(st.integers(0, 0xFFFF), st.lists(st.integers(-200, 200), max_size=200))
-def test_unwrapper_follows_wraps(start: int, steps: list[int]) -> None:
-    u = Unwrapper(16)
-    true = start
-    assert u.unwrap(start) == start
-    for s in steps:
-        true += s
-        assert u.unwrap(true & 0xFFFF) == true
 
 
 # -- a small simulator ------------------------------------------------------------------------
@@ -117,7 +93,6 @@ def check_gaps(items: list[Released], s0: int) -> list[int]:
             assert k > ks[n - 1], f"out of order: {ks[n - 1]} then {k}"
             assert not r.new_stream
             assert r.lost_before == k - ks[n - 1] - 1
-            assert r.follows_gap == (r.lost_before > 0)
         assert r.timestamp == (TS0 + 960 * k) & 0xFFFFFFFF
     return ks
 
@@ -194,7 +169,7 @@ def test_single_loss_stalls_at_most_depth() -> None:
     times = {index_of(r.sequence, 1000): (t, r) for t, r in out}
     assert 10 not in times
     t11, r11 = times[11]
-    assert r11.lost_before == 1 and r11.follows_gap
+    assert r11.lost_before == 1
     # Released at the first poll after waiting depth, not later; 12 and 13 (which arrived
     # meanwhile) leave with it; 14 and on are in order again and leave on arrival.
     assert r11.arrival + DEPTH <= t11 <= r11.arrival + DEPTH + TICK + 1e-9

@@ -42,7 +42,7 @@ from discord.ext.listening.frames import AudioFrame, FrameKind
 from discord.ext.listening.opus import FRAME_SAMPLES, SAMPLE_RATE, SILENCE_FRAME, OpusEncoder
 from discord.ext.listening.pool import DecodeItem
 from discord.ext.listening.receive import PacketReceiver
-from discord.ext.listening.reorder import seq_diff
+from discord.ext.listening.seqmath import seq_diff
 from discord.ext.listening.ssrc import SSRCMap
 from discord.ext.listening.stats import ListenStats
 from discord.ext.listening.testing.audio import speechlike
@@ -170,7 +170,9 @@ def run_soak(
         mode=transport.AES_GCM, secret_key=list(KEY), dave_session=members[BOT].session, dave_protocol_version=1
     )
     stats = ListenStats()
-    receiver = PacketReceiver(conn, ssrc_map, stats, origin=0.0)
+    receiver = PacketReceiver(ssrc_map, stats, origin=0.0)
+    receiver.set_transport(conn.mode, conn.secret_key)
+    receiver.set_dave(conn.dave_session, conn.dave_protocol_version)
     network = Impairment(loss=0.005, reorder=0.005, jitter=0.004, delay=0.03, seed=seed)
     files = listening.AudioFileSink(WaveAudioFile, out_dir, sync_interval=0.5)
     sink = Recorder(files)

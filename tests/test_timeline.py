@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from discord.ext.listening.reorder import JitterBuffer, seq_add, ts_add
+from discord.ext.listening.reorder import JitterBuffer
 from discord.ext.listening.rtp import unix_to_ntp
+from discord.ext.listening.seqmath import seq_add, ts_add
 from discord.ext.listening.timeline import StreamClock, Timeline
 
 RATE = 48000

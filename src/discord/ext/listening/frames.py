@@ -1,4 +1,9 @@
-"""What sinks receive: one 20 ms frame of one user's audio, placed on the recording timeline."""
+"""What flows between the stages: packets released by the receiver, frames sinks receive.
+
+:class:`ReceivedPacket` is what the receive path hands on (ordered, decrypted Opus, placed
+on the recording timeline); :class:`AudioFrame` is one 20 ms frame of one user's audio as
+a sink gets it.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from .opus import FRAME_SAMPLES, SAMPLE_RATE
 if TYPE_CHECKING:
     import discord
 
-__all__ = ("AudioFrame", "FrameKind")
+__all__ = ("AudioFrame", "FrameKind", "ReceivedPacket", "SpeakingChange")
 
 
 class FrameKind(enum.Enum):
@@ -94,3 +99,38 @@ class AudioFrame:
             f"<AudioFrame user={self.user_id} ssrc={self.ssrc} seq={self.sequence} kind={self.kind.value} "
             f"t={self.time:.3f}s bytes={len(self.audio)}>"
         )
+
+
+@dataclass(slots=True)
+class ReceivedPacket:
+    """An authenticated, decrypted Opus packet released in sequence order for its SSRC.
+
+    ``position`` is the sample offset of the packet's first sample on the recording timeline;
+    ``lost_positions`` holds one position per frame missing right before this packet (oldest
+    first), where the decoder's concealment of them belongs.
+    """
+
+    ssrc: int
+    user_id: int | None
+    sequence: int
+    timestamp: int
+    opus: bytes
+    lost_positions: tuple[int, ...]
+    position: int
+    arrival: float
+    audio_level: int | None
+    new_stream: bool = False
+
+    @property
+    def lost_before(self) -> int:
+        """How many frames are missing right before this packet."""
+        return len(self.lost_positions)
+
+
+@dataclass(slots=True)
+class SpeakingChange:
+    """A user started or stopped sending audio."""
+
+    ssrc: int
+    user_id: int | None
+    speaking: bool

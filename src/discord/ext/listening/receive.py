@@ -24,11 +24,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import davey
-
 from . import dave
+from .frames import ReceivedPacket, SpeakingChange
 from .opus import FRAME_SAMPLES, SAMPLE_RATE, packet_has_fec
-from .reorder import JitterBuffer, PushResult, seq_diff, ts_diff
+from .reorder import JitterBuffer, PushResult
 from .rtp import (
     AUDIO_LEVEL_EXTENSION_ID,
     OPUS_PAYLOAD_TYPE,
@@ -40,43 +39,24 @@ from .rtp import (
     parse_rtp_header,
     split_plaintext,
 )
+from .seqmath import ts_add, ts_diff
 from .ssrc import SSRCMap
 from .stats import DropReason, ListenStats
-from .timeline import StreamClock
-from .transport import DecryptionFailed, TransportCipher, transport_cipher
+from .timeline import StreamClock, debursted_arrivals
+from .transport import DecryptionFailed
+from .transport_keys import TransportKeyRing
 
-__all__ = ("PacketReceiver", "ReceivedPacket", "SpeakingChange")
+__all__ = ("PacketReceiver",)
 
 _log = logging.getLogger(__name__)
 
-_AUDIO: Final = davey.MediaType.audio
 _ACCEPTED: Final = PushResult.ACCEPTED
 FRAME_SECONDS: Final = FRAME_SAMPLES / SAMPLE_RATE
-#: Seconds around a transport key change during which either key is accepted.
-KEY_GRACE: Final = 1.0
-#: Packets that failed authentication kept for a retry when the key changes.
-MAX_PARKED: Final = 64
 #: Frames of concealment one SSRC may ask for at once; the budget refills at one frame per
 #: frame of arrival time, so skipped sequence numbers cannot flood the decoder and sinks.
 CONCEAL_BURST: Final = 50
 #: A talker is "stopped" after this long without a packet (senders stop sending in silence).
 SPEAKING_TIMEOUT: Final = 0.25
-#: ValueError texts from davey meaning "the key is not here yet" (worth holding and retrying).
-#: "NoValidCryptorFound" is not one of them: the bot holds keys for the sender, but none
-#: of the frame's epoch. libdave clients switch keys only at op 22, after the bot reported
-#: ready for the new epoch, so such a frame was sealed under an epoch the bot no longer (or
-#: never) holds, and no later message brings that key back.
-_RETRYABLE_DAVE: Final = ("NoDecryptorForUser", "NoDecryptor", "MissingKey")
-#: Consecutive undecryptable frames of one sender after which the bot's DAVE state is
-#: taken to be broken and a recovery is asked for (discord.js re-initialises at 36).
-DAVE_FAILURE_LIMIT: Final = 36
-#: Seconds before the same sender may ask for another recovery (one re-key takes a round
-#: trip through the voice server and every member).
-DAVE_RECOVERY_COOLDOWN: Final = 10.0
-#: Seconds between two attempts to find the owner of an unmapped SSRC by trial decryption,
-#: and how many candidate users one attempt tries at most.
-INFER_INTERVAL: Final = 0.1
-INFER_CANDIDATES: Final = 64
 #: The length of a UDP keepalive (and of the server's echo of one): never RTP or RTCP,
 #: which are at least 12 bytes before encryption adds its tag and nonce.
 KEEPALIVE_SIZE: Final = 8
@@ -85,41 +65,6 @@ KEEPALIVE_SIZE: Final = 8
 _PLAIN_B0: Final = 0x90
 _unpack_header = struct.Struct(">BBHII").unpack_from
 _unpack_words = struct.Struct(">H").unpack_from
-
-
-@dataclass(slots=True)
-class ReceivedPacket:
-    """An authenticated, decrypted Opus packet released in sequence order for its SSRC.
-
-    ``position`` is the sample offset of the packet's first sample on the recording timeline;
-    ``lost_positions`` holds one position per frame missing right before this packet (oldest
-    first), where the decoder's concealment of them belongs.
-    """
-
-    ssrc: int
-    user_id: int | None
-    sequence: int
-    timestamp: int
-    opus: bytes
-    lost_positions: tuple[int, ...]
-    position: int
-    arrival: float
-    audio_level: int | None
-    new_stream: bool = False
-
-    @property
-    def lost_before(self) -> int:
-        """How many frames are missing right before this packet."""
-        return len(self.lost_positions)
-
-
-@dataclass(slots=True)
-class SpeakingChange:
-    """A user started or stopped sending audio."""
-
-    ssrc: int
-    user_id: int | None
-    speaking: bool
 
 
 @dataclass(slots=True)
@@ -159,11 +104,8 @@ class _Stream:
     padding_run: int = 0
     padding_missing: int = 0
     padding_new_stream: bool = False
-    #: Undecryptable DAVE frames in a row, and when this sender last asked for a recovery.
-    dave_failures: int = 0
-    recovery_at: float = float("-inf")
-    #: When an owner was last looked for by trial decryption (unmapped SSRC).
-    infer_at: float = float("-inf")
+    #: DAVE bookkeeping (failures in a row, recoveries, owner search).
+    dave: dave.SenderState = field(default_factory=dave.SenderState)
 
 
 class PacketReceiver:
@@ -174,11 +116,12 @@ class PacketReceiver:
     because davey refuses a sender's frames older than the first one it decrypted: decrypting
     in arrival order would lose the first words whenever they arrive reordered.
 
+    Keys come in through :meth:`set_transport` and :meth:`set_dave` (the voice client calls
+    them whenever discord.py's connection changes them); the receiver reads no discord.py
+    object itself.
+
     Parameters
     ----------
-    connection: Any
-        discord.py's ``VoiceConnectionState`` (read for ``mode``, ``secret_key``,
-        ``dave_session``, ``dave_protocol_version``), or any object with those attributes.
     ssrc_map: :class:`SSRCMap`
         Who owns which SSRC.
     stats: :class:`ListenStats`
@@ -197,7 +140,6 @@ class PacketReceiver:
 
     def __init__(
         self,
-        connection: Any,
         ssrc_map: SSRCMap,
         stats: ListenStats,
         *,
@@ -213,7 +155,6 @@ class PacketReceiver:
             raise ValueError(f"hold_time must be positive, got {hold_time!r}")
         if max_held < 1 or max_streams < 1:
             raise ValueError("max_held and max_streams must be at least 1")
-        self._conn = connection
         self._map = ssrc_map
         self.stats = stats
         self.origin = origin
@@ -223,37 +164,26 @@ class PacketReceiver:
         self.max_streams = max_streams
         self._lock = threading.Lock()
         self._streams: dict[int, _Stream] = {}
-        self._cipher: TransportCipher | None = None
-        self._cipher_key: Any = None
-        self._cipher_mode: str | None = None
-        # Around a key change the UDP and websocket paths race: packets sealed with the new
-        # key can arrive before SESSION_DESCRIPTION does, and ones sealed with the old key
-        # after it. The old cipher stays usable for a grace period, and packets that fail
-        # authentication are parked (bounded) and retried once when the key changes.
-        self._prev_cipher: TransportCipher | None = None
-        self._prev_until = 0.0
-        self._parked: deque[tuple[bytes, float]] = deque()
-        self._key_changed = False
-        self._recoveries: list[int] = []
+        self._keys = TransportKeyRing()
+        self._dave = dave.DaveReceiver(ssrc_map, stats)
         self.paused = False
 
     # -- socket thread -------------------------------------------------------------------
 
-    def _current_cipher(self) -> TransportCipher | None:
-        key = getattr(self._conn, "secret_key", None)
-        mode = getattr(self._conn, "mode", None)
-        # discord.py assigns a fresh list on every SESSION_DESCRIPTION, so identity tells us
-        # the key changed without comparing 32 bytes per packet.
-        if key is not self._cipher_key or mode is not self._cipher_mode:
-            self._cipher_key, self._cipher_mode = key, mode
-            self._prev_cipher, self._cipher = self._cipher, None
-            self._key_changed = True
-            if key and mode:
-                try:
-                    self._cipher = transport_cipher(mode, bytes(key))
-                except ValueError:
-                    _log.error("voice connection uses unsupported mode %r; cannot decrypt", mode)
-        return self._cipher
+    def set_transport(self, mode: str | None, key: bytes | bytearray | list[int] | None) -> None:
+        """The voice session's transport mode and secret key (SESSION_DESCRIPTION); any thread.
+
+        Packets that no key opened in the last :data:`~.transport_keys.KEY_GRACE` seconds are
+        tried again with the new key, and the old key keeps working that long.
+        """
+        self._keys.set(mode, key)
+
+    def set_dave(self, session: Any, protocol_version: int) -> None:
+        """The connection's ``davey.DaveSession`` (or ``None``) and DAVE protocol version; any thread.
+
+        Frames waiting for a key are retried at the next poll.
+        """
+        self._dave.set_session(session, protocol_version)
 
     def datagram(self, data: bytes, now: float) -> list[RTCPPacket] | None:
         """Take one datagram from the voice socket.
@@ -283,15 +213,16 @@ class PacketReceiver:
                         rtcp += packets
                     continue
                 rtp_one(data, now)
-                if self._key_changed:
-                    self._retry_parked(now)
+                if self._keys.changed:
+                    for old, arrival in self._keys.take_parked(now):
+                        rtp_one(old, arrival, True)
             except Exception:  # a bug must not kill discord.py's socket thread
                 _log.exception("unexpected error handling a %d-byte datagram", len(data))
                 self.stats.drop_unattributed(DropReason.malformed)
         return rtcp
 
     def _rtcp(self, data: bytes) -> list[RTCPPacket] | None:
-        cipher = self._current_cipher()
+        cipher = self._keys.cipher
         if cipher is None:
             return None
         try:
@@ -304,30 +235,6 @@ class PacketReceiver:
             return None
         self.stats.rtcp_packets += len(packets)
         return packets
-
-    def _retry_parked(self, now: float) -> None:
-        self._key_changed = False
-        self._prev_until = now + KEY_GRACE
-        parked, self._parked = list(self._parked), deque()
-        for old, arrival in parked:
-            self._rtp_one(old, arrival, retry=True)
-
-    def _park(self, data: bytes, now: float) -> None:
-        parked = self._parked
-        while parked and (len(parked) >= MAX_PARKED or now - parked[0][1] > KEY_GRACE):
-            parked.popleft()
-            self.stats.drop_unattributed(DropReason.auth_failed)
-        parked.append((data, now))
-
-    def _open_prev(self, data: bytes, aad_length: int, now: float) -> bytes | None:
-        """The current key failed: the previous one, within its grace period."""
-        prev = self._prev_cipher
-        if prev is not None and now < self._prev_until:
-            try:
-                return prev.decrypt(data, aad_length)
-            except DecryptionFailed:
-                pass
-        return None
 
     def _rtp_one(self, data: bytes, now: float, retry: bool = False) -> None:
         stats = self.stats
@@ -351,18 +258,21 @@ class PacketReceiver:
         if payload_type != OPUS_PAYLOAD_TYPE or self._map.is_video(ssrc):
             stats.drop(self._map.user_for(ssrc), DropReason.not_audio)
             return
-        cipher = self._current_cipher()
+        keys = self._keys
+        cipher = keys.cipher
         plain = None
         if cipher is not None:
             try:
                 plain = cipher.decrypt(data, aad_length)
             except DecryptionFailed:
-                plain = self._open_prev(data, aad_length, now)
+                plain = keys.open_previous(data, aad_length, now)
         if plain is None:
             if retry:
                 stats.drop_unattributed(DropReason.auth_failed)
             else:
-                self._park(data, now)
+                expired = keys.park(data, now)
+                if expired:
+                    stats.drop_unattributed(DropReason.auth_failed, expired)
             return
         try:
             if header is None:  # split_plaintext for the layout without padding
@@ -488,9 +398,9 @@ class PacketReceiver:
                     self._decrypt_pending(stream, now, out, counts, final=True)
         finally:
             self._count(counts)
-        if self._parked:
-            self.stats.drop_unattributed(DropReason.auth_failed, len(self._parked))
-            self._parked.clear()
+        parked = self._keys.drop_parked()
+        if parked:
+            self.stats.drop_unattributed(DropReason.auth_failed, parked)
         return out
 
     def reset_streams(self, now: float) -> list[ReceivedPacket]:
@@ -512,10 +422,6 @@ class PacketReceiver:
         if counts:
             self.stats.add_released(counts)
 
-    def _e2ee(self) -> tuple[Any, bool]:
-        session = getattr(self._conn, "dave_session", None)
-        return session, session is not None and bool(getattr(self._conn, "dave_protocol_version", 0))
-
     def _place(
         self, stream: _Stream, released: list[Any], out: list[ReceivedPacket], counts: dict[int | None, list[int]]
     ) -> None:
@@ -527,10 +433,10 @@ class PacketReceiver:
         pending = stream.pending
         clock = stream.clock
         user_id = self._map.user_for(stream.ssrc)
-        e2ee = self._e2ee()[1]
+        e2ee = self._dave.e2ee
         # Straight out only where queueing could not have dropped anything (max_held).
         direct = user_id is not None and not pending and len(released) <= self.max_held
-        arrivals = _debursted_arrivals(released) if len(released) > 1 else None
+        arrivals = debursted_arrivals(released) if len(released) > 1 else None
         for k, r in enumerate(released):
             arrival = r.arrival if arrivals is None else arrivals[k]
             payload, level = r.payload
@@ -558,9 +464,7 @@ class PacketReceiver:
                 # Place each lost frame like a received one, so concealment can never overlap
                 # earlier audio even when the clock re-anchors at this packet.
                 first = r.timestamp - FRAME_SAMPLES * lost
-                lost_positions = tuple(
-                    clock.position((first + FRAME_SAMPLES * i) & 0xFFFFFFFF, arrival) for i in range(lost)
-                )
+                lost_positions = tuple(clock.position(ts_add(first, FRAME_SAMPLES * i), arrival) for i in range(lost))
             silence = dave.is_silence(payload)
             position = clock.position(r.timestamp, arrival, new_stream=r.new_stream, silence=silence)
             if direct and not pending and not (e2ee and not silence) and not dave.is_dave_frame(payload):
@@ -629,125 +533,33 @@ class PacketReceiver:
         final: bool,
     ) -> None:
         user_id = self._map.user_for(stream.ssrc)
-        session, e2ee = self._e2ee()
+        opener = self._dave
         pending = stream.pending
         while pending:
             p = pending[0]
             may_wait = not final and now - p.arrival < self.hold_time
             payload = p.payload
-            if dave.is_dave_frame(payload) or (e2ee and not dave.is_silence(payload)):
-                # E2E-encrypted, or clear audio under DAVE (allowed only while davey's
-                # passthrough is on during a transition, which decrypt() knows).
-                if user_id is None and session is not None and dave.is_dave_frame(payload):
-                    found = self._infer_owner(stream, session, payload, now)
-                    if found is not None:
-                        user_id, payload = found
-                        pending.popleft()
-                        self._emit(
-                            stream,
-                            user_id,
-                            p.sequence,
-                            p.timestamp,
-                            payload,
-                            p.lost_positions,
-                            p.position,
-                            p.arrival,
-                            p.audio_level,
-                            p.new_stream,
-                            out,
-                            counts,
-                        )
-                        continue
-                if user_id is None or session is None:
-                    if may_wait:
-                        return  # the SPEAKING (op 5) or the MLS welcome is on its way
-                    self._drop_head(stream, DropReason.unknown_ssrc if user_id is None else DropReason.undecryptable)
+            if opener.needs_opening(payload):
+                opened = opener.open(stream.dave, stream.ssrc, user_id, payload, now, may_wait)
+                if opened is None:
+                    return  # its key or its owner is on the way: everything behind it waits too
+                if isinstance(opened, DropReason):
+                    self._drop_head(stream, opened)
                     continue
-                try:
-                    payload = session.decrypt(user_id, _AUDIO, payload)
-                except ValueError as exc:
-                    text = str(exc)
-                    if may_wait and any(tag in text for tag in _RETRYABLE_DAVE):
-                        return  # the key for this user arrives with the next commit/welcome
-                    unencrypted = "Unencrypted" in text
-                    _log.debug("DAVE frame of user %s seq %d not decryptable: %s", user_id, p.sequence, text)
-                    self._drop_head(stream, DropReason.unencrypted if unencrypted else DropReason.undecryptable)
-                    if not unencrypted:
-                        self._dave_failed(stream, user_id, now)
-                    continue
-                stream.dave_failures = 0
+                user_id, payload = opened
             elif user_id is None and may_wait:
                 # No E2EE: decodable, but a sink wants to know whose audio it is. Wait a
                 # little for SPEAKING; after hold_time it goes out with user None, not lost.
                 return
             pending.popleft()
             self._emit(
-                stream,
-                user_id,
-                p.sequence,
-                p.timestamp,
-                payload,
-                p.lost_positions,
-                p.position,
-                p.arrival,
-                p.audio_level,
-                p.new_stream,
-                out,
-                counts,
-            )
-
-    def _infer_owner(self, stream: _Stream, session: Any, frame: bytes, now: float) -> tuple[int, bytes] | None:
-        """Find whose frame this is by trying the keys of members with no known SSRC.
-
-        Discord names an SSRC's owner only in SPEAKING (op 5), which may come after the first
-        packets or, for a member who was speaking before the bot connected, not at all. A
-        DAVE frame authenticates under its sender's key only (AES-GCM), so the one member
-        whose key opens it is its owner: then the SSRC is mapped and its audio flows.
-        Bounded: one attempt per :data:`INFER_INTERVAL` per SSRC, :data:`INFER_CANDIDATES`
-        users at most; a wrong key fails without touching the real sender's state.
-        """
-        if now - stream.infer_at < INFER_INTERVAL:
-            return None
-        stream.infer_at = now
-        for user_id in self._map.unmapped_users()[:INFER_CANDIDATES]:
-            try:
-                plain = session.decrypt(user_id, _AUDIO, frame)
-            except ValueError:
-                continue
-            self._map.set_audio(stream.ssrc, user_id)
-            self.stats.ssrcs_inferred += 1
-            _log.info(
-                "SSRC %d belongs to user %s (its DAVE key opened the frame; no SPEAKING named it)", stream.ssrc, user_id
-            )
-            return user_id, plain
-        return None
-
-    def _dave_failed(self, stream: _Stream, user_id: int, now: float) -> None:
-        """One more undecryptable frame of ``user_id``; after too many in a row, ask for a re-key."""
-        stream.dave_failures += 1
-        if stream.dave_failures < DAVE_FAILURE_LIMIT or now - stream.recovery_at < DAVE_RECOVERY_COOLDOWN:
-            return
-        stream.dave_failures = 0
-        stream.recovery_at = now
-        self.stats.dave_recoveries += 1
-        self._recoveries.append(user_id)
-        _log.warning(
-            "%d DAVE frames of user %s in a row could not be decrypted: asking for a new DAVE session",
-            DAVE_FAILURE_LIMIT,
-            user_id,
-        )
+                stream, user_id, p.sequence, p.timestamp, payload, p.lost_positions, p.position, p.arrival,
+                p.audio_level, p.new_stream, out, counts,
+            )  # fmt: skip
 
     def take_dave_recoveries(self) -> list[int]:
-        """Users whose frames kept failing since the last call: the DAVE state needs a re-key.
-
-        The caller (which owns the voice connection) re-initialises the DAVE session: the
-        voice server then re-adds the bot to the group with fresh keys.
-        """
-        if not self._recoveries:  # the common case, without the lock
-            return []
-        with self._lock:
-            out, self._recoveries = self._recoveries, []
-        return out
+        """Users whose DAVE frames kept failing since the last call (see :class:`.dave.DaveReceiver`)."""
+        return self._dave.take_recoveries()
 
     def _emit(
         self,
@@ -818,28 +630,11 @@ class PacketReceiver:
             changes.append(SpeakingChange(stream.ssrc, user_id, active))
 
     @property
+    def parked_packets(self) -> int:
+        """Packets no transport key opened yet, kept for the next key (bounded)."""
+        return self._keys.parked
+
+    @property
     def ssrcs(self) -> list[int]:
         """SSRCs currently tracked."""
         return list(self._streams)
-
-
-def _debursted_arrivals(released: list[Any]) -> list[float]:
-    """Arrival times with bursts undone, for placing packets on the timeline.
-
-    When the receiving thread stalls (GIL, a busy machine), packets that were sent 20 ms
-    apart are read together; taken at face value, the first of them looks late and would
-    shift the speech on the timeline. A packet cannot have been sent later than its
-    successor minus their RTP distance, so within one contiguous release each arrival is
-    capped by the next one's. This only ever moves arrivals earlier.
-    """
-    out = [r.arrival for r in released]
-    for i in range(len(released) - 2, -1, -1):
-        a, b = released[i], released[i + 1]
-        if b.new_stream:
-            continue
-        step = seq_diff(b.sequence, a.sequence)
-        if step >= 1 and ts_diff(b.timestamp, a.timestamp) == FRAME_SAMPLES * step:
-            cap = out[i + 1] - step * FRAME_SECONDS
-            if cap < out[i]:
-                out[i] = cap
-    return out

@@ -1,9 +1,6 @@
-"""Per-SSRC jitter buffer and wrap-safe RTP sequence/timestamp arithmetic, sans-I/O.
+"""Per-SSRC jitter buffer, sans-I/O: packets back in sequence order, losses declared.
 
-This module is the one place the project does modular RTP arithmetic: 16-bit sequence
-numbers (:func:`seq_diff`, :func:`seq_add`, :func:`seq_lt`) and 32-bit timestamps
-(:func:`ts_diff`, :func:`ts_add`, :func:`ts_lt`). Everything else should call these rather
-than re-deriving ``& 0xFFFF`` tricks.
+Wrap-safe sequence and timestamp arithmetic lives in :mod:`.seqmath`.
 
 :class:`JitterBuffer` takes one SSRC's packets in any order (:meth:`JitterBuffer.push`) and
 gives them back in sequence order (:meth:`JitterBuffer.pop_ready`), declaring a missing
@@ -26,32 +23,11 @@ from dataclasses import dataclass
 from heapq import heappop, heappush
 from typing import Any, Final, NamedTuple
 
-__all__ = (
-    "SEQ_MOD",
-    "TS_MOD",
-    "JitterBuffer",
-    "JitterStats",
-    "PushResult",
-    "Released",
-    "Unwrapper",
-    "seq_add",
-    "seq_diff",
-    "seq_lt",
-    "ts_add",
-    "ts_diff",
-    "ts_lt",
-)
+from .seqmath import SEQ_HALF, SEQ_MASK, TS_HALF, TS_MASK
+
+__all__ = ("JitterBuffer", "JitterStats", "PushResult", "Released")
 
 _log = logging.getLogger(__name__)
-
-#: Sequence numbers are 16 bits (RFC 3550); they wrap every ~22 minutes at 50 packets/s.
-SEQ_MOD: Final = 1 << 16
-_SEQ_MASK: Final = SEQ_MOD - 1
-_SEQ_HALF: Final = SEQ_MOD >> 1
-#: RTP timestamps are 32 bits; at 48 kHz they wrap every ~24.9 hours (from a random start).
-TS_MOD: Final = 1 << 32
-_TS_MASK: Final = TS_MOD - 1
-_TS_HALF: Final = TS_MOD >> 1
 
 # Distance in extended-sequence space between two streams of one buffer (see _restart).
 # Far larger than any window, so a restarted stream's packets always sort after the old
@@ -61,97 +37,6 @@ _STREAM_GAP: Final = 1 << 18
 # Building Released through tuple.__new__ skips NamedTuple's Python-level __new__: the
 # difference (~0.5 us) is a fifth of the whole per-packet cost.
 _tuple_new = tuple.__new__
-
-
-# -- wrap-safe arithmetic -------------------------------------------------------------------
-
-
-def seq_diff(a: int, b: int) -> int:
-    """Signed distance ``a - b`` between two 16-bit sequence numbers.
-
-    Parameters
-    ----------
-    a, b: :class:`int`
-        Sequence numbers (any int; only the low 16 bits count).
-
-    Returns
-    -------
-    :class:`int`
-        The ``d`` in ``[-32768, 32767]`` with ``b + d == a`` modulo 2**16: positive when
-        ``a`` comes after ``b``.
-    """
-    return ((a - b + _SEQ_HALF) & _SEQ_MASK) - _SEQ_HALF
-
-
-def seq_add(seq: int, n: int) -> int:
-    """``seq + n`` wrapped to 16 bits (``n`` may be negative)."""
-    return (seq + n) & _SEQ_MASK
-
-
-def seq_lt(a: int, b: int) -> bool:
-    """Whether sequence number ``a`` comes before ``b`` (within half the number space)."""
-    return seq_diff(a, b) < 0
-
-
-def ts_diff(a: int, b: int) -> int:
-    """Signed distance ``a - b`` between two 32-bit RTP timestamps.
-
-    Returns
-    -------
-    :class:`int`
-        The ``d`` in ``[-2**31, 2**31 - 1]`` with ``b + d == a`` modulo 2**32 (at 48 kHz:
-        up to ~12.4 hours either way).
-    """
-    return ((a - b + _TS_HALF) & _TS_MASK) - _TS_HALF
-
-
-def ts_add(ts: int, n: int) -> int:
-    """``ts + n`` wrapped to 32 bits (``n`` may be negative)."""
-    return (ts + n) & _TS_MASK
-
-
-def ts_lt(a: int, b: int) -> bool:
-    """Whether timestamp ``a`` comes before ``b`` (within half the number space)."""
-    return ts_diff(a, b) < 0
-
-
-class Unwrapper:
-    """Extends a wrapping counter (sequence number, timestamp) to an unbounded int.
-
-    Each value is placed at the extension nearest to the previous one, so it follows the
-    counter through any number of wraps as long as consecutive values are less than half
-    the range apart. Values may go backwards (reordering).
-
-    Parameters
-    ----------
-    bits: :class:`int`
-        Width of the counter: 16 for sequence numbers, 32 for RTP timestamps.
-
-    Examples
-    --------
-    >>> u = Unwrapper(16)
-    >>> [u.unwrap(s) for s in (65534, 65535, 0, 65535, 1)]
-    [65534, 65535, 65536, 65535, 65537]
-    """
-
-    __slots__ = ("_half", "_last", "_mask")
-
-    def __init__(self, bits: int = 16) -> None:
-        if bits < 2:
-            raise ValueError(f"bits must be at least 2, got {bits!r}")
-        self._mask = (1 << bits) - 1
-        self._half = 1 << (bits - 1)
-        self._last: int | None = None
-
-    def unwrap(self, value: int) -> int:
-        """The extended value of ``value`` (its low bits are ``value``)."""
-        last = self._last
-        if last is None:
-            ext = value & self._mask
-        else:
-            ext = last + (((value - last + self._half) & self._mask) - self._half)
-        self._last = ext
-        return ext
 
 
 # -- jitter buffer --------------------------------------------------------------------------
@@ -224,11 +109,6 @@ class Released(NamedTuple):
     arrival: float
     lost_before: int = 0
     new_stream: bool = False
-
-    @property
-    def follows_gap(self) -> bool:
-        """Whether packets are missing right before this one (decode FEC from it)."""
-        return self.lost_before > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,10 +260,10 @@ class JitterBuffer:
             raise ValueError(f"depth must be >= 0 seconds, got {depth!r}")
         if max_packets < 1:
             raise ValueError(f"max_packets must be >= 1, got {max_packets!r}")
-        if not 1 <= max_dropout < _SEQ_HALF:
-            raise ValueError(f"max_dropout must be within 1..{_SEQ_HALF - 1}, got {max_dropout!r}")
-        if not 1 <= max_misorder < _SEQ_HALF:
-            raise ValueError(f"max_misorder must be within 1..{_SEQ_HALF - 1}, got {max_misorder!r}")
+        if not 1 <= max_dropout < SEQ_HALF:
+            raise ValueError(f"max_dropout must be within 1..{SEQ_HALF - 1}, got {max_dropout!r}")
+        if not 1 <= max_misorder < SEQ_HALF:
+            raise ValueError(f"max_misorder must be within 1..{SEQ_HALF - 1}, got {max_misorder!r}")
         if restart_probation < 1:
             raise ValueError(f"restart_probation must be >= 1, got {restart_probation!r}")
         self.restart_probation = restart_probation
@@ -477,15 +357,15 @@ class JitterBuffer:
         ref = self._ref_ext
         if ref is None:
             # First packet of a fresh buffer: it defines the sequence space.
-            self._ref_ext = ref = sequence & _SEQ_MASK
+            self._ref_ext = ref = sequence & SEQ_MASK
             self._ref_seq = sequence
             self._ref_ts = timestamp
             return self._store(ref, sequence, timestamp, payload, now, PushResult.ACCEPTED)
-        d = ((sequence - self._ref_seq + _SEQ_HALF) & _SEQ_MASK) - _SEQ_HALF
+        d = ((sequence - self._ref_seq + SEQ_HALF) & SEQ_MASK) - SEQ_HALF  # seq_diff, inlined
         if d > 0:
             # Forward. Within one stream the timestamp never goes back while the sequence
             # goes forward, so a backward timestamp means a new stream even in the window.
-            td = ((timestamp - self._ref_ts + _TS_HALF) & _TS_MASK) - _TS_HALF
+            td = ((timestamp - self._ref_ts + TS_HALF) & TS_MASK) - TS_HALF  # ts_diff, inlined
             if d > self.max_dropout or td < 0:
                 if td < 0 and d > self.max_dropout:
                     return self._old(sequence, timestamp, payload, now)
@@ -506,8 +386,12 @@ class JitterBuffer:
             if len(fifo) > self._fifo_limit:
                 self._fifo = deque(e for e in fifo if e in buf)
             return _ACCEPTED
-        if d < -self.max_misorder or (d < 0 and ((timestamp - self._ref_ts + _TS_HALF) & _TS_MASK) - _TS_HALF > 0):
-            if d < -self.max_misorder and ((timestamp - self._ref_ts + _TS_HALF) & _TS_MASK) - _TS_HALF <= 0:
+        if d < -self.max_misorder or (
+            d < 0 and ((timestamp - self._ref_ts + TS_HALF) & TS_MASK) - TS_HALF > 0
+        ):  # ts_diff, inlined
+            if (
+                d < -self.max_misorder and ((timestamp - self._ref_ts + TS_HALF) & TS_MASK) - TS_HALF <= 0
+            ):  # ts_diff, inlined
                 return self._old(sequence, timestamp, payload, now)
             return self._restart(sequence, timestamp, payload, now)
         self._live_at = now
@@ -578,8 +462,8 @@ class JitterBuffer:
         probe = self._probe
         if (
             probe is not None
-            and sequence == (probe[0] + 1) & _SEQ_MASK
-            and ((timestamp - probe[1] + _TS_HALF) & _TS_MASK) - _TS_HALF > 0
+            and sequence == (probe[0] + 1) & SEQ_MASK
+            and ((timestamp - probe[1] + TS_HALF) & TS_MASK) - TS_HALF > 0  # ts_diff, inlined
             and self._live_at < probe[3]
         ):
             count, first = probe[2] + 1, probe[3]
@@ -597,7 +481,7 @@ class JitterBuffer:
         # in while it is being released, else duplicate or late); None if it is not one.
         prev = self._prev_ext
         if prev is not None:
-            d_old = ((sequence - self._prev_seq + _SEQ_HALF) & _SEQ_MASK) - _SEQ_HALF
+            d_old = ((sequence - self._prev_seq + SEQ_HALF) & SEQ_MASK) - SEQ_HALF  # seq_diff, inlined
             if -self.max_misorder <= d_old <= self.max_misorder:
                 # A straggler of the stream before the restart, not yet another restart.
                 ext = prev + d_old

@@ -35,11 +35,12 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from .frames import AudioFrame, FrameKind
+from . import _discord
+from .frames import AudioFrame, FrameKind, ReceivedPacket, SpeakingChange
 from .opus import SAMPLE_RATE
-from .receive import PacketReceiver, ReceivedPacket, SpeakingChange
-from .reorder import seq_diff
+from .receive import PacketReceiver
 from .rtp import RTCPPacket
+from .seqmath import seq_diff
 from .sink import AudioSink
 from .ssrc import SSRCMap
 from .stats import DropReason, ListenStats
@@ -102,9 +103,7 @@ class ListeningSession:
         self.loop: asyncio.AbstractEventLoop = voice_client.loop
         self.stats = ListenStats()
         self.origin = time.monotonic()
-        self.receiver = PacketReceiver(
-            voice_client._connection, ssrc_map, self.stats, origin=self.origin, jitter_depth=jitter_depth
-        )
+        self.receiver = PacketReceiver(ssrc_map, self.stats, origin=self.origin, jitter_depth=jitter_depth)
         self._after = after
         self._after_kwargs = after_kwargs
         # Frames travel to the dispatcher in lists (one queue operation per batch, not per
@@ -130,6 +129,7 @@ class ListeningSession:
         self._cleaned = asyncio.Event()
         self._stop_lock = threading.Lock()
         self._error: BaseException | None = None
+        self._sink_errors_logged: set[str] = set()
         self._stop_reason: str | None = None
         self._pump_thread = threading.Thread(
             target=self._pump, name=f"listening-pump:{voice_client.guild.id}", daemon=True
@@ -150,7 +150,7 @@ class ListeningSession:
             self._stream = self._pool.open_stream(self.voice_client.guild.id, self._on_decoded, on_lost=self._on_lost)
         self._pump_thread.start()
         self._dispatch_thread.start()
-        self.voice_client._connection.add_socket_listener(self._on_datagram)
+        _discord.add_socket_listener(self.voice_client, self._on_datagram)
         _log.info("listening in guild %s (decode=%s)", self.voice_client.guild.id, self.decode)
 
     def stop(self, reason: str = "stopped", error: BaseException | None = None) -> None:
@@ -162,7 +162,7 @@ class ListeningSession:
             self._stop_reason = reason
             self._error = error
         try:
-            self.voice_client._connection.remove_socket_listener(self._on_datagram)
+            _discord.remove_socket_listener(self.voice_client, self._on_datagram)
         except Exception:
             _log.debug("removing the socket listener failed", exc_info=True)
         self._stopping.set()
@@ -193,18 +193,16 @@ class ListeningSession:
 
     def _on_datagram(self, data: bytes) -> None:
         now = time.monotonic()
-        conn = self.voice_client._connection
-        reader = getattr(conn, "_socket_reader", None)
-        sock = getattr(conn, "socket", None)
-        if self._reading or not isinstance(sock, socket.socket) or not hasattr(reader, "_callbacks"):
+        found = None if self._reading else _discord.socket_reader(self.voice_client)
+        if found is None:
             self._receive([data], [now])  # not discord.py's reader as we know it: one at a time
             return
         try:
-            self._read_loop(conn, reader, sock, data, now)
+            self._read_loop(found[0], found[1], data, now)
         except Exception:  # never kill discord.py's reader thread
             _log.exception("listening socket loop failed; back to one datagram at a time")
 
-    def _read_loop(self, conn: Any, reader: Any, sock: socket.socket, data: bytes, now: float) -> None:
+    def _read_loop(self, reader: _discord.SocketReaderView, sock: socket.socket, data: bytes, now: float) -> None:
         if sock is not self._sized_socket:
             self._sized_socket = sock
             try:
@@ -223,7 +221,6 @@ class ListeningSession:
         recv, recvmsg = sock.recv, sock.recvmsg
         sol, kind, unpack, size = socket.SOL_SOCKET, _SO_TIMESTAMPNS, _TIMESPEC.unpack_from, _TIMESPEC.size
         me = self._on_datagram
-        end, running = reader._end, reader._running
         batch = [data]
         arrivals = [now]
         if stamped:
@@ -244,7 +241,7 @@ class ListeningSession:
         try:
             while True:
                 # Everything queued now, in one go (the socket is non-blocking).
-                full = False
+                full: bool | None = False
                 try:
                     if stamped:
                         offset = time.time() - now  # kernel stamps are wall-clock time
@@ -274,7 +271,7 @@ class ListeningSession:
                     pass
                 except OSError:
                     full = None  # closed under us: process what we have and give back the thread
-                others = [cb for cb in reader._callbacks if cb != me]
+                others = [cb for cb in reader.listeners() if cb != me]
                 if others:  # e.g. discord.py's IP discovery: it must see what we read
                     # (discord.py itself hands the first datagram to every listener)
                     for d in batch[fresh:]:
@@ -289,15 +286,7 @@ class ListeningSession:
                     self._release(now)
                 else:
                     idle += 1
-                if (
-                    full is None
-                    or not stamped
-                    or idle >= IDLE_READS
-                    or self.done
-                    or end.is_set()
-                    or not running.is_set()
-                    or getattr(conn, "socket", None) is not sock
-                ):
+                if full is None or not stamped or idle >= IDLE_READS or self.done or reader.must_yield(sock):
                     return
                 if not full:
                     self._stopping.wait(PUMP_INTERVAL)
@@ -311,7 +300,7 @@ class ListeningSession:
 
     def _receive(self, batch: list[bytes], arrivals: list[float]) -> None:
         for packet in self.receiver.datagrams(batch, arrivals):
-            self._enqueue(packet, None)
+            self._enqueue_event(packet)
 
     def _release(self, now: float) -> None:
         """Release what the jitter buffers have ready and send it on (either thread)."""
@@ -342,7 +331,7 @@ class ListeningSession:
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + TICK_INTERVAL
-                    self._enqueue(_TICK, None)
+                    self._enqueue_event(_TICK)
                 if self._reading and now - self._last_release < PUMP_INTERVAL:
                     continue  # the socket thread released moments ago and will again
                 self._release(now)
@@ -355,7 +344,8 @@ class ListeningSession:
             self._error = self._error or exc
         finally:
             self._pump_done.set()
-            self._put_blocking(_STOP)
+            # The stop marker always gets in: the queue itself is unbounded, the bound is ours.
+            self._queue.put_nowait(_STOP)
 
     def _submit(self, packets: list[ReceivedPacket]) -> None:
         if not packets:
@@ -473,11 +463,8 @@ class ListeningSession:
         guild = self.voice_client.guild
         return guild.get_member(user_id) or discord.Object(id=user_id)
 
-    def _enqueue(self, item: Any, user_id: int | None) -> None:
-        """One tick or RTCP packet (or a single frame); dropped when the sink is behind."""
-        if isinstance(item, AudioFrame):
-            self._enqueue_frames([item])
-            return
+    def _enqueue_event(self, item: Any) -> None:
+        """A tick or an RTCP packet for the sink; dropped (RTCP counted) when the sink is behind."""
         with self._qlock:
             if self._queued >= self._queue_limit:
                 if isinstance(item, RTCPPacket):
@@ -494,7 +481,7 @@ class ListeningSession:
         with self._qlock:
             room = self._queue_limit - self._queued
             if room >= len(frames):
-                take, rest = frames, ()
+                take, rest = frames, []
             else:
                 take, rest = frames[: max(room, 0)], frames[max(room, 0) :]
             self._queued += len(take)
@@ -508,15 +495,22 @@ class ListeningSession:
             for uid, n in dropped.items():
                 self.stats.drop(uid, DropReason.sink_overflow, n)
 
-    def _put_blocking(self, item: Any) -> None:
-        # The stop marker always gets in (the queue itself is unbounded; the bound is ours).
-        self._queue.put_nowait(item)
-
     def _call_sink(self, method: str, *args: Any) -> None:
         try:
             getattr(self.sink, method)(*args)
         except Exception:
-            _log.exception("sink %r raised in %s", self.sink, method)
+            self._sink_failed(method)
+
+    def _sink_failed(self, method: str) -> None:
+        """Count a sink callback that raised; log the first of each kind with its traceback."""
+        self.stats.sink_errors += 1
+        if method in self._sink_errors_logged:
+            _log.debug("sink %r raised in %s again", self.sink, method, exc_info=True)
+            return
+        self._sink_errors_logged.add(method)
+        _log.exception(
+            "sink %r raised in %s (further errors are counted in listen_stats.sink_errors)", self.sink, method
+        )
 
     def _dispatch(self) -> None:
         sink = self.sink
@@ -536,7 +530,7 @@ class ListeningSession:
                     try:
                         on_audio(frame)
                     except Exception:
-                        _log.exception("sink %r raised in on_audio", sink)
+                        self._sink_failed("on_audio")
                 with self._qlock:
                     self._queued -= len(item)
                 continue

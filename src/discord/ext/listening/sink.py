@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .frames import AudioFrame
-from .reorder import seq_diff
+from .seqmath import seq_diff
 
 if TYPE_CHECKING:
     from .rtp import RTCPPacket

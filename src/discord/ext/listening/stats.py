@@ -95,7 +95,7 @@ class UserStats:
         }
 
 
-_FIELDS = frozenset(UserStats.__slots__) - {"dropped"}  # type: ignore[attr-defined]
+_FIELDS = frozenset(UserStats.__slots__) - {"dropped"}
 
 
 class ListenStats:
@@ -117,6 +117,8 @@ class ListenStats:
         self.ssrcs_inferred = 0
         #: DAVE session recoveries asked for because a sender's frames kept failing.
         self.dave_recoveries = 0
+        #: Sink callbacks that raised (each logged, the first of a kind with its traceback).
+        self.sink_errors = 0
 
     def _user(self, user_id: int | None) -> UserStats:
         s = self._users.get(user_id)
@@ -201,6 +203,7 @@ class ListenStats:
             "keepalive_echoes": self.keepalive_echoes,
             "ssrcs_inferred": self.ssrcs_inferred,
             "dave_recoveries": self.dave_recoveries,
+            "sink_errors": self.sink_errors,
             "users": {str(u): s.as_dict() for u, s in self.users.items()},
         }
 

@@ -26,10 +26,10 @@ from collections import deque
 from typing import Any, Final
 
 from .opus import FRAME_SAMPLES, SAMPLE_RATE
-from .reorder import ts_diff
 from .rtp import ntp_to_unix
+from .seqmath import TS_HALF, TS_MASK, seq_diff, ts_add, ts_diff
 
-__all__ = ("StreamClock", "Timeline")
+__all__ = ("StreamClock", "Timeline", "debursted_arrivals")
 
 _log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ class StreamClock:
         after_silence, self._after_silence = self._after_silence, silence
         nts = self._next_ts
         if nts is not None and not new_stream:
-            d = ((timestamp - nts + 0x80000000) & 0xFFFFFFFF) - 0x80000000  # ts_diff, inlined
+            d = ((timestamp - nts + TS_HALF) & TS_MASK) - TS_HALF  # ts_diff, inlined
             pos = self._end + d
             tol = self._tol_samples if after_silence else self._drift_samples
             if (
@@ -222,7 +222,7 @@ class StreamClock:
                 and now - self._last_arrival <= self.gap + need / self._rate
                 and -tol <= arr - pos - self._lag0 <= tol
             ):
-                self._next_ts = (timestamp + samples) & 0xFFFFFFFF
+                self._next_ts = ts_add(timestamp, samples)
                 self._end = pos + samples
                 if now > self._last_arrival:
                     self._last_arrival = now
@@ -243,7 +243,7 @@ class StreamClock:
             self.resyncs += 1
             _log.debug("timestamp %d arriving at %d: new spurt at %d (arrival says %d)", timestamp, arr, pos, arr)
         self._lag0 = arr - pos
-        self._next_ts = (timestamp + samples) & 0xFFFFFFFF
+        self._next_ts = ts_add(timestamp, samples)
         self._end = pos + samples
         if now > self._last_arrival:
             self._last_arrival = now
@@ -295,7 +295,7 @@ class StreamClock:
             # no longer comparable.
             offsets.clear()
         self._sr_time = sent
-        self._sr_rtp = rtp_timestamp & 0xFFFFFFFF
+        self._sr_rtp = ts_add(rtp_timestamp, 0)
         offsets.append(now - sent)
         self._sr_offset = min(offsets)
 
@@ -401,3 +401,25 @@ class Timeline:
             if e <= position:
                 return False
         return False
+
+
+def debursted_arrivals(released: list[Any]) -> list[float]:
+    """Arrival times with bursts undone, for placing packets on the timeline.
+
+    When the receiving thread stalls (GIL, a busy machine), packets that were sent 20 ms
+    apart are read together; taken at face value, the first of them looks late and would
+    shift the speech on the timeline. A packet cannot have been sent later than its
+    successor minus their RTP distance, so within one contiguous release each arrival is
+    capped by the next one's. This only ever moves arrivals earlier.
+    """
+    out = [r.arrival for r in released]
+    for i in range(len(released) - 2, -1, -1):
+        a, b = released[i], released[i + 1]
+        if b.new_stream:
+            continue
+        step = seq_diff(b.sequence, a.sequence)
+        if step >= 1 and ts_diff(b.timestamp, a.timestamp) == FRAME_SAMPLES * step:
+            cap = out[i + 1] - step * FRAME_SAMPLES / SAMPLE_RATE
+            if cap < out[i]:
+                out[i] = cap
+    return out

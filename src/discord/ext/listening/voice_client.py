@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -13,13 +12,14 @@ from discord.voice_state import VoiceConnectionState
 
 import discord
 
+from . import _discord
 from . import pool as _pool
 from .keepalive import KEEPALIVE_INTERVAL, UDPKeepalive
 from .session import ListeningSession
 from .sink import AudioSink
 from .ssrc import SSRCMap
 from .stats import ListenStats
-from .transport import AES_GCM, XCHACHA20, transport_cipher
+from .transport import AES_GCM, XCHACHA20, TransportCipher, transport_cipher
 
 if TYPE_CHECKING:
     from .pool import AudioProcessPool
@@ -31,72 +31,12 @@ _log = logging.getLogger(__name__)
 AfterCallback = Callable[..., Coroutine[Any, Any, Any]]
 
 
-def _reader_waker(sock: Any) -> Callable[[], None]:
-    """Something that wakes a thread blocked in ``select()`` on ``sock`` once it is closed.
-
-    Closing a socket does not wake a ``select()`` waiting on it in another thread, and
-    discord.py's SocketReader waits up to 30 s there. It only reads while a listener is
-    registered, so while listening a reconnect (close codes 4006, 4009...) replaced the
-    socket under a reader stuck on the old one: IP discovery on the new socket then timed
-    out until the 30 s were over. A duplicate of the descriptor keeps the old socket alive
-    past discord.py's close; shutting it down wakes the reader, which finds its reader
-    paused (or stopped) and goes on with the new socket.
-    """
-    try:
-        fd = os.dup(sock.fileno()) if os.name == "posix" and sock else -1
-    except (OSError, ValueError, AttributeError):
-        fd = -1
-    if fd < 0:
-        return lambda: None
-
-    def wake() -> None:
-        s = socket.socket(fileno=fd)
-        try:
-            if sock.fileno() == -1:  # only a socket discord.py closed: one it kept stays usable
-                s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # ENOTCONN still wakes the waiters on Linux
-        finally:
-            s.close()
-
-    return wake
+_DISCORD_PY_MODES = tuple(m for m in discord.VoiceClient.supported_modes if m not in (AES_GCM, XCHACHA20))
 
 
 def _log_recovery_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         _log.warning("DAVE recovery failed: %r", task.exception())
-
-
-class _ConnectionState(VoiceConnectionState):
-    """discord.py's connection state; wakes its socket reader when it closes or replaces a socket."""
-
-    def _create_socket(self, *args: Any, **kwargs: Any) -> None:
-        # On a move discord.py opens a new socket without closing the old one, and its
-        # reader sleeps in select() on the old one, which Discord never sends to again
-        # (no RTCP BYE): IP discovery on the new socket then waits out select's 30 s.
-        # Shutting the abandoned socket down wakes the reader, which then finds the new one.
-        old = getattr(self, "socket", None)
-        super()._create_socket(*args, **kwargs)
-        if isinstance(old, socket.socket) and old is not self.socket and old.fileno() != -1:
-            try:
-                old.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # ENOTCONN still wakes the waiters on Linux
-            old.close()
-
-    async def disconnect(self, *args: Any, **kwargs: Any) -> None:
-        wake = _reader_waker(getattr(self, "socket", None))
-        try:
-            await super().disconnect(*args, **kwargs)
-        finally:
-            wake()
-
-    async def soft_disconnect(self, *args: Any, **kwargs: Any) -> None:
-        wake = _reader_waker(getattr(self, "socket", None))
-        try:
-            await super().soft_disconnect(*args, **kwargs)
-        finally:
-            wake()
 
 
 class VoiceClient(discord.VoiceClient):
@@ -121,17 +61,14 @@ class VoiceClient(discord.VoiceClient):
 
     keepalive_interval: float = KEEPALIVE_INTERVAL
 
-    supported_modes = (
-        AES_GCM,
-        XCHACHA20,
-        *(m for m in discord.VoiceClient.supported_modes if m not in (AES_GCM, XCHACHA20)),
-    )  # type: ignore[assignment]
+    # discord.py's type lists the modes it can encrypt itself; AES-GCM is ours.
+    supported_modes = (AES_GCM, XCHACHA20, *_DISCORD_PY_MODES)  # type: ignore[arg-type]
 
     def __init__(self, client: discord.Client, channel: discord.abc.Connectable) -> None:
         self._ssrc_map = SSRCMap()
         self._listening: ListeningSession | None = None
         self._last_session: ListeningSession | None = None
-        self._send_cipher: Any = None
+        self._send_cipher: TransportCipher | None = None
         self._send_cipher_key: Any = None
         # The last DAVE transition the gateway named (op 21/22), for op 31 in a recovery.
         self._dave_transition_id = 0
@@ -141,7 +78,7 @@ class VoiceClient(discord.VoiceClient):
     # -- connection plumbing -------------------------------------------------------------
 
     def create_connection_state(self) -> VoiceConnectionState:
-        return _ConnectionState(self, hook=self._on_gateway_message)
+        return _discord.ConnectionState(self, hook=self._on_gateway_message)
 
     async def connect(
         self, *, reconnect: bool, timeout: float, self_deaf: bool = False, self_mute: bool = False
@@ -151,11 +88,7 @@ class VoiceClient(discord.VoiceClient):
         self._keepalive.start()
 
     def _keepalive_socket(self) -> socket.socket | None:
-        state = self._connection
-        sock = getattr(state, "socket", None)
-        if not state.is_connected() or not isinstance(sock, socket.socket) or sock.fileno() == -1:
-            return None
-        return sock
+        return _discord.voice_socket(self)
 
     @property
     def keepalives_sent(self) -> int:
@@ -169,6 +102,26 @@ class VoiceClient(discord.VoiceClient):
         self._ssrc_map.update_from_gateway(op, data)  # type: ignore[arg-type]
         if op in (21, 22) and isinstance(data, dict) and isinstance(data.get("transition_id"), int):
             self._dave_transition_id = data["transition_id"]
+        # Keys and the DAVE session change only on JSON messages (SESSION_DESCRIPTION, DAVE
+        # transitions and epochs), each handled by discord.py right before this hook.
+        self._update_receiver()
+
+    def _update_receiver(self) -> None:
+        session = self._listening
+        if session is not None:
+            session.receiver.set_transport(*_discord.transport_key(self))
+            session.receiver.set_dave(*_discord.dave_state(self))
+
+    @property
+    def dave_protocol_version(self) -> int:
+        """The DAVE (end-to-end encryption) protocol version of the call; 0 without DAVE."""
+        return _discord.dave_state(self)[1]
+
+    @property
+    def dave_epoch(self) -> int | None:
+        """The MLS epoch of the bot's DAVE group, or ``None`` outside one."""
+        session = _discord.dave_state(self)[0]
+        return None if session is None else session.epoch
 
     def _recover_dave(self) -> None:
         """Re-key DAVE as a client that failed a transition does: op 31, then a new key package.
@@ -177,10 +130,9 @@ class VoiceClient(discord.VoiceClient):
         bot whose MLS state went wrong (frames of one sender failing on and on) hears again.
         Event loop thread.
         """
-        state = self._connection
-        if getattr(state, "dave_session", None) is None or not state.is_connected():
+        if _discord.dave_state(self)[0] is None or not self.is_connected():
             return
-        task = self.loop.create_task(state._recover_from_invalid_commit(self._dave_transition_id))
+        task = self.loop.create_task(_discord.recover_dave(self, self._dave_transition_id))
         task.add_done_callback(_log_recovery_failure)
 
     def _encrypt_aead_aes256_gcm_rtpsize(self, header: bytes, data: bytes) -> bytes:
@@ -188,8 +140,7 @@ class VoiceClient(discord.VoiceClient):
         if self._send_cipher is None or self._send_cipher_key is not key:
             self._send_cipher = transport_cipher(AES_GCM, bytes(key))
             self._send_cipher_key = key
-        counter = self._incr_nonce
-        self.checked_add("_incr_nonce", 1, 4294967295)
+        counter = _discord.next_send_nonce(self)
         return self._send_cipher.encrypt(bytes(header), bytes(data), counter)
 
     def cleanup(self) -> None:
@@ -272,6 +223,7 @@ class VoiceClient(discord.VoiceClient):
             sink_queue_size=sink_queue_size,
         )
         self._listening = self._last_session = session
+        self._update_receiver()
         session.start()
 
     def stop_listening(self) -> None:
