@@ -357,7 +357,7 @@ def speechlike(seconds: float, seed: int = 0, amplitude: float = 0.5) -> bytes:
     correlate with itself one pitch period away, so alignment by cross-correlation would find
     several peaks. Shaped noise has one peak at lag 0 (the autocorrelation stays around 0.2
     or less beyond half a millisecond), and signals from distinct seeds are
-    uncorrelated (|r| of a few hundredths over a second or more), which lets tests tell
+    uncorrelated (``|r|`` of a few hundredths over a second or more), which lets tests tell
     speakers apart.
 
     Parameters
