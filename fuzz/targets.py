@@ -30,8 +30,8 @@ from typing import Any
 import davey
 
 from discord.ext.listening import dave as dave_mod
-from discord.ext.listening import ogg, rtp, transport
-from discord.ext.listening.files import WaveAudioFile
+from discord.ext.listening import rtp, transport
+from discord.ext.listening.files import WaveAudioFile, ogg
 from discord.ext.listening.frames import AudioFrame, FrameKind
 from discord.ext.listening.receive import PacketReceiver
 from discord.ext.listening.reorder import JitterBuffer, PushResult

@@ -27,7 +27,6 @@ import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from discord.ext.listening import ogg
 from discord.ext.listening.files import (
     FORMATS,
     AudioFile,
@@ -36,6 +35,7 @@ from discord.ext.listening.files import (
     OggOpusAudioFile,
     RecordingError,
     WaveAudioFile,
+    ogg,
     render_filename,
     repair_wav,
     sanitize_filename,

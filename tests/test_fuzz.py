@@ -27,7 +27,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from discord.ext.listening import ogg, rtp, transport
+from discord.ext.listening import rtp, transport
+from discord.ext.listening.files import ogg
 from discord.ext.listening.reorder import JitterBuffer, seq_add, ts_add
 from discord.ext.listening.stats import DropReason
 
