@@ -147,7 +147,12 @@ class ListeningSession:
     def start(self) -> None:
         if self.decode:
             assert self._pool is not None
-            self._stream = self._pool.open_stream(self.voice_client.guild.id, self._on_decoded, on_lost=self._on_lost)
+            self._stream = self._pool.open_stream(
+                self.voice_client.guild.id,
+                self._on_decoded,
+                on_lost=self._on_lost,
+                on_decode_error=self._on_decode_error,
+            )
         self._pump_thread.start()
         self._dispatch_thread.start()
         _discord.add_socket_listener(self.voice_client, self._on_datagram)
@@ -373,7 +378,9 @@ class ListeningSession:
                 ident = self._next_id
                 self._next_id += 1
                 self._meta[ident] = p
-                items.append(DecodeItem(p.ssrc, p.sequence, p.timestamp, p.opus, len(p.lost_positions), ident))
+                items.append(
+                    DecodeItem(p.ssrc, p.sequence, p.timestamp, p.opus, len(p.lost_positions), ident, p.new_stream)
+                )
         try:
             self._stream.submit(items)  # a batch it cannot take comes back through _on_lost
         except Exception:
@@ -387,6 +394,14 @@ class ListeningSession:
                 p = self._meta.pop(it[5], None)  # DecodeItem.extra
                 if p is not None:
                     self.stats.drop(p.user_id, DropReason.worker_lost, 1 + p.lost_before)
+
+    def _on_decode_error(self, items: list[Any]) -> None:
+        """libopus refused these packets (each still becomes a concealed frame, which follows)."""
+        with self._meta_lock:
+            for it in items:
+                p = self._meta.get(it[5])  # DecodeItem.extra; its frame has not been delivered yet
+                if p is not None:
+                    self.stats.drop(p.user_id, DropReason.decode_error)
 
     def _drain(self) -> None:
         if self._stream is not None:
