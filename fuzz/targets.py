@@ -37,6 +37,7 @@ from discord.ext.listening.receive import PacketReceiver
 from discord.ext.listening.reorder import JitterBuffer, PushResult
 from discord.ext.listening.ssrc import SSRCMap
 from discord.ext.listening.stats import ListenStats
+from discord.ext.listening.transport_keys import MAX_PARKED
 
 __all__ = ("COUNTS", "TARGETS", "Reader")
 
@@ -316,7 +317,7 @@ def target_jitter(data: bytes) -> None:
 
 
 def _check_order(out: list[Any]) -> None:
-    from discord.ext.listening.reorder import seq_diff
+    from discord.ext.listening.seqmath import seq_diff
 
     for a, b in itertools.pairwise(out):
         if not b.new_stream:
@@ -355,7 +356,9 @@ def target_receiver(data: bytes) -> None:
     ssrc_map.set_audio(7, SENDER)
     ssrc_map.set_video(8, SENDER)
     stats = ListenStats()
-    receiver = PacketReceiver(conn, ssrc_map, stats, origin=0.0, max_streams=4, max_held=16, hold_time=0.5)
+    receiver = PacketReceiver(ssrc_map, stats, origin=0.0, max_streams=4, max_held=16, hold_time=0.5)
+    receiver.set_transport(conn.mode, conn.secret_key)
+    receiver.set_dave(conn.dave_session, conn.dave_protocol_version)
     now = 0.0
     counter = 0
     rtp_datagrams = 0
@@ -423,7 +426,7 @@ def target_receiver(data: bytes) -> None:
             elif which == 1:
                 receiver.paused = not receiver.paused
             elif which == 2:
-                conn.secret_key = list(KEY)  # same key, new list: what a re-key looks like
+                receiver.set_transport(conn.mode, list(KEY))  # the same key announced again: no change
             else:
                 out = receiver.reset_streams(now)
                 delivered += len(out)
@@ -437,7 +440,7 @@ def target_receiver(data: bytes) -> None:
         result = receiver.datagram(datagram, now)
         assert result is None or isinstance(result, list)
         assert len(receiver.ssrcs) <= receiver.max_streams
-        assert len(receiver._parked) <= 64
+        assert receiver.parked_packets <= MAX_PARKED
         for s in receiver._streams.values():
             assert len(s.pending) <= receiver.max_held and len(s.buffer) <= s.buffer.max_packets
     out = receiver.flush(now + 10)

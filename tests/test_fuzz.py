@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 
 from discord.ext.listening import rtp, transport
 from discord.ext.listening.files import ogg
-from discord.ext.listening.reorder import JitterBuffer, seq_add, ts_add
+from discord.ext.listening.reorder import JitterBuffer
+from discord.ext.listening.seqmath import seq_add, ts_add
 from discord.ext.listening.stats import DropReason
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -217,7 +218,9 @@ def test_receiver_delivers_authentic_audio_untouched_among_noise(n, seq, ts, mod
     m = SSRCMap()
     m.set_audio(7, targets.SENDER)
     stats = ListenStats()
-    receiver = PacketReceiver(conn, m, stats, origin=0.0, max_streams=4)
+    receiver = PacketReceiver(m, stats, origin=0.0, max_streams=4)
+    receiver.set_transport(conn.mode, conn.secret_key)
+    receiver.set_dave(conn.dave_session, conn.dave_protocol_version)
     cipher = transport.transport_cipher(mode, targets.KEY)
     opus = targets._opus_packets()
     rng = random.Random(seed)
