@@ -9,7 +9,7 @@ This module is that role as plain objects over bytes:
 - :class:`DaveGroupServer`: one voice channel's group as the server sees it. Every
   event method (a participant joined / left, sent op 23, 26, 28 or 31, a transition
   timed out) returns the list of :class:`DaveMessage` the server must send.
-- Its records and the commit rules are :mod:`.dave_state`; the messages and their
+- Its records, its proposals and the commit rules are :mod:`.dave_state`; the messages and their
   framing :mod:`.dave_messages`; members that live in-process (a real
   :class:`davey.DaveSession` each) and the routing to them :mod:`.dave_member`.
 
@@ -53,11 +53,8 @@ from .dave_messages import (
     OP_KEY_PACKAGE,
     OP_PREPARE_EPOCH,
     OP_PREPARE_TRANSITION,
-    OP_PROPOSALS,
     OP_TRANSITION_READY,
     OP_WELCOME,
-    PROPOSALS_APPEND,
-    PROPOSALS_REVOKE,
     DaveBinaryMessage,
     DaveJsonMessage,
     DaveMessage,
@@ -65,10 +62,18 @@ from .dave_messages import (
     E2EERequired,
     check_transition_id,
     check_user_id,
-    encode_proposals_payload,
     json_message,
 )
-from .dave_state import Committer, Leaf, Participant, PendingTransition, Proposal, Transitions, check_commit
+from .dave_state import (
+    Leaf,
+    Participant,
+    PendingTransition,
+    Proposal,
+    Proposals,
+    Transitions,
+    check_commit,
+    committer_of,
+)
 from .external_sender import ExternalSender
 from .mls import KeyPackage, Welcome
 from .mls_wire import MLSDecodeError
@@ -150,7 +155,7 @@ class DaveGroupServer:
         self._established = False
         self._epoch = 0
         self._leaves: dict[int, Leaf] = {}
-        self._proposals: dict[bytes, Proposal] = {}  # insertion order = creation order
+        self._proposals = Proposals(self.group_id, self.external_sender)
         self._transitions = Transitions()
 
     # --- read-only views -----------------------------------------------------------------
@@ -197,7 +202,7 @@ class DaveGroupServer:
     @property
     def pending_proposals(self) -> tuple[bytes, ...]:
         """The unrevoked proposal messages of the current epoch, in creation order."""
-        return tuple(p.message for p in self._proposals.values())
+        return self._proposals.messages
 
     def has_key_package(self, user_id: int) -> bool:
         """Whether the user sent a key package that no welcome used yet."""
@@ -293,8 +298,7 @@ class DaveGroupServer:
         del self._participants[user_id]
         _log.debug("user %s left channel %s", user_id, self.channel_id)
         out = [m for t in self._transitions.forget(user_id) for m in self._execute(t)]
-        for proposal in self._proposals.values():
-            proposal.delivered.discard(user_id)
+        self._proposals.forget_holder(user_id)
         if participant.leaf is not None and participant.leaf in self._leaves:
             self._leaves[participant.leaf].remove = True
 
@@ -465,13 +469,12 @@ class DaveGroupServer:
     def _sync(self) -> list[DaveMessage]:
         """Bring the in-flight proposals in line with who should be in the group.
 
-        Called after every change of participants or epoch: revokes Add proposals that
-        no longer apply, creates the Add / Remove proposals the current epoch needs, and
-        sends every proposal holder the proposals it lacks.
+        Called after every change of participants or epoch: a group that lost its
+        members is reset or re-created first, then :meth:`.dave_state.Proposals.sync`
+        revokes, creates and delivers the proposals.
         """
         if self._protocol_version == 0:
             return []
-        out: list[DaveMessage] = []
         if self._established:
             if self._needs_reset():
                 return self._sole_member_reset()
@@ -481,100 +484,15 @@ class DaveGroupServer:
                 # local groups (their key packages stay valid).
                 _log.info("group of channel %s has no member left; re-creating it", self.channel_id)
                 self._reset_group(keep_key_packages=True)
-
-        # 1. Revoke Add proposals whose key package is no longer the user's current one
-        #    (left, replaced it, reset its state) so commits stop covering them.
-        revokes: dict[int, list[bytes]] = {}
-        for ref, proposal in list(self._proposals.items()):
-            if not proposal.is_add:
-                continue
-            owner = self._participants.get(proposal.user_id)
-            if owner is not None and owner.key_package is proposal.key_package and owner.leaf is None:
-                continue
-            del self._proposals[ref]
-            for holder in proposal.delivered:
-                if holder in self._participants:
-                    revokes.setdefault(holder, []).append(ref)
-        for holder in self._participants:  # join order: deterministic output
-            if holder in revokes:
-                out.append(
-                    DaveBinaryMessage(holder, OP_PROPOSALS, encode_proposals_payload(PROPOSALS_REVOKE, revokes[holder]))
-                )
-
-        # 2. Create the proposals the current epoch needs.
-        if self._established:
-            removing = {p.leaf for p in self._proposals.values() if not p.is_add}
-            for index, leaf in sorted(self._leaves.items()):
-                if leaf.remove and index not in removing:
-                    self._new_proposal(
-                        self.external_sender.remove_proposal(self.group_id, self._epoch, index),
-                        leaf.user_id,
-                        leaf=index,
-                    )
-        adding = {p.user_id for p in self._proposals.values() if p.is_add}
-        for participant in self._participants.values():
-            if participant.key_package is not None and participant.leaf is None and participant.user_id not in adding:
-                self._new_proposal(
-                    self.external_sender.add_proposal(self.group_id, self._epoch, participant.key_package.raw),
-                    participant.user_id,
-                    key_package=participant.key_package,
-                )
-
-        # 3. Deliver. Established: all members get the same batch (they all hold the
-        #    same proposals). Not established: each pending member's local group needs
-        #    everybody's Add but its own.
-        for holder in self._proposal_holders():
-            missing = [
-                p
-                for p in self._proposals.values()
-                if holder not in p.delivered and not (p.is_add and p.user_id == holder and not self._established)
-            ]
-            if not missing:
-                continue
-            for p in missing:
-                p.delivered.add(holder)
-            out.append(
-                DaveBinaryMessage(
-                    holder,
-                    OP_PROPOSALS,
-                    encode_proposals_payload(PROPOSALS_APPEND, [p.message for p in missing]),
-                )
-            )
-        return out
-
-    def _new_proposal(
-        self, message: bytes, user_id: int, *, key_package: KeyPackage | None = None, leaf: int | None = None
-    ) -> None:
-        # Sign once and keep the bytes: ECDSA signatures are randomised, and every
-        # member must commit to the very same proposal reference.
-        ref = mls.proposal_ref(message)
-        self._proposals[ref] = Proposal(ref, message, user_id, key_package=key_package, leaf=leaf)
-        kind = "add" if key_package is not None else f"remove leaf {leaf}"
-        _log.debug("proposal %s for user %s at epoch %s", kind, user_id, self._epoch)
-
-    def _proposal_holders(self) -> list[int]:
-        """Users whose MLS state takes the current proposals, in join order."""
-        if self._established:
-            members = self.members
-            return [uid for uid in self._participants if uid in members]
-        return [
-            p.user_id
-            for p in self._participants.values()
-            if p.version > 0 and p.key_package is not None and p.leaf is None
-        ]
-
-    def _expected_refs(self, committer: int) -> set[bytes]:
-        if self._established:
-            return set(self._proposals)
-        return {ref for ref, p in self._proposals.items() if not (p.is_add and p.user_id == committer)}
+        members = self.members if self._established else None
+        return self._proposals.sync(self._participants, self._leaves, epoch=self._epoch, members=members)
 
     def _drop_mls_state(self, participant: Participant) -> None:
         """The participant's client reset its MLS state (new key package, op 31)."""
         if participant.leaf is not None and participant.leaf in self._leaves:
             self._leaves[participant.leaf].remove = True
         participant.leaf = None
-        for proposal in self._proposals.values():
-            proposal.delivered.discard(participant.user_id)
+        self._proposals.forget_holder(participant.user_id)
 
     # --- internals: commits ----------------------------------------------------------------
 
@@ -584,26 +502,14 @@ class DaveGroupServer:
         """Why the commit cannot be accepted (``None`` if it can), and its proposals."""
         if self._protocol_version == 0:
             return "downgraded", [], []
-        committer: Committer | str
-        if self._established:
-            if participant.leaf is None or self._leaves[participant.leaf].remove:
-                committer = "not_a_member"
-            else:
-                leaf = self._leaves[participant.leaf]
-                committer = Committer(participant.user_id, participant.leaf, leaf.signature_key)
-        elif participant.key_package is None:
-            committer = "no_local_group"
-        else:
-            # The creator's leaf of its local group is leaf 0.
-            committer = Committer(participant.user_id, 0, participant.key_package.leaf_node.signature_key)
         return check_commit(
             message,
             welcome,
             group_id=self.group_id,
             epoch=self._epoch,
-            committer=committer,
-            proposals=self._proposals,
-            expected_refs=self._expected_refs(participant.user_id),
+            committer=committer_of(participant, self._leaves, established=self._established),
+            proposals=self._proposals.by_ref,
+            expected_refs=self._proposals.expected_refs(participant.user_id, established=self._established),
         )
 
     def _apply_commit(
@@ -692,7 +598,7 @@ class DaveGroupServer:
         self._established = False
         self._epoch = 0
         self._leaves = {}
-        self._proposals = {}
+        self._proposals.clear()
         for participant in self._participants.values():
             participant.leaf = None
             if not keep_key_packages:

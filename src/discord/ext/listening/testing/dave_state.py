@@ -6,20 +6,45 @@
   and has not executed yet (who must still report ready with op 23, who gets op 22).
 - :class:`Participant`, :class:`Leaf`, :class:`Proposal`: a connected user, a leaf of the
   established group, an in-flight proposal of the current epoch.
-- :func:`check_commit`: why an op 28 commit cannot be accepted (``None`` if it can).
+- :class:`Proposals`: the epoch's proposals and who holds which; it revokes, creates and
+  delivers them to match who should be in the group.
+- :func:`committer_of` and :func:`check_commit`: who may commit, and why an op 28 commit
+  cannot be accepted (``None`` if it can).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+import logging
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from . import mls
+from .dave_messages import (
+    OP_PROPOSALS,
+    PROPOSALS_APPEND,
+    PROPOSALS_REVOKE,
+    DaveBinaryMessage,
+    DaveMessage,
+    encode_proposals_payload,
+)
+from .external_sender import ExternalSender
 from .mls import KeyPackage, Welcome
 
-__all__ = ("Committer", "Leaf", "Participant", "PendingTransition", "Proposal", "Transitions", "check_commit")
+__all__ = (
+    "Committer",
+    "Leaf",
+    "Participant",
+    "PendingTransition",
+    "Proposal",
+    "Proposals",
+    "Transitions",
+    "check_commit",
+    "committer_of",
+)
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -166,12 +191,183 @@ class Proposal:
         return self.key_package is not None
 
 
+class Proposals:
+    """The in-flight proposals of one group's current epoch, in creation order.
+
+    Parameters
+    ----------
+    group_id : bytes
+        The MLS group the proposals are for.
+    external_sender : ExternalSender
+        Signs them (the server is the group's external sender).
+    """
+
+    def __init__(self, group_id: bytes, external_sender: ExternalSender) -> None:
+        self.group_id = group_id
+        self.external_sender = external_sender
+        #: The proposals by reference; insertion order = creation order.
+        self.by_ref: dict[bytes, Proposal] = {}
+
+    @property
+    def messages(self) -> tuple[bytes, ...]:
+        """The unrevoked proposal messages, in creation order."""
+        return tuple(p.message for p in self.by_ref.values())
+
+    def clear(self) -> None:
+        """Forget them all: the epoch changed, or the group is gone."""
+        self.by_ref.clear()
+
+    def forget_holder(self, user_id: int) -> None:
+        """``user_id``'s MLS state holds none of them any more (it left or reset)."""
+        for proposal in self.by_ref.values():
+            proposal.delivered.discard(user_id)
+
+    def expected_refs(self, committer: int, *, established: bool) -> set[bytes]:
+        """The references a commit by ``committer`` must cover, exactly.
+
+        All of them in an established group; before that, all but the committer's own
+        Add (its local group is the one the others join).
+        """
+        if established:
+            return set(self.by_ref)
+        return {ref for ref, p in self.by_ref.items() if not (p.is_add and p.user_id == committer)}
+
+    def sync(
+        self,
+        participants: Mapping[int, Participant],
+        leaves: Mapping[int, Leaf],
+        *,
+        epoch: int,
+        members: Collection[int] | None,
+    ) -> list[DaveMessage]:
+        """Bring the proposals in line with who should be in the group.
+
+        Revokes Add proposals that no longer apply, creates the Add / Remove proposals
+        the epoch needs, and sends every holder the proposals it lacks.
+
+        Parameters
+        ----------
+        participants : mapping of int to Participant
+            The connected users, in join order (the order of the messages).
+        leaves : mapping of int to Leaf
+            The established group's leaves by index (empty before it exists).
+        epoch : int
+            The group's current epoch.
+        members : collection of int or None
+            The established group's members; ``None`` before the group exists.
+        """
+        established = members is not None
+        out: list[DaveMessage] = []
+        # 1. Revoke Add proposals whose key package is no longer the user's current one
+        #    (left, replaced it, reset its state) so commits stop covering them.
+        revokes: dict[int, list[bytes]] = {}
+        for ref, proposal in list(self.by_ref.items()):
+            if not proposal.is_add:
+                continue
+            owner = participants.get(proposal.user_id)
+            if owner is not None and owner.key_package is proposal.key_package and owner.leaf is None:
+                continue
+            del self.by_ref[ref]
+            for holder in proposal.delivered:
+                if holder in participants:
+                    revokes.setdefault(holder, []).append(ref)
+        for holder in participants:  # join order: deterministic output
+            if holder in revokes:
+                out.append(
+                    DaveBinaryMessage(holder, OP_PROPOSALS, encode_proposals_payload(PROPOSALS_REVOKE, revokes[holder]))
+                )
+
+        # 2. Create the proposals the current epoch needs.
+        if established:
+            removing = {p.leaf for p in self.by_ref.values() if not p.is_add}
+            for index, leaf in sorted(leaves.items()):
+                if leaf.remove and index not in removing:
+                    self._new(
+                        self.external_sender.remove_proposal(self.group_id, epoch, index),
+                        leaf.user_id,
+                        epoch,
+                        leaf=index,
+                    )
+        adding = {p.user_id for p in self.by_ref.values() if p.is_add}
+        for participant in participants.values():
+            if participant.key_package is not None and participant.leaf is None and participant.user_id not in adding:
+                self._new(
+                    self.external_sender.add_proposal(self.group_id, epoch, participant.key_package.raw),
+                    participant.user_id,
+                    epoch,
+                    key_package=participant.key_package,
+                )
+
+        # 3. Deliver. Established: all members get the same batch (they all hold the
+        #    same proposals). Not established: each pending member's local group needs
+        #    everybody's Add but its own.
+        for holder in self._holders(participants, members):
+            missing = [
+                p
+                for p in self.by_ref.values()
+                if holder not in p.delivered and not (p.is_add and p.user_id == holder and not established)
+            ]
+            if not missing:
+                continue
+            for p in missing:
+                p.delivered.add(holder)
+            out.append(
+                DaveBinaryMessage(
+                    holder,
+                    OP_PROPOSALS,
+                    encode_proposals_payload(PROPOSALS_APPEND, [p.message for p in missing]),
+                )
+            )
+        return out
+
+    @staticmethod
+    def _holders(participants: Mapping[int, Participant], members: Collection[int] | None) -> list[int]:
+        """Users whose MLS state takes the proposals, in join order."""
+        if members is not None:
+            return [uid for uid in participants if uid in members]
+        return [
+            p.user_id for p in participants.values() if p.version > 0 and p.key_package is not None and p.leaf is None
+        ]
+
+    def _new(
+        self,
+        message: bytes,
+        user_id: int,
+        epoch: int,
+        *,
+        key_package: KeyPackage | None = None,
+        leaf: int | None = None,
+    ) -> None:
+        # Sign once and keep the bytes: ECDSA signatures are randomised, and every
+        # member must commit to the very same proposal reference.
+        ref = mls.proposal_ref(message)
+        self.by_ref[ref] = Proposal(ref, message, user_id, key_package=key_package, leaf=leaf)
+        kind = "add" if key_package is not None else f"remove leaf {leaf}"
+        _log.debug("proposal %s for user %s at epoch %s", kind, user_id, epoch)
+
+
 class Committer(NamedTuple):
     """Who may commit: the leaf a commit must come from and the key it must keep."""
 
     user_id: int
     leaf: int
     signature_key: bytes
+
+
+def committer_of(participant: Participant, leaves: Mapping[int, Leaf], *, established: bool) -> Committer | str:
+    """The leaf a commit by ``participant`` must come from and the key it must keep.
+
+    Or why it cannot commit at all (``"not_a_member"``, ``"no_local_group"``), which
+    :func:`check_commit` reports once the commit's framing checked out.
+    """
+    if established:
+        if participant.leaf is None or leaves[participant.leaf].remove:
+            return "not_a_member"
+        return Committer(participant.user_id, participant.leaf, leaves[participant.leaf].signature_key)
+    if participant.key_package is None:
+        return "no_local_group"
+    # The creator's leaf of its local group is leaf 0.
+    return Committer(participant.user_id, 0, participant.key_package.leaf_node.signature_key)
 
 
 def check_commit(
