@@ -27,13 +27,20 @@ __all__ = (
     "SUPPORTED",
     "ConnectionState",
     "SocketReaderView",
+    "add_guild",
     "add_socket_listener",
+    "cache_member",
     "check_version",
+    "client_state",
     "connection",
     "dave_state",
     "next_send_nonce",
+    "parse_voice_server_update",
+    "parse_voice_state_update",
     "recover_dave",
     "remove_socket_listener",
+    "route_voice_websocket",
+    "set_up_offline",
     "socket_reader",
     "transport_key",
     "voice_socket",
@@ -237,3 +244,46 @@ class ConnectionState(VoiceConnectionState):
             await super().soft_disconnect(*args, **kwargs)
         finally:
             wake()
+
+
+# -- a token-less client for the local voice server (testing/) --------------------------------
+# The local voice server drives a real discord.Client without logging in: it builds the cache
+# READY and GUILD_CREATE would have built and feeds voice events through discord.py's own
+# parsers, so the voice client under test runs exactly the code a real bot runs.
+
+
+def client_state(client: discord.Client) -> Any:
+    """The client's connection state: its cache and its gateway event parsers."""
+    return client._connection
+
+
+async def set_up_offline(client: discord.Client) -> None:
+    """What ``Client.login()`` does before any network traffic: bind to the running loop."""
+    await client._async_setup_hook()
+
+
+def route_voice_websocket(client: discord.Client, ws_connect: Callable[..., Any]) -> None:
+    """Make this client's voice websockets dial through ``ws_connect`` (same signature as
+    ``HTTPClient.ws_connect``); an attribute of this client's HTTP client only."""
+    client.http.ws_connect = ws_connect  # type: ignore[method-assign]
+
+
+def add_guild(client: discord.Client, payload: dict[str, Any]) -> None:
+    """Cache a guild from a GUILD_CREATE payload and mark the client ready."""
+    client._connection._add_guild_from_data(payload)  # type: ignore[arg-type]
+    client._ready.set()  # READY has "arrived": wait_until_ready() returns
+
+
+def cache_member(guild: discord.Guild, member: discord.Member) -> None:
+    """Add a member to a guild's cache, as GUILD_MEMBER_ADD would."""
+    guild._add_member(member)
+
+
+def parse_voice_state_update(client: discord.Client, data: dict[str, Any]) -> None:
+    """Deliver a VOICE_STATE_UPDATE through the client's own parser."""
+    client._connection.parse_voice_state_update(data)  # type: ignore[arg-type]
+
+
+def parse_voice_server_update(client: discord.Client, data: dict[str, Any]) -> None:
+    """Deliver a VOICE_SERVER_UPDATE through the client's own parser."""
+    client._connection.parse_voice_server_update(data)  # type: ignore[arg-type]

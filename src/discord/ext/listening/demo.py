@@ -100,7 +100,7 @@ async def run_demo(
             vc = await server.connect(cls=VoiceClient)
             print(
                 f"connected: {vc.channel.name!r} in {vc.guild.name!r}, mode {vc.mode}, "
-                f"DAVE v{vc._connection.dave_protocol_version} epoch {vc._connection.dave_session.epoch}"
+                f"DAVE v{vc.dave_protocol_version} epoch {vc.dave_epoch}"
             )
             names: dict[int | None, str] = {uid: name for uid, name, _, _, _ in plan}
 
