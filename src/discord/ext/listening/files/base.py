@@ -33,15 +33,13 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
+from ..decoding import DecoderSet
 from ..frames import AudioFrame, FrameKind
 from ..opus import SAMPLE_RATE
 from .naming import StrPath, sanitize_filename, unique_path
 from .output import BYTES_PER_SAMPLE, Output, is_io_error
-
-if TYPE_CHECKING:
-    from ..opus import OpusDecoder
 
 __all__ = ("AudioFile", "RecordingError", "vendor")
 
@@ -154,8 +152,7 @@ class AudioFile:
         self._frames_invalid = 0
         self._synced_end = 0
         self._synced_at = time.monotonic()
-        self._decoder: OpusDecoder | None = None
-        self._decoder_ssrc: int | None = None
+        self._decoders: DecoderSet | None = None  # decodes frames that arrive as Opus; made on the first
         self._out: Output | None = None  # the open file, set by _creating()
         self.user: Any = None
         self.ssrc: int | None = None
@@ -447,19 +444,6 @@ class AudioFile:
         if placed:
             self._frames_written += 1
 
-    def _decode_opus(self, frame: AudioFrame) -> bytes | None:
-        from ..opus import OpusDecoder, OpusError
-
-        # one decoder per source: a new SSRC is a new encoder on the other side
-        if self._decoder is None or self._decoder_ssrc != frame.ssrc:
-            self._decoder = OpusDecoder()
-            self._decoder_ssrc = frame.ssrc
-        try:
-            return self._decoder.decode(bytes(frame.audio))
-        except OpusError:
-            self._frames_invalid += 1
-            return None
-
     def _samples_in(self, pcm: bytes | bytearray | memoryview) -> int:
         if len(pcm) % BYTES_PER_SAMPLE:
             raise ValueError(f"PCM must be whole 16-bit stereo samples (a multiple of 4 bytes), got {len(pcm)} bytes")
@@ -510,8 +494,15 @@ class AudioFile:
 
     def _write_opus(self, start: int, frame: AudioFrame) -> bool:
         """Write a frame that arrived as Opus at file offset ``start``; returns whether it was."""
-        pcm = self._decode_opus(frame)
-        return pcm is not None and self._place(start, pcm)
+        # The shared decoder set: one decoder per SSRC (a new SSRC is a new encoder on the
+        # other side), fed in the order written.
+        if self._decoders is None:
+            self._decoders = DecoderSet()
+        pcm = self._decoders.decode(frame.ssrc, frame.audio)
+        if pcm is None:  # libopus refused the packet
+            self._frames_invalid += 1
+            return False
+        return self._place(start, pcm)
 
     def _write_silence(self, start: int, pcm: bytes | bytearray | memoryview) -> bool:
         """Write a silence frame at file offset ``start``; returns whether anything was."""
