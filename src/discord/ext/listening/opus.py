@@ -123,7 +123,7 @@ def _library() -> ctypes.CDLL:
 
 def _strerror(code: int) -> str:
     try:
-        return _library().opus_strerror(code).decode()
+        return str(_library().opus_strerror(code).decode())
     except Exception:  # the library itself failed to load: say the number only
         return "libopus error"
 
@@ -149,7 +149,7 @@ def packet_samples(packet: bytes) -> int:
     OpusError
         The packet is not a valid Opus packet.
     """
-    n = _library().opus_packet_get_nb_samples(packet, len(packet), SAMPLE_RATE)
+    n = int(_library().opus_packet_get_nb_samples(packet, len(packet), SAMPLE_RATE))
     if n < 0:
         raise OpusError(n, "opus_packet_get_nb_samples")
     return n
@@ -157,7 +157,7 @@ def packet_samples(packet: bytes) -> int:
 
 def packet_has_fec(packet: bytes) -> bool:
     """Whether an Opus packet carries in-band FEC (LBRR) data for the frame before it."""
-    return _library().opus_packet_has_lbrr(packet, len(packet)) == 1
+    return bool(_library().opus_packet_has_lbrr(packet, len(packet)) == 1)
 
 
 class OpusEncoder:

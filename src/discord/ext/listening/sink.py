@@ -123,7 +123,7 @@ class FanOutSink(AudioSink):
         self.errors: list[int] = [0] * len(sinks)
         self._error: BaseException | None = None
 
-    @property  # type: ignore[override]
+    @property
     def error(self) -> BaseException | None:
         """The first error a child sink reported (a full disk...), so ``after`` receives it."""
         if self._error is not None:
