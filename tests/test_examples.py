@@ -28,6 +28,7 @@ import discord
 from discord import app_commands
 from discord.ext import listening
 from discord.ext.listening.demo import load_clip
+from discord.ext.listening.pool import default as default_pool
 from discord.ext.listening.testing import VoiceServerEmulator
 
 pytestmark = pytest.mark.timeout(60)
@@ -650,7 +651,7 @@ def test_readme_quickstart_compiles_and_names_real_api() -> None:
 
 
 async def test_readme_sink_and_emulator_snippets_run(
-    tmp_path: Path, pool: listening.AudioProcessPool, capsys: Any
+    tmp_path: Path, pool: listening.AudioProcessPool, capsys: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     blocks = readme_blocks()
     sink_code = next(b for b in blocks if "class LevelMeter" in b)
@@ -668,12 +669,8 @@ async def test_readme_sink_and_emulator_snippets_run(
     body += "    await server.drain()\n    await asyncio.sleep(0.3)\n    vc.stop_listening()\n    await vc.wait_for_listen_ready(10)\n"
     source = "async def _snippet():\n" + "".join("    " + line + "\n" for line in body.splitlines())
     exec(compile(source, "README.md", "exec"), namespace)
-    previous = listening.pool._default_pool  # type: ignore[attr-defined]
-    listening.pool._default_pool = pool  # type: ignore[attr-defined]
-    try:
-        await asyncio.wait_for(namespace["_snippet"](), 30)
-    finally:
-        listening.pool._default_pool = previous  # type: ignore[attr-defined]
+    monkeypatch.setattr(default_pool, "_default_pool", pool)  # the snippet uses the default pool
+    await asyncio.wait_for(namespace["_snippet"](), 30)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("alice ")]
     assert len(lines) > 30, "the level meter printed no frames of alice"
     peaks = [int(line.split()[-1]) for line in lines]
