@@ -41,7 +41,7 @@ Where things are
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Final
 
 from .base import AudioFile, RecordingError
@@ -67,7 +67,7 @@ __all__ = (
 
 
 #: File classes by format name, for sinks that take a format as a string.
-FORMATS: Final[Mapping[str, Callable[..., AudioFile]]] = {
+FORMATS: Final[Mapping[str, type[AudioFile]]] = {
     "wav": WaveAudioFile,
     "flac": FLACAudioFile,
     "mp3": MP3AudioFile,
