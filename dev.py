@@ -99,7 +99,20 @@ def main(argv: list[str]) -> int:
     elif job == "lint":
         return _lint(rest)
     elif job == "docs":
-        cmd = [str(PY), "-m", "sphinx", "-E", "-W", "--keep-going", "-q", "-b", "html", "docs", "docs/_build/html", *rest]
+        cmd = [
+            str(PY),
+            "-m",
+            "sphinx",
+            "-E",
+            "-W",
+            "--keep-going",
+            "-q",
+            "-b",
+            "html",
+            "docs",
+            "docs/_build/html",
+            *rest,
+        ]
     elif job == "shell":
         cmd = [str(PY), *rest]
     else:
