@@ -706,7 +706,7 @@ async def test_teardown_leaves_no_emulator_threads_or_tasks() -> None:
         vc = await server.connect()
         await alice.speak(tone(440, 0.1), realtime=False)
     assert not vc.is_connected()
-    assert server.gateway._runner is None and server.media._transport is None and not server._tasks
+    assert server.gateway._runner is None and server.media._transport is None and not server._hooks.tasks
     # discord.py's SocketReader and keep-alive threads end shortly after the disconnect (the
     # reader never left its pause: no listener registered, so no select() to wake from).
     for _ in range(100):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from ..dave import is_dave_frame, is_silence
 from ..rtp import MalformedPacket, build_goodbye, build_receiver_report, is_rtcp
 from ..transport import DecryptionFailed
-from .calls import BotSessions, EmulatorError
+from .calls import BotSessions, EmulatorError, Hooks
 from .gateway import VoiceSession
 from .impairment import Impairment, ImpairmentChain, PacketImpairment
 from .media import BotPacket, MediaServer, TransportLink
@@ -27,6 +27,7 @@ from .sfu import SERVER_SSRC, FeedbackKind, ReceptionStats, feedback
 
 if TYPE_CHECKING:
     from .members import SimulatedMember
+    from .settings import EmulatorSettings
 
 __all__ = ("KEEPALIVE_LENGTH", "BotMedia")
 
@@ -47,16 +48,13 @@ class BotMedia:
         The bot's sessions (read only here).
     impairment: :class:`.impairment.Impairment`
         The global network path to the bot, after each member's own.
-    check_running: Callable[[], None]
-        Raises :class:`.calls.EmulatorError` when the emulator is not running.
-    is_running: Callable[[], bool]
-        Whether it is running (for what is sent from callbacks and may come too late).
-    notify: Callable[[], None]
-        Wakes those waiting for a state change.
+    settings: :class:`.settings.EmulatorSettings`
+        Its switches ``echo_keepalive`` and ``goodbye_on_close``.
+    hooks: :class:`.calls.Hooks`
+        Whether the emulator runs (what is sent from callbacks may come too late) and
+        its state-change signal.
     decrypt_dave: Optional[Callable[[VoiceSession, bytes], tuple[bytes, Optional[str]]]]
         Opens a DAVE frame of the bot's (``None``: the emulator runs without DAVE).
-    echo_keepalive, goodbye_on_close: :class:`bool`
-        The emulator's switches of those names.
     """
 
     def __init__(
@@ -65,22 +63,17 @@ class BotMedia:
         sessions: BotSessions,
         impairment: Impairment,
         *,
-        check_running: Callable[[], None],
-        is_running: Callable[[], bool],
-        notify: Callable[[], None],
+        settings: EmulatorSettings,
+        hooks: Hooks,
         decrypt_dave: Callable[[VoiceSession, bytes], tuple[bytes, str | None]] | None,
-        echo_keepalive: bool,
-        goodbye_on_close: bool,
     ) -> None:
         self.media = media
         self.sessions = sessions
         self.impairment = impairment
-        self._check_running = check_running
-        self._is_running = is_running
-        self._notify = notify
+        self._hooks = hooks
         self._decrypt_dave = decrypt_dave
-        self.echo_keepalive = echo_keepalive
-        self.goodbye_on_close = goodbye_on_close
+        self.echo_keepalive = settings.echo_keepalive
+        self.goodbye_on_close = settings.goodbye_on_close
         #: Per session: its transport link, its UDP address, reception of its own audio.
         self.links: dict[VoiceSession, TransportLink] = {}
         self.addresses: dict[VoiceSession, tuple[str, int]] = {}
@@ -113,7 +106,7 @@ class BotMedia:
 
     def route(self, channel_id: int | None = None) -> tuple[VoiceSession, TransportLink, tuple[str, int]]:
         """The bot session (in ``channel_id`` if given) that can receive media now."""
-        self._check_running()
+        self._hooks.check_running()
         session = self.sessions.current
         if session is None or (channel_id is not None and session.channel_id != channel_id):
             raise EmulatorError("the bot is not connected to this call: await server.connect() first")
@@ -201,7 +194,7 @@ class BotMedia:
             return
         link = self.links.get(session)
         address = self.addresses.get(session)
-        if link is None or address is None or not self._is_running():
+        if link is None or address is None or not self._hooks.running:
             return
         try:
             self.media.send_now(link.seal_rtcp(build_goodbye([session.ssrc], reason.encode()[:255])), address)
@@ -216,7 +209,7 @@ class BotMedia:
             if session.ssrc == ssrc and not session.closed:
                 self.addresses[session] = address
                 _log.debug("session %s ssrc %s discovered at %s", session.token, ssrc, address)
-                self._notify()
+                self._hooks.notify()
                 return
         _log.debug("IP discovery for unknown ssrc %s from %s", ssrc, address)
 
@@ -259,19 +252,19 @@ class BotMedia:
         )
         if len(self.received_from_bot) < self.max_received:
             self.received_from_bot.append(packet)
-        self._notify()
+        self._hooks.notify()
 
     def _on_keepalive(self, data: bytes, address: tuple[str, int]) -> None:
         # Eight bytes can be neither RTP (12-byte header) nor RTCP (8-byte header plus a
         # 4-byte minimum of body and the rtpsize nonce): a keepalive, never an error.
         if len(self.keepalives_received) < self.max_received:
             self.keepalives_received.append((time.monotonic(), bytes(data)))
-        if self.echo_keepalive and self._is_running():
+        if self.echo_keepalive and self._hooks.running:
             try:
                 self.media.send_now(data, address)
             except (RuntimeError, OSError) as exc:
                 _log.debug("keepalive echo to %s not sent: %s", address, exc)
-        self._notify()
+        self._hooks.notify()
 
     def _bot_error(self, data: bytes, why: str) -> None:
         if len(self.bot_packet_errors) < 1000:

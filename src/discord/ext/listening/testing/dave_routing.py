@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .calls import Call
+from .calls import Call, Hooks
 from .dave_member import LocalDaveMember, deliver
 from .dave_messages import DaveBinaryMessage, DaveJsonMessage, DaveMessage, DaveProtocolError, message_from_frame
 from .dave_server import TRANSITION_TIMEOUT, DaveGroupServer
@@ -22,6 +22,7 @@ from .gateway import VoiceSession
 
 if TYPE_CHECKING:
     from .members import SimulatedMember
+    from .settings import EmulatorSettings
 
 __all__ = ("DaveRouting",)
 
@@ -33,32 +34,26 @@ class DaveRouting:
 
     Parameters
     ----------
-    bot_user_id: :class:`int`
-        The bot's user id.
-    require_dave: :class:`bool`
-        Group servers refuse participants without DAVE (close code 4017).
+    settings: :class:`.settings.EmulatorSettings`
+        ``bot_user_id``, and ``require_dave``: group servers refuse participants without
+        DAVE (close code 4017).
     members_in: Callable[[int], list[SimulatedMember]]
         The simulated members in a channel now.
-    spawn: Callable[[Coroutine, str], asyncio.Task]
-        Runs a background task of the emulator (the transition timeouts).
-    notify: Callable[[], None]
-        Wakes those waiting for a state change.
+    hooks: :class:`.calls.Hooks`
+        Runs the transition timeouts as background tasks; signals state changes.
     """
 
     def __init__(
         self,
         *,
-        bot_user_id: int,
-        require_dave: bool,
+        settings: EmulatorSettings,
         members_in: Callable[[int], list[SimulatedMember]],
-        spawn: Callable[[Coroutine[Any, Any, None], str], asyncio.Task[Any]],
-        notify: Callable[[], None],
+        hooks: Hooks,
     ) -> None:
-        self.bot_user_id = bot_user_id
-        self.require_dave = require_dave
+        self.bot_user_id = settings.bot_user_id
+        self.require_dave = settings.require_dave
         self._members_in = members_in
-        self._spawn = spawn
-        self._notify = notify
+        self._hooks = hooks
         #: The DAVE messages routed, ``(direction, user_id, op)``; for tests and logs.
         self.log: list[tuple[str, int, int]] = []
         #: DAVE messages the group server or a simulated member rejected, with the error.
@@ -94,7 +89,7 @@ class DaveRouting:
         for message in external:
             await self._send_to_bot(call, message)
         self._arm_timeouts(call)
-        self._notify()
+        self._hooks.notify()
 
     async def _send_to_bot(self, call: Call, message: DaveMessage) -> None:
         session = call.session
@@ -123,7 +118,7 @@ class DaveRouting:
                 if tid in group.pending_transitions and call.dave is group:
                     await self.route(call, group.execute_transition(tid))
 
-            self._spawn(fire(), f"dave-transition-{transition_id}")
+            self._hooks.spawn(fire(), f"dave-transition-{transition_id}")
 
     # -- who joins and leaves ------------------------------------------------------------------
 

@@ -45,9 +45,8 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from ..transport import SUPPORTED_MODES
 from .bot_media import KEEPALIVE_LENGTH, BotMedia
-from .calls import BotSessions, Call, EmulatorError, check_snowflake
+from .calls import BotSessions, Call, EmulatorError, Hooks, Ssrcs
 from .dave_routing import DaveRouting
 from .faults import FaultKind, inject
 from .gateway import GatewayEvent, VoiceGatewayConnection, VoiceGatewayServer, VoiceSession
@@ -55,11 +54,12 @@ from .harness import ClientHarness
 from .impairment import Impairment, PacketImpairment
 from .media import BotPacket, MediaServer
 from .members import Presence, SimulatedMember
-from .probing import DEFAULT_BURST_SIZE, ProbeSchedule, check_burst_size
+from .probing import DEFAULT_BURST_SIZE
 from .sessions import SessionControl
-from .sfu import SERVER_SSRC, FeedbackKind
+from .settings import EmulatorSettings
+from .sfu import FeedbackKind
 from .speaking import Speaker
-from .speech import RTPSender, SenderClock
+from .speech import SenderClock
 
 if TYPE_CHECKING:
     from .dave_messages import DaveMessage
@@ -200,53 +200,43 @@ class VoiceServerEmulator:
         padding_burst_size: int = DEFAULT_BURST_SIZE,
         sfu_report_interval: float | None = 5.0,
     ) -> None:
-        modes = tuple(modes)
-        if not modes:
-            raise ValueError("modes must offer at least one encryption mode")
-        for mode in modes:
-            if mode not in SUPPORTED_MODES:
-                raise ValueError(f"unsupported mode {mode!r}; choose from {', '.join(SUPPORTED_MODES)}")
-        if len(set(modes)) != len(modes):
-            raise ValueError(f"modes lists a mode twice: {modes!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"seed must be an int or None, got {seed!r}")
-        self.guild_id = check_snowflake("guild_id", guild_id)
-        self.channel_id = check_snowflake("channel_id", channel_id)
-        self.other_channel_id = check_snowflake("other_channel_id", other_channel_id)
-        self.bot_user_id = check_snowflake("bot_user_id", bot_user_id)
-        if len({self.guild_id, self.channel_id, self.other_channel_id}) != 3:
-            raise ValueError("guild_id, channel_id and other_channel_id must be distinct")
-        if heartbeat_interval <= 0:
-            raise ValueError(f"heartbeat_interval must be positive seconds, got {heartbeat_interval!r}")
-        if not 0 <= answer_delay <= 5:
-            raise ValueError(f"answer_delay must be 0..5 seconds, got {answer_delay!r}")
-        if rtcp_interval is not None and rtcp_interval <= 0:
-            raise ValueError(f"rtcp_interval must be positive seconds or None, got {rtcp_interval!r}")
-        if sfu_report_interval is not None and sfu_report_interval <= 0:
-            raise ValueError(f"sfu_report_interval must be positive seconds or None, got {sfu_report_interval!r}")
-        self.sfu_report_interval = sfu_report_interval
-        self.dave_enabled = bool(dave)
-        self.require_dave = self.dave_enabled if require_dave is None else bool(require_dave)
-        self.modes: tuple[str, ...] = modes
-        self.seed = seed
+        s = EmulatorSettings(
+            dave=bool(dave),
+            require_dave=bool(dave) if require_dave is None else bool(require_dave),
+            modes=tuple(modes),
+            seed=seed,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            other_channel_id=other_channel_id,
+            bot_user_id=bot_user_id,
+            bot_name=bot_name,
+            speaking_before=speaking_before,
+            heartbeat_interval=heartbeat_interval,
+            answer_delay=answer_delay,
+            rtcp_interval=rtcp_interval,
+            sfu_report_interval=sfu_report_interval,
+            resume_session_description=resume_session_description,
+            goodbye_on_close=goodbye_on_close,
+            echo_keepalive=bool(echo_keepalive),
+            ssrc_in_client_connect=bool(ssrc_in_client_connect),
+            padding_bursts=padding_bursts,
+            padding_burst_size=padding_burst_size,
+        )
+        self._settings = s
+        # The settings as attributes, as they always were (tests and the gateway read them).
+        self.guild_id, self.channel_id, self.other_channel_id = s.guild_id, s.channel_id, s.other_channel_id
+        self.bot_user_id, self.bot_name, self.seed, self.modes = s.bot_user_id, s.bot_name, s.seed, s.modes
+        self.dave_enabled, self.require_dave, self.speaking_before = s.dave, s.require_dave, s.speaking_before
+        self.answer_delay, self.rtcp_interval = s.answer_delay, s.rtcp_interval
+        self.sfu_report_interval, self.goodbye_on_close = s.sfu_report_interval, s.goodbye_on_close
+        self.resume_session_description = s.resume_session_description
+        self.echo_keepalive, self.ssrc_in_client_connect = s.echo_keepalive, s.ssrc_in_client_connect
+        self.padding_bursts, self.padding_burst_size = s.padding_bursts, s.padding_burst_size
         self._rng = random.Random(seed)
         #: The global impairment (the bot's uplink): every member's packets go through it.
         self.impairment = Impairment(
             loss, burst_loss, reorder, duplicate, jitter, delay, seed=self._rng.getrandbits(63)
         )
-        self.bot_name = bot_name
-        self.speaking_before = speaking_before
-        self.answer_delay = answer_delay
-        self.rtcp_interval = rtcp_interval
-        self.resume_session_description = resume_session_description
-        self.goodbye_on_close = goodbye_on_close
-        self.echo_keepalive = bool(echo_keepalive)
-        self.ssrc_in_client_connect = bool(ssrc_in_client_connect)
-        if padding_bursts is not None:
-            ProbeSchedule(padding_bursts, padding_burst_size)  # validates both now, not at add_member
-        self.padding_bursts = padding_bursts
-        self.padding_burst_size = check_burst_size(padding_burst_size)
-
         self.gateway = VoiceGatewayServer(self, heartbeat_interval_ms=heartbeat_interval * 1000.0)
         self.media = MediaServer(self, media_timeout=media_timeout)  # validates media_timeout
         self._harness: ClientHarness | None = None
@@ -255,36 +245,20 @@ class VoiceServerEmulator:
             self.other_channel_id: Call(self.other_channel_id),
         }
         self.members: dict[int, SimulatedMember] = {}
-        self._used_ssrcs: set[int] = {SERVER_SSRC}
+        self._ssrcs = Ssrcs(self._rng)
         self._bot = BotSessions()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._state_changed = asyncio.Event()
-        self._running = False
-        self._closed = False
+        self._hooks = hooks = Hooks()
         self._wall0 = 0.0
         self._mono0 = 0.0
-        # The collaborators, each given what it needs.
+        # The collaborators, each given the settings, the hooks and what else it needs.
         self._dave = (
-            DaveRouting(
-                bot_user_id=self.bot_user_id,
-                require_dave=self.require_dave,
-                members_in=lambda channel_id: self._presence.members_in(channel_id),
-                spawn=self._spawn,
-                notify=self._notify,
-            )
-            if self.dave_enabled
+            DaveRouting(settings=s, members_in=lambda channel_id: self._presence.members_in(channel_id), hooks=hooks)
+            if s.dave
             else None
         )
+        decrypt_dave = self._dave.decrypt_from_bot if self._dave is not None else None
         self._media = BotMedia(
-            self.media,
-            self._bot,
-            self.impairment,
-            check_running=self._check_running,
-            is_running=lambda: self._running,
-            notify=self._notify,
-            decrypt_dave=self._dave.decrypt_from_bot if self._dave is not None else None,
-            echo_keepalive=self.echo_keepalive,
-            goodbye_on_close=self.goodbye_on_close,
+            self.media, self._bot, self.impairment, settings=s, hooks=hooks, decrypt_dave=decrypt_dave
         )
         self._presence = Presence(
             calls=self._calls,
@@ -292,19 +266,18 @@ class VoiceServerEmulator:
             sessions=self._bot,
             harness=lambda: self.harness,
             dave=self._dave,
-            ssrc_in_client_connect=self.ssrc_in_client_connect,
-            check_running=self._check_running,
-            notify=self._notify,
+            settings=s,
+            hooks=hooks,
+            ssrcs=self._ssrcs,
+            rng=self._rng,
         )
         self._speaker = Speaker(
             self._media,
             self._presence,
-            dave_enabled=self.dave_enabled,
-            speaking_before=self.speaking_before,
+            settings=s,
+            hooks=hooks,
             sender_now=self.sender_now,
             to_loop_time=self._to_loop_time,
-            wait_until=self.wait_until,
-            check_running=self._check_running,
         )
         self._control = SessionControl(
             self._bot,
@@ -314,16 +287,10 @@ class VoiceServerEmulator:
             presence=self._presence,
             dave=self._dave,
             harness=lambda: self.harness,
-            guild_id=self.guild_id,
-            bot_user_id=self.bot_user_id,
-            require_dave=self.require_dave,
-            answer_delay=self.answer_delay,
-            resume_session_description=self.resume_session_description,
+            settings=s,
             rng=self._rng,
-            new_ssrc=self._new_ssrc,
-            spawn=self._spawn,
-            notify=self._notify,
-            is_closed=lambda: self._closed,
+            ssrcs=self._ssrcs,
+            hooks=hooks,
         )
         #: Every packet the bot sent, decrypted (transport and DAVE) back to Opus.
         self.received_from_bot: list[BotPacket] = self._media.received_from_bot
@@ -367,7 +334,7 @@ class VoiceServerEmulator:
         EmulatorError
             Started twice or after :meth:`close`.
         """
-        if self._running or self._closed:
+        if self._hooks.running or self._hooks.closed:
             raise EmulatorError("an emulator starts once; create a new one")
         loop = asyncio.get_running_loop()
         self._wall0, self._mono0 = time.time(), loop.time()
@@ -382,50 +349,26 @@ class VoiceServerEmulator:
             on_voice_state=self._control.on_voice_state_request,
         )
         await self._harness.start()
-        self._running = True
+        self._hooks.running = True
         if self.rtcp_interval is not None:
-            self._spawn(self._speaker.rtcp_loop(self.rtcp_interval), "rtcp")
+            self._hooks.spawn(self._speaker.rtcp_loop(self.rtcp_interval), "rtcp")
         if self.sfu_report_interval is not None:
-            self._spawn(self._media.sfu_report_loop(self.sfu_report_interval), "sfu-rtcp")
+            self._hooks.spawn(self._media.sfu_report_loop(self.sfu_report_interval), "sfu-rtcp")
         _log.info(
             "voice emulator up: ws://%s udp %s dave=%s", self.gateway.endpoint, self.media.port, self.dave_enabled
         )
 
     async def close(self) -> None:
         """Tear everything down: the client (and its voice client), tasks, sockets."""
-        if self._closed:
+        if self._hooks.closed:
             return
-        self._closed = True
+        self._hooks.closed = True
         if self._harness is not None:
             await self._harness.close()
-        self._running = False
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+        await self._hooks.stop()
         await self.gateway.stop()
         await self.media.stop()
         _log.info("voice emulator closed")
-
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=f"voice-emulator-{name}")
-        self._tasks.add(task)
-
-        def done(t: asyncio.Task[Any]) -> None:
-            self._tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                _log.error("emulator task %s failed", name, exc_info=t.exception())
-
-        task.add_done_callback(done)
-        return task
-
-    def _check_running(self) -> None:
-        if not self._running:
-            raise EmulatorError("the emulator is not running: use `async with VoiceServerEmulator() as server:`")
-
-    def _notify(self) -> None:
-        self._state_changed.set()
-        self._state_changed = asyncio.Event()
 
     async def wait_until(self, predicate: Any, *, timeout: float = 10.0, what: str = "condition") -> None:
         """Wait until ``predicate()`` is true, re-checking on every state change and every 20 ms.
@@ -435,17 +378,7 @@ class VoiceServerEmulator:
         asyncio.TimeoutError
             With ``what`` in the message, when it stays false for ``timeout`` seconds.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not predicate():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-            event = self._state_changed
-            try:
-                await asyncio.wait_for(event.wait(), min(remaining, 0.02))
-            except TimeoutError:
-                pass
+        await self._hooks.wait_until(predicate, timeout=timeout, what=what)
 
     # -- what tests read ------------------------------------------------------------------------
 
@@ -555,13 +488,6 @@ class VoiceServerEmulator:
 
     # -- members -------------------------------------------------------------------------------
 
-    def _new_ssrc(self) -> int:
-        while True:
-            ssrc = self._rng.randrange(1, 1 << 32)
-            if ssrc not in self._used_ssrcs:
-                self._used_ssrcs.add(ssrc)
-                return ssrc
-
     async def add_member(
         self,
         user_id: int,
@@ -609,56 +535,19 @@ class VoiceServerEmulator:
         EmulatorError
             The id is the bot's or already used, or the emulator is not running.
         """
-        self._check_running()
-        check_snowflake("user_id", user_id)
-        if user_id == self.bot_user_id:
-            raise EmulatorError("user_id is the bot's own id; members are other users")
-        if user_id in self.members:
-            raise EmulatorError(f"a member with user id {user_id} already exists")
-        try:
-            sender_clock = clock if isinstance(clock, SenderClock) else SenderClock(clock)
-        except ValueError:
-            raise ValueError(f"clock must be 'webrtc' or 'discordpy', got {clock!r}") from None
-        if impairment is not None and not callable(getattr(impairment, "apply", None)):
-            raise ValueError(f"impairment must be an Impairment (with .apply), got {impairment!r}")
-        channel_id = self.channel_id if channel is None else channel.id
-        if channel_id not in self._calls:
-            raise ValueError(f"channel {channel_id} is not a voice channel of the emulated guild")
-        if ssrc is None:
-            ssrc = self._new_ssrc()
-        else:
-            if not 0 < ssrc < 1 << 32:
-                raise ValueError(f"ssrc must be 1..2**32-1, got {ssrc!r}")
-            if ssrc in self._used_ssrcs:
-                raise EmulatorError(f"ssrc {ssrc} is already in use")
-            self._used_ssrcs.add(ssrc)
-        sender_seed = self._rng.getrandbits(63)
-        probing = None
-        if self.padding_bursts is not None and sender_clock is SenderClock.webrtc:
-            # Seeded from the sender's seed, not drawn from self._rng: turning probing on or
-            # off leaves every other random choice of a seeded emulator as it was.
-            probing = ProbeSchedule(
-                self.padding_bursts, self.padding_burst_size, random.Random(f"probing:{sender_seed}")
-            )
-        sender = RTPSender(
-            ssrc, sequence=sequence, timestamp=timestamp, clock=sender_clock, rng=sender_seed, probing=probing
-        )
-        member = SimulatedMember(
+        return await self._presence.add(
             self,
             user_id,
-            name or f"member-{user_id}",
-            ssrc=ssrc,
-            video_ssrc=self._new_ssrc(),
-            sender=sender,
+            name,
             impairment=impairment,
-            channel_id=channel_id,
-            video=bool(video),
+            clock=clock,
+            sequence=sequence,
+            timestamp=timestamp,
+            join=join,
+            channel=channel,
+            ssrc=ssrc,
+            video=video,
         )
-        self.members[user_id] = member
-        self.harness.add_member(user_id, member.name)
-        if join:
-            await self._presence.join(member, channel_id)
-        return member
 
     # -- the bot -------------------------------------------------------------------------------
 
@@ -694,7 +583,7 @@ class VoiceServerEmulator:
         asyncio.TimeoutError
             discord.py did not complete its handshake (or DAVE did not settle) in time.
         """
-        self._check_running()
+        self._hooks.check_running()
         if self.guild.voice_client is not None:
             raise EmulatorError("the bot is already connected; disconnect it or use move_bot()")
         target = channel or self.channel
@@ -771,7 +660,7 @@ class VoiceServerEmulator:
         EmulatorError
             The bot is not in voice, or already in that channel.
         """
-        self._check_running()
+        self._hooks.check_running()
         if channel.id not in self._calls:
             raise ValueError(f"{channel!r} is not a voice channel of the emulated guild")
         await self._control.move(channel.id)
@@ -825,7 +714,7 @@ class VoiceServerEmulator:
             self._media,
             kind,
             rng=self._rng,
-            new_ssrc=self._new_ssrc,
+            new_ssrc=self._ssrcs.new,
             member=member,
             ssrc=ssrc,
             count=count,
@@ -918,7 +807,7 @@ class VoiceServerEmulator:
     async def on_client_speaking(self, session: VoiceSession, data: dict[str, Any]) -> None:
         """:class:`.gateway.GatewayHandler`: keep what the bot says about its speaking state."""
         self.bot_speaking.append(dict(data))
-        self._notify()
+        self._hooks.notify()
 
     async def on_dave_message(self, session: VoiceSession, op: int, data: Any) -> None:
         """:class:`.gateway.GatewayHandler`: a DAVE message from the bot."""

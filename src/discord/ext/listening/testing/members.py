@@ -1,33 +1,36 @@
 """The call's simulated members, and what the bot hears about who is in which call.
 
 :class:`SimulatedMember` is a member simulated in-process (real DAVE session, real Opus,
-real RTP); :class:`Presence` joins and leaves them and tells the bot, as Discord does: op
-11 for everyone in the call, op 12 only for members with video, op 5 SPEAKING when a
-member starts to speak and, at the bot's connection start, for every member with a
-speaking state.
+real RTP); :class:`Presence` creates them, joins and leaves them and tells the bot, as
+Discord does: op 11 for everyone in the call, op 12 only for members with video, op 5
+SPEAKING when a member starts to speak and, at the bot's connection start, for every
+member with a speaking state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 
-from .calls import BotSessions, Call, EmulatorError
+from .calls import BotSessions, Call, EmulatorError, Hooks, Ssrcs, check_snowflake
 from .dave_member import LocalDaveMember
 from .faults import DeadEpoch, requested_burst
 from .gateway import Op, VoiceSession
 from .impairment import PacketImpairment
-from .speech import RTPSender, SentRecord, SpurtRecord
+from .probing import ProbeSchedule
+from .speech import RTPSender, SenderClock, SentRecord, SpurtRecord
 
 if TYPE_CHECKING:
     from .audio import AudioInput
     from .dave_routing import DaveRouting
     from .emulator import VoiceServerEmulator
     from .harness import ClientHarness
+    from .settings import EmulatorSettings
 
 __all__ = ("Presence", "SimulatedMember", "SpeakingEvent")
 
@@ -236,10 +239,15 @@ class Presence:
         The client harness (voice states go through it).
     dave: Optional[:class:`.dave_routing.DaveRouting`]
         The DAVE routing; ``None`` without DAVE.
-    ssrc_in_client_connect: :class:`bool`
-        The emulator's switch: op 12 for every member, not only for those with video.
-    check_running, notify: Callable[[], None]
-        Raise unless the emulator runs; wake those waiting for a state change.
+    settings: :class:`.settings.EmulatorSettings`
+        The bot's id, the default channel, the probing rate and ``ssrc_in_client_connect``
+        (op 12 for every member, not only for those with video).
+    hooks: :class:`.calls.Hooks`
+        Whether the emulator runs; wakes those waiting for a state change.
+    ssrcs: :class:`.calls.Ssrcs`
+        Hands out members' SSRCs.
+    rng: :class:`random.Random`
+        The emulator's seeded generator (members' senders are seeded from it).
     """
 
     def __init__(
@@ -250,18 +258,81 @@ class Presence:
         sessions: BotSessions,
         harness: Callable[[], ClientHarness],
         dave: DaveRouting | None,
-        ssrc_in_client_connect: bool,
-        check_running: Callable[[], None],
-        notify: Callable[[], None],
+        settings: EmulatorSettings,
+        hooks: Hooks,
+        ssrcs: Ssrcs,
+        rng: random.Random,
     ) -> None:
         self.calls = calls
         self.members = members
         self.sessions = sessions
         self._harness = harness
         self.dave = dave
-        self.ssrc_in_client_connect = ssrc_in_client_connect
-        self._check_running = check_running
-        self._notify = notify
+        self.settings = settings
+        self.ssrc_in_client_connect = settings.ssrc_in_client_connect
+        self._hooks = hooks
+        self._ssrcs = ssrcs
+        self._rng = rng
+
+    async def add(
+        self,
+        emulator: VoiceServerEmulator,
+        user_id: int,
+        name: str | None,
+        *,
+        impairment: PacketImpairment | None,
+        clock: str | SenderClock,
+        sequence: int | None,
+        timestamp: int | None,
+        join: bool,
+        channel: discord.abc.Snowflake | None,
+        ssrc: int | None,
+        video: bool,
+    ) -> SimulatedMember:
+        """:meth:`.VoiceServerEmulator.add_member` (which documents the arguments)."""
+        self._hooks.check_running()
+        check_snowflake("user_id", user_id)
+        if user_id == self.settings.bot_user_id:
+            raise EmulatorError("user_id is the bot's own id; members are other users")
+        if user_id in self.members:
+            raise EmulatorError(f"a member with user id {user_id} already exists")
+        try:
+            sender_clock = clock if isinstance(clock, SenderClock) else SenderClock(clock)
+        except ValueError:
+            raise ValueError(f"clock must be 'webrtc' or 'discordpy', got {clock!r}") from None
+        if impairment is not None and not callable(getattr(impairment, "apply", None)):
+            raise ValueError(f"impairment must be an Impairment (with .apply), got {impairment!r}")
+        channel_id = self.settings.channel_id if channel is None else channel.id
+        if channel_id not in self.calls:
+            raise ValueError(f"channel {channel_id} is not a voice channel of the emulated guild")
+        ssrc = self._ssrcs.new() if ssrc is None else self._ssrcs.claim(ssrc)
+        sender_seed = self._rng.getrandbits(63)
+        probing = None
+        if self.settings.padding_bursts is not None and sender_clock is SenderClock.webrtc:
+            # Seeded from the sender's seed, not drawn from the emulator's generator: turning
+            # probing on or off leaves every other random choice of a seeded emulator as it was.
+            probing = ProbeSchedule(
+                self.settings.padding_bursts, self.settings.padding_burst_size, random.Random(f"probing:{sender_seed}")
+            )
+        sender = RTPSender(
+            ssrc, sequence=sequence, timestamp=timestamp, clock=sender_clock, rng=sender_seed, probing=probing
+        )
+        member = SimulatedMember(
+            emulator,
+            user_id,
+            name or f"member-{user_id}",
+            ssrc=ssrc,
+            video_ssrc=self._ssrcs.new(),
+            sender=sender,
+            impairment=impairment,
+            channel_id=channel_id,
+            video=bool(video),
+        )
+        self.members[user_id] = member
+        self._harness().add_member(user_id, member.name)
+        if join:
+            await self.join(member, channel_id)
+        return member
 
     def members_in(self, channel_id: int) -> list[SimulatedMember]:
         """The simulated members in ``channel_id`` now."""
@@ -269,7 +340,7 @@ class Presence:
 
     async def join(self, member: SimulatedMember, channel_id: int) -> None:
         """:meth:`SimulatedMember.join`."""
-        self._check_running()
+        self._hooks.check_running()
         if member.in_call:
             raise EmulatorError(f"{member.name} is already in channel {member.channel_id}; leave() first")
         call = self.calls.get(channel_id)
@@ -285,11 +356,11 @@ class Presence:
                 await session.connection.send_json(Op.CLIENT_CONNECT, self._client_connect_payload(member))
         if self.dave is not None:
             await self.dave.member_join(call, member)
-        self._notify()
+        self._hooks.notify()
 
     async def leave(self, member: SimulatedMember) -> None:
         """:meth:`SimulatedMember.leave`."""
-        self._check_running()
+        self._hooks.check_running()
         if not member.in_call:
             raise EmulatorError(f"{member.name} is not in a call")
         assert member.channel_id is not None
@@ -303,7 +374,7 @@ class Presence:
         if self.dave is not None:
             await self.dave.member_leave(call, member)
         self._harness().dispatch_voice_state(member.user_id, None, member.session_id)
-        self._notify()
+        self._hooks.notify()
 
     def announces_ssrcs(self, member: SimulatedMember) -> bool:
         """Whether the bot gets op 12 for ``member``: Discord sends it for members with video only."""

@@ -12,16 +12,17 @@ import asyncio
 import logging
 import random
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from .bot_media import BotMedia
-from .calls import BotSessions, Call, EmulatorError
+from .calls import BotSessions, Call, EmulatorError, Hooks, Ssrcs
 from .dave_messages import E2EERequired
 from .dave_routing import DaveRouting
 from .gateway import GatewayClose, VoiceGatewayConnection, VoiceGatewayServer, VoiceSession
 from .harness import ClientHarness
 from .members import Presence
+from .settings import EmulatorSettings
 
 __all__ = ("SessionControl",)
 
@@ -50,19 +51,15 @@ class SessionControl:
         The DAVE routing; ``None`` without DAVE.
     harness: Callable[[], :class:`.harness.ClientHarness`]
         The client harness (dispatches the main gateway's events).
-    guild_id, bot_user_id: :class:`int`
-        Ids of the guild and the bot.
-    require_dave: :class:`bool`
-        Close with 4017 when a client without DAVE identifies.
-    answer_delay: :class:`float`
-        How long op 4 waits for its answer.
-    resume_session_description: :class:`bool`
-        Send SESSION_DESCRIPTION again after RESUMED.
+    settings: :class:`.settings.EmulatorSettings`
+        The ids of the guild and the bot; ``require_dave`` (close with 4017 when a client
+        without DAVE identifies), ``answer_delay`` (how long op 4 waits for its answer),
+        ``resume_session_description`` (SESSION_DESCRIPTION again after RESUMED).
     rng: :class:`random.Random`
         Draws session keys.
-    new_ssrc: Callable[[], int]
-        A fresh SSRC for a session.
-    spawn, notify, is_closed:
+    ssrcs: :class:`.calls.Ssrcs`
+        Hands out the sessions' SSRCs.
+    hooks: :class:`.calls.Hooks`
         The emulator's task runner, its state-change signal and whether it is closed.
     """
 
@@ -76,16 +73,10 @@ class SessionControl:
         presence: Presence,
         dave: DaveRouting | None,
         harness: Callable[[], ClientHarness],
-        guild_id: int,
-        bot_user_id: int,
-        require_dave: bool,
-        answer_delay: float,
-        resume_session_description: bool,
+        settings: EmulatorSettings,
         rng: random.Random,
-        new_ssrc: Callable[[], int],
-        spawn: Callable[[Coroutine[Any, Any, None], str], asyncio.Task[Any]],
-        notify: Callable[[], None],
-        is_closed: Callable[[], bool],
+        ssrcs: Ssrcs,
+        hooks: Hooks,
     ) -> None:
         self.sessions = sessions
         self.calls = calls
@@ -94,16 +85,14 @@ class SessionControl:
         self.presence = presence
         self.dave = dave
         self._harness = harness
-        self.guild_id = guild_id
-        self.bot_user_id = bot_user_id
-        self.require_dave = require_dave
-        self.answer_delay = answer_delay
-        self.resume_session_description = resume_session_description
+        self.guild_id = settings.guild_id
+        self.bot_user_id = settings.bot_user_id
+        self.require_dave = settings.require_dave
+        self.answer_delay = settings.answer_delay
+        self.resume_session_description = settings.resume_session_description
         self._rng = rng
-        self._new_ssrc = new_ssrc
-        self._spawn = spawn
-        self._notify = notify
-        self._is_closed = is_closed
+        self._ssrcs = ssrcs
+        self._hooks = hooks
 
     # -- the main gateway (op 4) ----------------------------------------------------------------
 
@@ -114,10 +103,10 @@ class SessionControl:
         if int(guild_id) != self.guild_id:
             _log.warning("op 4 for unknown guild %s ignored", guild_id)
             return
-        if self._is_closed() and channel_id is not None:
+        if self._hooks.closed and channel_id is not None:
             return
         # Answer later, from a task: discord.py sends op 4 and only then starts waiting.
-        self._spawn(self._answer_voice_state(channel_id, self_mute, self_deaf), "op4")
+        self._hooks.spawn(self._answer_voice_state(channel_id, self_mute, self_deaf), "op4")
 
     async def _answer_voice_state(self, channel_id: int | None, self_mute: bool, self_deaf: bool) -> None:
         await asyncio.sleep(self.answer_delay)
@@ -161,7 +150,7 @@ class SessionControl:
             user_id=self.bot_user_id,
             session_id=self.sessions.main_session_id,
             token=secrets.token_hex(8),
-            ssrc=self._new_ssrc(),
+            ssrc=self._ssrcs.new(),
             secret_key=self._rng.randbytes(32),
             dave_version=0,
         )
@@ -179,7 +168,7 @@ class SessionControl:
             # The old voice server drops the bot; discord.py reconnects to the new one.
             await asyncio.sleep(max(self.answer_delay, 0.01))
             await old_connection.close(4014, "Moved")
-        self._notify()
+        self._hooks.notify()
 
     async def end(self, session: VoiceSession, *, why: str) -> None:
         """The session ends: no more media to it, the bot leaves its DAVE group."""
@@ -196,7 +185,7 @@ class SessionControl:
         self.media.forget(session)
         if self.dave is not None and session.dave_version:
             await self.dave.bot_leave(call)
-        self._notify()
+        self._hooks.notify()
 
     # -- what a moderator or a voice server does ---------------------------------------------------
 
@@ -290,13 +279,13 @@ class SessionControl:
                 await self.dave.bot_join(self.calls[session.channel_id], session)
             except E2EERequired as exc:
                 raise GatewayClose(exc.close_code, "E2EE/DAVE protocol required") from None
-        self._notify()
+        self._hooks.notify()
 
     async def on_resumed(self, session: VoiceSession) -> None:
         """The session continues on a new websocket (which waits for a key again)."""
         if self.resume_session_description and session.established and session.connection is not None:
             await session.connection.send_session_description()
-        self._notify()
+        self._hooks.notify()
 
     async def on_dave_message(self, session: VoiceSession, op: int, data: Any) -> None:
         """A DAVE message from the bot."""
@@ -305,7 +294,7 @@ class SessionControl:
         if session.closed:
             return
         await self.dave.from_bot(self.calls[session.channel_id], op, data)
-        self._notify()
+        self._hooks.notify()
 
     async def on_connection_closed(self, session: VoiceSession | None, connection: VoiceGatewayConnection) -> None:
         """A websocket ended; the session stays resumable."""
@@ -315,4 +304,4 @@ class SessionControl:
                 # discord.py closes its websocket right before it closes or replaces its
                 # UDP socket (disconnect, reconnect): the last moment a BYE can wake it.
                 self.media.goodbye(session, "websocket closed")
-        self._notify()
+        self._hooks.notify()

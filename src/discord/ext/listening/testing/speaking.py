@@ -9,18 +9,19 @@ bot, paced in real time or as fast as possible with the same order of arrival.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..dave import is_silence
 from .bot_media import BotMedia
-from .calls import EmulatorError
+from .calls import EmulatorError, Hooks
 from .media import TransportLink
 from .members import Presence, SimulatedMember, SpeakingEvent
 from .speech import OutgoingFrame, PaddingBurst, SenderClock, SpurtRecord
 
 if TYPE_CHECKING:
     from .audio import AudioInput
+    from .settings import EmulatorSettings
 
 __all__ = ("Speaker",)
 
@@ -34,16 +35,13 @@ class Speaker:
         The media path to the bot.
     presence: :class:`.members.Presence`
         The members and op 5.
-    dave_enabled: :class:`bool`
-        Seal audio with DAVE.
-    speaking_before: :class:`bool`
-        Default op 5 timing: ``"before"`` the first packet when true, else ``"after"``.
+    settings: :class:`.settings.EmulatorSettings`
+        ``dave`` (seal audio with DAVE) and ``speaking_before`` (default op 5 timing:
+        ``"before"`` the first packet when true, else ``"after"``).
+    hooks: :class:`.calls.Hooks`
+        Whether the emulator runs; waits for members' DAVE sessions.
     sender_now, to_loop_time:
         The senders' clock (Unix time) and its conversion to event-loop time.
-    wait_until:
-        :meth:`.VoiceServerEmulator.wait_until`.
-    check_running: Callable[[], None]
-        Raises unless the emulator runs.
     """
 
     def __init__(
@@ -51,21 +49,18 @@ class Speaker:
         media: BotMedia,
         presence: Presence,
         *,
-        dave_enabled: bool,
-        speaking_before: bool,
+        settings: EmulatorSettings,
+        hooks: Hooks,
         sender_now: Callable[[], float],
         to_loop_time: Callable[[float], float],
-        wait_until: Callable[..., Awaitable[None]],
-        check_running: Callable[[], None],
     ) -> None:
         self.media = media
         self.presence = presence
-        self.dave_enabled = dave_enabled
-        self.speaking_before = speaking_before
+        self.dave_enabled = settings.dave
+        self.speaking_before = settings.speaking_before
+        self._hooks = hooks
         self._sender_now = sender_now
         self._to_loop_time = to_loop_time
-        self._wait_until = wait_until
-        self._check_running = check_running
 
     async def speak(
         self,
@@ -78,7 +73,7 @@ class Speaker:
         padding_bursts: dict[int, int],
     ) -> SpurtRecord:
         """:meth:`.SimulatedMember.speak`, its burst request checked (``padding_bursts``)."""
-        self._check_running()
+        self._hooks.check_running()
         if speaking_event is None:
             speaking_event = "before" if self.speaking_before else "after"
         if speaking_event not in ("before", "after", "none"):
@@ -92,7 +87,7 @@ class Speaker:
         self.media.route(member.channel_id)  # fail early and clearly: nobody to speak to
         if self.dave_enabled:
             try:
-                await self._wait_until(
+                await self._hooks.wait_until(
                     lambda: member.dave is not None and member.dave.ready,
                     timeout=10.0,
                     what=f"{member.name}'s DAVE session",
