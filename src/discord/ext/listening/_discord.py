@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
+from discord.state import ConnectionState as ClientConnectionState
 from discord.voice_state import VoiceConnectionState
 
 import discord
@@ -252,7 +253,7 @@ class ConnectionState(VoiceConnectionState):
 # parsers, so the voice client under test runs exactly the code a real bot runs.
 
 
-def client_state(client: discord.Client) -> Any:
+def client_state(client: discord.Client) -> ClientConnectionState[Any]:
     """The client's connection state: its cache and its gateway event parsers."""
     return client._connection
 

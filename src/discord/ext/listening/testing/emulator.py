@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from .. import _discord
 from .bot_media import KEEPALIVE_LENGTH, BotMedia
 from .calls import BotSessions, Call, EmulatorError, Hooks, Ssrcs
 from .dave_routing import DaveRouting
@@ -616,8 +617,9 @@ class VoiceServerEmulator:
         channel_id = self._bot.channel_id
         if channel_id is None or self._dave is None:
             return False
-        state = getattr(self.guild.voice_client, "_connection", None)
-        return self._dave.settled(self._calls[channel_id], getattr(state, "dave_session", None))
+        vc = self.guild.voice_client
+        session = _discord.dave_state(vc)[0] if isinstance(vc, discord.VoiceClient) else None
+        return self._dave.settled(self._calls[channel_id], session)
 
     # -- what a moderator or a voice server does -----------------------------------------------------
 

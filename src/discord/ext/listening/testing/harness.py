@@ -29,7 +29,7 @@ from discord.gateway import DiscordClientWebSocketResponse
 
 import discord
 
-from .. import opus
+from .. import _discord, opus
 
 if TYPE_CHECKING:
     from discord.state import ConnectionState
@@ -178,7 +178,7 @@ class ClientHarness:
     @property
     def state(self) -> ConnectionState:
         """The client's connection state (its cache and event parsers)."""
-        return self.client._connection
+        return _discord.client_state(self.client)
 
     @property
     def guild(self) -> discord.Guild:
@@ -195,14 +195,14 @@ class ClientHarness:
         client = self.client
         # What Client.login()/connect() do before any network traffic: bind asyncio objects
         # to the running loop.
-        await client._async_setup_hook()
+        await _discord.set_up_offline(client)
         state = self.state
         payload = cast("UserPayload", user_payload(self.bot_user_id, self.bot_name, bot=True))
         state.user = discord.ClientUser(state=state, data=payload)
         client.ws = self.gateway  # type: ignore[assignment]
         self._session = aiohttp.ClientSession(ws_response_class=DiscordClientWebSocketResponse)
         # Instance attribute on this client's HTTPClient only: the voice websocket dials here.
-        client.http.ws_connect = self._ws_connect  # type: ignore[method-assign]
+        _discord.route_voice_websocket(client, self._ws_connect)
 
         channels = [
             voice_channel_payload(cid, self.guild_id, "General" if i == 0 else f"Voice {i + 1}", i)
@@ -235,8 +235,7 @@ class ClientHarness:
             "stickers": [],
             "threads": [],
         }
-        state._add_guild_from_data(guild_payload)  # type: ignore[arg-type]
-        client._ready.set()  # READY has "arrived": wait_until_ready() returns
+        _discord.add_guild(client, guild_payload)
         _log.debug("harness client ready: guild %s with channels %s", self.guild_id, self.channel_ids)
 
     async def _ws_connect(self, url: str, *, compress: int = 0) -> aiohttp.ClientWebSocketResponse:
@@ -264,7 +263,7 @@ class ClientHarness:
         member = guild.get_member(user_id)
         if member is None:
             member = discord.Member(data=member_payload(user_id, name), guild=guild, state=self.state)  # type: ignore[arg-type]
-            guild._add_member(member)
+            _discord.cache_member(guild, member)
         return member
 
     def dispatch_voice_state(
@@ -294,13 +293,13 @@ class ClientHarness:
         if member is not None:
             data["member"] = member_payload(user_id, member.name, bot=member.bot)
         _log.debug("dispatch VOICE_STATE_UPDATE user=%s channel=%s", user_id, channel_id)
-        self.state.parse_voice_state_update(data)  # type: ignore[arg-type]
+        _discord.parse_voice_state_update(self.client, data)
 
     def dispatch_voice_server(self, token: str, endpoint: str | None) -> None:
         """Deliver a VOICE_SERVER_UPDATE through the client's own parser."""
         data = {"token": token, "guild_id": str(self.guild_id), "endpoint": endpoint}
         _log.debug("dispatch VOICE_SERVER_UPDATE endpoint=%s", endpoint)
-        self.state.parse_voice_server_update(data)  # type: ignore[arg-type]
+        _discord.parse_voice_server_update(self.client, data)
 
     async def close(self) -> None:
         """Close the client (disconnects any voice client) and the HTTP session."""
