@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from .frames import FrameKind
 from .opus import FRAME_SAMPLES, OpusDecoder, OpusError, packet_has_fec
+from .seqmath import SEQ_MASK, TS_MASK, seq_add, ts_add
 
 __all__ = (
     "DEFAULT_CONCEAL_LIMIT",
@@ -249,10 +250,10 @@ class DecoderSet:
                     counts.errors += 1
                     if refused is not None:
                         refused.append(item)
-                    self._conceal(state, ssrc, seq & 0xFFFF, ts & 0xFFFFFFFF, extra, append)
+                    self._conceal(state, ssrc, seq & SEQ_MASK, ts & TS_MASK, extra, append)  # seq_add(seq, 0), inlined
                     continue
                 state.plc_run = 0
-                append((ssrc, seq & 0xFFFF, ts & 0xFFFFFFFF, pcm, KIND_DECODED, extra))
+                append((ssrc, seq & SEQ_MASK, ts & TS_MASK, pcm, KIND_DECODED, extra))  # seq_add(seq, 0), inlined
                 decoded += 1
             except Exception:  # a malformed item (wrong shape or types): count it, keep going
                 counts.errors += 1
@@ -280,8 +281,8 @@ class DecoderSet:
         if lost > 0:
             fec = packet if packet is not None and packet_has_fec(packet) else None
             for k in range(lost, 0, -1):
-                q = (seq - k) & 0xFFFF
-                t = (ts - _TS_STEP * k) & 0xFFFFFFFF
+                q = seq_add(seq, -k)
+                t = ts_add(ts, -_TS_STEP * k)
                 if k == 1 and fec is not None:
                     try:
                         append((ssrc, q, t, state.decoder.decode_fec(fec), KIND_FEC, extra))
@@ -291,7 +292,7 @@ class DecoderSet:
                         self.counts.errors += 1  # corrupt next packet: fall back to PLC below
                 self._conceal(state, ssrc, q, t, extra, append)
         if packet is None:
-            self._conceal(state, ssrc, seq & 0xFFFF, ts & 0xFFFFFFFF, extra, append)
+            self._conceal(state, ssrc, seq_add(seq, 0), ts_add(ts, 0), extra, append)
         return packet
 
     def _conceal(

@@ -1,7 +1,7 @@
 """The voice websocket ("voice gateway") of the local voice server, on aiohttp.web.
 
 One :class:`VoiceGatewayServer` listens on ``127.0.0.1`` and speaks Discord's voice gateway
-protocol v8 (PROTOCOL.md) to an unmodified discord.py client:
+protocol v8 (docs/architecture.md, "Protocol facts") to an unmodified discord.py client:
 
 * HELLO (op 8) is the first frame of every connection;
 * IDENTIFY (0) -> READY (2); SELECT_PROTOCOL (1) -> SESSION_DESCRIPTION (4);
