@@ -183,7 +183,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if dave:
             for server in servers:
                 await server.wait_dave_ready(timeout=120)
-        # Until the bot has every SSRC from op 12 its packets would wait for a user.
+        # Their clients say they speak (op 5, which names the SSRC) before the sender process
+        # starts their packets; until the bot has every SSRC its packets would wait for a user.
+        for ms in members:
+            for m in ms:
+                await m.start_speaking()
         for vc, ms in zip(vcs, members):
             for _ in range(500):
                 ssrcs = (

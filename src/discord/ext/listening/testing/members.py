@@ -219,6 +219,20 @@ class SimulatedMember:
         """Whose keys seal this member's next frame (the dead epoch's while the fault lasts)."""
         return self._dead_epoch.sealer(self.dave)
 
+    async def start_speaking(self) -> None:
+        """Send SPEAKING (op 5, ``speaking: 1``) now, as the member's client does when it starts
+        sending audio: for a test or benchmark that sends the member's packets by other means
+        (:meth:`speak` sends it by itself).
+
+        Raises
+        ------
+        EmulatorError
+            The member is not in a call.
+        """
+        if not self.in_call:
+            raise EmulatorError(f"{self.name} is not in a call; join() first")
+        await self._emulator._presence.speaking(self)
+
     async def send_sender_report(self) -> bytes:
         """Send an RTCP sender report for this member now; returns the clear report."""
         return await self._emulator._speaker.send_sender_report(self)
