@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 from discord.ext import listening
 from discord.ext.listening.opus import OpusDecoder
 from discord.ext.listening.receive import PacketReceiver
+from discord.ext.listening.rtp import is_rtcp, parse_rtp_header
 from discord.ext.listening.ssrc import SSRCMap
 from discord.ext.listening.stats import ListenStats
 from discord.ext.listening.testing import SpurtRecord, VoiceServerEmulator
@@ -98,3 +101,125 @@ def receiver_for(conn: Any, ssrc_map: SSRCMap, stats: ListenStats | None = None,
     receiver = PacketReceiver(ssrc_map, ListenStats() if stats is None else stats, origin=0.0, **kw)
     sync_keys(receiver, conn)
     return receiver
+
+
+# -- waiting for conditions (instead of sleeping) ---------------------------------------------------
+
+#: ``(member, spurts)``: a simulated member and the spurts it sent (``SpurtRecord``).
+Spoken = tuple[Any, Iterable[SpurtRecord]]
+
+
+def udp_receive_buffer_drops() -> int:
+    """Datagrams the kernel dropped because a socket's receive buffer was full (Linux, all
+    sockets of the machine): a busy receive thread can lose a flood there before our code
+    sees it, and such a loss is the network's, not the receiver's."""
+    try:
+        with open("/proc/net/snmp") as fh:
+            rows = [line.split() for line in fh if line.startswith("Udp:")]
+        return int(rows[1][rows[0].index("RcvbufErrors")])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class WireTap:
+    """Records when each RTP packet to the bot really left the emulator (monotonic clock)."""
+
+    def __init__(self, server: VoiceServerEmulator) -> None:
+        self.sent: dict[tuple[int, int], float] = {}
+        transport = server.media._transport
+        real = transport.sendto
+
+        def sendto(data: bytes, addr: Any = None) -> None:
+            if len(data) > 12 and not is_rtcp(data):
+                h = parse_rtp_header(data)
+                self.sent.setdefault((h.ssrc, h.sequence), time.monotonic())
+            real(data, addr)
+
+        transport.sendto = sendto
+
+    def lateness(self, server: VoiceServerEmulator, member: Any, spurt: SpurtRecord) -> int:
+        """Samples by which the spurt's first packet left after it was due (0 if on time)."""
+        frame = spurt.frames[0]
+        sent = self.sent[(member.ssrc, frame.sequence)]
+        return max(0, round((sent - server._to_loop_time(frame.send_time)) * 48000))
+
+
+async def wait_or_fail(server: VoiceServerEmulator, predicate: Any, timeout: float, explain: Any) -> None:
+    """``server.wait_until(predicate)``, failing the test with ``explain()`` after ``timeout`` s."""
+    try:
+        await server.wait_until(predicate, timeout=timeout)
+    except TimeoutError:
+        raise AssertionError(f"after {timeout}s: {explain()}") from None
+
+
+async def settle(
+    server: VoiceServerEmulator,
+    vc: listening.VoiceClient,
+    *spoken: Spoken,
+    wire: WireTap | None = None,
+    kernel_drops: int | None = None,
+    timeout: float = 10.0,
+) -> None:
+    """Wait (bounded) until the receiver has seen every frame of ``(member, spurts)`` pairs.
+
+    Stopping right after the last datagram was sent races with discord.py's socket thread:
+    on a loaded machine the last packets (a spurt's five silence frames) may still sit in
+    the kernel's buffer, and a stopped session never reads them; a session that goes on
+    only hears them later. Stopping after this is safe: stop flushes the jitter buffers and
+    drains the decoders, so everything received reaches the sink.
+
+    ``wire``: count only the frames that left the emulator (the network impairment lost the
+    others). ``kernel_drops``: :func:`udp_receive_buffer_drops` before the traffic; frames the
+    kernel dropped since then are not waited for. Call it after ``server.drain()``.
+
+    Raises
+    ------
+    AssertionError
+        Frames still missing after ``timeout`` seconds, member by member.
+    """
+    stats = vc.listen_stats
+    assert stats is not None, "not listening"
+    wanted = [(m, [f.sequence for s in spurts for f in s.frames]) for m, spurts in spoken]
+
+    def missing() -> dict[str, int]:
+        out = {}
+        for m, seqs in wanted:
+            expected = len(seqs) if wire is None else sum((m.ssrc, q) in wire.sent for q in seqs)
+            short = expected - stats.user(m.user_id).received
+            if short > 0:
+                out[m.name] = short
+        return out
+
+    def allowance() -> int:
+        return 0 if kernel_drops is None else udp_receive_buffer_drops() - kernel_drops
+
+    await wait_or_fail(
+        server,
+        lambda: sum(missing().values()) <= allowance(),
+        timeout,
+        lambda: f"the receiver has not seen every frame: missing {missing()} (kernel drops {allowance()})",
+    )
+
+
+async def wait_for_sink(
+    server: VoiceServerEmulator, vc: listening.VoiceClient, *spoken: Spoken, timeout: float = 10.0
+) -> None:
+    """Wait (bounded) until the sink's ``on_audio`` has returned for as many frames of each
+    member as ``(member, spurts)`` pairs hold (what a test that reads any sink while listening
+    goes on waits for; the session counts a frame before its batch reaches the sink, hence
+    the empty queue). Fails like :func:`settle`.
+    """
+    session = vc._listening
+    assert session is not None, "not listening"
+    wanted = [(m, sum(len(s.frames) for s in spurts)) for m, spurts in spoken]
+
+    def missing() -> dict[str, int]:
+        short = {m.name: n - session.stats.user(m.user_id).frames for m, n in wanted}
+        return {name: n for name, n in short.items() if n > 0}
+
+    await wait_or_fail(
+        server,
+        lambda: not missing() and not session._queued,
+        timeout,
+        lambda: f"the sink has not got every frame: missing {missing()}, {session._queued} queued",
+    )

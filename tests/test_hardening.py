@@ -35,7 +35,15 @@ from discord.ext.listening.stats import DropReason, ListenStats
 from discord.ext.listening.testing import VoiceServerEmulator, speechlike
 from discord.ext.listening.testing.dave_member import LocalDaveMember, connect_local_member, deliver
 from discord.ext.listening.testing.dave_server import DaveGroupServer
-from helpers import Collect, listen_until_done, receiver_for, reference, sync_keys
+from helpers import (
+    Collect,
+    listen_until_done,
+    receiver_for,
+    reference,
+    settle,
+    sync_keys,
+    udp_receive_buffer_drops,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,42 +63,11 @@ def assert_heard_exactly(sink: Collect, member, spurts) -> None:
     assert not bad, f"{member.name}: {len(bad)} frames differ from what was sent"
 
 
-def udp_receive_buffer_drops() -> int:
-    """Datagrams the kernel dropped because a socket's receive buffer was full (Linux, all
-    sockets of the machine): a busy receive thread can lose a flood there before our code
-    sees it, and such a loss is the network's, not the receiver's."""
-    try:
-        with open("/proc/net/snmp") as fh:
-            rows = [line.split() for line in fh if line.startswith("Udp:")]
-        return int(rows[1][rows[0].index("RcvbufErrors")])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 def _corr(a: bytes, b: bytes) -> float:
     x = np.frombuffer(a, np.int16).astype(float)
     y = np.frombuffer(b, np.int16).astype(float)
     d = np.linalg.norm(x) * np.linalg.norm(y)
     return float(np.dot(x, y) / d) if d else 1.0
-
-
-async def settle(server: VoiceServerEmulator, vc, *spoken) -> None:
-    """Wait (bounded) until the receiver has seen every frame of ``(member, spurts)`` pairs.
-
-    Stopping right after the last datagram was sent races with discord.py's socket thread:
-    on a loaded machine the last packets (a spurt's five silence frames) may still sit in
-    the kernel's buffer, and a stopped session never reads them. A frame the network really
-    lost leaves this waiting until the timeout, which is not an error by itself.
-    """
-    stats = vc.listen_stats
-
-    def seen() -> bool:
-        return all(stats.user(m.user_id).received >= sum(len(s.frames) for s in spurts) for m, spurts in spoken)
-
-    try:
-        await server.wait_until(seen, timeout=5.0, what="the last packets")
-    except TimeoutError:
-        pass
 
 
 def tap_outgoing(server: VoiceServerEmulator) -> list[bytes]:
@@ -119,7 +96,7 @@ async def test_forged_replayed_flooding_and_malformed_traffic_is_dropped_counted
         done = await listen_until_done(vc, sink, pool)
         spurts = [await alice.speak(speechlike(1.0, seed=1), realtime=False)]
         await server.drain()
-        await asyncio.sleep(0.2)
+        await settle(server, vc, (alice, spurts))
         authentic = list(captured)
         assert len(authentic) >= 50
         receiver = vc._listening.receiver
@@ -129,12 +106,16 @@ async def test_forged_replayed_flooding_and_malformed_traffic_is_dropped_counted
         # socket is connect()ed to the voice server, so the kernel never hands these over.
         bot_addr = vc._connection.socket.getsockname()
         before = sum(stats.total.dropped.values())
+        reports = stats.rtcp_packets
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as foreign:
             foreign.bind(("127.0.0.1", 0))
             for pkt in authentic[:100]:
                 foreign.sendto(pkt, bot_addr)  # replays
                 foreign.sendto(rng.randbytes(rng.randrange(1, 1500)), bot_addr)
-        await asyncio.sleep(0.3)
+        # A sender report from the voice server after them: once the bot has read it, it has
+        # read anything the kernel let in before it.
+        await alice.send_sender_report()
+        await server.wait_until(lambda: stats.rtcp_packets > reports, timeout=5, what="the report after them")
         assert sum(stats.total.dropped.values()) == before, "datagrams from a foreign address reached the receiver"
 
         # 2. The same and worse from the voice server's own address (an on-path attacker who
@@ -158,15 +139,15 @@ async def test_forged_replayed_flooding_and_malformed_traffic_is_dropped_counted
         flood = []
         for _ in range(12):  # authentic audio from 600 fresh SSRCs
             flood += await server.inject("unknown_ssrc", count=50)
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # the scenario: a flood spread over time, not one burst
         talk = asyncio.create_task(alice.speak(speechlike(2.0, seed=2)))
         for chunk in range(0, len(bad), 20):
             for p in bad[chunk : chunk + 20]:
                 await server.inject("raw", payload=p)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # the scenario: hostile traffic interleaved with speech
         for p in replays:
             await server.inject("raw", payload=p)
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # (the same)
         spurts.append(await talk)
         assert len(receiver.ssrcs) <= receiver.max_streams, "a flood of SSRCs grew the per-SSRC table past its bound"
 
@@ -175,8 +156,7 @@ async def test_forged_replayed_flooding_and_malformed_traffic_is_dropped_counted
         await server.wait_dave_ready()
         bob_spurt = await bob.speak(speechlike(1.0, seed=3))
         await server.drain()
-        await settle(server, vc, (alice, spurts), (bob, [bob_spurt]))
-        await asyncio.sleep(0.3)
+        await settle(server, vc, (alice, spurts), (bob, [bob_spurt]), kernel_drops=kernel_drops)
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 20)
 
@@ -362,7 +342,7 @@ async def test_workers_killed_at_random_moments_and_a_full_disk(pool, tmp_path: 
         slot = pool.worker_index(vc.guild.id)
         killed: list[int] = []
         for _ in range(3):
-            await asyncio.sleep(rng.uniform(0.2, 0.7))
+            await asyncio.sleep(rng.uniform(0.2, 0.7))  # the scenario: a kill at a random moment
             # (the restarted worker must be up before it can be killed again)
             await server.wait_until(lambda: pool.worker_pids()[slot] not in (None, *killed), timeout=5, what="restart")
             pid = pool.worker_pids()[slot]
@@ -373,7 +353,7 @@ async def test_workers_killed_at_random_moments_and_a_full_disk(pool, tmp_path: 
                 out.fh = _FullDisk(out.fh)
         spurts = await talk
         await server.drain()
-        await asyncio.sleep(0.5)
+        await settle(server, vc, *zip((a, b), ([s] for s in spurts)))
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 20)
     assert len(killed) == 3
@@ -417,7 +397,7 @@ async def test_blocked_loop_and_a_sink_that_blocks_and_raises(pool) -> None:
             self.frames += 1
             if not self.blocked:
                 self.blocked = True
-                time.sleep(1.5)
+                time.sleep(1.5)  # the scenario: a sink that blocks
             raise RuntimeError("sink bug")
 
         def on_tick(self, position):
@@ -435,11 +415,12 @@ async def test_blocked_loop_and_a_sink_that_blocks_and_raises(pool) -> None:
         hostile = Hostile()
         done = await listen_until_done(vc, hostile, pool, sink_queue_size=20)
         talk = asyncio.create_task(m.speak(speechlike(3.0, seed=13)))
-        await asyncio.sleep(0.8)
+        # mid-speech: 0.8 s of it received
+        await server.wait_until(lambda: vc.listen_stats.user(1300).received >= 40, timeout=10, what="speech")
         time.sleep(1.0)  # the event loop blocked (a bot doing blocking work in a coroutine)
         spurt = await talk
         await server.drain()
-        await asyncio.sleep(0.4)
+        await settle(server, vc, (m, [spurt]))
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 20)
         s = vc.listen_stats.user(1300)
@@ -453,7 +434,7 @@ async def test_blocked_loop_and_a_sink_that_blocks_and_raises(pool) -> None:
         done = await listen_until_done(vc, sink, pool)
         again = await m.speak(speechlike(0.6, seed=14), realtime=False)
         await server.drain()
-        await asyncio.sleep(0.4)
+        await settle(server, vc, (m, [again]))
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 10)
     assert_heard_exactly(sink, m, [again])
@@ -478,7 +459,6 @@ async def test_voice_websocket_close_codes_moves_and_new_keys(pool, tmp_path: Pa
             before = await first.speak(speechlike(0.4, seed=len(str(code))))
             await server.drain()
             await settle(server, vc, (first, [before]))
-            await asyncio.sleep(0.2)
             if code == "new key":
                 key = await server.new_session_key()
                 await server.wait_until(lambda vc=vc, key=key: bytes(vc._connection.secret_key) == key, what="new key")
@@ -499,13 +479,11 @@ async def test_voice_websocket_close_codes_moves_and_new_keys(pool, tmp_path: Pa
                     timeout=15,
                     what=f"reconnect after {code}",
                 )
-                await asyncio.sleep(0.3)
                 assert vc.is_listening() and not done.is_set()
                 second = speaker[vc.channel.id]
                 after_event = await second.speak(speechlike(0.4, seed=7))
                 await server.drain()
                 await settle(server, vc, (second, [after_event] if second is not first else [before, after_event]))
-                await asyncio.sleep(0.3)
                 vc.stop_listening()
                 await asyncio.wait_for(done.wait(), 15)
                 if second is first:
@@ -551,7 +529,7 @@ async def test_dave_churn_and_an_invalid_commit_lose_no_audio_the_bot_has_keys_f
         events = 0
         invalid_window = None
         for step in range(6):
-            await asyncio.sleep(0.6 + rng.uniform(0, 0.4))
+            await asyncio.sleep(0.6 + rng.uniform(0, 0.4))  # the scenario: churn about every second
             if churners and (step % 2 or len(churners) > 2):
                 await churners.pop(0).leave()
             else:
@@ -567,8 +545,7 @@ async def test_dave_churn_and_an_invalid_commit_lose_no_audio_the_bot_has_keys_f
                 invalid_window = (t_lo - 0.1, server.sender_now() + 0.1)
         spurts = await talk
         await server.drain()
-        await settle(server, vc, *((m, [s]) for m, s in zip(steady, spurts)))
-        await asyncio.sleep(0.3)
+        await settle(server, vc, *((m, [s]) for m, s in zip(steady, spurts)), kernel_drops=kernel_drops)
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 20)
     assert events == 6 and invalid_window is not None
@@ -614,15 +591,15 @@ async def test_transport_keys_never_reach_our_logs(pool, caplog) -> None:
         keys = [bytes(vc._connection.secret_key)]
         sink = Collect()
         done = await listen_until_done(vc, sink, pool)
-        await m.speak(speechlike(0.3, seed=1), realtime=False)
+        spurts = [await m.speak(speechlike(0.3, seed=1), realtime=False)]
         keys.append(await server.new_session_key())
         await server.wait_until(lambda: bytes(vc._connection.secret_key) == keys[-1], what="new key")
-        await m.speak(speechlike(0.3, seed=2), realtime=False)
+        spurts.append(await m.speak(speechlike(0.3, seed=2), realtime=False))
         await server.drain()
-        await asyncio.sleep(0.2)
+        await settle(server, vc, (m, spurts))
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 10)
-        cipher = vc._listening.receiver._cipher if vc._listening else None
+        cipher = vc._listening.receiver._keys.cipher if vc._listening else None
     ours = [
         r
         for r in caplog.records
