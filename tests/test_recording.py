@@ -52,8 +52,8 @@ from discord.ext import listening
 from discord.ext.listening.files import RecordingError
 from discord.ext.listening.frames import AudioFrame, FrameKind
 from discord.ext.listening.opus import SILENCE_FRAME, OpusDecoder, OpusEncoder
-from discord.ext.listening.rtp import is_rtcp, parse_rtp_header
 from discord.ext.listening.testing import SpurtRecord, VoiceServerEmulator, speechlike
+from helpers import WireTap, settle
 from recording_child import CRASH_PLAN, PreEncoded, clip
 
 pytestmark = pytest.mark.timeout(120)
@@ -150,29 +150,6 @@ def at(origin: float, t: float) -> int:
     return round((t - origin) * RATE)
 
 
-class WireTap:
-    """Records when each RTP packet to the bot really left the emulator (monotonic clock)."""
-
-    def __init__(self, server: VoiceServerEmulator) -> None:
-        self.sent: dict[tuple[int, int], float] = {}
-        transport = server.media._transport
-        real = transport.sendto
-
-        def sendto(data: bytes, addr: Any = None) -> None:
-            if len(data) > 12 and not is_rtcp(data):
-                h = parse_rtp_header(data)
-                self.sent.setdefault((h.ssrc, h.sequence), time.monotonic())
-            real(data, addr)
-
-        transport.sendto = sendto
-
-    def lateness(self, server: VoiceServerEmulator, member: Any, spurt: SpurtRecord) -> int:
-        """Samples by which the spurt's first packet left after it was due (0 if on time)."""
-        frame = spurt.frames[0]
-        sent = self.sent[(member.ssrc, frame.sequence)]
-        return max(0, round((sent - server._to_loop_time(frame.send_time)) * RATE))
-
-
 class Probe(listening.AudioSink):
     """Notes each frame the sinks got: ``(user id, end position, arrival, now, sequence, position)``."""
 
@@ -227,7 +204,7 @@ async def talk(member: Any, plan: list[tuple[float, bytes]]) -> list[SpurtRecord
         encoder = PreEncoded(member, [audio for _, audio in plan])
     out = []
     for pause, audio in plan:
-        await asyncio.sleep(pause)
+        await asyncio.sleep(pause)  # the scenario: the pause before this spurt
         out.append(await member.speak(audio))
     assert encoder.misses == 0 and not encoder.queue
     return out
@@ -358,7 +335,7 @@ async def test_every_file_on_one_timeline_with_real_speech(pool: Any, tmp_path: 
             "dave": [(1.2, clip("dave", 1.7, 0.6)), (0.1, clip("dave", 3.0, 0.7)), (2.0, clip("dave", 4.0, 0.6))],
         }
         talking = asyncio.gather(*(talk(members[n], p) for n, p in plans.items()))
-        await asyncio.sleep(3.6)
+        await asyncio.sleep(3.6)  # the scenario: the files are read 3.6 s into the recording
 
         def read_all() -> dict[str, np.ndarray]:
             return {f"{cls.__name__}/{p.name}": read(p) for cls, s in sinks.items() for p in s.output_dir.iterdir()}
@@ -368,7 +345,8 @@ async def test_every_file_on_one_timeline_with_real_speech(pool: Any, tmp_path: 
         mid = await asyncio.to_thread(read_all)  # mid-recording, off the loop: the members go on
         spurts = dict(zip(plans, await talking))
         await server.drain()
-        await asyncio.sleep(0.3)
+        await settle(server, vc, *((members[n], spurts[n]) for n in plans))
+        await asyncio.sleep(0.2)  # the scenario: the recording runs on after the last word (checked to its end)
         vc.stop_listening()
         _, error = await asyncio.wait_for(done, 20)
         stopped_at = at(origin, time.monotonic())
@@ -491,7 +469,8 @@ async def test_ogg_opus_passthrough_decodes_to_the_pcm_path(pool: Any, tmp_path:
         }
         spurts = dict(zip(plans, await asyncio.gather(*(talk(members[n], p) for n, p in plans.items()))))
         await server.drain()
-        await asyncio.sleep(0.3)
+        await settle(server, vc, *((members[n], spurts[n]) for n in plans))
+        await asyncio.sleep(0.2)  # the scenario: the recording runs on after the last word (checked to its end)
         vc.stop_listening()
         _, error = await asyncio.wait_for(done, 20)
     assert error is None
@@ -557,7 +536,7 @@ async def test_pause_listening_is_silence_of_the_paused_length(pool: Any, tmp_pa
         origin = vc._last_session.origin
         audio = {"alice": clip("alice", 0.0, 2.6), "bob": clip("bob", 1.3, 2.3)}
         talking = asyncio.gather(talk(alice, [(0.2, audio["alice"])]), talk(bob, [(0.35, audio["bob"])]))
-        await asyncio.sleep(1.05)
+        await asyncio.sleep(1.05)  # the scenario: a pause 1.05 s in, 0.8 s long
         vc.pause_listening()
         paused = time.monotonic()
         await asyncio.sleep(0.8)
@@ -565,7 +544,8 @@ async def test_pause_listening_is_silence_of_the_paused_length(pool: Any, tmp_pa
         resumed = time.monotonic()
         (a_spurt,), (b_spurt,) = await talking
         await server.drain()
-        await asyncio.sleep(0.3)
+        await settle(server, vc, (alice, [a_spurt]), (bob, [b_spurt]))
+        await asyncio.sleep(0.2)  # the scenario: the recording runs on after the last word (checked to its end)
         vc.stop_listening()
         _, error = await asyncio.wait_for(done, 20)
     assert error is None
@@ -646,7 +626,7 @@ def test_sigkill_mid_recording_leaves_every_file_playable_up_to_a_second_before(
     thread.start()
     try:
         assert ready.wait(90), f"the recording process did not get going: {lines[-5:]}"
-        time.sleep(KILL_AFTER)
+        time.sleep(KILL_AFTER)  # the scenario: killed this long after the members got going
         killed = time.monotonic()
         os.kill(child.pid, signal.SIGKILL)
     finally:
@@ -768,7 +748,10 @@ async def test_hostile_display_names_stay_inside_the_directory_when_stopped_mid_
             PreEncoded(m, [a])
         talking = asyncio.gather(*(talk(m, [(0.05 * i, a)]) for i, (m, a) in enumerate(zip(members, audio))))
         await server.wait_until(lambda: len(sink.output_files) == len(members), what="everyone recorded")
-        await asyncio.sleep(0.3)
+        await server.wait_until(
+            lambda: all(sum(row[0] == m.user_id for row in probe.rows) >= 5 for m in members),
+            what="everyone heard for five frames",
+        )
         vc.stop_listening()  # mid-speech
         _, error = await asyncio.wait_for(done, 20)
         await talking
@@ -833,12 +816,13 @@ async def test_a_full_disk_for_one_file_reaches_after_and_the_others_record_on(p
         bob_id = members["bob"].user_id
         await server.wait_until(lambda: bob_id in sink.output_files, what="bob's file")
         bob_file = sink.output_files[bob_id]
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(0.6)  # the scenario: the disk fills up 0.6 s into bob's file
         bob_file._out.fh = FullDisk(bob_file._out.fh)  # the disk fills up under bob's file
         full_at = at(origin, time.monotonic())
         spurts = dict(zip(plans, await talking))
         await server.drain()
-        await asyncio.sleep(0.3)
+        await settle(server, vc, *((members[n], spurts[n]) for n in plans))
+        await asyncio.sleep(0.2)  # the scenario: the recording runs on after the last word (checked to its end)
         vc.stop_listening()
         _, error = await asyncio.wait_for(done, 20)
     assert isinstance(error, RecordingError) and error.errno == errno.ENOSPC, repr(error)
@@ -884,9 +868,10 @@ async def test_a_directory_that_goes_away_reaches_after_naming_the_file(pool: An
         talking = asyncio.ensure_future(talk(alice, [(0.1, clip("alice", 0.0, 1.4))]))
         await server.wait_until(lambda: alice.user_id in sink.output_files, what="alice's file")
         out.rename(tmp_path / "moved")
-        await talk(bob, [(0.1, clip("bob", 1.3, 0.5))])
-        await talking
-        await asyncio.sleep(0.3)
+        bob_spurts = await talk(bob, [(0.1, clip("bob", 1.3, 0.5))])
+        alice_spurts = await talking
+        await server.drain()
+        await settle(server, vc, (alice, alice_spurts), (bob, bob_spurts))
         vc.stop_listening()
         _, error = await asyncio.wait_for(done, 20)
     assert isinstance(error, RecordingError) and error.errno == errno.ENOENT, repr(error)
