@@ -18,7 +18,7 @@ from discord.ext.listening.opus import packet_has_fec
 from discord.ext.listening.seqmath import seq_diff
 from discord.ext.listening.stats import DropReason
 from discord.ext.listening.testing import VoiceServerEmulator, speechlike
-from helpers import Collect, listen_until_done, reference
+from helpers import Collect, WireTap, listen_until_done, reference, settle
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -37,10 +37,11 @@ async def test_three_members_under_dave_with_loss_reorder_and_jitter(pool) -> No
         assert vc._connection.dave_protocol_version == 1 and vc._connection.dave_session.ready
         assert vc.mode == "aead_aes256_gcm_rtpsize"
         sink = Collect()
+        wire = WireTap(server)  # what the lossy network let through
         done = await listen_until_done(vc, sink, pool)
         spurts = await asyncio.gather(*(m.speak(speechlike(2.0, seed=7 + i)) for i, m in enumerate(members)))
         await server.drain()
-        await asyncio.sleep(0.3)
+        await settle(server, vc, *((m, [s]) for m, s in zip(members, spurts)), wire=wire)
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 15)
 
@@ -104,7 +105,7 @@ async def test_first_words_of_a_member_who_speaks_right_after_joining(pool) -> N
         member = await server.add_member(301, "early-bird")
         spurt = await member.speak(speechlike(1.0, seed=3), speaking_event="after")
         await server.drain()
-        await asyncio.sleep(0.3)
+        await settle(server, vc, (member, [spurt]))
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 15)
     got = sink.by_user()[301]
@@ -122,11 +123,11 @@ async def test_listen_position_marks_where_speech_lands_on_the_timeline(pool) ->
         assert vc.listen_position is None
         sink = Collect()
         done = await listen_until_done(vc, sink, pool)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # the scenario: the mark is set half a second into listening
         mark = vc.listen_position  # e.g. a chat message "starting now"
-        await member.speak(speechlike(0.5, seed=4))
+        spurt = await member.speak(speechlike(0.5, seed=4))
         await server.drain()
-        await asyncio.sleep(0.3)
+        await settle(server, vc, (member, [spurt]))
         later = vc.listen_position
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 15)
@@ -147,7 +148,7 @@ async def test_sequence_and_timestamp_wrap_mid_speech_loses_nothing(pool) -> Non
         done = await listen_until_done(vc, sink, pool)
         spurt = await m.speak(speechlike(2.0, seed=9), realtime=False)
         await server.drain()
-        await asyncio.sleep(0.4)
+        await settle(server, vc, (m, [spurt]))
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 15)
     got = sink.by_user()[400]
@@ -169,10 +170,10 @@ async def test_garbage_forged_unknown_and_video_packets_are_counted_and_ignored(
         talk = asyncio.create_task(m.speak(speechlike(1.5, seed=4)))
         for kind in ("garbage", "wrong_tag", "unknown_ssrc", "video"):
             await server.inject(kind, member=m, count=20)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # the scenario: each kind at another moment of the speech
         spurt = await talk
         await server.drain()
-        await asyncio.sleep(0.3)
+        await settle(server, vc, (m, [spurt]))
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 15)
     got = sink.by_user()
@@ -195,13 +196,14 @@ async def test_killing_a_decode_worker_mid_speech_keeps_listening(pool) -> None:
         sink = Collect()
         done = await listen_until_done(vc, sink, pool)
         talk = asyncio.create_task(m.speak(speechlike(3.0, seed=5)))
-        await asyncio.sleep(1.0)
+        # mid-speech: a second of it heard
+        await server.wait_until(lambda: len(sink.frames) >= 50, timeout=10, what="a second of speech")
         victim = pool.worker_pids()[pool.worker_index(vc.guild.id)]
         assert victim is not None
         os.kill(victim, signal.SIGKILL)
         spurt = await talk
         await server.drain()
-        await asyncio.sleep(0.5)
+        await settle(server, vc, (m, [spurt]))
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 15)
     got = sink.by_user()[600]
@@ -228,15 +230,21 @@ async def test_stop_pause_resume_and_listen_again(pool) -> None:
         assert vc.is_listening() and not vc.is_listening_paused()
         with pytest.raises(discord.ClientException):
             vc.listen(Collect(), pool)
-        await m.speak(speechlike(0.5, seed=1))
-        await asyncio.sleep(0.2)
+        spurts = [await m.speak(speechlike(0.5, seed=1))]
+        await server.drain()
+        await settle(server, vc, (m, spurts))
         vc.pause_listening()
         assert vc.is_listening_paused()
-        await m.speak(speechlike(0.5, seed=2))  # unheard
+        spurts.append(await m.speak(speechlike(0.5, seed=2)))  # unheard
+        await server.drain()
+        await settle(server, vc, (m, spurts))
+        # the scenario: the pause outlasts the unheard speech, so that the paused span's length
+        # checked below (1.2 s) stands clear of the speech alone (1.2 s too)
         await asyncio.sleep(0.2)
         vc.resume_listening()
         third = await m.speak(speechlike(0.5, seed=3))
-        await asyncio.sleep(0.3)
+        await server.drain()
+        await settle(server, vc, (m, [*spurts, third]))
         vc.stop_listening()
         vc.stop_listening()  # idempotent
         await vc.wait_for_listen_ready(timeout=10)
@@ -254,7 +262,8 @@ async def test_stop_pause_resume_and_listen_again(pool) -> None:
         sink2 = Collect()
         done2 = await listen_until_done(vc, sink2, pool)
         again = await m.speak(speechlike(0.4, seed=6))
-        await asyncio.sleep(0.3)
+        await server.drain()
+        await settle(server, vc, (m, [again]))
         # a disconnect while listening ends listening through after()
         await vc.disconnect()
         await asyncio.wait_for(done2.wait(), 10)
@@ -275,7 +284,7 @@ async def test_member_leaves_and_another_joins_mid_recording(pool) -> None:
         await server.wait_dave_ready()
         s2 = await asyncio.gather(b.speak(speechlike(0.6, seed=3)), c.speak(speechlike(0.6, seed=4)))
         await server.drain()
-        await asyncio.sleep(0.3)
+        await settle(server, vc, (a, [s1[0]]), (b, [s1[1], s2[0]]), (c, [s2[1]]))
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 15)
     got = sink.by_user()
@@ -294,7 +303,8 @@ async def test_reconnects_keep_the_same_sink_and_users(pool) -> None:
         sink = Collect()
         done = await listen_until_done(vc, sink, pool)
         spurts = [await m.speak(speechlike(0.5, seed=1))]
-        await asyncio.sleep(0.2)
+        await server.drain()
+        await settle(server, vc, (m, spurts))
 
         # discord.py rebuilds its DAVE session on every SESSION_DESCRIPTION, so each of these
         # costs one MLS epoch; speech resumes once the bot is back in the group.
@@ -308,13 +318,15 @@ async def test_reconnects_keep_the_same_sink_and_users(pool) -> None:
         await server.wait_until(vc.is_connected, what="resumed")
         await rejoined(epoch)
         spurts.append(await m.speak(speechlike(0.5, seed=2)))
-        await asyncio.sleep(0.2)
+        await server.drain()
+        await settle(server, vc, (m, spurts))
 
         epoch = vc._connection.dave_session.epoch
         await server.new_session_key()  # a new SESSION_DESCRIPTION key mid-call
         await rejoined(epoch)
         spurts.append(await m.speak(speechlike(0.5, seed=3)))
-        await asyncio.sleep(0.2)
+        await server.drain()
+        await settle(server, vc, (m, spurts))
 
         # moved to another channel: new voice session, new SSRCs, same listen()
         other = await server.add_member(901, "over-there", channel=server.other_channel)
@@ -323,7 +335,7 @@ async def test_reconnects_keep_the_same_sink_and_users(pool) -> None:
         await server.wait_dave_ready()
         moved = await other.speak(speechlike(0.5, seed=4))
         await server.drain()
-        await asyncio.sleep(0.3)
+        await settle(server, vc, (m, spurts), (other, [moved]))
         assert vc.is_listening()
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 15)
@@ -345,7 +357,7 @@ async def test_speaking_events_slow_and_failing_sinks(pool) -> None:
         def on_audio(self, frame: listening.AudioFrame) -> None:
             import time
 
-            time.sleep(0.03)  # slower than real time: 20 ms of audio takes 30 ms
+            time.sleep(0.03)  # the scenario, a slow sink: 20 ms of audio takes 30 ms
             self.frames += 1
 
         def on_rtcp(self, packet: listening.RTCPPacket) -> None:
@@ -402,10 +414,11 @@ async def test_playing_while_listening_in_aes_gcm(pool) -> None:
         talk = asyncio.create_task(m.speak(speechlike(0.6, seed=10)))
         for f in frames:
             vc.send_audio_packet(f, encode=False)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # the scenario: a sender paced like real audio
         spurt = await talk
         await server.wait_until(lambda: len(server.received_from_bot) >= len(frames), what="bot audio")
-        await asyncio.sleep(0.3)
+        await server.drain()
+        await settle(server, vc, (m, [spurt]))
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 10)
     assert [p.opus for p in server.received_from_bot[-len(frames) :]] == frames
