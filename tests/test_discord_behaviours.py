@@ -13,7 +13,7 @@ import pytest
 from discord.ext import listening
 from discord.ext.listening.stats import DropReason
 from discord.ext.listening.testing import VoiceServerEmulator, speechlike
-from helpers import Collect, connect_and_listen, stop_listening
+from helpers import Collect, connect_and_listen, settle, stop_listening
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -35,12 +35,14 @@ async def _after_silence(vc_cls: type, pool: object) -> tuple[Collect, VoiceServ
         await asyncio.sleep(3.0)  # the scenario itself: nobody talks for three timeouts
         spurt = await alice.speak(speechlike(1.0, seed=1))
         await server.drain()
+        # (after drain() every packet of the spurt has been sent or withheld)
         await server.wait_until(
-            lambda: len(sink.by_user()[alice.user_id]) >= len(spurt.frames) or server.media_withheld > 0,
+            lambda: (
+                len(sink.by_user()[alice.user_id]) >= len(spurt.frames) or server.media_withheld >= len(spurt.frames)
+            ),
             timeout=5,
             what="audio or withheld media",
         )
-        await asyncio.sleep(0.2)
         await stop_listening(vc, done)
         sink.spurt = spurt  # type: ignore[attr-defined]
         return sink, server, vc.listen_stats
@@ -75,7 +77,7 @@ async def test_keepalives_follow_the_connection_and_echoes_are_not_drops(pool) -
         await vc.disconnect()
         assert not vc._keepalive.running  # no timer outlives the connection
         sent = len(server.keepalives_received)
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(0.6)  # the scenario: over two keepalive intervals, in which none may come
         assert len(server.keepalives_received) == sent
 
 
@@ -86,7 +88,6 @@ async def test_a_padding_burst_mid_spurt_costs_no_frame_and_no_time(pool) -> Non
         spurt = await alice.speak(speechlike(1.5, seed=2), padding_burst_at=25, padding_burst_size=50)
         await server.drain()
         await server.wait_until(lambda: len(sink.by_user()[3300]) >= len(spurt.frames), timeout=5, what="spurt")
-        await asyncio.sleep(0.2)
         await stop_listening(vc, done)
     (burst,) = spurt.padding_bursts
     assert burst.count == 50
@@ -107,9 +108,11 @@ async def test_moves_and_reconnects_while_listening_resume_audio_within_seconds(
         here = await server.add_member(3400, "here")
         there = await server.add_member(3401, "there", channel=server.other_channel)
         vc, sink, done = await connect_and_listen(server, pool, cls=FastKeepalive)
-        await here.speak(speechlike(0.4, seed=3))
+        first = await here.speak(speechlike(0.4, seed=3))
         await server.drain()
-        await asyncio.sleep(1.0)  # the reader is back in discord.py's select() on this socket
+        await settle(server, vc, (here, [first]))
+        # the reader is back in discord.py's select() on this socket
+        await server.wait_until(lambda: not vc._listening._reading, timeout=5, what="the reader handed back")
         started = time.monotonic()
         if how == "move_to":
             speaker, channel_id = there, server.other_channel_id
@@ -180,7 +183,8 @@ async def test_op_12_mapping_is_a_switch_only(pool) -> None:
     async with VoiceServerEmulator(seed=36) as server:
         bob = await server.add_member(3600, "bob")
         vc = await server.connect(cls=listening.VoiceClient)
-        await asyncio.sleep(0.3)
+        # Op 11 and an op 12 (if any) come before the DAVE messages, which connect() waited for.
+        await server.wait_dave_ready()
         assert vc.ssrc_map.user_for(bob.ssrc) is None
         assert 3600 in vc.ssrc_map.connected_users  # op 11 still names who is there
 
