@@ -30,6 +30,7 @@ from discord.ext.listening.recorder import RecordError, _check_channel, record_c
 from discord.ext.listening.report import ProgressPrinter
 from discord.ext.listening.testing import VoiceServerEmulator
 from discord.ext.listening.testing.harness import voice_channel_payload
+from helpers import settle
 from test_examples import envelope, locate
 
 pytestmark = pytest.mark.timeout(90)
@@ -303,9 +304,9 @@ async def test_record_channel_exits_1_and_prints_the_error_when_the_files_fail(p
         async def until(progress: ProgressPrinter) -> None:
             shutil.rmtree(out_dir)
             out_dir.write_bytes(b"not a directory")
-            await alice.speak(load_clip("alice")[: SR * 4])
+            spurt = await alice.speak(load_clip("alice")[: SR * 4])
             await server.drain()
-            await asyncio.sleep(0.3)
+            await settle(server, vc, (alice, [spurt]))
 
         # No progress tick comes before the end: the recording ends when ``until`` returns
         # (were it to wait for a tick, the test would time out).

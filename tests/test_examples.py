@@ -30,6 +30,7 @@ from discord.ext import listening
 from discord.ext.listening.demo import load_clip
 from discord.ext.listening.pool import default as default_pool
 from discord.ext.listening.testing import VoiceServerEmulator
+from helpers import WireTap, settle, wait_for_sink
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -188,14 +189,14 @@ async def test_recording_session_writes_each_member_and_the_mix(pool, clips, tmp
         t0 = server.sender_now()  # the timeline's 0: when listening started
         await decoder_ready(pool, vc)
         assert session.recording and "being recorded" in session.notice()
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # the scenario: alice starts 0.2 s into the recording
         spurts = {"alice": await members["alice"].speak(clips["alice"][:SECOND])}
         spurts["bob"], spurts["carol"] = await asyncio.gather(
             members["bob"].speak(clips["bob"][:SECOND]), members["carol"].speak(clips["carol"][:SECOND])
         )
         at = {who: spurt.start - t0 for who, spurt in spurts.items()}  # when each one's first frame was sent
         await server.drain()
-        await asyncio.sleep(0.3)
+        await settle(server, vc, *((members[who], [spurt]) for who, spurt in spurts.items()))
         paths = await asyncio.wait_for(session.stop(), 20)
         assert await session.stop() == paths  # idempotent
         assert session.error is None
@@ -206,17 +207,17 @@ async def test_recording_session_writes_each_member_and_the_mix(pool, clips, tmp
         t1 = server.sender_now()
         said = {"alice": await members["alice"].speak(clips["alice"][: SECOND * 6 // 10])}
         await server.drain()
-        await asyncio.sleep(0.15)
+        await settle(server, vc, (members["alice"], [said["alice"]]))
         opus.pause()
         assert opus.paused and not opus.recording
         said["bob"] = await members["bob"].speak(clips["bob"][SECOND // 10 : SECOND * 7 // 10])  # unheard
         await server.drain()  # on the wire; let the bot read it before resuming
-        await asyncio.sleep(0.15)
+        await settle(server, vc, (members["bob"], [said["bob"]]))
         opus.resume()
         said["carol"] = await members["carol"].speak(clips["carol"][: SECOND * 6 // 10])
         opus_at = {who: spurt.start - t1 for who, spurt in said.items()}
         await server.drain()
-        await asyncio.sleep(0.3)
+        await settle(server, vc, (members["carol"], [said["carol"]]))
         opus_paths = await asyncio.wait_for(opus.stop(), 20)
         opus_stats = vc.listen_stats.total
 
@@ -225,9 +226,9 @@ async def test_recording_session_writes_each_member_and_the_mix(pool, clips, tmp
         for fmt in ("flac", "mp3"):
             s = rb.RecordingSession(vc, tmp_path / fmt, fmt, pool=pool, mixed=False)
             await s.start()
-            await members["alice"].speak(clips["alice"][: SECOND // 2])
+            spurt = await members["alice"].speak(clips["alice"][: SECOND // 2])
             await server.drain()
-            await asyncio.sleep(0.25)
+            await settle(server, vc, (members["alice"], [spurt]))
             encoded[fmt] = await asyncio.wait_for(s.stop(), 20)
         await vc.disconnect()
 
@@ -383,7 +384,7 @@ async def test_recording_bot_slash_commands(pool, clips, tmp_path, monkeypatch) 
         await commands["record"].callback(i := ask())
         assert "Already recording" in i.sent[-1][0]
 
-        await alice.speak(clips["alice"][: SECOND // 2])
+        spurt = await alice.speak(clips["alice"][: SECOND // 2])
         await commands["pause"].callback(ask())
         await commands["resume"].callback(i := ask())
         assert "resumed" in i.sent[-1][0]
@@ -394,7 +395,7 @@ async def test_recording_bot_slash_commands(pool, clips, tmp_path, monkeypatch) 
         )
         assert "being recorded" in posted[-1][1] and joiner.mention in posted[-1][1]
         await server.drain()
-        await asyncio.sleep(0.3)
+        await settle(server, guild.voice_client, (alice, [spurt]))
 
         await asyncio.wait_for(commands["stop"].callback(i := ask()), 30)
         uploads = [names for _, _, names in i.sent if names]
@@ -434,14 +435,14 @@ async def test_live_chunks_reach_the_callback_for_the_right_members(pool, clips)
         sent = {"alice": clips["alice"][: SECOND * 12 // 10], "bob": clips["bob"][SECOND // 10 : SECOND * 13 // 10]}
         talk = asyncio.gather(alice.speak(sent["alice"]), bob.speak(sent["bob"]))  # at the same time
         await until(lambda: len(live.levels()) == 2, "levels of both speakers")
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # the scenario: the levels are read 0.2 s into both speaking
         during = live.levels()  # while both talk
         meter = live.meter({1001: "alice", 1002: "bob"})
         await talk
         await server.drain()
         # Utterances end on their own after the hangover: at the first tick (every 0.5 s)
         # 0.3 s + ~0.1 s of pipeline after the last loud frame, so within ~0.95 s.
-        await asyncio.sleep(1.1)
+        await until(lambda: {c.user_id for c in got if c.final} == {1001, 1002}, "both utterances to end")
         before_stop = len(got)
         vc.stop_listening()
         await vc.wait_for_listen_ready(timeout=10)
@@ -543,18 +544,20 @@ async def test_clip_sink_holds_the_last_seconds_of_each_member(pool, clips, tmp_
         talking = asyncio.create_task(alice.speak(said))
         await until(lambda: 1001 in sink.members(), "alice's first frames")
         partial = sink.clip(1001, 1.0)  # while she talks, from the event loop thread
-        await talking
+        alice_spurt = await talking
         await server.drain()
-        await asyncio.sleep(0.15)
+        await wait_for_sink(server, vc, (alice, [alice_spurt]))
+        await asyncio.sleep(0.15)  # the scenario: the clip is taken 0.15 s after the last word (checked)
         alice_clip = sink.clip(1001, 1.0)
         assert sink.clip(1002) is None  # bob has not spoken
-        await bob.speak(clips["bob"][: SECOND * 6 // 10])
+        bob_spurt = await bob.speak(clips["bob"][: SECOND * 6 // 10])
         await server.drain()
-        await asyncio.sleep(0.15)
+        await wait_for_sink(server, vc, (bob, [bob_spurt]))
+        await asyncio.sleep(0.15)  # (the same)
         bob_clip = sink.clip(1002, 1.0)
         saved = await asyncio.to_thread(sink.save_clip, 1002, tmp_path / "bob-clip.wav", 0.8)
         members = sink.members()
-        await asyncio.sleep(0.4)
+        await until(lambda: alice.ssrc in sink.sender_reports, "a sender report of alice")
         reports = dict(sink.sender_reports)
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 10)
@@ -620,10 +623,10 @@ async def test_clip_bot_slash_commands(pool, clips) -> None:
         await decoder_ready(pool, vc)
         await commands["clip"].callback(i := ask(), member=alice.member, seconds=1.0)
         assert "not heard" in i.sent[-1][0] and i.sent[-1][1]  # nothing yet, said privately
-        await alice.speak(clips["alice"][: SECOND * 6 // 10])
+        spurt = await alice.speak(clips["alice"][: SECOND * 6 // 10])
         await server.drain()
         await until(lambda: 1001 in bot.sinks[server.guild.id].members(), "alice heard")
-        await asyncio.sleep(0.2)
+        await wait_for_sink(server, vc, (alice, [spurt]))
         await commands["clip"].callback(i := ask(), member=alice.member, seconds=1.5)
         assert i.sent[-1][2] == ["alice-clip.wav"] and alice.member.mention in i.sent[-1][0]
         await vc.disconnect()
@@ -663,10 +666,15 @@ async def test_readme_sink_and_emulator_snippets_run(
         w.setframerate(SR)
         w.writeframes(load_clip("alice")[:SECOND])
     namespace: dict[str, Any] = {"listening": listening, "numpy": np, "asyncio": asyncio}
+    namespace.update(WireTap=WireTap, settle=settle)
     exec(compile(sink_code, "README.md", "exec"), namespace)
     # The snippet's top-level await runs inside a coroutine; it uses the default pool.
     body = emulator_code.replace('"hello.wav"', repr(str(wav_path))).replace("my_sink", "LevelMeter()")
-    body += "    await server.drain()\n    await asyncio.sleep(0.3)\n    vc.stop_listening()\n    await vc.wait_for_listen_ready(10)\n"
+    body = body.replace(
+        "    vc.listen(", "    wire = WireTap(server)  # what the lossy network let through\n    vc.listen("
+    )
+    body += "    await server.drain()\n    await settle(server, vc, (alice, alice.sent.spurts), wire=wire)\n"
+    body += "    vc.stop_listening()\n    await vc.wait_for_listen_ready(10)\n"
     source = "async def _snippet():\n" + "".join("    " + line + "\n" for line in body.splitlines())
     exec(compile(source, "README.md", "exec"), namespace)
     monkeypatch.setattr(default_pool, "_default_pool", pool)  # the snippet uses the default pool
