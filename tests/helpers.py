@@ -8,6 +8,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from discord.ext import listening
 from discord.ext.listening.opus import OpusDecoder
 from discord.ext.listening.receive import PacketReceiver
@@ -223,3 +225,30 @@ async def wait_for_sink(
         timeout,
         lambda: f"the sink has not got every frame: missing {missing()}, {session._queued} queued",
     )
+
+
+# -- audio comparisons -------------------------------------------------------------------------
+
+
+def as_array(pcm: Any) -> np.ndarray:
+    """48 kHz stereo s16le bytes (or anything array-like) as a float array of shape (n, 2)."""
+    if isinstance(pcm, (bytes, bytearray)):
+        return np.frombuffer(pcm, dtype="<i2").reshape(-1, 2).astype(np.float64)
+    return np.asarray(pcm, dtype=np.float64).reshape(-1, 2)
+
+
+def envelope(pcm: Any) -> np.ndarray:
+    """RMS per 20 ms: robust to the codec's phase and a few ms of offset."""
+    a = as_array(pcm).mean(axis=1)
+    n = len(a) // 960
+    return np.sqrt((a[: n * 960].reshape(n, 960) ** 2).mean(axis=1))
+
+
+def locate(track: np.ndarray, ref: np.ndarray) -> tuple[float, int]:
+    """(correlation, offset): where the envelope ``ref`` best lines up inside ``track``."""
+    best = (-1.0, 0)
+    for offset in range(len(track) - len(ref) + 1):
+        t = track[offset : offset + len(ref)]
+        if t.std() > 0:
+            best = max(best, (float(np.corrcoef(t, ref)[0, 1]), offset))
+    return best

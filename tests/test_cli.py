@@ -30,8 +30,7 @@ from discord.ext.listening.recorder import RecordError, _check_channel, record_c
 from discord.ext.listening.report import ProgressPrinter
 from discord.ext.listening.testing import VoiceServerEmulator
 from discord.ext.listening.testing.harness import voice_channel_payload
-from helpers import settle
-from test_examples import envelope, locate
+from helpers import envelope, locate, settle
 
 pytestmark = pytest.mark.timeout(90)
 

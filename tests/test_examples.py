@@ -30,7 +30,7 @@ from discord.ext import listening
 from discord.ext.listening.demo import load_clip
 from discord.ext.listening.pool import default as default_pool
 from discord.ext.listening.testing import VoiceServerEmulator
-from helpers import WireTap, settle, wait_for_sink
+from helpers import WireTap, as_array, envelope, locate, settle, wait_for_sink
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,22 +84,9 @@ def decode(path: Path) -> np.ndarray:
     return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 2))
 
 
-def as_array(pcm: Any) -> np.ndarray:
-    if isinstance(pcm, (bytes, bytearray)):
-        return np.frombuffer(pcm, dtype="<i2").reshape(-1, 2).astype(np.float64)
-    return np.asarray(pcm, dtype=np.float64).reshape(-1, 2)
-
-
 def rms(audio: np.ndarray, start: float, stop: float) -> float:
     part = audio[max(0, int(start * SR)) : max(0, int(stop * SR))]
     return float(np.sqrt(np.mean(part**2))) if len(part) else 0.0
-
-
-def envelope(pcm: Any) -> np.ndarray:
-    """RMS per 20 ms: robust to the codec's phase and a few ms of offset."""
-    a = as_array(pcm).mean(axis=1)
-    n = len(a) // 960
-    return np.sqrt((a[: n * 960].reshape(n, 960) ** 2).mean(axis=1))
 
 
 def best_match(env: np.ndarray, ref: np.ndarray, lags: range) -> tuple[float, int]:
@@ -111,16 +98,6 @@ def best_match(env: np.ndarray, ref: np.ndarray, lags: range) -> tuple[float, in
         if r.std() == 0 or env.std() == 0:
             continue
         best = max(best, (float(np.corrcoef(env, r)[0, 1]), lag))
-    return best
-
-
-def locate(track: np.ndarray, ref: np.ndarray) -> tuple[float, int]:
-    """(correlation, offset): where the envelope ``ref`` best lines up inside ``track``."""
-    best = (-1.0, 0)
-    for offset in range(len(track) - len(ref) + 1):
-        t = track[offset : offset + len(ref)]
-        if t.std() > 0:
-            best = max(best, (float(np.corrcoef(t, ref)[0, 1]), offset))
     return best
 
 

@@ -226,7 +226,9 @@ def run_soak(
                 meta[next_id] = p
                 items.append(DecodeItem(p.ssrc, p.sequence, p.timestamp, p.opus, len(p.lost_positions), next_id))
                 next_id += 1
+        backlog_until = time.monotonic() + 30.0
         while stream.in_flight > 3000:  # faster than real time, never faster than the decoder
+            assert time.monotonic() < backlog_until, "the decode pool made no progress for 30 s"
             time.sleep(0.002)
         assert stream.submit(items)
 
