@@ -40,6 +40,7 @@ __all__ = (
     "MAX_SSRCS",
     "DecodeCounts",
     "DecoderSet",
+    "lost_before_first",
 )
 
 KIND_DECODED: Final = 0
@@ -310,3 +311,17 @@ class DecoderSet:
                 return
         append((ssrc, q, t, b"", KIND_SILENCE, extra))
         self.counts.silence += 1
+
+
+def lost_before_first(new_stream: bool, position: int, payload: bytes) -> tuple[int, ...]:
+    """The timeline position of a frame lost right before an SSRC's first packet, if any.
+
+    Nothing before the first packet says a packet is missing, except the packet itself: Opus
+    puts low-bitrate redundancy (LBRR) of the previous frame only into a packet whose encoder
+    did produce that frame. So a first packet carrying LBRR means its predecessor was sent and
+    lost on the way (typically a member's first word on a lossy network), and the decoder can
+    rebuild it from this packet's FEC data.
+    """
+    if new_stream and position >= FRAME_SAMPLES and packet_has_fec(payload):
+        return (position - FRAME_SAMPLES,)
+    return ()

@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from . import dave
+from .decoding import lost_before_first
 from .frames import ReceivedPacket, SpeakingChange
-from .opus import FRAME_SAMPLES, SAMPLE_RATE, packet_has_fec
+from .opus import FRAME_SAMPLES, SAMPLE_RATE
+from .padding import PaddingRun
 from .reorder import JitterBuffer, PushResult
 from .rtp import (
     AUDIO_LEVEL_EXTENSION_ID,
@@ -39,7 +41,7 @@ from .rtp import (
     parse_rtp_header,
     split_plaintext,
 )
-from .seqmath import ts_add, ts_diff
+from .seqmath import ts_add
 from .ssrc import SSRCMap
 from .stats import DropReason, ListenStats
 from .timeline import StreamClock, debursted_arrivals
@@ -95,15 +97,10 @@ class _Stream:
     #: Concealment budget in frames, and the arrival time it was last topped up at.
     conceal_credit: float = CONCEAL_BURST
     credit_at: float = 0.0
-    #: Set once the SSRC's first packet went out (see :meth:`PacketReceiver._leading_loss`).
+    #: Set once the SSRC's first packet went out (see :func:`.decoding.lost_before_first`).
     started: bool = False
-    #: RTP timestamp of the last audio packet placed (padding-only packets repeat it).
-    last_timestamp: int | None = None
-    #: Padding-only packets released since the last audio packet, the sequence numbers
-    #: missing among them, and whether one of them started the stream.
-    padding_run: int = 0
-    padding_missing: int = 0
-    padding_new_stream: bool = False
+    #: Padding-only packets since the last audio packet (bandwidth probes).
+    padding: PaddingRun = field(default_factory=PaddingRun)
     #: DAVE bookkeeping (failures in a row, recoveries, owner search).
     dave: dave.SenderState = field(default_factory=dave.SenderState)
 
@@ -441,11 +438,10 @@ class PacketReceiver:
             arrival = r.arrival if arrivals is None else arrivals[k]
             payload, level = r.payload
             if payload is None:
-                self._padding(stream, r, user_id)
+                self.stats.add(user_id, "padding")
+                stream.padding.absorb(r)
                 continue
-            if stream.padding_run:
-                r = self._after_padding(stream, r)
-            stream.last_timestamp = r.timestamp
+            r = stream.padding.audio(r)
             lost_positions: tuple[int, ...] = ()
             if r.lost_before:
                 # Concealment is paid from a budget that refills in real time: a sender that
@@ -489,31 +485,6 @@ class PacketReceiver:
             pending.append(
                 _Pending(r.sequence, r.timestamp, payload, level, r.arrival, lost_positions, position, r.new_stream)
             )
-
-    def _padding(self, stream: _Stream, r: Any, user_id: int | None) -> None:
-        """A released padding-only packet: no frame, no position, no loss, no time."""
-        self.stats.add(user_id, "padding")
-        stream.padding_run += 1
-        stream.padding_missing += r.lost_before
-        stream.padding_new_stream |= r.new_stream
-
-    @staticmethod
-    def _after_padding(stream: _Stream, r: Any) -> Any:
-        """The first audio packet after padding: count as lost only the *audio* frames missing.
-
-        The sequence numbers missing around a padding burst may have been padding (lost
-        probes are no loss of audio); the RTP timestamp, which padding does not advance,
-        says how many audio frames really lie between this packet and the last one.
-        """
-        missing = stream.padding_missing + r.lost_before
-        new_stream = stream.padding_new_stream or r.new_stream
-        stream.padding_run = stream.padding_missing = 0
-        stream.padding_new_stream = False
-        lost = 0
-        if missing and not new_stream and stream.last_timestamp is not None:
-            between = ts_diff(r.timestamp, stream.last_timestamp) // FRAME_SAMPLES - 1
-            lost = max(0, min(missing, between))
-        return r._replace(lost_before=lost, new_stream=new_stream)
 
     def _drop_head(self, stream: _Stream, reason: DropReason) -> None:
         p = stream.pending.popleft()
@@ -582,7 +553,7 @@ class PacketReceiver:
             stream.carry_lost = ()
         if not stream.started:
             stream.started = True
-            lost_positions = self._leading_loss(new_stream, position, payload) + lost_positions
+            lost_positions = lost_before_first(new_stream, position, payload) + lost_positions
         c = counts.get(user_id)
         if c is None:
             c = counts[user_id] = [0, 0]
@@ -591,32 +562,9 @@ class PacketReceiver:
             c[1] += len(lost_positions)
         out.append(
             ReceivedPacket(
-                stream.ssrc,
-                user_id,
-                sequence,
-                timestamp,
-                payload,
-                lost_positions,
-                position,
-                arrival,
-                level,
-                new_stream,
+                stream.ssrc, user_id, sequence, timestamp, payload, lost_positions, position, arrival, level, new_stream
             )
         )
-
-    @staticmethod
-    def _leading_loss(new_stream: bool, position: int, payload: bytes) -> tuple[int, ...]:
-        """The position of a lost frame right before an SSRC's first received packet, if any.
-
-        Nothing before the first packet says a packet is missing, except the packet itself:
-        Opus puts low-bitrate redundancy (LBRR) of the previous frame only into a packet whose
-        encoder did produce that frame. So a first packet carrying LBRR means its predecessor
-        was sent and lost on the way (typically a member's first word on a lossy network),
-        and the decoder can rebuild it from this packet's FEC data.
-        """
-        if new_stream and position >= FRAME_SAMPLES and packet_has_fec(payload):
-            return (position - FRAME_SAMPLES,)
-        return ()
 
     def _speaking(self, stream: _Stream, now: float, changes: list[SpeakingChange]) -> None:
         active = stream.last_arrival > 0 and now - stream.last_arrival < SPEAKING_TIMEOUT
