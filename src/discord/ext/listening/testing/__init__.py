@@ -20,7 +20,8 @@ from .gateway import GatewayEvent, Op, VoiceSession
 from .impairment import Impairment
 from .media import BotPacket
 from .members import SimulatedMember
-from .speech import OutgoingFrame, PaddingBurst, SenderClock, SentRecord, SpurtRecord
+from .probing import PaddingBurst
+from .speech import OutgoingFrame, SenderClock, SentRecord, SpurtRecord
 
 __all__ = (
     "BotPacket",

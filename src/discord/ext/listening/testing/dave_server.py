@@ -37,24 +37,25 @@ What the shell must do around this module
 
 from __future__ import annotations
 
-import itertools
 import logging
-import struct
 from collections import Counter
 
 from . import mls
+from .dave_commits import (
+    commit_messages,
+    downgrade_messages,
+    execute_messages,
+    group_members,
+    place_commit,
+    sole_member_reset_messages,
+    upgrade_messages,
+)
 from .dave_messages import (
-    INIT_TRANSITION_ID,
-    OP_ANNOUNCE_COMMIT,
     OP_COMMIT_WELCOME,
-    OP_EXECUTE_TRANSITION,
     OP_EXTERNAL_SENDER,
     OP_INVALID_COMMIT_WELCOME,
     OP_KEY_PACKAGE,
-    OP_PREPARE_EPOCH,
-    OP_PREPARE_TRANSITION,
     OP_TRANSITION_READY,
-    OP_WELCOME,
     DaveBinaryMessage,
     DaveJsonMessage,
     DaveMessage,
@@ -62,7 +63,6 @@ from .dave_messages import (
     E2EERequired,
     check_transition_id,
     check_user_id,
-    json_message,
 )
 from .dave_state import (
     Leaf,
@@ -183,11 +183,7 @@ class DaveGroupServer:
     @property
     def members(self) -> dict[int, int]:
         """Members of the established group: ``user_id -> leaf index``."""
-        return {
-            leaf.user_id: index
-            for index, leaf in sorted(self._leaves.items())
-            if not leaf.remove and leaf.user_id in self._participants
-        }
+        return group_members(self._leaves, self._participants)
 
     @property
     def pending_members(self) -> tuple[int, ...]:
@@ -527,23 +523,7 @@ class DaveGroupServer:
             committer.leaf = 0
             committer.key_package = None
             self._established = True
-        # RFC 9420 12.3: removes are applied before adds, and each add takes the
-        # leftmost blank leaf (a removed leaf is blank), in the order of the commit.
-        for proposal in removes:
-            self._leaves.pop(proposal.leaf, None)  # type: ignore[arg-type]
-        staying = self.members  # after the removes, before the adds: who gets op 29
-        announce_to = [uid for uid in self._participants if uid in staying]
-        welcomes: list[tuple[int, bytes]] = []
-        for proposal in adds:
-            index = next(i for i in itertools.count() if i not in self._leaves)
-            kp = proposal.key_package
-            assert kp is not None and welcome is not None
-            self._leaves[index] = Leaf(proposal.user_id, kp.leaf_node.signature_key)
-            joiner = self._participants[proposal.user_id]
-            joiner.leaf = index
-            # The gateway drops a cached key package once it has a welcome for it.
-            joiner.key_package = None
-            welcomes.append((proposal.user_id, welcome.for_recipient(kp.ref())))
+        announce_to, welcomes = place_commit(self._leaves, self._participants, welcome, removes, adds)
         self._epoch += 1
         self._proposals.clear()
 
@@ -556,10 +536,7 @@ class DaveGroupServer:
             transition_id,
             self.members,
         )
-        head = struct.pack(">H", transition_id)
-        out: list[DaveMessage] = [DaveBinaryMessage(uid, OP_ANNOUNCE_COMMIT, head + commit) for uid in announce_to]
-        out += [DaveBinaryMessage(uid, OP_WELCOME, head + data) for uid, data in welcomes]
-        return out + self._sync()
+        return commit_messages(transition_id, commit, announce_to, welcomes) + self._sync()
 
     # --- internals: group lifecycle ---------------------------------------------------------
 
@@ -575,19 +552,9 @@ class DaveGroupServer:
         # once (op 21 with transition id 0).
         survivors = list(self.members)
         self._reset_group()
-        out: list[DaveMessage] = []
         for user_id in survivors:
             _log.info("sole member reset for user %s", user_id)
-            out.append(json_message(user_id, OP_PREPARE_EPOCH, epoch=1, protocol_version=self._protocol_version))
-            out.append(
-                json_message(
-                    user_id,
-                    OP_PREPARE_TRANSITION,
-                    transition_id=INIT_TRANSITION_ID,
-                    protocol_version=self._protocol_version,
-                )
-            )
-        return out
+        return sole_member_reset_messages(survivors, self._protocol_version)
 
     def _reset_group(self, *, keep_key_packages: bool = False) -> None:
         """Forget the group: back to 'not established', every participant pending.
@@ -612,10 +579,7 @@ class DaveGroupServer:
             return []
         transition_id = self._transitions.open(0, None, frozenset(dave_users)).transition_id
         _log.info("downgrading channel %s to transport-only encryption (transition %s)", self.channel_id, transition_id)
-        return [
-            json_message(uid, OP_PREPARE_TRANSITION, transition_id=transition_id, protocol_version=0)
-            for uid in dave_users
-        ]
+        return downgrade_messages(transition_id, dave_users)
 
     def _upgrade(self) -> list[DaveMessage]:
         # A new group is created from scratch: op 24 with epoch 1 makes every member
@@ -623,24 +587,17 @@ class DaveGroupServer:
         self._protocol_version = self.max_protocol_version
         self._reset_group()
         _log.info("upgrading channel %s to DAVE protocol version %s", self.channel_id, self._protocol_version)
-        return [
-            json_message(p.user_id, OP_PREPARE_EPOCH, epoch=1, protocol_version=self._protocol_version)
-            for p in self._participants.values()
-            if p.version > 0
-        ]
+        return upgrade_messages(
+            (p.user_id for p in self._participants.values() if p.version > 0), self._protocol_version
+        )
 
     # --- internals: transitions -------------------------------------------------------------
 
     def _execute(self, transition: PendingTransition | None) -> list[DaveMessage]:
         """Op 22 for a transition that executes now, to its recipients in join order (``None``: nothing)."""
-        if transition is None:
-            return []
-        _log.debug("transition %s executes", transition.transition_id)
-        return [
-            json_message(uid, OP_EXECUTE_TRANSITION, transition_id=transition.transition_id)
-            for uid in self._participants
-            if uid in transition.recipients
-        ]
+        if transition is not None:
+            _log.debug("transition %s executes", transition.transition_id)
+        return execute_messages(transition, self._participants)
 
     def _require_participant(self, user_id: int) -> Participant:
         check_user_id(user_id)

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -46,21 +45,18 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from .. import _discord
-from .bot_media import KEEPALIVE_LENGTH, BotMedia
-from .calls import BotSessions, Call, EmulatorError, Hooks, Ssrcs
-from .dave_routing import DaveRouting
+from .bot_media import KEEPALIVE_LENGTH
+from .calls import EmulatorError
 from .faults import FaultKind, inject
-from .gateway import GatewayEvent, VoiceGatewayConnection, VoiceGatewayServer, VoiceSession
+from .gateway import GatewayEvent, VoiceGatewayConnection, VoiceSession
 from .harness import ClientHarness
-from .impairment import Impairment, PacketImpairment
-from .media import BotPacket, MediaServer
-from .members import Presence, SimulatedMember
+from .impairment import PacketImpairment
+from .media import BotPacket
+from .members import SimulatedMember
 from .probing import DEFAULT_BURST_SIZE
-from .sessions import SessionControl
-from .settings import EmulatorSettings
 from .sfu import FeedbackKind
-from .speaking import Speaker
 from .speech import SenderClock
+from .wiring import new_harness, wire
 
 if TYPE_CHECKING:
     from .dave_messages import DaveMessage
@@ -201,29 +197,9 @@ class VoiceServerEmulator:
         padding_burst_size: int = DEFAULT_BURST_SIZE,
         sfu_report_interval: float | None = 5.0,
     ) -> None:
-        s = EmulatorSettings(
-            dave=bool(dave),
-            require_dave=bool(dave) if require_dave is None else bool(require_dave),
-            modes=tuple(modes),
-            seed=seed,
-            guild_id=guild_id,
-            channel_id=channel_id,
-            other_channel_id=other_channel_id,
-            bot_user_id=bot_user_id,
-            bot_name=bot_name,
-            speaking_before=speaking_before,
-            heartbeat_interval=heartbeat_interval,
-            answer_delay=answer_delay,
-            rtcp_interval=rtcp_interval,
-            sfu_report_interval=sfu_report_interval,
-            resume_session_description=resume_session_description,
-            goodbye_on_close=goodbye_on_close,
-            echo_keepalive=bool(echo_keepalive),
-            ssrc_in_client_connect=bool(ssrc_in_client_connect),
-            padding_bursts=padding_bursts,
-            padding_burst_size=padding_burst_size,
-        )
-        self._settings = s
+        # Checks the arguments once (EmulatorSettings) and builds the collaborators (.wiring).
+        w = wire(self, **{name: value for name, value in locals().items() if name != "self"})
+        self._settings = s = w.settings
         # The settings as attributes, as they always were (tests and the gateway read them).
         self.guild_id, self.channel_id, self.other_channel_id = s.guild_id, s.channel_id, s.other_channel_id
         self.bot_user_id, self.bot_name, self.seed, self.modes = s.bot_user_id, s.bot_name, s.seed, s.modes
@@ -233,66 +209,15 @@ class VoiceServerEmulator:
         self.resume_session_description = s.resume_session_description
         self.echo_keepalive, self.ssrc_in_client_connect = s.echo_keepalive, s.ssrc_in_client_connect
         self.padding_bursts, self.padding_burst_size = s.padding_bursts, s.padding_burst_size
-        self._rng = random.Random(seed)
+        self._rng = w.rng
         #: The global impairment (the bot's uplink): every member's packets go through it.
-        self.impairment = Impairment(
-            loss, burst_loss, reorder, duplicate, jitter, delay, seed=self._rng.getrandbits(63)
-        )
-        self.gateway = VoiceGatewayServer(self, heartbeat_interval_ms=heartbeat_interval * 1000.0)
-        self.media = MediaServer(self, media_timeout=media_timeout)  # validates media_timeout
+        self.impairment = w.impairment
+        self.gateway, self.media = w.gateway, w.media
         self._harness: ClientHarness | None = None
-        self._calls: dict[int, Call] = {
-            self.channel_id: Call(self.channel_id),
-            self.other_channel_id: Call(self.other_channel_id),
-        }
-        self.members: dict[int, SimulatedMember] = {}
-        self._ssrcs = Ssrcs(self._rng)
-        self._bot = BotSessions()
-        self._hooks = hooks = Hooks()
-        self._wall0 = 0.0
-        self._mono0 = 0.0
-        # The collaborators, each given the settings, the hooks and what else it needs.
-        self._dave = (
-            DaveRouting(settings=s, members_in=lambda channel_id: self._presence.members_in(channel_id), hooks=hooks)
-            if s.dave
-            else None
-        )
-        decrypt_dave = self._dave.decrypt_from_bot if self._dave is not None else None
-        self._media = BotMedia(
-            self.media, self._bot, self.impairment, settings=s, hooks=hooks, decrypt_dave=decrypt_dave
-        )
-        self._presence = Presence(
-            calls=self._calls,
-            members=self.members,
-            sessions=self._bot,
-            harness=lambda: self.harness,
-            dave=self._dave,
-            settings=s,
-            hooks=hooks,
-            ssrcs=self._ssrcs,
-            rng=self._rng,
-        )
-        self._speaker = Speaker(
-            self._media,
-            self._presence,
-            settings=s,
-            hooks=hooks,
-            sender_now=self.sender_now,
-            to_loop_time=self._to_loop_time,
-        )
-        self._control = SessionControl(
-            self._bot,
-            self._calls,
-            gateway=self.gateway,
-            media=self._media,
-            presence=self._presence,
-            dave=self._dave,
-            harness=lambda: self.harness,
-            settings=s,
-            rng=self._rng,
-            ssrcs=self._ssrcs,
-            hooks=hooks,
-        )
+        self._calls, self.members, self._ssrcs, self._bot, self._hooks = w.calls, w.members, w.ssrcs, w.bot, w.hooks
+        self._wall0 = self._mono0 = 0.0
+        self._dave, self._media, self._presence = w.dave, w.bot_media, w.presence
+        self._speaker, self._control = w.speaker, w.control
         #: Every packet the bot sent, decrypted (transport and DAVE) back to Opus.
         self.received_from_bot: list[BotPacket] = self._media.received_from_bot
         #: Datagrams from the bot that did not parse or authenticate.
@@ -341,14 +266,7 @@ class VoiceServerEmulator:
         self._wall0, self._mono0 = time.time(), loop.time()
         await self.gateway.start()
         await self.media.start()
-        self._harness = ClientHarness(
-            guild_id=self.guild_id,
-            channel_ids=(self.channel_id, self.other_channel_id),
-            bot_user_id=self.bot_user_id,
-            bot_name=self.bot_name,
-            ws_host=self.gateway.host,
-            on_voice_state=self._control.on_voice_state_request,
-        )
+        self._harness = new_harness(self._settings, self.gateway, self._control)
         await self._harness.start()
         self._hooks.running = True
         if self.rtcp_interval is not None:

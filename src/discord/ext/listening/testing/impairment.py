@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
 from ..opus import FRAME_SAMPLES, SAMPLE_RATE, OpusEncoder
-from .speech import audio_level, build_rtp_packet
+from .probing import build_rtp_packet
+from .speech import audio_level
 
 if TYPE_CHECKING:
     from ..transport import TransportCipher

@@ -8,16 +8,31 @@ timestamp of the last media packet repeated. Receivers meet them on Discord (Dis
 #3262/#3263, dysnomia #230); they are not audio, not losses and not time.
 
 This module decides *when* a member probes; :class:`.speech.RTPSender` numbers the packets
-(a burst uses up sequence numbers) and records them as :class:`.speech.PaddingBurst`.
+(a burst uses up sequence numbers) and records them as :class:`PaddingBurst`, which builds
+their packets with :func:`build_rtp_packet` (the RTP packet builder every simulated client uses).
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from typing import Final
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
 
-__all__ = ("DEFAULT_BURST_SIZE", "PROBE_PADDING", "ProbeSchedule", "check_burst_size")
+from ..opus import FRAME_SAMPLES, SAMPLE_RATE
+from ..rtp import OPUS_PAYLOAD_TYPE, audio_level_extension, build_rtp_header
+
+if TYPE_CHECKING:
+    from ..transport import TransportCipher
+
+__all__ = (
+    "DEFAULT_BURST_SIZE",
+    "PROBE_PADDING",
+    "PaddingBurst",
+    "ProbeSchedule",
+    "build_rtp_packet",
+    "check_burst_size",
+)
 
 _log = logging.getLogger(__name__)
 
@@ -27,6 +42,7 @@ PROBE_PADDING: Final = 224
 #: Packets in one burst by default (real bursts have 50 or more).
 DEFAULT_BURST_SIZE: Final = 50
 _MAX_BURST_SIZE: Final = 1000
+_SEQ_MOD: Final = 1 << 16
 
 
 def check_burst_size(count: int) -> int:
@@ -98,3 +114,119 @@ class ProbeSchedule:
                 break
         self._talk = end
         return out
+
+
+def build_rtp_packet(
+    cipher: TransportCipher,
+    counter: int,
+    *,
+    ssrc: int,
+    sequence: int,
+    timestamp: int,
+    payload: bytes,
+    payload_type: int = OPUS_PAYLOAD_TYPE,
+    marker: bool = False,
+    audio_level: int | None = None,
+    voice: bool = True,
+    padding: int = 0,
+) -> bytes:
+    """Build and transport-encrypt one RTP packet the way Discord clients lay it out.
+
+    Parameters
+    ----------
+    cipher: :class:`..transport.TransportCipher`
+        The connection's cipher (``*_rtpsize`` layout: header + extension preamble in clear).
+    counter: :class:`int`
+        The 32-bit nonce counter; the caller keeps one per key and never reuses a value.
+    payload: :class:`bytes`
+        Opus packet, DAVE frame (already end-to-end encrypted) or anything else to carry.
+    audio_level: Optional[:class:`int`]
+        When given, a ``0xBEDE`` extension carrying this RFC 6464 level (and the ``voice``
+        flag) goes in front of the payload, encrypted with it. ``None``: no extension (X=0).
+    padding: :class:`int`
+        0, or 1..255 bytes of RTP padding (P bit set, last byte = count) after the payload,
+        which receivers must strip before looking at the payload.
+    """
+    if not 0 <= padding <= 255:
+        raise ValueError(f"padding must be 0..255 bytes, got {padding!r}")
+    ext = audio_level_extension(audio_level, voice=voice) if audio_level is not None else None
+    header = build_rtp_header(
+        sequence,
+        timestamp,
+        ssrc,
+        payload_type=payload_type,
+        marker=marker,
+        padding=padding > 0,
+        extension_length=len(ext) if ext is not None else None,
+    )
+    pad = bytes(padding - 1) + bytes((padding,)) if padding else b""
+    return cipher.encrypt(header, (ext or b"") + payload + pad, counter)
+
+
+@dataclass(frozen=True, slots=True)
+class PaddingBurst:
+    """A burst of padding-only RTP packets (bandwidth probing) a client sent in a spurt.
+
+    Attributes
+    ----------
+    before_frame: :class:`int`
+        Index in the spurt's :attr:`SpurtRecord.frames` of the frame the burst precedes.
+    ssrc: :class:`int`
+        The audio SSRC it was sent on.
+    first_sequence: :class:`int`
+        Sequence number of its first packet; the others follow one by one (wrapping at
+        2^16), and the frame after the burst carries ``first_sequence + count``.
+    count: :class:`int`
+        Packets in the burst.
+    timestamp: :class:`int`
+        RTP timestamp of every packet: the one of the packet before the burst, repeated.
+    send_time: :class:`float`
+        When its first packet is sent (the caller's clock); the others follow within
+        half a frame (:attr:`send_times`).
+    padding: :class:`int`
+        Padding bytes in each packet: the whole payload (last byte = this count).
+    header_extension: :class:`bool`
+        Whether its packets carry the client's ``0xBEDE`` extension (before the padding, in
+        the encrypted part), as the client's audio packets do.
+    """
+
+    before_frame: int
+    ssrc: int
+    first_sequence: int
+    count: int
+    timestamp: int
+    send_time: float
+    padding: int = PROBE_PADDING
+    header_extension: bool = True
+
+    @property
+    def sequences(self) -> list[int]:
+        """The sequence numbers of its packets, in order."""
+        return [(self.first_sequence + i) % _SEQ_MOD for i in range(self.count)]
+
+    @property
+    def send_times(self) -> list[float]:
+        """When each packet is sent: spread over half a frame from :attr:`send_time`."""
+        step = FRAME_SAMPLES / SAMPLE_RATE / 2 / self.count
+        return [self.send_time + i * step for i in range(self.count)]
+
+    def to_packet(self, index: int, cipher: TransportCipher, counter: int) -> bytes:
+        """Transport-encrypt packet ``index`` of the burst (never DAVE: it is not a media frame).
+
+        Payload type 120 and the P bit in the clear header; the encrypted part is the
+        extension body (audio level 127, no voice) when the client sends one, then
+        :attr:`padding` bytes of padding and nothing else.
+        """
+        if not 0 <= index < self.count:
+            raise ValueError(f"index must be 0..{self.count - 1}, got {index!r}")
+        return build_rtp_packet(
+            cipher,
+            counter,
+            ssrc=self.ssrc,
+            sequence=(self.first_sequence + index) % _SEQ_MOD,
+            timestamp=self.timestamp,
+            payload=b"",
+            audio_level=127 if self.header_extension else None,
+            voice=False,
+            padding=self.padding,
+        )

@@ -17,7 +17,8 @@ from .bot_media import BotMedia
 from .calls import EmulatorError, Hooks
 from .media import TransportLink
 from .members import Presence, SimulatedMember, SpeakingEvent
-from .speech import OutgoingFrame, PaddingBurst, SenderClock, SpurtRecord
+from .probing import PaddingBurst
+from .speech import OutgoingFrame, SenderClock, SpurtRecord
 
 if TYPE_CHECKING:
     from .audio import AudioInput

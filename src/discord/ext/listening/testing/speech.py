@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Final
 import numpy as np
 
 from ..opus import FRAME_BYTES, FRAME_SAMPLES, SAMPLE_RATE, SILENCE_FRAME, OpusEncoder
-from ..rtp import OPUS_PAYLOAD_TYPE, audio_level_extension, build_rtp_header, build_sender_report, unix_to_ntp
+from ..rtp import build_sender_report, unix_to_ntp
 from .audio import AudioInput, load_pcm
-from .probing import PROBE_PADDING, ProbeSchedule, check_burst_size
+from .probing import PaddingBurst, ProbeSchedule, build_rtp_packet, check_burst_size
 
 if TYPE_CHECKING:
     from ..transport import TransportCipher
@@ -107,53 +107,6 @@ def audio_level(pcm: bytes) -> int:
     return int(min(127, max(0, round(level))))
 
 
-def build_rtp_packet(
-    cipher: TransportCipher,
-    counter: int,
-    *,
-    ssrc: int,
-    sequence: int,
-    timestamp: int,
-    payload: bytes,
-    payload_type: int = OPUS_PAYLOAD_TYPE,
-    marker: bool = False,
-    audio_level: int | None = None,
-    voice: bool = True,
-    padding: int = 0,
-) -> bytes:
-    """Build and transport-encrypt one RTP packet the way Discord clients lay it out.
-
-    Parameters
-    ----------
-    cipher: :class:`..transport.TransportCipher`
-        The connection's cipher (``*_rtpsize`` layout: header + extension preamble in clear).
-    counter: :class:`int`
-        The 32-bit nonce counter; the caller keeps one per key and never reuses a value.
-    payload: :class:`bytes`
-        Opus packet, DAVE frame (already end-to-end encrypted) or anything else to carry.
-    audio_level: Optional[:class:`int`]
-        When given, a ``0xBEDE`` extension carrying this RFC 6464 level (and the ``voice``
-        flag) goes in front of the payload, encrypted with it. ``None``: no extension (X=0).
-    padding: :class:`int`
-        0, or 1..255 bytes of RTP padding (P bit set, last byte = count) after the payload,
-        which receivers must strip before looking at the payload.
-    """
-    if not 0 <= padding <= 255:
-        raise ValueError(f"padding must be 0..255 bytes, got {padding!r}")
-    ext = audio_level_extension(audio_level, voice=voice) if audio_level is not None else None
-    header = build_rtp_header(
-        sequence,
-        timestamp,
-        ssrc,
-        payload_type=payload_type,
-        marker=marker,
-        padding=padding > 0,
-        extension_length=len(ext) if ext is not None else None,
-    )
-    pad = bytes(padding - 1) + bytes((padding,)) if padding else b""
-    return cipher.encrypt(header, (ext or b"") + payload + pad, counter)
-
-
 @dataclass(frozen=True, slots=True)
 class OutgoingFrame:
     """One RTP packet a simulated client sends, before encryption.
@@ -209,75 +162,6 @@ class OutgoingFrame:
             audio_level=self.audio_level if self.header_extension else None,
             voice=not self.silence,
             padding=padding,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class PaddingBurst:
-    """A burst of padding-only RTP packets (bandwidth probing) a client sent in a spurt.
-
-    Attributes
-    ----------
-    before_frame: :class:`int`
-        Index in the spurt's :attr:`SpurtRecord.frames` of the frame the burst precedes.
-    ssrc: :class:`int`
-        The audio SSRC it was sent on.
-    first_sequence: :class:`int`
-        Sequence number of its first packet; the others follow one by one (wrapping at
-        2^16), and the frame after the burst carries ``first_sequence + count``.
-    count: :class:`int`
-        Packets in the burst.
-    timestamp: :class:`int`
-        RTP timestamp of every packet: the one of the packet before the burst, repeated.
-    send_time: :class:`float`
-        When its first packet is sent (the caller's clock); the others follow within
-        half a frame (:attr:`send_times`).
-    padding: :class:`int`
-        Padding bytes in each packet: the whole payload (last byte = this count).
-    header_extension: :class:`bool`
-        Whether its packets carry the client's ``0xBEDE`` extension (before the padding, in
-        the encrypted part), as the client's audio packets do.
-    """
-
-    before_frame: int
-    ssrc: int
-    first_sequence: int
-    count: int
-    timestamp: int
-    send_time: float
-    padding: int = PROBE_PADDING
-    header_extension: bool = True
-
-    @property
-    def sequences(self) -> list[int]:
-        """The sequence numbers of its packets, in order."""
-        return [(self.first_sequence + i) % _SEQ_MOD for i in range(self.count)]
-
-    @property
-    def send_times(self) -> list[float]:
-        """When each packet is sent: spread over half a frame from :attr:`send_time`."""
-        step = FRAME_DURATION / 2 / self.count
-        return [self.send_time + i * step for i in range(self.count)]
-
-    def to_packet(self, index: int, cipher: TransportCipher, counter: int) -> bytes:
-        """Transport-encrypt packet ``index`` of the burst (never DAVE: it is not a media frame).
-
-        Payload type 120 and the P bit in the clear header; the encrypted part is the
-        extension body (audio level 127, no voice) when the client sends one, then
-        :attr:`padding` bytes of padding and nothing else.
-        """
-        if not 0 <= index < self.count:
-            raise ValueError(f"index must be 0..{self.count - 1}, got {index!r}")
-        return build_rtp_packet(
-            cipher,
-            counter,
-            ssrc=self.ssrc,
-            sequence=(self.first_sequence + index) % _SEQ_MOD,
-            timestamp=self.timestamp,
-            payload=b"",
-            audio_level=127 if self.header_extension else None,
-            voice=False,
-            padding=self.padding,
         )
 
 
