@@ -864,18 +864,31 @@ def test_close_is_idempotent_and_context_manager(tmp_path: Path) -> None:
 
 
 def test_convert_runs_off_the_event_loop(tmp_path: Path) -> None:
-    f = MP3AudioFile(tmp_path / "loop.mp3")
+    # A real close takes ~2 ms, too short to tell a blocked loop from a scheduling hiccup on
+    # a shared host: the blocking half is made slow here (it sleeps, then closes for real).
+    slow = 0.4
+
+    class SlowClose(MP3AudioFile):
+        def close(self) -> None:
+            time.sleep(slow)
+            super().close()
+
+    f = SlowClose(tmp_path / "loop.mp3")
     for frame in frames_of(signal_(RATE), 0):
         f.write(frame)
-    ticks = 0
 
-    async def main() -> Path:
-        nonlocal ticks
+    async def main() -> tuple[Path, float, list[float]]:
+        start = time.monotonic()
+        ticks = [start]
         task = asyncio.ensure_future(f.convert("done"))
         while not task.done():
-            ticks += 1
-            await asyncio.sleep(0)
-        return await task
+            await asyncio.sleep(0.001)
+            ticks.append(time.monotonic())
+        return await task, ticks[-1] - start, ticks
 
-    path = asyncio.run(main())
-    assert path.name == "done.mp3" and ticks > 0
+    path, took, ticks = asyncio.run(main())
+    assert path.name == "done.mp3" and path.exists() and f.converted
+    assert took >= slow, f"the conversion took {took * 1000:.0f} ms: it never ran the slow close"
+    # The loop kept ticking at a steady rate while the conversion ran.
+    gap = max(b - a for a, b in itertools.pairwise(ticks))
+    assert gap < took / 4, f"the loop stalled {gap * 1000:.0f} ms during a {took * 1000:.0f} ms conversion"
