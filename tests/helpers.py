@@ -111,18 +111,6 @@ def receiver_for(conn: Any, ssrc_map: SSRCMap, stats: ListenStats | None = None,
 Spoken = tuple[Any, Iterable[SpurtRecord]]
 
 
-def udp_receive_buffer_drops() -> int:
-    """Datagrams the kernel dropped because a socket's receive buffer was full (Linux, all
-    sockets of the machine): a busy receive thread can lose a flood there before our code
-    sees it, and such a loss is the network's, not the receiver's."""
-    try:
-        with open("/proc/net/snmp") as fh:
-            rows = [line.split() for line in fh if line.startswith("Udp:")]
-        return int(rows[1][rows[0].index("RcvbufErrors")])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 class WireTap:
     """Records when each RTP packet to the bot really left the emulator (monotonic clock)."""
 
@@ -159,7 +147,7 @@ async def settle(
     vc: listening.VoiceClient,
     *spoken: Spoken,
     wire: WireTap | None = None,
-    kernel_drops: int | None = None,
+    allow_socket_drops: bool = False,
     timeout: float = 10.0,
 ) -> None:
     """Wait (bounded) until the receiver has seen every frame of ``(member, spurts)`` pairs.
@@ -171,8 +159,9 @@ async def settle(
     drains the decoders, so everything received reaches the sink.
 
     ``wire``: count only the frames that left the emulator (the network impairment lost the
-    others). ``kernel_drops``: :func:`udp_receive_buffer_drops` before the traffic; frames the
-    kernel dropped since then are not waited for. Call it after ``server.drain()``.
+    others). ``allow_socket_drops``: as many frames as the kernel dropped because this
+    connection's receive buffer was full (``listen_stats.socket_drops``: a starved receive
+    thread's loss is the network's) are not waited for. Call it after ``server.drain()``.
 
     Raises
     ------
@@ -193,13 +182,13 @@ async def settle(
         return out
 
     def allowance() -> int:
-        return 0 if kernel_drops is None else udp_receive_buffer_drops() - kernel_drops
+        return stats.socket_drops if allow_socket_drops else 0
 
     await wait_or_fail(
         server,
         lambda: sum(missing().values()) <= allowance(),
         timeout,
-        lambda: f"the receiver has not seen every frame: missing {missing()} (kernel drops {allowance()})",
+        lambda: f"the receiver has not seen every frame: missing {missing()} (socket drops {allowance()})",
     )
 
 

@@ -66,6 +66,15 @@ RECEIVE_BUFFER = 1 << 21
 # 10 ms after its first datagram arrived still places every packet at its own arrival time.
 # Without them the socket thread does not linger: it reads what is queued and returns.
 _SO_TIMESTAMPNS = 35 if sys.platform.startswith("linux") else None
+# The socket's own drop count (Linux SO_RXQ_OVFL; no Python name either): once the kernel has
+# dropped a datagram because the receive buffer was full, each datagram queued after that
+# carries the socket's cumulative drop count (uint32) next to its timestamp.
+_SO_RXQ_OVFL = 40 if sys.platform.startswith("linux") else None
+# getsockopt(SO_MEMINFO): the socket's memory counters (uint32 each); SK_MEMINFO_DROPS is the
+# same count, read once when we start counting (drops before the session are not its own).
+_SO_MEMINFO = 55
+_MEMINFO_DROPS = 8
+_U32 = struct.Struct("@I")
 # ioctl for the kernel timestamp of the datagram discord.py's reader has just read.
 _SIOCGSTAMPNS = 0x8907
 _TIMESPEC = struct.Struct("@ll")
@@ -126,6 +135,7 @@ class ListeningSession:
         self._reading = False  # the socket thread is in _read_loop
         self._sized_socket: Any = None
         self._stamped = False
+        self._drops_offset = 0  # socket_drops = the kernel's count on the socket + this
         self._cleaned = asyncio.Event()
         self._stop_lock = threading.Lock()
         self._error: BaseException | None = None
@@ -222,9 +232,22 @@ class ListeningSession:
                     self._stamped = sock.getsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS) == 1
                 except OSError:
                     pass
+            # Count from here on; a replacement socket's drops add to the earlier sockets'.
+            self._drops_offset = self.stats.socket_drops
+            if _SO_RXQ_OVFL is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, _SO_RXQ_OVFL, 1)
+                    info = sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 4 * (_MEMINFO_DROPS + 1))
+                    if len(info) >= 4 * (_MEMINFO_DROPS + 1):
+                        self._drops_offset -= _U32.unpack_from(info, 4 * _MEMINFO_DROPS)[0]
+                except OSError:
+                    pass
         stamped = self._stamped
+        stats = self.stats
         recv, recvmsg = sock.recv, sock.recvmsg
         sol, kind, unpack, size = socket.SOL_SOCKET, _SO_TIMESTAMPNS, _TIMESPEC.unpack_from, _TIMESPEC.size
+        ovfl = _SO_RXQ_OVFL
+        drops: bytes | None = None  # the newest drop count read (raw), parsed once per batch
         me = self._on_datagram
         batch = [data]
         arrivals = [now]
@@ -253,13 +276,15 @@ class ListeningSession:
                         while True:
                             d, anc, _, _ = recvmsg(2048, 64)
                             t = now
+                            # (the timestamp, then the drop count once the socket has dropped)
                             for level, k, cdata in anc:
                                 if level == sol and k == kind and len(cdata) >= size:
                                     sec, nsec = unpack(cdata)
                                     t = sec + nsec * 1e-9 - offset
                                     if t > now:
                                         t = now
-                                    break
+                                elif k == ovfl and level == sol:
+                                    drops = cdata
                             batch.append(d)
                             arrivals.append(t)
                             if len(batch) >= MAX_BATCH:
@@ -276,6 +301,11 @@ class ListeningSession:
                     pass
                 except OSError:
                     full = None  # closed under us: process what we have and give back the thread
+                if drops is not None:  # counts only grow: the batch's newest is its largest
+                    n = _U32.unpack_from(drops)[0] + self._drops_offset
+                    if n > stats.socket_drops:
+                        stats.socket_drops = n
+                    drops = None
                 others = [cb for cb in reader.listeners() if cb != me]
                 if others:  # e.g. discord.py's IP discovery: it must see what we read
                     # (discord.py itself hands the first datagram to every listener)

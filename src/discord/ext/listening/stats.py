@@ -119,6 +119,10 @@ class ListenStats:
         self.dave_recoveries = 0
         #: Sink callbacks that raised (each logged, the first of a kind with its traceback).
         self.sink_errors = 0
+        #: Datagrams the kernel dropped because this connection's receive buffer was full
+        #: (Linux: the socket's own count, read from the datagrams that follow a drop; 0
+        #: elsewhere). They never reached the receiver, so no other counter has them.
+        self.socket_drops = 0
 
     def _user(self, user_id: int | None) -> UserStats:
         s = self._users.get(user_id)
@@ -204,6 +208,7 @@ class ListenStats:
             "ssrcs_inferred": self.ssrcs_inferred,
             "dave_recoveries": self.dave_recoveries,
             "sink_errors": self.sink_errors,
+            "socket_drops": self.socket_drops,
             "users": {str(u): s.as_dict() for u, s in self.users.items()},
         }
 
