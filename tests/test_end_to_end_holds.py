@@ -1,8 +1,9 @@
 """What the receive path holds back or makes up, end to end through the voice server: FEC
-for an isolated lost packet, frames held until their owner is named, and packets a dead
-decode worker took with it counted exactly. Each test was seen to fail with its behaviour
-removed: the FEC branch of decoding.DecoderSet._gap, the no-owner wait of
-receive.PacketReceiver._decrypt_pending, the in-flight report of pool.processes._retire."""
+for an isolated lost packet, frames held until their owner is named or their DAVE key
+arrives, and packets a dead decode worker took with it counted exactly. Each test was seen
+to fail with its behaviour removed: the FEC branch of decoding.DecoderSet._gap, the no-owner
+wait of receive.PacketReceiver._decrypt_pending, the retryable DAVE errors of
+dave.RETRYABLE, the in-flight report of pool.processes._retire."""
 
 from __future__ import annotations
 
@@ -184,3 +185,29 @@ async def test_packets_in_flight_in_a_killed_worker_are_counted_exactly(pool) ->
     after = stats.user(5300)
     assert len(got) + after.dropped[DropReason.worker_lost] == sent  # stopping counted nothing twice
     assert sum(after.dropped.values()) == after.dropped[DropReason.worker_lost]
+
+
+async def test_first_words_wait_for_a_dave_key_that_arrives_after_them(pool) -> None:
+    """A member who joins and speaks at once: its frames, sealed under the group's new epoch,
+    reach the bot before the bot's commit does (the DAVE messages to it are slow). They wait
+    for the key, bounded, and are all heard; none is dropped as undecryptable."""
+    async with VoiceServerEmulator(seed=43) as server:
+        await server.add_member(4300, "alice")
+        vc, sink, done = await connect_and_listen(server, pool)
+        server.delay_dave_to_bot(0.6)  # the bot's share of the next epoch change arrives late
+        dan = await server.add_member(4301, "dan")
+        epoch = vc.dave_epoch
+        talk = asyncio.create_task(dan.speak(speechlike(1.0, seed=9)))  # op 5 names dan at once
+        await server.wait_until(lambda: dan.packets_sent >= 10, timeout=5, what="dan's first words")
+        assert vc.dave_epoch == epoch, "the key arrived before the words: this test would prove nothing"
+        spurt = await talk
+        await server.drain()
+        server.delay_dave_to_bot(0)
+        await settle(server, vc, (dan, [spurt]))
+        await stop_listening(vc, done)
+    stats = vc.listen_stats.user(4301)
+    assert stats.dropped == {}, stats.dropped
+    got = [f for f in sink.by_user()[4301] if f.kind is listening.FrameKind.decoded]
+    assert [f.sequence for f in got] == [f.sequence for f in spurt.frames], "first words lost while the key was late"
+    ref = reference([spurt])
+    assert all(f.audio == ref[f.sequence] for f in got)

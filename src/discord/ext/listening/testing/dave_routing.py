@@ -58,6 +58,10 @@ class DaveRouting:
         self.log: list[tuple[str, int, int]] = []
         #: DAVE messages the group server or a simulated member rejected, with the error.
         self.errors: list[tuple[DaveMessage, Exception]] = []
+        #: Seconds the DAVE messages to the bot spend on their way (a fault, see
+        #: ``VoiceServerEmulator.delay_dave_to_bot``); they still arrive in order.
+        self.bot_delay = 0.0
+        self._bot_chain: asyncio.Task[Any] | None = None
 
     def group(self, call: Call) -> DaveGroupServer:
         """The call's group server (created on first use)."""
@@ -92,6 +96,23 @@ class DaveRouting:
         self._hooks.notify()
 
     async def _send_to_bot(self, call: Call, message: DaveMessage) -> None:
+        chain = self._bot_chain
+        if self.bot_delay > 0 or (chain is not None and not chain.done()):
+            # Behind the ones still on their way: a websocket keeps its order.
+            due = asyncio.get_running_loop().time() + self.bot_delay
+            self._bot_chain = self._hooks.spawn(self._send_later(chain, due, call, message), "dave-to-bot")
+            return
+        await self._deliver_to_bot(call, message)
+
+    async def _send_later(self, before: asyncio.Task[Any] | None, due: float, call: Call, message: DaveMessage) -> None:
+        if before is not None:
+            await asyncio.wait([before])
+        delay = due - asyncio.get_running_loop().time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await self._deliver_to_bot(call, message)
+
+    async def _deliver_to_bot(self, call: Call, message: DaveMessage) -> None:
         session = call.session
         if message.user_id != self.bot_user_id or session is None or session.connection is None:
             _log.debug("DAVE op %s for %s has no live connection: dropped", message.op, message.user_id)

@@ -599,6 +599,26 @@ class VoiceServerEmulator:
 
     # -- faults and feedback -----------------------------------------------------------------------
 
+    def delay_dave_to_bot(self, seconds: float) -> None:
+        """Fault: DAVE messages to the bot take ``seconds`` longer on their way, in order.
+
+        A congested websocket: members that already switched to a new epoch send media the
+        bot cannot open until its commit or welcome arrives (its first words must wait for
+        the key, not be lost). ``0`` ends the fault for messages sent from then on.
+
+        Raises
+        ------
+        ValueError
+            ``seconds`` is not 0..30.
+        EmulatorError
+            DAVE is off.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 30:
+            raise ValueError(f"seconds must be 0..30, got {seconds!r}")
+        if self._dave is None:
+            raise EmulatorError("DAVE is off in this emulator (dave=False)")
+        self._dave.bot_delay = float(seconds)
+
     async def inject(
         self,
         kind: FaultKind,
