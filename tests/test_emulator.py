@@ -1054,3 +1054,15 @@ async def test_discord_behaviour_switches_are_validated() -> None:
         with pytest.raises(ValueError, match="needs padding_burst_at"):
             await alice.speak(tone(440, 0.1), realtime=False, padding_burst_size=50)
         assert not alice.sent.spurts  # nothing was sent by a refused call
+
+
+async def test_delay_dave_to_bot_is_validated_and_needs_dave() -> None:
+    async with VoiceServerEmulator(seed=42) as server:
+        for bad in (-1, 31, True, "1"):
+            with pytest.raises(ValueError, match="seconds"):
+                server.delay_dave_to_bot(bad)  # type: ignore[arg-type]
+        server.delay_dave_to_bot(0.2)
+        server.delay_dave_to_bot(0)
+    async with VoiceServerEmulator(seed=42, dave=False) as server:
+        with pytest.raises(EmulatorError, match="DAVE is off"):
+            server.delay_dave_to_bot(0.2)
