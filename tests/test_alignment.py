@@ -24,10 +24,11 @@ bound per spurt (10 ms: a member's very first spurt waits in the jitter buffer f
 packets, and the receiver takes the earliest arrival their RTP spacing allows, up to the
 first packet's jitter before it left). Spurts whose first packet the impairment lost are
 left out (the stand-in for it is then placed by the next packet's arrival, 20 ms late, by
-design). Everyone starts talking more than a second after the session's first datagram:
-the known bug pinned by :func:`test_a_spurt_in_the_first_second_is_placed_where_it_arrived`
-would otherwise misplace a spurt by hundreds of ms (after that second, the first datagram
-of each burst is timed when discord.py's reader thread hands it over, not by the kernel).
+design). Everyone starts talking more than a second after the session's first datagram;
+:func:`test_a_spurt_in_the_first_second_is_placed_where_it_arrived` covers that first
+second (the first datagram of each burst is timed when discord.py's reader thread hands it
+over, not by the kernel: up to a few ms late under load, until one receive thread reads
+every socket itself).
 
 **The timeline and the Opus codec delay.** A frame's position is where its packet arrived
 (within a spurt: where the RTP timestamp puts it after the spurt's first packet), and what
@@ -427,24 +428,19 @@ def test_the_speech_lies_the_opus_lookahead_after_the_packets(recording: Recordi
     assert abs(statistics.median(vs_ref) - LOOKAHEAD) <= 48, vs_ref
 
 
-# ---- a known bug: the first datagram of a burst in the session's first second ---------------
+# ---- the first datagram of a burst, early in a session ---------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session._read_loop stamps the datagram discord.py's reader read with SIOCGSTAMPNS, which "
-    "Linux stops updating once SO_TIMESTAMPNS is on: it returns the session's first datagram's time, "
-    "accepted for a second (now - 1.0 < t < now)",
-)
 async def test_a_spurt_in_the_first_second_is_placed_where_it_arrived(pool: Any) -> None:
     """alice speaks first (the session's first datagrams), then, after a pause long enough for
     the socket thread to go back to discord.py, bob, then alice again: each spurt starts where
-    its first packet left the emulator (within 10 ms). Today bob's first spurt is placed where
-    alice's began, ~0.7 s early (~-32700 samples). alice's second spurt, more than a second
-    after the stale stamp, is stamped when discord.py's reader thread handed its packet over
-    (measured +12..+176 samples: GIL and scheduling, not the kernel's receive time)."""
+    its first packet left the emulator (within 10 ms). It failed while the socket thread dated
+    every burst's first datagram with the socket's last-receive stamp, which Linux stops
+    updating once SO_TIMESTAMPNS is on: bob's first spurt landed where alice's began, ~0.7 s
+    early (~-32700 samples). Such datagrams are now timed when discord.py's reader hands them
+    over (measured -43..+12 samples here; up to ~+176 under load)."""
     # no SFU receiver reports: one arriving in the quiet right before bob's first packet would
-    # keep the socket thread reading and stamp that packet properly, hiding the bug by luck
+    # keep the socket thread reading and stamp that packet properly, hiding a stale stamp by luck
     async with VoiceServerEmulator(seed=43, sfu_report_interval=None) as server:
         alice = await server.add_member(3201, "alice", clock="webrtc")
         bob = await server.add_member(3202, "bob", clock="discordpy")

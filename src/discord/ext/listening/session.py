@@ -218,7 +218,8 @@ class ListeningSession:
             _log.exception("listening socket loop failed; back to one datagram at a time")
 
     def _read_loop(self, reader: _discord.SocketReaderView, sock: socket.socket, data: bytes, now: float) -> None:
-        if sock is not self._sized_socket:
+        new_socket = sock is not self._sized_socket
+        if new_socket:
             self._sized_socket = sock
             try:
                 if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < RECEIVE_BUFFER:
@@ -251,9 +252,13 @@ class ListeningSession:
         me = self._on_datagram
         batch = [data]
         arrivals = [now]
-        if stamped:
-            # The datagram discord.py just read: its kernel timestamp, so that every packet of
-            # a talk spurt is timed the same way (not by when this thread got the GIL).
+        if stamped and new_socket:
+            # The datagram discord.py just read, before SO_TIMESTAMPNS was on: the socket's
+            # last-receive stamp is its kernel arrival time. Only this once: with
+            # SO_TIMESTAMPNS on, Linux stops updating that stamp, and it would date every
+            # later burst's first datagram back to this one (a spurt placed up to a second
+            # early). Those are timed when discord.py's reader hands them over (~0.3-4 ms
+            # late under load) until one receive thread reads every socket itself.
             try:
                 import fcntl
 
