@@ -8,7 +8,6 @@ Usage::
     python3 dev.py bench       # the benchmarks
     python3 dev.py lint        # ruff (lint + format check) and mypy (strict on src/)
     python3 dev.py docs        # the Sphinx site into docs/_build/html, warnings as errors
-    python3 dev.py mutants     # mutation testing of the core (slow; not in CI)
     python3 dev.py shell ARGS  # run ``python ARGS`` inside the environment
 
 Only Python 3.11+ is needed: every dependency comes from PyPI as a wheel.
