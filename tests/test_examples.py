@@ -507,6 +507,8 @@ async def test_live_speech_chunk_boundaries() -> None:
 
 async def test_clip_sink_holds_the_last_seconds_of_each_member(pool, clips, tmp_path) -> None:
     cs = load_example("custom_sink")
+    # Members' sender reports on: the example keeps the last one per member, and that code must
+    # run; Discord may never forward them, which the example handles by having none.
     async with VoiceServerEmulator(dave=True, seed=24, rtcp_interval=0.5) as server:
         alice = await server.add_member(1001, "alice")
         bob = await server.add_member(1002, "bob")

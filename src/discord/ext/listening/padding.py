@@ -47,17 +47,16 @@ class PaddingRun:
         self.missing += released.lost_before
         self.new_stream |= released.new_stream
 
-    def audio(self, released: Any) -> Any:
-        """A released audio packet: returned with ``lost_before`` counting only missing *audio*."""
-        if self.count:
-            missing = self.missing + released.lost_before
-            new_stream = self.new_stream or released.new_stream
-            self.count = self.missing = 0
-            self.new_stream = False
-            lost = 0
-            if missing and not new_stream and self.last_timestamp is not None:
-                between = ts_diff(released.timestamp, self.last_timestamp) // FRAME_SAMPLES - 1
-                lost = max(0, min(missing, between))
-            released = released._replace(lost_before=lost, new_stream=new_stream)
-        self.last_timestamp = released.timestamp
-        return released
+    def audio_after(self, released: Any) -> Any:
+        """The first audio packet after probes (``count`` > 0): returned with ``lost_before``
+        counting only missing *audio* frames. The caller records every audio packet's
+        timestamp in :attr:`last_timestamp` (the hot path, without a call)."""
+        missing = self.missing + released.lost_before
+        new_stream = self.new_stream or released.new_stream
+        self.count = self.missing = 0
+        self.new_stream = False
+        lost = 0
+        if missing and not new_stream and self.last_timestamp is not None:
+            between = ts_diff(released.timestamp, self.last_timestamp) // FRAME_SAMPLES - 1
+            lost = max(0, min(missing, between))
+        return released._replace(lost_before=lost, new_stream=new_stream)

@@ -321,17 +321,18 @@ class PacketReceiver:
         """A padding-only packet takes its sequence number's place (``None`` payload)."""
         with self._lock:
             stream = self._streams.get(ssrc)
+            user_id = self._map.user_for(ssrc)
             if stream is None or self.paused:
                 # Nothing to keep in order (a probe before any audio), or not listening now.
-                self.stats.add(self._map.user_for(ssrc), "padding")
+                self.stats.add(user_id, "padding")
                 return
             # Not an arrival of audio: it must not keep a talker "speaking".
             result = stream.buffer.push(sequence, timestamp, (None, None), now)
             if not result.accepted:
-                self.stats.add(self._map.user_for(ssrc), "padding")
+                self.stats.add(user_id, "padding")
             elif result is PushResult.OVERFLOW:  # as for audio: the packet it pushed out is counted
-                self.stats.add(self._map.user_for(ssrc), "received")
-                self.stats.drop(self._map.user_for(ssrc), DropReason.overflow)
+                self.stats.add(user_id, "received")
+                self.stats.drop(user_id, DropReason.overflow)
 
     def _evict_idle(self, now: float) -> bool:
         """Make room for a new SSRC; ``False`` when every tracked SSRC belongs to a member.
@@ -441,7 +442,10 @@ class PacketReceiver:
                 self.stats.add(user_id, "padding")
                 stream.padding.absorb(r)
                 continue
-            r = stream.padding.audio(r)
+            probes = stream.padding
+            if probes.count:  # rare: only the packet right after a bandwidth probe pays a call
+                r = probes.audio_after(r)
+            probes.last_timestamp = r.timestamp
             lost_positions: tuple[int, ...] = ()
             if r.lost_before:
                 # Concealment is paid from a budget that refills in real time: a sender that
