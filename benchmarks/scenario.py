@@ -54,20 +54,41 @@ XCHACHA = "aead_xchacha20_poly1305_rtpsize"
 # -- sinks that only count -----------------------------------------------------------------
 
 
+class Records:
+    """What a counting sink notes of each real frame: SSRC, sequence number, time of arrival.
+
+    In arrays (18 bytes a frame, their size known exactly) rather than a list of tuples, so
+    that memory measured over a long window can leave the benchmark's own notes out.
+    """
+
+    def __init__(self) -> None:
+        self.ssrcs = array("I")
+        self.seqs = array("H")
+        self.times = array("d")
+        self.other = 0  # concealed or other frames, not noted
+
+    def records(self) -> Any:
+        return zip(self.ssrcs, self.seqs, self.times)
+
+    def records_bytes(self) -> int:
+        return sys.getsizeof(self.ssrcs) + sys.getsizeof(self.seqs) + sys.getsizeof(self.times)
+
+
 def listening_sink(decode: bool) -> Any:
     from discord.ext import listening
 
     want = listening.FrameKind.decoded if decode else listening.FrameKind.opus
 
-    class CountingSink(listening.AudioSink):
+    class CountingSink(listening.AudioSink, Records):
         def __init__(self) -> None:
-            super().__init__()
-            self.records: list[tuple[int, int, float]] = []
-            self.other = 0
+            listening.AudioSink.__init__(self)
+            Records.__init__(self)
 
         def on_audio(self, frame: Any, _mono: Any = time.monotonic) -> None:
             if frame.kind is want:
-                self.records.append((frame.ssrc, frame.sequence, _mono()))
+                self.ssrcs.append(frame.ssrc)
+                self.seqs.append(frame.sequence)
+                self.times.append(_mono())
             else:
                 self.other += 1
 
@@ -77,11 +98,10 @@ def listening_sink(decode: bool) -> Any:
 def voice_recv_sink(decode: bool) -> Any:
     from discord.ext import voice_recv
 
-    class CountingSink(voice_recv.AudioSink):
+    class CountingSink(voice_recv.AudioSink, Records):
         def __init__(self) -> None:
-            super().__init__()
-            self.records: list[tuple[int, int, float]] = []
-            self.other = 0
+            voice_recv.AudioSink.__init__(self)
+            Records.__init__(self)
 
         def wants_opus(self) -> bool:
             return not decode
@@ -89,7 +109,9 @@ def voice_recv_sink(decode: bool) -> Any:
         def write(self, user: Any, data: Any, _mono: Any = time.monotonic) -> None:
             packet = data.packet
             if packet:  # FakePacket (a loss, concealed) is falsy
-                self.records.append((packet.ssrc, packet.sequence, _mono()))
+                self.ssrcs.append(packet.ssrc)
+                self.seqs.append(packet.sequence)
+                self.times.append(_mono())
             else:
                 self.other += 1
 
@@ -125,6 +147,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from discord.ext.listening.testing.speech import build_rtp_packet
 
     lib = args.library
+    jitter = args.jitter_depth
+    if jitter is None:
+        jitter = common.default_jitter_depth() if lib == "listening" else 0.06
+    listen_options = {} if args.jitter_depth is None else {"jitter_depth": args.jitter_depth}
     decode = bool(args.decode)
     dave = bool(args.dave)
     mode = AES if args.mode == "aes" else XCHACHA
@@ -270,7 +296,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     async def after(_s: Any, _e: Any, ev: asyncio.Event = ev) -> None:
                         ev.set()
 
-                    vc.listen(sink, pool, decode=decode, after=after, jitter_depth=args.jitter_depth)
+                    vc.listen(sink, pool, decode=decode, after=after, **listen_options)
                     # A connection tracks at most 256 SSRCs (the bound against SSRC floods in
                     # SECURITY.md); one guild of more speakers than that is a capacity search's
                     # business only, so the bound is lifted here rather than met as "loss".
@@ -294,7 +320,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     if all(sl.inc is not None and sl.inc.ready for sl in slots):
                         break
                     await asyncio.sleep(0.05)
-            mem0 = common.uss(tree())
+            common.trim_heap()
+            mem0, heap0 = common.uss(tree()), common.heap(tree())
+            heap_by_pid = {pid: [common.heap([pid])] for pid in tree()}
             drops0 = udp_drops(ports)
 
             t0 = time.monotonic() + 0.2
@@ -302,6 +330,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             sender.stdin.flush()
             w0, w1 = t0 + args.warmup, t0 + args.warmup + args.seconds
             await asyncio.sleep(max(0.0, w0 - time.monotonic()))
+            common.trim_heap()
+            # Memory as the window opens (the sinks' own notes are part of it).
+            mem_w0, rss_w0, heap_w0 = common.uss(tree()), common.rss(tree()), common.heap(tree())
+            notes_w0 = sum(s.records_bytes() for s in sinks)
+            for pid in tree():
+                heap_by_pid.setdefault(pid, [0]).append(common.heap([pid]))
             a0 = time.monotonic()
             cpu0 = common.process_tree_cpu(tree())
             threads0 = common.thread_cpu()
@@ -311,7 +345,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             cpu1 = common.process_tree_cpu(tree())
             threads1 = common.thread_cpu()
             workers1 = {pid: common.process_tree_cpu([pid]) for pid in tree()[1:]}
-            mem1 = common.uss(tree())
+            common.trim_heap()
+            mem1, rss1, heap1 = common.uss(tree()), common.rss(tree()), common.heap(tree())
+            notes1 = sum(s.records_bytes() for s in sinks)
+            for pid in tree():
+                heap_by_pid.setdefault(pid, [0, 0]).append(common.heap([pid]))
             if pool is not None and os.environ.get("BENCH_DEBUG"):
                 for sl in pool._slots:
                     inc = sl.inc
@@ -335,7 +373,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
             out = await loop.run_in_executor(None, sender.communicate)
             summary = json.loads(out[0].strip().splitlines()[-1])
-            await asyncio.sleep(0.5 + args.jitter_depth)  # the last frames reach the sinks
+            await asyncio.sleep(0.5 + (jitter or 0.06))  # the last frames reach the sinks
             drops1 = udp_drops(ports)
             for vc in vcs:
                 vc.stop_listening()
@@ -368,7 +406,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     delivered = 0
     seen = bytearray(len(sent_at))
     for sink in sinks:
-        for ssrc, seq, t in sink.records:
+        for ssrc, seq, t in sink.records():
             s = ssrc_index.get(ssrc)
             if s is None:
                 continue
@@ -403,6 +441,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         udp_drops=drops1 - drops0 if drops0 >= 0 else -1,
         uss_before_mb=mem0 / 2**20,
         uss_after_mb=mem1 / 2**20,
+        uss_window_start_mb=mem_w0 / 2**20,
+        # common.heap(): the tree's own memory, counted once (what the memory targets read).
+        heap_before_mb=heap0 / 2**20,
+        heap_window_start_mb=heap_w0 / 2**20,
+        heap_after_mb=heap1 / 2**20,
+        # The same per process (this one first): before listening, as the window opens, at its end.
+        heap_by_process_mb=[[round(x / 2**20, 2) for x in v] for v in heap_by_pid.values()],
+        rss_window_start_mb=rss_w0 / 2**20,
+        rss_after_mb=rss1 / 2**20,
+        # The counting sinks' own notes (the benchmark's, not the library's), in the figures above.
+        sink_notes_window_start_mb=notes_w0 / 2**20,
+        sink_notes_after_mb=notes1 / 2**20,
+        jitter_depth_s=jitter,
         sender=summary,
         concealed_or_other_frames=sum(s.other for s in sinks),
         loadavg=os.getloadavg(),
@@ -423,7 +474,7 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=1.5)
     p.add_argument("--tail", type=float, default=0.3, help="sending goes on this long after the window")
     p.add_argument("--late-ms", type=float, default=200.0)
-    p.add_argument("--jitter-depth", type=float, default=0.06)
+    p.add_argument("--jitter-depth", type=float, default=None, help="seconds (default: the library's default)")
     args = p.parse_args()
     import logging
 
