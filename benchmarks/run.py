@@ -605,7 +605,7 @@ def engine_rows(res: dict[str, Any], add: Callable[..., None]) -> None:
         if "error" not in r:
             add(
                 "6 engine",
-                f"idle curve: {n:>3} silent connections listening",
+                f"idle curve: {n:>3} silent connection{'s' if n != 1 else ''} listening",
                 f"{r['listening_cpu_ms_per_s']:.1f} ms CPU/s in all (not listening: {r['connected_cpu_ms_per_s']:.1f}; "
                 f"{r['listening_threads']} threads, {r['listening_processes']} processes)",
             )
