@@ -8,6 +8,7 @@ Usage::
     python3 dev.py bench       # the benchmarks
     python3 dev.py lint        # ruff (lint + format check) and mypy (strict on src/)
     python3 dev.py docs        # the Sphinx site into docs/_build/html, warnings as errors
+    python3 dev.py mutants     # mutation testing of the receive core (not in CI; see docs/testing.md)
     python3 dev.py shell ARGS  # run ``python ARGS`` inside the environment
 
 Only Python 3.11+ is needed: every dependency comes from PyPI as a wheel.
@@ -87,6 +88,9 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 0
     job, rest = argv[0], argv[1:]
+    if job == "mutants":
+        # Its own virtualenv under .mutants/: the package must not be installed where mutmut runs.
+        return subprocess.call([sys.executable, str(ROOT / "scripts" / "mutants.py"), *rest], cwd=ROOT)
     ensure_env()
     env = dict(os.environ)
     if job == "demo":
@@ -115,7 +119,7 @@ def main(argv: list[str]) -> int:
     elif job == "shell":
         cmd = [str(PY), *rest]
     else:
-        print(f"unknown job {job!r}; expected demo, test, bench, lint, docs or shell", file=sys.stderr)
+        print(f"unknown job {job!r}; expected demo, test, bench, lint, docs, mutants or shell", file=sys.stderr)
         return 2
     return subprocess.call(cmd, cwd=ROOT, env=env)
 

@@ -423,3 +423,177 @@ def test_a_delayed_sender_report_does_not_move_later_spurts() -> None:
     # corrected by the packet that proved a smaller offset, says: 5 ms after it was spoken.
     placed = clock.position(1000 + 5 * 48000, 6.02)
     assert placed == round(6.005 * RATE), placed - 6 * RATE
+
+
+# The exact contract of StreamClock, at the boundaries the placement rules draw. Times are
+# binary fractions (or whole samples) so that "exactly at the bound" is exact in floats too.
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sample_rate": 0}, "sample_rate must be positive, got 0"),
+        ({"sample_rate": -1}, "sample_rate must be positive"),
+        ({"gap": 0.0}, "gap must be positive, got 0.0"),
+        ({"gap": float("nan")}, "gap must be positive"),
+        ({"tolerance": 0.0}, "tolerance must be positive, got 0.0"),
+        ({"tolerance": 0.06, "drift_tolerance": 0.05}, r"drift_tolerance must be at least tolerance \(0.06\)"),
+    ],
+)
+def test_stream_clock_says_which_argument_is_wrong(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        StreamClock(0.0, **kwargs)  # type: ignore[arg-type]
+
+
+def test_stream_clock_accepts_the_smallest_valid_arguments() -> None:
+    clock = StreamClock(2.0, sample_rate=1, gap=1e-9, tolerance=0.5, drift_tolerance=0.5)
+    assert (clock.origin, clock.sample_rate, clock.gap, clock.tolerance) == (2.0, 1, 1e-9, 0.5)
+    assert clock.position(0, 4.0) == 2  # two seconds after the origin, at one sample a second
+    defaults = StreamClock(0)
+    assert (defaults.sample_rate, defaults.gap, defaults.tolerance) == (RATE, 0.2, 0.06)
+    assert isinstance(defaults.tolerance, float) and defaults.end is None
+
+
+def test_timeline_validates_its_rate_and_hands_it_to_stream_clocks() -> None:
+    with pytest.raises(ValueError, match="sample_rate must be positive, got 0"):
+        Timeline(0.0, sample_rate=0)
+    one = Timeline(1.0, sample_rate=1)
+    assert one.position(5.0) == 4
+    clock = Timeline(1.0, sample_rate=8000).stream_clock(gap=0.5)
+    assert (clock.origin, clock.sample_rate, clock.gap) == (1.0, 8000, 0.5)
+
+
+@pytest.mark.parametrize(("silence", "limit"), [(False, 0.25), (True, 0.06)])
+@pytest.mark.parametrize("direction", [1, -1])
+def test_arrival_may_drift_from_rtp_up_to_the_tolerance_then_arrival_decides(
+    silence: bool, limit: float, direction: int
+) -> None:
+    # Every frame arrives 5 ms (240 samples) later (or earlier) than the one before on top of
+    # its 20 ms: after k frames arrival and RTP disagree by k * 240 samples. Within a spurt
+    # that is accepted up to `drift_tolerance` (0.25 s) after audio frames and `tolerance`
+    # (0.06 s) after silence frames, both inclusive; the first frame past it starts a spurt.
+    clock = StreamClock(1.0)
+    step = 0.02 + direction * 0.005
+    last_ok = round(limit * RATE) // 240  # the last frame exactly at the bound
+    positions = [clock.position(FRAME * k, 1.0 + step * k, silence=silence) for k in range(last_ok + 2)]
+    assert positions[: last_ok + 1] == [FRAME * k for k in range(last_ok + 1)]
+    assert clock.resyncs == 1
+    # Placed by arrival, but never before the end of the frame before it.
+    assert positions[-1] == max(round(step * (last_ok + 1) * RATE), FRAME * (last_ok + 1))
+
+
+def test_resyncs_count_every_frame_placed_by_arrival() -> None:
+    clock = StreamClock(0.0)
+    for spurt in range(4):  # four spurts 1 s apart, each of 3 frames
+        for k in range(3):
+            clock.position(FRAME * (10 * spurt + k), spurt + 0.02 * k)
+    assert clock.resyncs == 3
+
+
+def test_gap_and_timestamp_jump_bounds_are_inclusive() -> None:
+    gap = 0.25  # 12000 samples, exact in binary
+    # A frame exactly `gap` after the last arrival, whose timestamp jumps exactly `gap`:
+    # still the same spurt, placed by RTP (12960 = end 960 + 12000), not by arrival (12000).
+    clock = StreamClock(1.0, gap=gap)
+    clock.position(0, 1.0)
+    assert clock.position(FRAME + 12000, 1.25) == 960 + 12000
+    assert clock.resyncs == 0
+    # One sample further and RTP is discontinuous: arrival decides.
+    clock = StreamClock(1.0, gap=gap)
+    clock.position(0, 1.0)
+    assert clock.position(FRAME + 12001, 1.25) == 12000
+    assert clock.resyncs == 1
+
+
+def test_reported_losses_widen_the_gap_by_their_duration() -> None:
+    gap = 0.25
+    # Two frames lost (40 ms): the packet after them may come up to gap + 40 ms after the
+    # last one and stay on the RTP clock ...
+    clock = StreamClock(1.0, gap=gap)
+    clock.position(0, 1.0)
+    assert clock.position(FRAME + 12540, 1.28125, lost_before=2) == 960 + 12540
+    assert clock.resyncs == 0
+    # ... but not later, even when its timestamp agrees with its arrival.
+    clock = StreamClock(1.0, gap=gap)
+    clock.position(0, 1.0)
+    assert clock.position(FRAME + 13440, 1.3, lost_before=2) == 14400
+    assert clock.resyncs == 1
+
+
+def _sr_clock(origin: float, wall: float, offset: float, ts0: int) -> StreamClock:
+    """A clock that got one sender report: the sender's wall clock reads `wall + t` at our
+    monotonic `t - offset`, and its RTP clock reads `ts0` at our monotonic `origin`."""
+    clock = StreamClock(origin)
+    clock.sender_report(unix_to_ntp(wall + origin), ts0, origin + offset)
+    return clock
+
+
+def test_a_spurt_start_placed_by_a_sender_report_keeps_its_lag_for_the_rest_of_the_spurt() -> None:
+    # The report puts the spurt start 40 ms before its arrival (within tolerance): the start
+    # goes there, and the following frames, which arrive with the same 40 ms, continue it.
+    origin, ts0 = 100.0, 5000
+    clock = _sr_clock(origin, 1.7e9, 0.0, ts0)
+    start = ts0 + 2 * RATE  # spoken 2 s after the origin
+    placed = [clock.position(start + FRAME * k, origin + 2.04 + 0.02 * k) for k in range(30)]
+    assert placed == [2 * RATE + FRAME * k for k in range(30)]
+    assert clock.resyncs == 0
+
+
+@pytest.mark.parametrize(
+    ("late", "placed_at"),
+    [
+        (0.0, 0),  # arrival and report agree: the same sample
+        (0.0625, 0),  # arrival 60 ms + 2.5 ms after the report's sample: still the report
+        (0.0625 + 1 / RATE, 3001),  # one sample past tolerance: arrival
+        (-0.0625, -3000),  # the report predicts 62.5 ms after arrival (a slow report): arrival
+        (-0.0625 - 1 / RATE, -3001),  # past tolerance the other way: arrival, report ignored
+    ],
+)
+def test_sender_report_placement_bounds(late: float, placed_at: int) -> None:
+    # tolerance 0.0625 s = 3000 samples. The sender spoke at our origin + 2 s; the frame
+    # arrives `late` after that.
+    origin, ts0 = 100.0, 7000
+    clock = StreamClock(origin, tolerance=0.0625)
+    clock.sender_report(unix_to_ntp(1.7e9), ts0, origin)
+    pos = clock.position(ts0 + 2 * RATE, origin + 2.0 + late)
+    assert pos - 2 * RATE == placed_at
+
+
+def test_a_report_predicting_after_arrival_lowers_the_offset_for_later_spurts() -> None:
+    origin, ts0 = 100.0, 7000
+    clock = StreamClock(origin)
+    clock.sender_report(unix_to_ntp(1.7e9), ts0, origin + 0.03)  # queued 30 ms
+    # A spurt that arrived only 10 ms after it was spoken: the report (30 ms) predicts it
+    # 20 ms after its arrival; arrival places it, and teaches the clock a 10 ms offset.
+    assert clock.position(ts0 + 2 * RATE, origin + 2.01) == 2 * RATE + 480
+    # The next spurt arrives 25 ms after it was spoken: placed 10 ms after, not 30 ms.
+    assert clock.position(ts0 + 5 * RATE, origin + 5.025) == 5 * RATE + 480
+
+
+def test_sender_report_offset_is_the_minimum_over_the_last_eight_reports() -> None:
+    origin, ts0 = 100.0, 7000
+    clock = StreamClock(origin)
+    clock.sender_report(unix_to_ntp(1.7e9), ts0, origin + 0.010)  # one fast report (10 ms) ...
+    for n in range(1, 9):  # ... then eight at 30 ms push it out of the history
+        clock.sender_report(unix_to_ntp(1.7e9 + n), ts0 + n * RATE, origin + n + 0.030)
+    # A spurt spoken at 20 s arrives 35 ms later: the report places it 30 ms after it was
+    # spoken (with the forgotten 10 ms report it would be 10 ms).
+    assert clock.position(ts0 + 20 * RATE, origin + 20.035) == 20 * RATE + 1440
+
+
+def test_a_sender_clock_that_goes_back_forgets_older_offsets() -> None:
+    origin, ts0 = 100.0, 7000
+    clock = StreamClock(origin)
+    clock.sender_report(unix_to_ntp(1.7e9 + 10), ts0 + 10 * RATE, origin + 10.010)  # 10 ms
+    # The sender's wall clock is stepped 5 s back: its reports now say 1.7e9 + t - 5.
+    clock.sender_report(unix_to_ntp(1.7e9 + 6), ts0 + 11 * RATE, origin + 11.030)
+    # Offsets from before the step are meaningless: only the 30 ms one counts.
+    assert clock.position(ts0 + 20 * RATE, origin + 20.035) == 20 * RATE + 1440
+
+
+def test_a_sender_report_at_the_same_wall_time_keeps_the_history() -> None:
+    origin, ts0 = 100.0, 7000
+    clock = StreamClock(origin)
+    clock.sender_report(unix_to_ntp(1.7e9 + 1), ts0 + RATE, origin + 1.010)
+    clock.sender_report(unix_to_ntp(1.7e9 + 1), ts0 + RATE, origin + 1.030)  # a duplicate, later
+    assert clock.position(ts0 + 20 * RATE, origin + 20.035) == 20 * RATE + 480

@@ -299,17 +299,6 @@ class StreamClock:
         offsets.append(now - sent)
         self._sr_offset = min(offsets)
 
-    def reset(self) -> None:
-        """Forget everything but the origin: the next frame is placed by arrival time alone."""
-        self._next_ts = None
-        self._end = 0
-        self._lag0 = 0
-        self._last_arrival = float("-inf")
-        self._after_silence = True
-        self._sr_rtp = None
-        self._sr_offsets.clear()
-        self._sr_offset = 0.0
-
 
 class Timeline:
     """The recording's time axis: its origin, its sample rate, and its pauses.
