@@ -122,7 +122,8 @@ def run_mutmut(minutes: float, children: int, names: list[str]) -> bool:
     # Tests that start their own Python (a bot child, an orphaned pool) must import the mutants too.
     env["PYTHONPATH"] = str(TREE / "mutants" / "src")
     cmd = [str(BIN / "mutmut"), "run", "--max-children", str(children), *names]
-    log(f"running {' '.join(cmd[1:])} for at most {minutes:g} minutes (progress in {LOG})")
+    what = f"{len(names)} named mutants" if names else "every mutant"
+    log(f"running mutmut on {what} for at most {minutes:g} minutes (progress in {LOG})")
     with LOG.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=TREE, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -238,12 +239,103 @@ def write_report(complete: bool, elapsed: float) -> dict[str, object]:
     return summary
 
 
+# The bugs that once passed the whole suite (issue "tests that would catch a 5 ms lag"): each
+# must fail at least one end-to-end test. (file, text, planted text).
+ESCAPED = {
+    "arrivals stamped 5 ms late": (
+        "session.py",
+        "self.receiver.datagrams(batch, arrivals)",
+        "self.receiver.datagrams(batch, [a + 0.005 for a in arrivals])",
+    ),
+    "spurt starts 5 ms (240 samples) late": (
+        "timeline.py",
+        "pos = self._anchor(timestamp, arr, now)",
+        "pos = self._anchor(timestamp, arr, now) + 240",
+    ),
+    "FEC never used (PLC instead)": ("decoding.py", "if k == 1 and fec is not None:", "if False:"),
+    "frames whose DAVE key is missing are not retried": (
+        "dave.py",
+        "if may_wait and any(tag in text for tag in RETRYABLE):",
+        "if False:",
+    ),
+    "frames of an unmapped SSRC are not held": ("receive.py", "elif user_id is None and may_wait:", "elif False:"),
+    "packets in flight in a dead worker not counted lost": (
+        "pool/processes.py",
+        "lost = slot.take_lost(inc)",
+        "lost = {} if slot.take_lost(inc) else {}",
+    ),
+    "Ogg Opus one sample off the other formats": (
+        "files/oggopus.py",
+        "pre_skip=0,",
+        "pre_skip=1,",
+    ),
+}
+END_TO_END = [
+    "tests/test_alignment.py",
+    "tests/test_end_to_end_holds.py",
+    "tests/test_listen.py",
+    "tests/test_recording.py",
+    "tests/test_discord_behaviours.py",
+]
+
+
+def plant_escaped() -> int:
+    """Plant each escaped bug in a copy of the tree and run the end-to-end tests against it."""
+    plant = WORK / "plant"
+    if plant.exists():
+        shutil.rmtree(plant)
+    for rel in _tracked_files():
+        dst = plant / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dst)
+    package = plant / "src" / "discord" / "ext" / "listening"
+    env = dict(os.environ, PYTHONPATH=str(plant / "src"))
+
+    def end_to_end() -> tuple[int, list[str]]:
+        done = subprocess.run(
+            [str(PY), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *END_TO_END],
+            cwd=plant,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        failed = [line.split(" ", 1)[1] for line in done.stdout.splitlines() if line.startswith("FAILED ")]
+        return done.returncode, failed
+
+    # Unplanted first: a failure here is the machine or the tree, and would pass for a catch.
+    code, failed = end_to_end()
+    if code:
+        sys.exit(f"the end-to-end tests fail without any planted bug ({failed or code}); fix that first")
+    missed = []
+    for bug, (rel, text, planted) in ESCAPED.items():
+        path = package / rel
+        original = path.read_text("utf-8")
+        if original.count(text) != 1:
+            sys.exit(f"{rel} no longer has exactly one {text!r}: update ESCAPED in scripts/mutants.py")
+        path.write_text(original.replace(text, planted))
+        started = time.monotonic()
+        try:
+            code, failed = end_to_end()
+        finally:
+            path.write_text(original)
+        verdict = f"caught by {failed[0]}" if code == 1 and failed else f"NOT caught (exit {code})"
+        if not failed:
+            missed.append(bug)
+        log(f"{bug}: {verdict} [{time.monotonic() - started:.0f} s]")
+    shutil.rmtree(plant)
+    log(f"{len(ESCAPED) - len(missed)} of {len(ESCAPED)} escaped bugs caught end to end")
+    return 1 if missed else 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="dev.py mutants", description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=60.0, help="stop mutmut after this long (default 60)")
     parser.add_argument("--children", type=int, default=os.cpu_count() or 2, help="mutants run at once")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results and start over")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the last run")
+    parser.add_argument(
+        "--escaped", action="store_true", help="plant the bugs that once escaped the suite, one at a time"
+    )
     parser.add_argument("names", nargs="*", help="only these mutants (mutmut name globs)")
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.children < 1:
@@ -252,6 +344,8 @@ def main(argv: list[str]) -> int:
         parser.error("mutation runs need fork (Linux or macOS)")
     WORK.mkdir(exist_ok=True)
     ensure_venv()
+    if args.escaped:
+        return plant_escaped()
     started = time.monotonic()
     complete = True
     if not args.report_only:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from discord.ext import listening
-from discord.ext.listening.opus import OpusDecoder
+from discord.ext.listening.opus import FRAME_BYTES, OpusDecoder, OpusEncoder
 from discord.ext.listening.receive import PacketReceiver
 from discord.ext.listening.rtp import is_rtcp, parse_rtp_header
 from discord.ext.listening.ssrc import SSRCMap
@@ -241,3 +241,23 @@ def locate(track: np.ndarray, ref: np.ndarray) -> tuple[float, int]:
         if t.std() > 0:
             best = max(best, (float(np.corrcoef(t, ref)[0, 1]), offset))
     return best
+
+
+def voiced_pcm(seconds: float, seed: int = 0) -> bytes:
+    """Voiced, speech-like stereo s16le PCM (a gliding harmonic tone with an envelope), the
+    kind of signal for which Opus runs SILK and embeds FEC."""
+    rng = np.random.default_rng(seed)
+    n = int(48000 * seconds)
+    t = np.arange(n) / 48000
+    f0 = 140 + 30 * np.sin(2 * np.pi * 0.7 * t + seed)
+    phase = 2 * np.pi * np.cumsum(f0) / 48000
+    x = sum(np.sin(k * phase) / k for k in range(1, 12))
+    x = x * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t + seed)) * 5000 + rng.normal(0, 200, n)
+    return np.repeat(np.clip(x, -32000, 32000).astype("<i2"), 2).tobytes()
+
+
+def opus_packets(seconds: float, seed: int = 0, expected_loss: int = 20) -> list[bytes]:
+    """Opus packets of :func:`voiced_pcm`, with in-band FEC as Discord clients send it."""
+    enc = OpusEncoder(expected_loss=expected_loss)
+    pcm = voiced_pcm(seconds, seed)
+    return [enc.encode(pcm[i : i + FRAME_BYTES]) for i in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES)]

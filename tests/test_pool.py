@@ -14,7 +14,7 @@ import pytest
 from discord.ext.listening.decoding import DecoderSet
 from discord.ext.listening.file_sink import Mixer
 from discord.ext.listening.frames import AudioFrame, FrameKind
-from discord.ext.listening.opus import FRAME_BYTES, SILENCE_FRAME, OpusDecoder, OpusEncoder, packet_has_fec
+from discord.ext.listening.opus import FRAME_BYTES, SILENCE_FRAME, OpusDecoder, packet_has_fec
 from discord.ext.listening.pool import (
     AudioProcessPool,
     DecodedFrame,
@@ -24,30 +24,12 @@ from discord.ext.listening.pool import (
     init_audio_processing_pool,
 )
 from discord.ext.listening.pool import default as default_pool_mod
+from helpers import opus_packets
 
 pytestmark = pytest.mark.timeout(60)
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def speech(seconds: float, seed: int = 0) -> bytes:
-    """Voiced, speech-like stereo s16le PCM (a gliding harmonic tone with an envelope), the
-    kind of signal for which Opus runs SILK and embeds FEC."""
-    rng = np.random.default_rng(seed)
-    n = int(48000 * seconds)
-    t = np.arange(n) / 48000
-    f0 = 140 + 30 * np.sin(2 * np.pi * 0.7 * t + seed)
-    phase = 2 * np.pi * np.cumsum(f0) / 48000
-    x = sum(np.sin(k * phase) / k for k in range(1, 12))
-    x = x * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t + seed)) * 5000 + rng.normal(0, 200, n)
-    return np.repeat(np.clip(x, -32000, 32000).astype("<i2"), 2).tobytes()
-
-
-def encode(seconds: float, seed: int = 0, expected_loss: int = 20) -> list[bytes]:
-    enc = OpusEncoder(expected_loss=expected_loss)
-    pcm = speech(seconds, seed)
-    return [enc.encode(pcm[i : i + FRAME_BYTES]) for i in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES)]
 
 
 def correlation(a: bytes, b: bytes) -> float:
@@ -113,14 +95,14 @@ def shared_pool():
 
 @pytest.fixture(scope="module")
 def packets() -> list[bytes]:
-    return encode(2.0, seed=1)
+    return opus_packets(2.0, seed=1)
 
 
 # -- decoding ------------------------------------------------------------------------------
 
 
 def test_frames_equal_an_in_process_decoder(shared_pool: AudioProcessPool, packets: list[bytes]) -> None:
-    other = encode(2.0, seed=2) + [SILENCE_FRAME] * 5
+    other = opus_packets(2.0, seed=2) + [SILENCE_FRAME] * 5
     got = Collector()
     stream = shared_pool.open_stream(1234, got)
     items_a = [
@@ -248,7 +230,7 @@ def test_corrupt_packet_is_counted_and_concealed(shared_pool: AudioProcessPool, 
 def test_many_small_batches_keep_their_order(shared_pool: AudioProcessPool) -> None:
     # Small batches in a burst take both routes to the worker (direct writes while the pipe
     # has room, the writer thread once it fills): the order must survive the switches.
-    voices = {ssrc: encode(3.0, seed=ssrc) for ssrc in (1, 2, 3)}
+    voices = {ssrc: opus_packets(3.0, seed=ssrc) for ssrc in (1, 2, 3)}
     items = [(ssrc, i, 960 * i, voices[ssrc][i], 0, i) for i in range(150) for ssrc in voices]
     got = Collector()
     stream = shared_pool.open_stream(8, got)
@@ -283,7 +265,7 @@ def test_payload_types(shared_pool: AudioProcessPool, packets: list[bytes]) -> N
 def test_decoder_table_is_bounded() -> None:
     # Sans-I/O: the worker's per-stream table keeps the most recently used SSRCs only.
     dec = DecoderSet(max_ssrcs=2)
-    pkt = encode(0.1)[0]
+    pkt = opus_packets(0.1)[0]
     for ssrc in (1, 2, 1, 3):  # 2 is the least recently used when 3 arrives
         out: list[tuple] = []
         dec.decode_items([(ssrc, 0, 0, pkt, 0, 0)], out)
@@ -305,7 +287,7 @@ def test_a_restarted_stream_decodes_as_on_a_fresh_decoder(shared_pool: AudioProc
     # A sender that restarts its stream keeps its SSRC but starts a new encoder: its first
     # packet (new_stream) must meet a fresh decoder, bit for bit, not one still predicting
     # from the old stream's audio.
-    restarted = encode(1.0, seed=3)
+    restarted = opus_packets(1.0, seed=3)
     lead = next(i for i in range(1, len(restarted)) if packet_has_fec(restarted[i]))
     got = Collector()
     stream = shared_pool.open_stream(12, got)

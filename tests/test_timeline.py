@@ -597,3 +597,14 @@ def test_a_sender_report_at_the_same_wall_time_keeps_the_history() -> None:
     clock.sender_report(unix_to_ntp(1.7e9 + 1), ts0 + RATE, origin + 1.010)
     clock.sender_report(unix_to_ntp(1.7e9 + 1), ts0 + RATE, origin + 1.030)  # a duplicate, later
     assert clock.position(ts0 + 20 * RATE, origin + 20.035) == 20 * RATE + 480
+
+
+def test_a_pause_covers_its_first_sample_but_not_the_one_where_recording_resumes() -> None:
+    timeline = Timeline(0.0)
+    timeline.pause(1.0)  # sample 48000
+    assert timeline.paused_samples(1.0) == 0  # not a sample yet at the instant it starts
+    assert timeline.paused_samples(0.5) == 0  # a clock reading from before the pause
+    timeline.resume(1.5)  # sample 72000
+    assert (timeline.paused_at(47999), timeline.paused_at(48000)) == (False, True)
+    assert (timeline.paused_at(71999), timeline.paused_at(72000)) == (True, False)
+    assert timeline.paused_samples(9.0) == 24000
