@@ -185,7 +185,7 @@ def write_report(complete: bool, elapsed: float) -> dict[str, object]:
         if sep:
             status[name] = state
     counts = Counter(status.values())
-    open_ = sorted(n for n, s in status.items() if s not in {"killed", "caught by type check"})
+    open_ = sorted(n for n, s in status.items() if s not in {"killed", "caught by type check", "not checked"})
     with ThreadPoolExecutor(max_workers=4) as pool:
         diffs = dict(zip(open_, pool.map(lambda n: _mutmut("show", n), open_)))
     explained = explained_ids()
