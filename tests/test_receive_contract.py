@@ -34,7 +34,6 @@ from discord.ext.listening.testing.dave_member import (
     stale_epoch_member,
 )
 from discord.ext.listening.testing.dave_server import DaveGroupServer
-from helpers import receiver_for
 
 _PCM = speechlike(0.5, seed=4)
 
@@ -306,10 +305,10 @@ class _Sender:
 
 
 def _receiver(m: SSRCMap, **kw: Any) -> tuple[PacketReceiver, ListenStats]:
-    conn = type("Conn", (), {"mode": transport.AES_GCM, "secret_key": list(KEY), "dave_session": None})()
-    conn.dave_protocol_version = 0
     stats = ListenStats()
-    return receiver_for(conn, m, stats, **kw), stats
+    receiver = PacketReceiver(m, stats, origin=0.0, **kw)
+    receiver.set_transport(transport.AES_GCM, KEY)
+    return receiver, stats
 
 
 def test_an_ssrc_idle_over_5_seconds_makes_room_oldest_first_then_the_stalest_unclaimed() -> None:
