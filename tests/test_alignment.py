@@ -20,9 +20,12 @@ with pauses, 2 % loss and a little jitter, over DAVE; the recording goes to WAV,
 and Ogg Opus at once (four ``AudioFileSink``\\ s, each with a mixed track, behind one
 ``FanOutSink`` with a collecting sink). The emulator shares two cores with the receiver and
 with other test runs, so every check is on the **median** over the spurts, with a loose
-bound per spurt (10 ms: a member's very first spurt waits in the jitter buffer for the next
-packets, and the receiver takes the earliest arrival their RTP spacing allows, up to the
-first packet's jitter before it left). Spurts whose first packet the impairment lost are
+bound per spurt: within 10 ms of the window the wire allows (:func:`off_by`). That window
+runs from the moment the first packet left back to the earliest start its successors'
+departures allow: now and then the loaded emulator sends a spurt's first packet late and
+the next ones on time (measured: 11.8 ms late, then 1.7), and the receiver, reading the RTP
+spacing, rightly places the spurt before that late packet (where its sender had it).
+Spurts whose first packet the impairment lost are
 left out (the stand-in for it is then placed by the next packet's arrival, 20 ms late, by
 design). Everyone starts talking more than a second after the session's first datagram;
 :func:`test_a_spurt_in_the_first_second_is_placed_where_it_arrived` covers that first
@@ -113,6 +116,7 @@ class Recording:
     members: dict[str, Any]
     spurts: dict[str, list[SpurtRecord]]
     sent: dict[tuple[int, int], float]  #: (ssrc, sequence) -> when it left the emulator
+    due: dict[tuple[int, int], float]  #: (ssrc, sequence) -> when its sender scheduled it
     frames: dict[tuple[int, int], listening.AudioFrame]  #: (user id, sequence) -> first frame of it
     tracks: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  #: format -> track -> mono
 
@@ -120,6 +124,32 @@ class Recording:
         """The reference sample of a spurt: when its first packet left the emulator (None: lost)."""
         sent = self.sent.get((member.ssrc, spurt.frames[0].sequence))
         return None if sent is None else (sent - self.before) * RATE
+
+    def earliest(self, member: Any, spurt: SpurtRecord) -> float:
+        """The earliest sample the wire allows for the spurt's start: the emulator shares the
+        cores and now and then sends a spurt's first packet late and the next ones on time;
+        a packet that left ``x`` ms after it was due shows that the spurt was under way ``x``
+        ms after its first packet was due, so a receiver reading the RTP spacing may place
+        the spurt that early (see :func:`off_by`)."""
+        return earliest_start(self.sent, self.due, member.ssrc, spurt, self.before)
+
+    def explain(self, member: Any, spurt: SpurtRecord) -> list[str]:
+        """The spurt's first packets as the wire and the pipeline saw them (ms): how late each
+        left the emulator after its sender scheduled it, when it arrived after that, and where
+        its frame lies against when it left (a failure message)."""
+        out = []
+        for f in spurt.frames[:5]:
+            key = (member.ssrc, f.sequence)
+            sent, frame = self.sent.get(key), self.frames.get((member.user_id, f.sequence))
+            if sent is None or frame is None:
+                out.append(f"seq {f.sequence}: {'lost' if sent is None else 'no frame'}")
+                continue
+            out.append(
+                f"seq {f.sequence}: left {(sent - self.due[key]) * 1e3:+.1f} after due, "
+                f"arrived {(frame.arrival - sent) * 1e3:+.1f} after, "
+                f"placed {(frame.position / RATE + self.before - sent) * 1e3:+.1f} ({frame.kind.name})"
+            )
+        return out
 
     def placed(self) -> list[tuple[str, int, Any, SpurtRecord, float]]:
         """``(member name, index, member, spurt, reference sample)`` of every spurt whose first
@@ -204,7 +234,13 @@ async def _record(pool: Any, out: Path) -> Recording:
     frames: dict[tuple[int, int], listening.AudioFrame] = {}
     for f in collect.frames:
         frames.setdefault((f.user_id, f.sequence), f)
-    rec = Recording(before, after_, origin, members, spurts, dict(tap.sent), frames)
+    due = {
+        (members[n].ssrc, f.sequence): server._to_loop_time(f.send_time)
+        for n, ss in spurts.items()
+        for s in ss
+        for f in s.frames
+    }
+    rec = Recording(before, after_, origin, members, spurts, dict(tap.sent), due, frames)
     for sink in sinks:
         cls = sink.file_type
         rec.tracks[cls.__name__] = {n: _mono(out / cls.__name__ / f"{n}{cls.extension}") for n in [*PLAN, "mixed"]}
@@ -229,6 +265,24 @@ def recording(pool: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 # ---- helpers -----------------------------------------------------------------------------
+
+
+def earliest_start(
+    sent: dict[tuple[int, int], float], due: dict[tuple[int, int], float], ssrc: int, spurt: SpurtRecord, before: float
+) -> float:
+    """:meth:`Recording.earliest`: the first packet's due time plus the least lateness among
+    the spurt's first five packets on the wire, as a sample counted from ``before``."""
+    keys = [(ssrc, f.sequence) for f in spurt.frames[:5]]
+    late = [sent[k] - due[k] for k in keys if k in sent]
+    return (due[keys[0]] + min(late) - before) * RATE
+
+
+def off_by(at: float, earliest: float, ref: float) -> float:
+    """How far ``at`` lies outside ``[earliest, ref]`` (0 inside): a spurt's start may lie
+    anywhere between the earliest sample its packets' departures allow and the moment its
+    first packet left; both are what a receiver can know (they differ only when the
+    emulator sent that first packet late)."""
+    return at - ref if at > ref else min(0.0, at - earliest)
 
 
 def reference_decode(spurt: SpurtRecord) -> np.ndarray:
@@ -301,18 +355,21 @@ def test_sample_zero_is_taken_during_the_call_to_listen(recording: Recording) ->
 
 def test_each_spurt_starts_where_its_first_packet_left_the_emulator(recording: Recording) -> None:
     """``AudioFrame.position`` of each spurt's first frame against the moment its first packet
-    really left the emulator: median |error| within 1 ms, every spurt within 10 ms."""
-    errors, rows = [], {}
+    really left the emulator: median |error| within 1 ms, every spurt within 10 ms of the
+    window its packets' departures allow (:func:`off_by`)."""
+    errors, rows, worst = [], {}, {}
     for name, i, member, spurt, ref in recording.placed():
         frame = recording.frames.get((member.user_id, spurt.frames[0].sequence))
         assert frame is not None, f"{name} spurt {i}: its first frame never reached the sink"
         err = frame.position - ref
         errors.append(err)
         rows[f"{name}[{i}]"] = round(err, 1)
+        if abs(off_by(frame.position, recording.earliest(member, spurt), ref)) > 480:
+            worst[f"{name}[{i}]"] = recording.explain(member, spurt)
     MEASURED["a_position_error_samples"] = {**spread(errors), "per_spurt": rows}
     assert len(errors) >= 15, rows
     assert statistics.median(abs(e) for e in errors) <= 48, rows
-    assert all(abs(e) <= 480 for e in errors), rows
+    assert not worst, f"spurts more than 10 ms off: {worst}; all: {rows}"
 
 
 # ---- (b) the files -------------------------------------------------------------------------------
@@ -328,7 +385,13 @@ def _locate_all(recording: Recording, fmt: str) -> dict[str, list[dict[str, Any]
         for which, track in (("user", tracks[name]), ("mixed", tracks["mixed"])):
             at, r = locate(track, pcm, round(ref))
             out[which].append(
-                {"spurt": f"{name}[{i}]", "lag": at - ref, "vs_position": at - frame.position, "r": round(r, 3)}
+                {
+                    "spurt": f"{name}[{i}]",
+                    "lag": at - ref,
+                    "off": off_by(at, recording.earliest(member, spurt), ref),
+                    "vs_position": at - frame.position,
+                    "r": round(r, 3),
+                }
             )
     return out
 
@@ -337,7 +400,8 @@ def _locate_all(recording: Recording, fmt: str) -> dict[str, list[dict[str, Any]
 def test_every_file_holds_each_spurt_at_its_reference_sample(recording: Recording, fmt: str) -> None:
     """Each spurt, found in the file by cross-correlation with a fresh decode of the packets it
     sent, starts where its first packet left the emulator: the median over the spurts within a
-    few samples, in the user's track and in the mixed track, every spurt within 10 ms.
+    few samples, in the user's track and in the mixed track, every spurt within 10 ms of the
+    window its packets' departures allow (:func:`off_by`).
 
     Sample 0 lies somewhere within the call to ``listen()``: measured from the clock read
     before it a spurt may look early by up to the call's length (which the position test
@@ -355,7 +419,9 @@ def test_every_file_holds_each_spurt_at_its_reference_sample(recording: Recordin
         # (the others talk over most spurts in the mix: a lower correlation, the same peak)
         assert len(rows) >= 15 and statistics.median(r["r"] for r in rows) > (0.8 if which == "user" else 0.4), rows
         assert -4 - width <= statistics.median(lags) <= 4, (which, width, rows)
-        assert all(abs(lag) <= 480 for lag in lags), (which, rows)
+        spurts = {f"{name}[{i}]": (member, spurt) for name, i, member, spurt, _ in recording.placed()}
+        worst = [(row, recording.explain(*spurts[row["spurt"]])) for row in rows if abs(row["off"]) > 480]
+        assert not worst, f"{which} track, spurts more than 10 ms off: {worst}; all: {rows}"
 
 
 def test_every_format_is_the_wav_track_to_the_sample(recording: Recording) -> None:
@@ -434,7 +500,8 @@ def test_the_speech_lies_the_opus_lookahead_after_the_packets(recording: Recordi
 async def test_a_spurt_in_the_first_second_is_placed_where_it_arrived(pool: Any) -> None:
     """alice speaks first (the session's first datagrams), then, after a pause long enough for
     the socket thread to go back to discord.py, bob, then alice again: each spurt starts where
-    its first packet left the emulator (within 10 ms). It failed while the socket thread dated
+    its first packet left the emulator (within 10 ms of the window the wire allows, see
+    :func:`off_by`). It failed while the socket thread dated
     every burst's first datagram with the socket's last-receive stamp, which Linux stops
     updating once SO_TIMESTAMPNS is on: bob's first spurt landed where alice's began, ~0.7 s
     early (~-32700 samples). Such datagrams are now timed when discord.py's reader hands them
@@ -468,9 +535,12 @@ async def test_a_spurt_in_the_first_second_is_placed_where_it_arrived(pool: Any)
         vc.stop_listening()
         assert await asyncio.wait_for(ended, 20) is None
     frames = {(f.user_id, f.sequence): f for f in reversed(collect.frames)}
-    errors = {}
+    due = {(m.ssrc, f.sequence): server._to_loop_time(f.send_time) for m, s in said for f in s.frames}
+    errors, off = {}, {}
     for k, (member, spurt) in enumerate(said):
         ref = (tap.sent[(member.ssrc, spurt.frames[0].sequence)] - before) * RATE
-        errors[f"{member.name}[{k}]"] = round(frames[(member.user_id, spurt.frames[0].sequence)].position - ref, 1)
+        at = frames[(member.user_id, spurt.frames[0].sequence)].position
+        errors[f"{member.name}[{k}]"] = round(at - ref, 1)
+        off[f"{member.name}[{k}]"] = off_by(at, earliest_start(tap.sent, due, member.ssrc, spurt, before), ref)
     MEASURED["first_second_position_error_samples"] = errors
-    assert all(abs(e) <= 480 for e in errors.values()), errors
+    assert all(abs(e) <= 480 for e in off.values()), (errors, off)
