@@ -264,6 +264,11 @@ ESCAPED = {
         "lost = slot.take_lost(inc)",
         "lost = {} if slot.take_lost(inc) else {}",
     ),
+    "the first packet after a stall released before the burst behind it": (
+        "reorder.py",
+        "if not heap or now < self._hold_until:",
+        "if not heap:",
+    ),
     "Ogg Opus one sample off the other formats": (
         "files/oggopus.py",
         "pre_skip=0,",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import struct
 import sys
 import threading
@@ -1066,3 +1067,48 @@ async def test_delay_dave_to_bot_is_validated_and_needs_dave() -> None:
     async with VoiceServerEmulator(seed=42, dave=False) as server:
         with pytest.raises(EmulatorError, match="DAVE is off"):
             server.delay_dave_to_bot(0.2)
+
+
+async def test_a_stalled_link_holds_everything_then_drains_the_backlog_in_order() -> None:
+    from discord.ext.listening.testing.media import MediaServer
+
+    class Quiet:
+        def on_ip_discovery(self, ssrc: int, address: tuple[str, int]) -> None:
+            pass
+
+        def on_datagram(self, data: bytes, address: tuple[str, int]) -> None:
+            pass
+
+    loop = asyncio.get_running_loop()
+    got: list[tuple[float, bytes]] = []
+
+    class Bot(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            got.append((loop.time(), data))
+
+    bot, _ = await loop.create_datagram_endpoint(Bot, local_addr=("127.0.0.1", 0))
+    media = MediaServer(Quiet())
+    await media.start()
+    try:
+        for bad in (0, -1, 31, True, "1"):
+            with pytest.raises(ValueError, match="seconds"):
+                media.stall(bad)  # type: ignore[arg-type]
+        for bad_spacing in (-0.001, 0.021, True):
+            with pytest.raises(ValueError, match="spacing"):
+                media.stall(0.1, bad_spacing)  # type: ignore[arg-type]
+        addr = bot.get_extra_info("sockname")
+        start = loop.time()
+        media.stall(0.1, 0.005)
+        for k in range(5):
+            media.schedule(bytes([k]), addr, start + 0.001 * k)
+        media.schedule(b"after", addr, start + 0.3)  # due after the stall: on time, not spaced
+        await media.drain(5)
+        await asyncio.sleep(0.05)
+    finally:
+        await media.stop()
+        bot.close()
+    assert [d for _, d in got] == [bytes([k]) for k in range(5)] + [b"after"]
+    times = [t - start for t, _ in got]
+    assert min(times) >= 0.1  # nothing got through the stall
+    assert all(b - a >= 0.005 for a, b in itertools.pairwise(times[:5]))  # the backlog drains spaced
+    assert times[5] >= 0.3

@@ -1,9 +1,11 @@
 """What the receive path holds back or makes up, end to end through the voice server: FEC
 for an isolated lost packet, frames held until their owner is named or their DAVE key
-arrives, and packets a dead decode worker took with it counted exactly. Each test was seen
-to fail with its behaviour removed: the FEC branch of decoding.DecoderSet._gap, the no-owner
-wait of receive.PacketReceiver._decrypt_pending, the retryable DAVE errors of
-dave.RETRYABLE, the in-flight report of pool.processes._retire."""
+arrives, packets a dead decode worker took with it counted exactly, and the first packet
+after a network stall held for the burst behind it. Each test was seen to fail with its
+behaviour removed: the FEC branch of decoding.DecoderSet._gap, the no-owner wait of
+receive.PacketReceiver._decrypt_pending, the retryable DAVE errors of dave.RETRYABLE, the
+in-flight report of pool.processes._retire, the quiet-stretch hold of
+reorder.JitterBuffer.pop_ready."""
 
 from __future__ import annotations
 
@@ -211,3 +213,38 @@ async def test_first_words_wait_for_a_dave_key_that_arrives_after_them(pool) -> 
     assert [f.sequence for f in got] == [f.sequence for f in spurt.frames], "first words lost while the key was late"
     ref = reference([spurt])
     assert all(f.audio == ref[f.sequence] for f in got)
+
+
+@pytest.mark.parametrize("clock", ["webrtc", "discordpy"])
+async def test_a_network_stall_mid_speech_leaves_the_rest_of_the_speech_where_it_was_spoken(
+    pool: Any, clock: str
+) -> None:
+    """The link to the bot stalls for 250 ms while a member talks on, then delivers the
+    backlog, 2 ms apart. Every frame is heard, each exactly its RTP distance after the first
+    (the speech after the stall is not pushed 250 ms late, nor is the rest of the spurt); the
+    audio is a lossless decode of what was sent. It failed while the jitter buffer let the
+    first packet of the burst out alone: placed by its late arrival after more than the
+    timeline's 0.2 s gap, it moved everything after it by the stall."""
+    async with VoiceServerEmulator(seed=54) as server:
+        dora = await server.add_member(5400, "dora", clock=clock)
+        vc, sink, done = await connect_and_listen(server, pool)
+        wire = WireTap(server)
+        talk = asyncio.create_task(dora.speak(speechlike(2.0, seed=24)))
+        await server.wait_until(
+            lambda: sum(ssrc == dora.ssrc for ssrc, _ in wire.sent) >= 30, timeout=5, what="dora's first packets"
+        )
+        server.stall_media_to_bot(0.25, spacing=0.002)  # the backlog drains at 10x real time
+        spurt = await talk
+        await server.drain()
+        await settle(server, vc, (dora, [spurt]))
+        await wait_for_sink(server, vc, (dora, [spurt]))
+        await stop_listening(vc, done)
+    late = [wire.sent[(dora.ssrc, f.sequence)] - server._to_loop_time(f.send_time) for f in spurt.frames]
+    assert max(late) >= 0.2, f"the stall held nothing up: {max(late):.3f} s late at most"
+    got = sink.by_user()[5400]
+    assert [f.sequence for f in got] == [f.sequence for f in spurt.frames]
+    offsets = {f.position - 960 * k for k, f in enumerate(got)}
+    assert len(offsets) == 1, sorted(offsets)
+    ref = reference([spurt])
+    assert all(f.audio == ref[f.sequence] for f in got)
+    assert vc.listen_stats.total.dropped == {}

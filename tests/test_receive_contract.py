@@ -619,10 +619,10 @@ def test_after_reset_an_old_looking_packet_is_judged_only_against_the_new_stream
 def test_next_deadline_is_now_for_the_next_packet_of_the_stream_being_finished() -> None:
     jb = JitterBuffer(depth=0.05)
     assert jb.next_deadline() is None
-    jb.push(100, 1000, "a", 0.0)
-    assert jb.next_deadline() == 0.05  # a stream's first packet waits depth
-    assert [r.payload for r in jb.pop_ready(0.05)] == ["a"]
-    jb.push(102, 2920, "c", 0.1)  # 101 missing
+    jb.push(100, 1000, "a", 0.05)
+    assert jb.next_deadline() == 0.1  # a stream's first packet waits depth
+    assert [r.payload for r in jb.pop_ready(0.1)] == ["a"]
+    jb.push(102, 2920, "c", 0.1)  # 101 missing (and "c" comes within depth of "a": no quiet stretch)
     assert jb.next_deadline() == 0.1 + 0.05
     assert jb.push(30000, 900000, "new", 0.11) is PushResult.RESTART
     assert jb.next_deadline() == 0.1 + 0.05
@@ -791,9 +791,9 @@ def test_a_straggler_of_a_finished_stream_is_duplicate_only_if_its_place_was_rel
 def test_a_straggler_of_the_stream_still_being_released_fills_its_place(new_seq: int, new_ts: int) -> None:
     jb = JitterBuffer(depth=0.05)
     for seq in (100, 101):
-        jb.push(seq, seq * 960, seq, 0.0)
-    assert [r.payload for r in jb.pop_ready(0.05)] == [100, 101]
-    jb.push(103, 103 * 960, 103, 0.1)  # 102 missing: 103 waits
+        jb.push(seq, seq * 960, seq, 0.05)
+    assert [r.payload for r in jb.pop_ready(0.1)] == [100, 101]
+    jb.push(103, 103 * 960, 103, 0.1)  # 102 missing: 103 waits (within depth of 101: no quiet stretch)
     assert jb.push(new_seq, new_ts, "B", 0.11) is PushResult.RESTART
     assert jb.push(101, 101 * 960, "dup", 0.12) is PushResult.DUPLICATE  # released already
     assert jb.push(103, 103 * 960, "dup", 0.12) is PushResult.DUPLICATE  # held already

@@ -190,9 +190,36 @@ def test_first_packet_waits_depth_then_in_order_packets_leave_on_arrival() -> No
     got = jb.pop_ready(1.0 + DEPTH)
     assert [r.sequence for r in got] == [4, 5]
     assert got[0].new_stream and not got[1].new_stream
-    jb.push(6, TS0 + 1920, "c", 1.2)
-    assert jb.next_deadline() == 1.2
-    assert [r.payload for r in jb.pop_ready(1.2)] == ["c"]
+    jb.push(6, TS0 + 1920, "c", 1.065)  # within depth of the one before it
+    assert jb.next_deadline() == 1.065
+    assert [r.payload for r in jb.pop_ready(1.065)] == ["c"]
+
+
+def test_a_packet_after_a_quiet_stretch_waits_for_the_burst_a_stall_held_up() -> None:
+    """A network stall holds packets back and delivers them in a burst: the first of them,
+    released alone, would be placed by its late arrival and shift the rest of the speech by
+    the stall. A packet coming more than ``depth`` after its predecessor waits ``depth``, so
+    the burst comes out with it (arrivals exact); within ``depth`` it leaves at once."""
+    jb = JitterBuffer(depth=DEPTH)
+    early = stream(10)  # 0.00 .. 0.18
+    stalled = [(0.18 + 0.2 + 0.0001 * k, seq_add(1000, 10 + k), TS0 + 960 * (10 + k)) for k in range(10)]
+    out = simulate(jb, early + stalled)
+    by_seq = {r.sequence: (t, r) for t, r in out}
+    assert [r.sequence for _, r in out] == [seq_add(1000, k) for k in range(20)]
+    assert [by_seq[seq_add(1000, 10 + k)][0] for k in range(10)] == [pytest.approx(0.38 + DEPTH, abs=TICK)] * 10
+    assert [by_seq[seq_add(1000, 10 + k)][1].arrival for k in range(10)] == [a for a, _, _ in stalled]
+    assert jb.stats.lost == 0
+    # the deadline says so, and a packet after the burst, in time, is not held
+    jb2 = JitterBuffer(depth=DEPTH)
+    jb2.push(1, TS0, "a", 0.0)
+    assert [r.payload for r in jb2.pop_ready(DEPTH)] == ["a"]
+    jb2.push(2, TS0 + 960, "b", 0.3)
+    assert jb2.pop_ready(0.3) == [] and jb2.next_deadline() == pytest.approx(0.3 + DEPTH)
+    jb2.push(3, TS0 + 1920, "c", 0.3 + DEPTH)  # exactly depth after: not a quiet stretch
+    assert [r.payload for r in jb2.pop_ready(0.3 + DEPTH)] == ["b", "c"]
+    jb2.push(4, TS0 + 2880, "d", 0.3 + 2 * DEPTH)
+    assert jb2.next_deadline() == pytest.approx(0.3 + 2 * DEPTH)
+    assert [r.payload for r in jb2.pop_ready(0.3 + 2 * DEPTH)] == ["d"]
 
 
 def test_wrap_with_reordering_around_it() -> None:
@@ -240,7 +267,9 @@ def test_long_idle_gap_is_not_loss() -> None:
     assert len(out) == 100
     assert jb.stats.lost == 0 and jb.stats.restarts == 0
     t50, r50 = next((t, r) for t, r in out if r.sequence == seq_add(65500, 50))
-    assert t50 == r50.arrival == gap and r50.lost_before == 0 and not r50.new_stream
+    # it waits depth, as after any quiet stretch (see the stall test), and keeps its arrival
+    assert t50 == pytest.approx(gap + DEPTH) and r50.arrival == gap
+    assert r50.lost_before == 0 and not r50.new_stream
 
 
 def test_restart_is_a_new_stream_not_thirty_thousand_losses() -> None:

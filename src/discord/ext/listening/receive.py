@@ -126,7 +126,8 @@ class PacketReceiver:
     origin: :class:`float`
         The monotonic time of the recording timeline's sample 0.
     jitter_depth: :class:`float`
-        Seconds a packet waits for missing predecessors before they are declared lost.
+        Seconds a packet waits for missing predecessors before they are declared lost
+        (and the first packet after a quiet stretch waits, see :class:`.JitterBuffer`).
     hold_time: :class:`float`
         Seconds a packet may wait for its user or DAVE key before it is dropped (counted).
     max_held: :class:`int`

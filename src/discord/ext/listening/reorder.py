@@ -53,8 +53,9 @@ class JitterBuffer:
     arrived; then everything before that packet comes out in order and the missing sequence
     numbers in between are declared lost (:attr:`Released.lost_before`). So after a loss the
     following packet waits at most ``depth``, never longer, and an in-order packet waits not
-    at all. The first packet of a stream waits ``depth`` (there is no history to say whether
-    an earlier one is still coming); ``arrival`` on every released packet stays exact.
+    at all (unless it ends a quiet stretch, see below). The first packet of a stream waits
+    ``depth`` (there is no history to say whether an earlier one is still coming);
+    ``arrival`` on every released packet stays exact.
 
     Sequence windows, relative to the highest sequence number seen (RFC 3550 appendix A.1
     uses the same idea with 3000/100):
@@ -81,7 +82,12 @@ class JitterBuffer:
 
     Long idle gaps are not losses: both Discord's clients and discord.py keep the sequence
     contiguous across silence (only the timestamp may jump), so the first packet after
-    minutes of quiet is simply the next expected one and is released at once.
+    minutes of quiet is simply the next expected one. It waits ``depth`` all the same, like
+    a stream's first packet, whenever it comes more than ``depth`` after the stream's
+    previous packet: a network stall holds packets back and then delivers them in a burst,
+    and the first of them taken alone looks like a pause (the caller would shift the rest of
+    the speech by the stall, see :func:`.timeline.debursted_arrivals`); held, it comes out
+    together with the burst. Only the first packet after a pause or a stall pays this.
 
     Memory is bounded: at most ``max_packets`` are held; when a push finds the buffer full,
     the held packet with the lowest sequence number is dropped and counted in
@@ -119,6 +125,7 @@ class JitterBuffer:
         "_heap",
         "_hist",
         "_hist_mask",
+        "_hold_until",
         "_late",
         "_live_at",
         "_lost",
@@ -166,6 +173,9 @@ class JitterBuffer:
         # old-looking packets that may turn out to be a restarted sender:
         # (sequence, timestamp, count, arrival of the first).
         self._live_at = float("-inf")
+        # pop_ready releases nothing before this (a packet that came after a quiet stretch
+        # waits for the ones a stall may have held up behind it).
+        self._hold_until = float("-inf")
         self._probe: tuple[int, int, int, float] | None = None
         self.depth = float(depth)
         self.max_packets = max_packets
@@ -255,6 +265,7 @@ class JitterBuffer:
             self._ref_ext = ref = sequence & SEQ_MASK
             self._ref_seq = sequence
             self._ref_ts = timestamp
+            self._live_at = now
             return self._store(ref, sequence, timestamp, payload, now, PushResult.ACCEPTED)
         d = ((sequence - self._ref_seq + SEQ_HALF) & SEQ_MASK) - SEQ_HALF  # seq_diff, inlined
         if d > 0:
@@ -265,6 +276,8 @@ class JitterBuffer:
                 if td < 0 and d > self.max_dropout:
                     return self._old(sequence, timestamp, payload, now)
                 return self._restart(sequence, timestamp, payload, now)
+            if now - self._live_at > self.depth:
+                self._hold_until = now + self.depth
             self._live_at = now
             ext = ref + d
             self._ref_ext = ext
@@ -452,7 +465,7 @@ class JitterBuffer:
             :meth:`next_deadline`, or simply every ~10 ms.
         """
         heap = self._heap
-        if not heap:
+        if not heap or now < self._hold_until:
             return []
         if len(heap) == 1 and heap[0] == self._nxt and not self._bounds:
             # The steady state: one packet, the next expected. Same effect as _release.
@@ -481,6 +494,7 @@ class JitterBuffer:
         gap that leaves is not loss.
         """
         out = self.flush()
+        self._hold_until = float("-inf")
         self._bounds.clear()
         self._fifo.clear()
         self._nxt = None
@@ -505,11 +519,11 @@ class JitterBuffer:
             return None
         heap = self._heap
         if heap[0] == self._nxt and not (self._bounds and heap[0] >= self._bounds[0]):
-            return buf[heap[0]].arrival
+            return max(buf[heap[0]].arrival, self._hold_until)
         fifo = self._fifo
         while fifo[0] not in buf:
             fifo.popleft()
-        return buf[fifo[0]].arrival + self.depth
+        return max(buf[fifo[0]].arrival + self.depth, self._hold_until)
 
     def _finish_streams(self, head: int, nxt: int | None, hist: int) -> None:
         # The release point crosses into the stream holding ``head`` (skipping streams whose

@@ -184,7 +184,8 @@ class VoiceClient(discord.VoiceClient):
             ended because of an exception.
         jitter_depth: :class:`float`
             Seconds a packet may wait for the ones before it (reordering tolerance); also the
-            added latency after a loss.
+            added latency after a loss, and of the first packet after a pause or a network
+            stall (which waits for the rest of a stall's late burst, to keep its place).
         sink_queue_size: :class:`int`
             Frames buffered for a slow sink before frames are dropped (and counted).
         **kwargs

@@ -619,6 +619,21 @@ class VoiceServerEmulator:
             raise EmulatorError("DAVE is off in this emulator (dave=False)")
         self._dave.bot_delay = float(seconds)
 
+    def stall_media_to_bot(self, seconds: float, *, spacing: float = 0.0) -> None:
+        """Fault: the network to the bot stalls for ``seconds``, then delivers the backlog.
+
+        Every datagram due to reach the bot meanwhile (media, RTCP, probes) waits, then
+        arrives in order, ``spacing`` seconds apart (``0``: in one burst), as a congested or
+        roaming link delivers it: late and bunched, with nothing lost. The members keep
+        talking at their own pace throughout.
+
+        Raises
+        ------
+        ValueError
+            ``seconds`` is not within (0, 30], or ``spacing`` not within 0..0.02.
+        """
+        self.media.stall(seconds, spacing)
+
     async def inject(
         self,
         kind: FaultKind,

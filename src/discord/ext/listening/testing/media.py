@@ -241,6 +241,9 @@ class MediaServer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._sender: asyncio.Task[None] | None = None
+        # Loop time before which nothing scheduled goes out (see stall).
+        self._stall_until = float("-inf")
+        self._stall_spacing = 0.0
         #: Counters, for tests and logs.
         self.sent = 0
         self.received = 0
@@ -312,6 +315,20 @@ class MediaServer:
         self._wakeup.set()
         return True
 
+    def stall(self, seconds: float, spacing: float = 0.0) -> None:
+        """Send nothing scheduled for the next ``seconds``, then the backlog, ``spacing``
+        seconds apart (``0``: at once, paced by ``burst``): a link that stalls and then
+        delivers what it held up, late and bunched. Datagrams sent with :meth:`send_now`
+        are not held."""
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 30:
+            raise ValueError(f"seconds must be within (0, 30], got {seconds!r}")
+        if isinstance(spacing, bool) or not isinstance(spacing, (int, float)) or not 0 <= spacing <= 0.02:
+            raise ValueError(f"spacing must be 0..0.02 seconds, got {spacing!r}")
+        loop = asyncio.get_running_loop()
+        self._stall_until = max(self._stall_until, loop.time() + seconds)
+        self._stall_spacing = float(spacing)
+        self._wakeup.set()
+
     def is_silent(self, addr: tuple[str, int]) -> bool:
         """Whether media to ``addr`` is withheld now: nothing heard from it for ``media_timeout``."""
         if self.media_timeout is None:
@@ -348,7 +365,7 @@ class MediaServer:
                 in_burst = 0
                 await asyncio.sleep(self.burst_pause)
                 continue
-            delay = self._heap[0][0] - loop.time()
+            delay = max(self._heap[0][0], self._stall_until) - loop.time()
             if delay > 0:
                 in_burst = 0
                 self._wakeup.clear()
@@ -358,7 +375,7 @@ class MediaServer:
                 except TimeoutError:
                     pass
                 continue
-            _, _, data, addr, on_sent, media = heapq.heappop(self._heap)
+            due, _, data, addr, on_sent, media = heapq.heappop(self._heap)
             in_burst += 1
             if media and self.is_silent(addr):
                 self.withheld += 1
@@ -373,3 +390,5 @@ class MediaServer:
                     on_sent()
                 except Exception:
                     _log.exception("on_sent callback failed")
+            if due < self._stall_until and self._stall_spacing:
+                await asyncio.sleep(self._stall_spacing)  # held up by a stall: the backlog drains
