@@ -591,3 +591,19 @@ def test_default_pool_size_follows_the_cpu_count(
 ) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: cpus)
     assert get_default_pool().max_processes == workers
+
+
+def test_restarts_back_off_only_past_a_burst_within_the_window() -> None:
+    slot = Slot(0, 100, threading.Event())
+    # three restarts within 10 s go at once, then the wait doubles from 0.5 s up to 10 s
+    delays = [slot.schedule_restart(100.0 + k) for k in range(9)]
+    assert delays == [0.0, 0.0, 0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0]
+    assert slot.restarts == 9 and slot.next_start == 108.0 + 10.0
+    # a restart 10 s after another no longer counts it: the window is strictly shorter
+    slot = Slot(0, 100, threading.Event())
+    for t in (0.0, 1.0, 2.0):
+        slot.schedule_restart(t)
+    assert slot.schedule_restart(10.0) == 0.0  # 0.0 left the window: 1.0, 2.0, 10.0
+    assert slot.restart_times == [1.0, 2.0, 10.0]
+    assert slot.schedule_restart(10.5) == 0.5 and slot.next_start == 11.0  # 1.0, 2.0, 10.0, 10.5
+    assert slot.schedule_restart(30.0) == 0.0 and slot.restart_times == [30.0] and slot.restarts == 6

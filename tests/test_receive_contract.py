@@ -846,3 +846,39 @@ def test_an_undecryptable_dave_frame_is_counted_received_and_dropped_under_its_s
     assert stats.user(ALICE).received == 4
     assert stats.user(ALICE).dropped == Counter({DropReason.undecryptable: 3})
     assert stats.user(None).received == 0
+
+
+def test_receiver_defaults_and_each_bad_argument_named() -> None:
+    r = PacketReceiver(SSRCMap(), ListenStats(), origin=0.0)
+    assert (r.jitter_depth, r.hold_time, r.max_held, r.max_streams, r.origin) == (0.06, 5.0, 500, 256, 0.0)
+    for kwargs in (
+        {"jitter_depth": 0.0},
+        {"jitter_depth": 2.0},
+        {"hold_time": 1e-9},
+        {"max_held": 1},
+        {"max_streams": 1},
+    ):
+        made = PacketReceiver(SSRCMap(), ListenStats(), origin=1.5, **kwargs)  # type: ignore[arg-type]
+        ((name, value),) = kwargs.items()
+        assert getattr(made, name) == value and made.origin == 1.5
+    bad = [
+        ({"jitter_depth": -1e-9}, "jitter_depth must be within 0..2 seconds, got -1e-09"),
+        ({"jitter_depth": 2.001}, "jitter_depth must be within 0..2 seconds, got 2.001"),
+        ({"hold_time": 0.0}, "hold_time must be positive, got 0.0"),
+        ({"max_held": 0}, "max_held and max_streams must be at least 1"),
+        ({"max_streams": 0}, "max_held and max_streams must be at least 1"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(ValueError) as caught:
+            PacketReceiver(SSRCMap(), ListenStats(), origin=0.0, **kwargs)  # type: ignore[arg-type]
+        assert str(caught.value) == message
+
+
+def test_the_receivers_jitter_depth_is_its_buffers_depth() -> None:
+    m = SSRCMap()
+    m.set_audio(11, ALICE)
+    receiver, _ = _receiver(m, jitter_depth=0.1)
+    s = _Sender(11)
+    receiver.datagram(s.packet(PLAIN[0]), 1.0)
+    assert receiver.poll(1.099)[0] == []  # a stream's first packet waits the depth
+    assert [p.sequence for p in receiver.poll(1.1)[0]] == [1000]

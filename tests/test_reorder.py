@@ -533,3 +533,64 @@ def test_straggler_of_a_stream_that_overflow_just_finished_is_late_not_a_huge_ga
     assert all(r.lost_before < 10 for r in got), got
     s = jb.stats
     assert s.received == s.released + s.duplicates + s.late + s.overflow
+
+
+def test_the_defaults_are_the_documented_ones() -> None:
+    jb = JitterBuffer()
+    assert (jb.depth, jb.max_packets, jb.max_dropout, jb.max_misorder, jb.restart_probation) == (
+        0.06,
+        256,
+        1000,
+        100,
+        50,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"depth": -1e-9}, "depth must be >= 0 seconds, got -1e-09"),
+        ({"depth": float("nan")}, "depth must be >= 0 seconds, got nan"),
+        ({"max_packets": 0}, "max_packets must be >= 1, got 0"),
+        ({"max_dropout": 0}, "max_dropout must be within 1..32767, got 0"),
+        ({"max_dropout": 32768}, "max_dropout must be within 1..32767, got 32768"),
+        ({"max_misorder": 0}, "max_misorder must be within 1..32767, got 0"),
+        ({"max_misorder": 32768}, "max_misorder must be within 1..32767, got 32768"),
+        ({"restart_probation": 0}, "restart_probation must be >= 1, got 0"),
+    ],
+)
+def test_each_bad_argument_is_named_with_its_bounds(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        JitterBuffer(**kwargs)  # type: ignore[arg-type]
+    assert str(caught.value) == message
+
+
+def test_every_bound_itself_is_accepted() -> None:
+    for kwargs in (
+        {"depth": 0.0},
+        {"max_packets": 1},
+        {"max_dropout": 1},
+        {"max_dropout": 32767},
+        {"max_misorder": 1},
+        {"max_misorder": 32767},
+        {"restart_probation": 1},
+    ):
+        jb = JitterBuffer(**kwargs)  # type: ignore[arg-type]
+        ((name, value),) = kwargs.items()
+        assert getattr(jb, name) == value
+    # depth 0: a stream's first packet goes at once, nothing waits
+    jb = JitterBuffer(depth=0.0)
+    jb.push(7, TS0, "a", 1.0)
+    assert [r.payload for r in jb.pop_ready(1.0)] == ["a"]
+
+
+def test_a_copy_is_told_from_a_late_packet_up_to_max_misorder_behind() -> None:
+    jb = JitterBuffer(depth=DEPTH, max_misorder=5)
+    for k in range(11):
+        jb.push(10 + k, TS0 + 960 * k, k, k * FRAME)
+        assert len(jb.pop_ready(k * FRAME + DEPTH)) == 1
+    # 20 was released last: 20 - 5 = 15 is the oldest place the history remembers
+    assert jb.push(20, TS0 + 960 * 10, "copy", 0.3) is PushResult.DUPLICATE
+    assert jb.push(15, TS0 + 960 * 5, "copy", 0.3) is PushResult.DUPLICATE
+    assert jb.push(14, TS0 + 960 * 4, "old", 0.3) is PushResult.LATE  # outside the window
+    assert (jb.stats.duplicates, jb.stats.late) == (2, 1)

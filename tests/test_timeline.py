@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from discord.ext.listening.reorder import JitterBuffer
+from discord.ext.listening.reorder import JitterBuffer, Released
 from discord.ext.listening.rtp import unix_to_ntp
 from discord.ext.listening.seqmath import seq_add, ts_add
-from discord.ext.listening.timeline import StreamClock, Timeline
+from discord.ext.listening.timeline import StreamClock, Timeline, debursted_arrivals
 
 RATE = 48000
 FRAME = 960
@@ -608,3 +608,30 @@ def test_a_pause_covers_its_first_sample_but_not_the_one_where_recording_resumes
     assert (timeline.paused_at(47999), timeline.paused_at(48000)) == (False, True)
     assert (timeline.paused_at(71999), timeline.paused_at(72000)) == (True, False)
     assert timeline.paused_samples(9.0) == 24000
+
+
+def _rel(seq: int, ts: int, arrival: float, new_stream: bool = False) -> Released:
+    return Released(seq & 0xFFFF, ts & 0xFFFFFFFF, None, arrival, 0, new_stream)
+
+
+def test_debursted_arrivals_caps_each_by_its_successor_minus_their_rtp_distance() -> None:
+    # a burst read at once: each earlier packet could not have been sent later than 20 ms per
+    # frame before the next one (chained from the end)
+    burst = [_rel(65534 + k, 2**32 - 1920 + 960 * k, 1.0 + 0.0001 * k) for k in range(4)]  # wraps
+    assert debursted_arrivals(burst) == pytest.approx([1.0003 - 0.06, 1.0003 - 0.04, 1.0003 - 0.02, 1.0003])
+    # chained: the last packet's early arrival moves both before it, though the middle one came late
+    assert debursted_arrivals([_rel(1, 0, 1.0), _rel(2, 960, 1.05), _rel(3, 1920, 1.0001)]) == pytest.approx(
+        [0.9601, 0.9801, 1.0001]
+    )
+    # a lost packet in between: the cap is two frames
+    assert debursted_arrivals([_rel(1, 0, 1.0), _rel(3, 1920, 1.0001)]) == pytest.approx([0.9601, 1.0001])
+    # paced packets stay as they are (exactly)
+    paced = [_rel(1, 0, 1.0), _rel(2, 960, 1.025), _rel(3, 1920, 1.05)]
+    assert debursted_arrivals(paced) == [1.0, 1.025, 1.05]
+    # a timestamp that does not follow the sequence (a pause, a new clock) is no evidence
+    assert debursted_arrivals([_rel(1, 0, 1.0), _rel(2, 960 * 5, 1.0001)]) == [1.0, 1.0001]
+    assert debursted_arrivals([_rel(1, 0, 1.0), _rel(1, 0, 1.0001)]) == [1.0, 1.0001]  # no step
+    # a new stream is no evidence about the packet before it, but the ones before that still are
+    mixed = [_rel(1, 0, 1.0), _rel(2, 960, 1.0001), _rel(500, 10**6, 1.0002, True), _rel(501, 10**6 + 960, 1.0003)]
+    assert debursted_arrivals(mixed) == pytest.approx([1.0001 - 0.02, 1.0001, 1.0003 - 0.02, 1.0003])
+    assert debursted_arrivals([]) == [] and debursted_arrivals([_rel(1, 0, 2.0)]) == [2.0]

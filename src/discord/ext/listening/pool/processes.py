@@ -52,10 +52,6 @@ _STARTUP_TIMEOUT: Final = 30.0
 _MONITOR_INTERVAL: Final = 0.1
 # Waits on threads and processes during restarts and shutdown.
 _JOIN_TIMEOUT: Final = 2.0
-# Restart backoff: more than this many restarts in the window means a crash loop.
-_RESTART_BURST: Final = 3
-_RESTART_WINDOW: Final = 10.0
-_RESTART_MAX_DELAY: Final = 10.0
 
 # Serializes process starts across pools: under ``fork`` a child inherits every pipe end
 # open at that moment, and a sibling holding a worker's pipe hides that worker's death.
@@ -469,12 +465,7 @@ class AudioProcessPool:
             if lost_total:
                 _log.warning("decode worker %d stopped (%s); %d packets lost", slot.index, reason, lost_total)
             return
-        now = time.monotonic()
-        slot.restarts += 1
-        slot.restart_times = [t for t in slot.restart_times if now - t < _RESTART_WINDOW] + [now]
-        burst = len(slot.restart_times) - _RESTART_BURST
-        delay = 0.0 if burst <= 0 else min(_RESTART_MAX_DELAY, 0.5 * 2 ** (burst - 1))
-        slot.next_start = now + delay
+        delay = slot.schedule_restart(time.monotonic())
         hint = ""
         if not inc.ready and self.start_method != "fork":
             hint = ' (it died before starting: is the main module guarded by `if __name__ == "__main__":`?)'

@@ -33,6 +33,10 @@ _BUNDLE_ITEMS: Final = 512
 DIRECT_BYTES: Final = 32768
 _SOCKET_BUFFER: Final = 1 << 20
 _LOG_INTERVAL: Final = 5.0
+# Restart backoff: more than this many restarts in the window means a crash loop.
+RESTART_BURST: Final = 3
+RESTART_WINDOW: Final = 10.0
+RESTART_MAX_DELAY: Final = 10.0
 
 
 class Incarnation:
@@ -107,6 +111,19 @@ class Slot:
         self.restarts = 0
         self.restart_times: list[float] = []
         self.next_start = 0.0
+
+    def schedule_restart(self, now: float) -> float:
+        """Count a restart at ``now`` and set :attr:`next_start`; returns the delay before it.
+
+        Up to :data:`RESTART_BURST` restarts within :data:`RESTART_WINDOW` seconds go at
+        once; each one more doubles the wait from 0.5 s, up to :data:`RESTART_MAX_DELAY`
+        (a worker that dies on start must not spin a core)."""
+        self.restarts += 1
+        self.restart_times = [t for t in self.restart_times if now - t < RESTART_WINDOW] + [now]
+        burst = len(self.restart_times) - RESTART_BURST
+        delay = 0.0 if burst <= 0 else min(RESTART_MAX_DELAY, 0.5 * 2 ** (burst - 1))
+        self.next_start = now + delay
+        return delay
 
     def wants_worker(self) -> bool:
         """Whether an open stream uses this worker."""
