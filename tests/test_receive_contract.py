@@ -882,3 +882,25 @@ def test_the_receivers_jitter_depth_is_its_buffers_depth() -> None:
     receiver.datagram(s.packet(PLAIN[0]), 1.0)
     assert receiver.poll(1.099)[0] == []  # a stream's first packet waits the depth
     assert [p.sequence for p in receiver.poll(1.1)[0]] == [1000]
+
+
+def test_parked_packets_no_key_opens_are_counted_when_they_expire() -> None:
+    m = SSRCMap()
+    m.set_audio(11, ALICE)
+    receiver, stats = _receiver(m)
+    receiver.datagram(_Sender(11).packet(PLAIN[0]), 0.0)  # the key's first use (no parked packet to retry)
+    forged = _Sender(11)
+    forged.cipher = transport.transport_cipher(transport.AES_GCM, os.urandom(32))
+    for t in (0.0, 0.1, 0.2):
+        receiver.datagram(forged.packet(PLAIN[0]), t)
+    assert receiver.parked_packets == 3 and stats.unattributed == Counter()
+    receiver.datagram(forged.packet(PLAIN[0]), 1.15)  # 0.0 and 0.1 are over a second old now
+    assert receiver.parked_packets == 2
+    assert stats.unattributed == Counter({DropReason.auth_failed: 2})
+    # the bound: the 65th parked packet pushes the oldest out, whatever its age
+    for k in range(62):
+        receiver.datagram(forged.packet(PLAIN[0]), 1.16 + k * 1e-4)
+    assert receiver.parked_packets == 64 and stats.unattributed == Counter({DropReason.auth_failed: 2})
+    receiver.datagram(forged.packet(PLAIN[0]), 1.17)  # (the oldest, from 0.2, is not 1 s old)
+    assert receiver.parked_packets == 64
+    assert stats.unattributed == Counter({DropReason.auth_failed: 3})

@@ -594,3 +594,33 @@ def test_a_copy_is_told_from_a_late_packet_up_to_max_misorder_behind() -> None:
     assert jb.push(15, TS0 + 960 * 5, "copy", 0.3) is PushResult.DUPLICATE
     assert jb.push(14, TS0 + 960 * 4, "old", 0.3) is PushResult.LATE  # outside the window
     assert (jb.stats.duplicates, jb.stats.late) == (2, 1)
+
+
+def test_a_straggler_past_the_old_streams_newest_moves_its_window() -> None:
+    jb = JitterBuffer(depth=DEPTH, max_misorder=5)
+    for seq in range(100, 104):
+        jb.push(seq, seq * 960, seq, 0.0)
+    assert jb.push(30000, 10**7, "new", 0.001) is PushResult.RESTART
+    # one past the old stream's newest: still the old stream, and now its newest
+    assert jb.push(104, 104 * 960, 104, 0.002) is PushResult.ACCEPTED
+    # so 109 is within max_misorder of it (it would not be of 103)
+    assert jb.push(109, 109 * 960, 109, 0.003) is PushResult.ACCEPTED
+    out = jb.pop_ready(1.0)
+    assert [r.sequence for r in out] == [100, 101, 102, 103, 104, 109, 30000]
+    assert out[5].lost_before == 4 and out[6].new_stream
+
+
+def test_an_old_stream_finished_by_overflow_still_tells_its_copies_from_its_late_packets() -> None:
+    jb = JitterBuffer(depth=DEPTH, max_packets=4)
+    for seq in (100, 101):
+        jb.push(seq, seq * 960, seq, 0.0)
+    assert [r.sequence for r in jb.pop_ready(DEPTH)] == [100, 101]
+    jb.push(103, 103 * 960, 103, 0.07)  # 102 missing: 103 waits
+    assert jb.push(30000, 10**7, "new", 0.071) is PushResult.RESTART
+    jb.push(30001, 10**7 + 960, "new", 0.072)
+    jb.push(30002, 10**7 + 1920, "new", 0.073)  # full: 103, 30000..30002
+    assert jb.push(30003, 10**7 + 2880, "new", 0.074) is PushResult.OVERFLOW  # 103 goes
+    assert jb.push(30004, 10**7 + 3840, "new", 0.075) is PushResult.OVERFLOW  # 30000 goes: old stream over
+    # the old stream ended having released 100 and 101: a copy of 101 is a duplicate, 102 late
+    assert jb.push(101, 101 * 960, "copy", 0.08) is PushResult.DUPLICATE
+    assert jb.push(102, 102 * 960, "late", 0.08) is PushResult.LATE
