@@ -904,3 +904,17 @@ def test_parked_packets_no_key_opens_are_counted_when_they_expire() -> None:
     receiver.datagram(forged.packet(PLAIN[0]), 1.17)  # (the oldest, from 0.2, is not 1 s old)
     assert receiver.parked_packets == 64
     assert stats.unattributed == Counter({DropReason.auth_failed: 3})
+
+
+def test_a_frame_still_unclaimed_when_listening_ends_is_tried_against_the_members_once_more(group) -> None:
+    """Flush (listening ends) gives every pending frame one last chance: an SSRC no SPEAKING
+    named is tried against the unmapped members' keys, at the flush's time."""
+    m = SSRCMap()
+    m.update_from_gateway(11, {"user_ids": [str(BOB)]})
+    receiver, stats = _receiver(m)
+    receiver.set_dave(group[BOT].session, 1)
+    s77 = _Sender(77)
+    receiver.datagram(s77.packet(group[BOB].encrypt_opus(PLAIN[0])), 10.0)
+    out = receiver.flush(10.001)  # never polled: the frame is still in the jitter buffer
+    assert [(p.user_id, p.opus) for p in out] == [(BOB, PLAIN[0])]
+    assert m.user_for(77) == BOB and stats.ssrcs_inferred == 1
