@@ -271,7 +271,9 @@ def write_report(complete: bool, elapsed: float) -> dict[str, object]:
     explained = explained_ids()
     logged = {n for n in open_ if only_in_log_calls(n, diffs[n])}
     unexplained = [n for n in open_ if short_id(n) not in explained and n not in logged]
-    stale = sorted(explained - {short_id(n) for n in open_ if n not in logged})
+    # An explanation is stale once its mutant is killed or gone (one not re-checked yet is not).
+    unsettled = {short_id(n) for n, state in status.items() if state == "not checked" or n in open_}
+    stale = sorted(explained - unsettled)
     by_function: dict[str, list[str]] = defaultdict(list)
     for name in unexplained:
         by_function[_function_of(name)].append(name)

@@ -496,7 +496,8 @@ def test_speaking_starts_with_a_packet_and_stops_250_ms_after_the_last() -> None
     receiver.datagram(_Sender(11).packet(PLAIN[0]), 1.0)
     assert receiver.poll(1.1)[1] == [SpeakingChange(11, ALICE, True)]
     assert receiver.poll(1.2)[1] == []
-    assert receiver.poll(1.3)[1] == [SpeakingChange(11, ALICE, False)]
+    assert receiver.poll(1.2499)[1] == []
+    assert receiver.poll(1.25)[1] == [SpeakingChange(11, ALICE, False)]  # 250 ms exactly: stopped
 
 
 def test_a_long_gap_is_concealed_up_to_the_50_frame_budget_and_all_of_it_counted_lost() -> None:
@@ -918,3 +919,52 @@ def test_a_frame_still_unclaimed_when_listening_ends_is_tried_against_the_member
     out = receiver.flush(10.001)  # never polled: the frame is still in the jitter buffer
     assert [(p.user_id, p.opus) for p in out] == [(BOB, PLAIN[0])]
     assert m.user_for(77) == BOB and stats.ssrcs_inferred == 1
+
+
+def test_packets_held_for_their_owner_come_out_as_unheld_ones_would() -> None:
+    """Frames of an SSRC no SPEAKING named yet wait (no DAVE to name it); once op 5 comes they
+    go out with every field as the direct path gives them: sequence, timestamp, position,
+    arrival, audio level, the stream start."""
+    s = _Sender(11)
+    sent = [s.packet(PLAIN[k]) for k in range(4)]
+    arrivals = [1.0 + 0.02 * k for k in range(4)]
+    named = SSRCMap()
+    named.set_audio(11, ALICE)
+    direct, _ = _receiver(named)
+    held_map = SSRCMap()
+    held, _ = _receiver(held_map)
+    for data, t in zip(sent, arrivals):
+        direct.datagram(data, t)
+        held.datagram(data, t)
+    want = direct.poll(1.2)[0]
+    assert held.poll(1.2)[0] == []  # nobody named 11 yet
+    held_map.set_audio(11, ALICE)
+    got = held.poll(1.3)[0]
+    assert got == want and len(got) == 4
+    assert got[0].new_stream and got[0].audio_level == 20 and got[3].arrival == arrivals[3]
+
+
+def test_frames_nobody_claims_go_out_unattributed_after_exactly_hold_time() -> None:
+    receiver, stats = _receiver(SSRCMap(), hold_time=5.0)
+    receiver.datagram(_Sender(11).packet(PLAIN[0]), 1.0)
+    assert receiver.poll(1.1)[0] == [] and receiver.poll(5.999)[0] == []
+    (p,) = receiver.poll(6.0)[0]  # held 5.0 s: out, with no user, not lost
+    assert (p.user_id, p.sequence, p.arrival) == (None, 1000, 1.0)
+    assert stats.user(None).dropped == Counter()
+
+
+def test_a_second_undecryptable_frame_after_good_ones_is_concealed_on_its_own(group) -> None:
+    m = SSRCMap()
+    m.set_audio(11, ALICE)
+    receiver, stats = _receiver(m)
+    receiver.set_dave(group[BOT].session, 1)
+    stale = stale_epoch_member(ALICE, CHANNEL)
+    s11 = _Sender(11)
+    frames = [stale, group[ALICE], stale, group[ALICE]]
+    for i, member in enumerate(frames):
+        receiver.datagram(s11.packet(member.encrypt_opus(PLAIN[i])), 1.0 + i * 0.02)
+    out = receiver.poll(1.5)[0]
+    # each good frame carries the one dropped right before it, and only that one
+    assert [(p.opus, len(p.lost_positions)) for p in out] == [(PLAIN[1], 1), (PLAIN[3], 1)]
+    assert out[1].lost_positions == (out[1].position - 960,)
+    assert stats.user(ALICE).dropped == Counter({DropReason.undecryptable: 2})
