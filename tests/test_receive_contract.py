@@ -968,3 +968,96 @@ def test_a_second_undecryptable_frame_after_good_ones_is_concealed_on_its_own(gr
     assert [(p.opus, len(p.lost_positions)) for p in out] == [(PLAIN[1], 1), (PLAIN[3], 1)]
     assert out[1].lost_positions == (out[1].position - 960,)
     assert stats.user(ALICE).dropped == Counter({DropReason.undecryptable: 2})
+
+
+def test_a_stalls_burst_released_together_keeps_the_speech_at_its_rtp_place() -> None:
+    """20 ms packets, then a 250 ms network stall, then the held-up packets in one burst:
+    released together (the first waits for the burst), each is placed by its successors'
+    arrivals, so every frame lies exactly its RTP distance after the first."""
+    m = SSRCMap()
+    m.set_audio(11, ALICE)
+    receiver, _ = _receiver(m)
+    s = _Sender(11)
+    out = []
+    for k in range(40):
+        due = 1.0 + 0.02 * k
+        at = due if k < 20 else max(due, 1.0 + 0.02 * 20 + 0.25 + 0.0001 * (k - 20))
+        receiver.datagram(s.packet(PLAIN[k % len(PLAIN)]), at)
+        out += receiver.poll(at)[0]  # polled after every datagram: nothing waits for a poll
+    out += receiver.poll(3.0)[0]
+    assert [p.sequence for p in out] == list(range(1000, 1040))
+    assert {p.position - 960 * k for k, p in enumerate(out)} == {out[0].position}
+
+
+def test_a_streams_first_two_packets_read_together_are_placed_by_the_second() -> None:
+    m = SSRCMap()
+    m.set_audio(11, ALICE)
+    receiver, _ = _receiver(m)
+    s = _Sender(11)
+    receiver.datagram(s.packet(PLAIN[0]), 1.05)  # held up 30 ms on the way
+    receiver.datagram(s.packet(PLAIN[1]), 1.0501)
+    first, second = receiver.poll(1.2)[0]
+    assert first.position == round((1.0501 - 0.02) * 48000) and second.position == first.position + 960
+    assert (first.arrival, second.arrival) == (1.05, 1.0501)  # the true arrivals stay on the packets
+
+
+def test_a_discordpy_pause_after_silence_frames_keeps_its_length() -> None:
+    """discord.py sends five silence frames, pauses (its timestamp stands still), and goes on:
+    the pause after silence frames is real time, so the next frame goes where it arrived,
+    though the RTP timestamp would put it right after the silence (a pause shorter than the
+    0.2 s gap and the 0.25 s drift bound)."""
+    m = SSRCMap()
+    m.set_audio(11, ALICE)
+    receiver, _ = _receiver(m)
+    s = _Sender(11)
+    for k in range(5):
+        receiver.datagram(s.packet(PLAIN[k]), 1.0 + 0.02 * k)
+    for k in range(5):
+        receiver.datagram(s.packet(SILENCE_FRAME), 1.1 + 0.02 * k)
+    receiver.datagram(s.packet(PLAIN[5]), 1.35)  # 150 ms after the last silence frame
+    out = receiver.poll(2.0)[0]
+    assert out[-1].position == round(1.35 * 48000)
+    assert out[-1].position - out[-2].position == round(0.15 * 48000) + 960
+
+
+def test_a_restarted_sender_is_placed_where_it_arrived() -> None:
+    """A new stream on the same SSRC (its sequence jumps, its timestamp goes on) starts where
+    it arrived, not where the old stream's RTP time would put it (100 ms earlier)."""
+    m = SSRCMap()
+    m.set_audio(11, ALICE)
+    receiver, _ = _receiver(m)
+    s = _Sender(11)
+    for k in range(5):
+        receiver.datagram(s.packet(PLAIN[k]), 1.0 + 0.02 * k)
+    s.seq = (s.seq + 20000) & 0xFFFF
+    receiver.datagram(s.packet(PLAIN[5]), 1.2)
+    out = receiver.poll(2.0)[0]
+    assert out[-1].new_stream and out[-1].position == round(1.2 * 48000)
+
+
+def test_a_clear_frame_under_dave_is_dropped_not_passed_on(group) -> None:
+    m = SSRCMap()
+    m.set_audio(11, ALICE)
+    receiver, stats = _receiver(m)
+    receiver.set_dave(group[BOT].session, 1)
+    s11 = _Sender(11)
+    receiver.datagram(s11.packet(PLAIN[0]), 1.0)  # audio without DAVE's encryption
+    receiver.datagram(s11.packet(group[ALICE].encrypt_opus(PLAIN[1])), 1.02)
+    out = receiver.poll(1.5)[0]
+    assert [p.opus for p in out] == [PLAIN[1]]
+    assert stats.user(ALICE).dropped == Counter({DropReason.unencrypted: 1})
+
+
+def test_the_concealment_budget_refills_one_frame_per_20_ms_of_real_time() -> None:
+    m = SSRCMap()
+    m.set_audio(11, ALICE)
+    receiver, stats = _receiver(m)
+    s11 = _Sender(11)
+    plan = [(0, 1.0), (99, 1.02), (20, 1.23), (3, 1.33), (4, 1.35)]  # (packets skipped, arrival)
+    for k, (skipped, at) in enumerate(plan):
+        s11.seq, s11.ts = s11.seq + skipped, s11.ts + 960 * skipped
+        receiver.datagram(s11.packet(PLAIN[k]), at)
+    out = receiver.poll(3.0)[0]
+    # 50 at first, spent; 0.21 s later 10.5 (10 used); 0.1 s later 5.5 (3 used); 20 ms later 3.5 (3 used)
+    assert [len(p.lost_positions) for p in out] == [0, 50, 10, 3, 3]
+    assert stats.user(ALICE).lost == 99 + 20 + 3 + 4
