@@ -1061,3 +1061,65 @@ def test_the_concealment_budget_refills_one_frame_per_20_ms_of_real_time() -> No
     # 50 at first, spent; 0.21 s later 10.5 (10 used); 0.1 s later 5.5 (3 used); 20 ms later 3.5 (3 used)
     assert [len(p.lost_positions) for p in out] == [0, 50, 10, 3, 3]
     assert stats.user(ALICE).lost == 99 + 20 + 3 + 4
+
+
+def _raw(seq: int, body: bytes, *, ext_words: int | None, padding: bool = False, counter: int = 1) -> bytes:
+    """An RTP packet of SSRC 11 sealed with KEY: the header says ``ext_words`` words of
+    extension (None: no X bit), and ``body`` is the whole plaintext after the header."""
+    header = rtp.build_rtp_header(
+        seq, seq * 960, 11, payload_type=120, padding=padding, extension_length=None if ext_words is None else 0
+    )
+    if ext_words is not None:  # patch the length word: the body may say otherwise
+        header = header[:-2] + struct.pack(">H", ext_words)
+    return transport.transport_cipher(transport.AES_GCM, KEY).encrypt(header, body, counter)
+
+
+def _one(data: bytes) -> tuple[list[Any], ListenStats]:
+    m = SSRCMap()
+    m.set_audio(11, ALICE)
+    receiver, stats = _receiver(m)
+    receiver.datagram(data, 1.0)
+    return receiver.poll(2.0)[0], stats
+
+
+def test_the_audio_level_is_read_wherever_its_element_sits_and_never_from_the_opus() -> None:
+    opus = bytes([0x18]) + PLAIN[0][1:]  # a TOC byte whose high nibble is 1, as id 1's would be
+    # the level element first (the fast path), after another element, absent, no extension at all
+    first, _ = _one(_raw(1, bytes((0x10, 0x80 | 33, 0, 0)) + opus, ext_words=1))
+    after, _ = _one(_raw(1, bytes((0x20, 0x17, 0x10, 0x80 | 33)) + opus, ext_words=1))
+    absent, _ = _one(_raw(1, bytes((0x20, 0x17, 0, 0)) + opus, ext_words=1))
+    bare, _ = _one(_raw(1, opus, ext_words=None))
+    assert [p.audio_level for p in first + after + absent + bare] == [33, 33, None, None]
+    assert all(p.opus == opus for p in first + after + absent + bare)
+
+
+def test_an_extension_longer_than_the_packet_is_malformed_and_one_that_fills_it_is_padding() -> None:
+    out, stats = _one(_raw(1, bytes((0x10, 0x80 | 33, 0, 0)), ext_words=2))  # says 8 bytes, has 4
+    assert out == [] and stats.user(ALICE).dropped == Counter({DropReason.malformed: 1})
+    out, stats = _one(_raw(1, bytes((0x10, 0x80 | 33, 0, 0)), ext_words=1))  # exactly fills it: no media
+    assert out == [] and stats.user(ALICE).padding == 1 and stats.user(ALICE).dropped == Counter()
+
+
+def test_a_packet_with_rtp_padding_keeps_its_audio() -> None:
+    # P bit: the last byte says how many bytes of padding end the packet (the general parser)
+    body = rtp.audio_level_extension(20) + PLAIN[0] + bytes(3) + bytes([4])
+    out, stats = _one(_raw(1, body, ext_words=1, padding=True))
+    assert [(p.opus, p.audio_level) for p in out] == [(PLAIN[0], 20)]
+
+
+def test_clear_audio_passes_when_the_connection_has_no_dave_session() -> None:
+    m = SSRCMap()
+    m.set_audio(11, ALICE)
+    receiver, _ = _receiver(m)
+    receiver.set_dave(None, 1)  # a protocol version, but no session: no end-to-end encryption
+    receiver.datagram(_Sender(11).packet(PLAIN[0]), 1.0)
+    assert [p.opus for p in receiver.poll(2.0)[0]] == [PLAIN[0]]
+
+
+def test_is_dave_frame_at_its_exact_bounds() -> None:
+    smallest = bytes(8) + b"\x00" + bytes([12]) + MAGIC  # tag, nonce, size byte = the whole frame
+    assert is_dave_frame(smallest)
+    assert is_dave_frame(b"\x01" + smallest[:-3] + bytes([13]) + MAGIC)  # size == n with a byte of data
+    assert not is_dave_frame(smallest[1:])  # 11 bytes: shorter than any supplemental block
+    assert not is_dave_frame(smallest[:-3] + bytes([13]) + MAGIC)  # size byte beyond the frame
+    assert not is_dave_frame(smallest[:-3] + bytes([11]) + MAGIC)  # smaller than its own minimum
