@@ -1123,3 +1123,27 @@ def test_is_dave_frame_at_its_exact_bounds() -> None:
     assert not is_dave_frame(smallest[1:])  # 11 bytes: shorter than any supplemental block
     assert not is_dave_frame(smallest[:-3] + bytes([13]) + MAGIC)  # size byte beyond the frame
     assert not is_dave_frame(smallest[:-3] + bytes([11]) + MAGIC)  # smaller than its own minimum
+
+
+def test_frames_waiting_for_their_owner_are_bounded_by_max_held() -> None:
+    m = SSRCMap()
+    receiver, stats = _receiver(m, max_held=2)
+    s = _Sender(11)
+    for k in range(3):
+        receiver.datagram(s.packet(PLAIN[k]), 1.0 + 0.02 * k)
+        receiver.poll(1.0 + 0.02 * k + 0.06)  # each waits for its owner, queued
+    assert stats.user(None).dropped == Counter({DropReason.overflow: 1})  # the third pushed the first out
+    m.set_audio(11, ALICE)
+    out = receiver.poll(2.0)[0]
+    assert [p.sequence for p in out] == [1001, 1002]
+    assert out[0].lost_positions == (out[0].position - 960,)  # the dropped frame's slot is concealed
+
+
+def test_a_dave_frame_before_the_session_waits_for_it_not_passed_on_sealed(group) -> None:
+    m = SSRCMap()
+    m.set_audio(11, ALICE)
+    receiver, _ = _receiver(m)  # no DAVE session yet (the welcome is on its way)
+    receiver.datagram(_Sender(11).packet(group[ALICE].encrypt_opus(PLAIN[0])), 1.0)
+    assert receiver.poll(1.1)[0] == []
+    receiver.set_dave(group[BOT].session, 1)
+    assert [p.opus for p in receiver.poll(1.2)[0]] == [PLAIN[0]]
