@@ -1147,3 +1147,23 @@ def test_a_dave_frame_before_the_session_waits_for_it_not_passed_on_sealed(group
     assert receiver.poll(1.1)[0] == []
     receiver.set_dave(group[BOT].session, 1)
     assert [p.opus for p in receiver.poll(1.2)[0]] == [PLAIN[0]]
+
+
+def test_a_bug_handling_one_datagram_is_counted_and_the_rest_of_the_batch_goes_on() -> None:
+    m = SSRCMap()
+    m.set_audio(11, ALICE)
+    receiver, stats = _receiver(m)
+    real = receiver._rtp_one
+    calls = []
+
+    def flaky(data: bytes, now: float, retry: bool = False) -> None:
+        calls.append(now)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        real(data, now, retry)
+
+    receiver._rtp_one = flaky  # type: ignore[method-assign]
+    s = _Sender(11)
+    receiver.datagrams([s.packet(PLAIN[0]), s.packet(PLAIN[1])], [1.0, 1.02])
+    assert stats.unattributed == Counter({DropReason.malformed: 1})
+    assert [p.sequence for p in receiver.poll(2.0)[0]] == [1001]
