@@ -44,3 +44,13 @@ def test_malformed_gateway_data_is_ignored() -> None:
     assert m.user_for(0) is None
     m.update_from_gateway(5, {"ssrc": 0, "user_id": 3})  # 0 is "no stream"
     assert m.ssrc_for(3) is None
+
+
+def test_an_ssrc_once_announced_as_video_and_then_as_audio_is_audio() -> None:
+    m = SSRCMap()
+    m.set_video(500, 7)
+    m.set_video(501, 7)
+    assert m.is_video(500)
+    m.set_audio(500, 7)  # the number is reused for audio: its packets must reach the decoder
+    assert not m.is_video(500) and m.user_for(500) == 7
+    assert m.is_video(501)  # only that number changed
