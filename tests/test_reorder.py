@@ -624,3 +624,44 @@ def test_an_old_stream_finished_by_overflow_still_tells_its_copies_from_its_late
     # the old stream ended having released 100 and 101: a copy of 101 is a duplicate, 102 late
     assert jb.push(101, 101 * 960, "copy", 0.08) is PushResult.DUPLICATE
     assert jb.push(102, 102 * 960, "late", 0.08) is PushResult.LATE
+
+
+def test_the_timestamp_decides_at_its_exact_bounds() -> None:
+    # far ahead in sequence with the newest's very timestamp: a restarted sender, not an old packet
+    jb = JitterBuffer(depth=DEPTH)
+    jb.push(100, 96000, "a", 0.0)
+    assert jb.push(100 + 2000, 96000, "b", 0.01) is PushResult.RESTART
+    # a bandwidth probe carries the last audio timestamp: the audio packet before it, arriving
+    # after it (one behind, same timestamp), is reordering, not a restart
+    jb = JitterBuffer(depth=DEPTH)
+    jb.push(101, 96000, "probe", 0.0)
+    assert jb.push(100, 96000, "audio", 0.001) is PushResult.ACCEPTED
+    assert [r.payload for r in jb.pop_ready(0.1)] == ["audio", "probe"]
+    # far behind in sequence with the newest's timestamp: an old packet, not a restart
+    jb = JitterBuffer(depth=DEPTH, restart_probation=5)
+    jb.push(5000, 96000, "a", 0.0)
+    assert jb.push(3000, 96000, "old", 0.01) is PushResult.LATE
+
+
+def test_a_reordered_packet_keeps_its_timestamp_and_copies_after_a_gap_are_told_apart() -> None:
+    jb = JitterBuffer(depth=DEPTH)
+    for seq, at in ((10, 0.0), (12, 0.01), (11, 0.015)):  # 11 overtaken by 12
+        jb.push(seq, seq * 960, seq, at)
+    assert [(r.sequence, r.timestamp) for r in jb.pop_ready(DEPTH)] == [(10, 9600), (11, 10560), (12, 11520)]
+    jb.push(14, 14 * 960, 14, 0.1)  # 13 lost
+    assert [(r.sequence, r.lost_before) for r in jb.pop_ready(0.1 + DEPTH)] == [(14, 1)]
+    assert jb.push(12, 12 * 960, "copy", 0.2) is PushResult.DUPLICATE  # released before the gap
+    assert jb.push(13, 13 * 960, "late", 0.2) is PushResult.LATE  # never released: its place is gone
+    assert jb.push(11, 11 * 960, "copy", 0.2) is PushResult.DUPLICATE
+
+
+def test_packets_pushed_into_a_full_buffer_keep_their_fields() -> None:
+    jb = JitterBuffer(depth=DEPTH, max_packets=2)
+    for seq in (1, 2, 3):
+        jb.push(seq, seq * 960, f"p{seq}", 0.001 * seq)  # the third pushes the first out
+    out = jb.pop_ready(1.0)
+    assert [(r.sequence, r.timestamp, r.payload, r.arrival) for r in out] == [
+        (2, 1920, "p2", 0.002),
+        (3, 2880, "p3", 0.003),
+    ]
+    assert out[0].new_stream and jb.stats.overflow == 1  # (nothing was released before: a start)
