@@ -665,3 +665,27 @@ def test_packets_pushed_into_a_full_buffer_keep_their_fields() -> None:
         (3, 2880, "p3", 0.003),
     ]
     assert out[0].new_stream and jb.stats.overflow == 1  # (nothing was released before: a start)
+
+
+def test_a_straggler_into_a_full_buffer_is_kept_while_its_stream_lasts_and_late_once_it_ended() -> None:
+    def buffer(max_packets: int, held: tuple[int, ...]) -> JitterBuffer:
+        jb = JitterBuffer(depth=DEPTH, max_packets=max_packets)
+        jb.push(100, 100 * 960, 100, 0.0)
+        assert [r.sequence for r in jb.pop_ready(DEPTH)] == [100]
+        assert jb.push(99, 99 * 960, "late", 0.07) is PushResult.LATE  # one late packet counted already
+        for seq in held:  # 101 missing
+            jb.push(seq, seq * 960, seq, 0.08)
+        assert jb.push(30000, 10**7, "new", 0.09) is PushResult.RESTART
+        return jb
+
+    # full with 102, 103 of the old stream and the new one: pushing 102 out leaves 103, so 101 stays
+    jb = buffer(3, (102, 103))
+    assert jb.push(101, 101 * 960, 101, 0.1) is PushResult.OVERFLOW
+    assert [r.sequence for r in jb.pop_ready(1.0)] == [101, 103, 30000]
+    # the old stream's last held packet already pushed out (by 30001): making room for 101 pushes
+    # out the new stream's first, which ends the old stream, so 101 has no place left
+    jb = buffer(2, (102,))
+    assert jb.push(30001, 10**7 + 960, "new", 0.095) is PushResult.OVERFLOW  # 102 goes
+    assert jb.push(101, 101 * 960, 101, 0.1) is PushResult.LATE
+    assert jb.stats.late == 2
+    assert [r.sequence for r in jb.pop_ready(1.0)] == [30001]
