@@ -635,3 +635,14 @@ def test_debursted_arrivals_caps_each_by_its_successor_minus_their_rtp_distance(
     mixed = [_rel(1, 0, 1.0), _rel(2, 960, 1.0001), _rel(500, 10**6, 1.0002, True), _rel(501, 10**6 + 960, 1.0003)]
     assert debursted_arrivals(mixed) == pytest.approx([1.0001 - 0.02, 1.0001, 1.0003 - 0.02, 1.0003])
     assert debursted_arrivals([]) == [] and debursted_arrivals([_rel(1, 0, 2.0)]) == [2.0]
+
+
+def test_a_frame_exactly_drift_tolerance_early_stays_on_its_rtp_place() -> None:
+    """Within a spurt, after an audio frame, arrival may disagree with RTP placement by up to
+    ``drift_tolerance`` (0.25 s = 12000 samples) either way, bounds included."""
+    for early, resyncs in ((12000, 0), (12001, 1)):
+        clock = StreamClock(origin=0.0)
+        assert clock.position(48000, 1.0) == 48000
+        at = (48000 + 960 - early) / 48000  # the next frame, `early` samples before its RTP place
+        assert clock.position(48000 + 960, at) == 48960  # (a resync may not go before the last end)
+        assert clock.resyncs == resyncs, early
