@@ -265,7 +265,10 @@ def write_report(complete: bool, elapsed: float) -> dict[str, object]:
         if sep:
             status[name] = state
     counts = Counter(status.values())
-    open_ = sorted(n for n, s in status.items() if s not in {"killed", "caught by type check", "not checked"})
+    # A mutant that makes the judges run past mutmut's time limit (an endless loop) is caught:
+    # in CI the test would fail on its own timeout.
+    caught = {"killed", "caught by type check", "timeout"}
+    open_ = sorted(n for n, s in status.items() if s not in caught | {"not checked"})
     with ThreadPoolExecutor(max_workers=4) as pool:
         diffs = dict(zip(open_, pool.map(lambda n: _mutmut("show", n), open_)))
     explained = explained_ids()
@@ -278,7 +281,7 @@ def write_report(complete: bool, elapsed: float) -> dict[str, object]:
     for name in unexplained:
         by_function[_function_of(name)].append(name)
     checked = sum(v for k, v in counts.items() if k != "not checked")
-    killed = counts["killed"] + counts["caught by type check"]
+    killed = sum(counts[state] for state in caught)
     summary: dict[str, object] = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "complete": complete,

@@ -689,3 +689,16 @@ def test_a_straggler_into_a_full_buffer_is_kept_while_its_stream_lasts_and_late_
     assert jb.push(101, 101 * 960, 101, 0.1) is PushResult.LATE
     assert jb.stats.late == 2
     assert [r.sequence for r in jb.pop_ready(1.0)] == [30001]
+
+
+def test_a_flood_nobody_polls_keeps_the_fifo_bounded_and_the_release_order_right() -> None:
+    """Nobody polls while a flood fills the buffer: each push evicts the lowest packet and
+    leaves a stale FIFO entry; past 2 * max_packets + 16 of them the FIFO is compacted to the
+    packets still held, and the release afterwards goes by them."""
+    jb = JitterBuffer(depth=DEPTH, max_packets=4)
+    for k in range(25):  # the 25th push makes 25 FIFO entries for 4 held packets: compaction
+        jb.push(k + 1, (k + 1) * 960, k + 1, 0.001 * k)
+    assert len(jb._fifo) == 4
+    assert jb.pop_ready(0.021 + DEPTH - 0.0005) == []  # the oldest held (22, at 0.021) not overdue yet
+    assert [r.sequence for r in jb.pop_ready(0.021 + DEPTH)] == [22, 23, 24, 25]
+    assert jb.stats.overflow == 21
