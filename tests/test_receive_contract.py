@@ -1103,7 +1103,7 @@ def test_an_extension_longer_than_the_packet_is_malformed_and_one_that_fills_it_
 def test_a_packet_with_rtp_padding_keeps_its_audio() -> None:
     # P bit: the last byte says how many bytes of padding end the packet (the general parser)
     body = rtp.audio_level_extension(20) + PLAIN[0] + bytes(3) + bytes([4])
-    out, stats = _one(_raw(1, body, ext_words=1, padding=True))
+    out, _ = _one(_raw(1, body, ext_words=1, padding=True))
     assert [(p.opus, p.audio_level) for p in out] == [(PLAIN[0], 20)]
 
 
