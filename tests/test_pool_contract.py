@@ -690,3 +690,21 @@ def test_a_streams_stats_snapshot_counts_what_a_closed_stream_refused(voice_a: l
         assert (stats.submitted, stats.dropped, stats.lost_in_worker) == (2, 3, 0)
     finally:
         pool.cleanup_processes()
+
+
+def test_batches_no_worker_will_get_are_counted_lost_per_stream(voice_a: list[bytes]) -> None:
+    pool = AudioProcessPool(1)  # never starts a process
+    try:
+        slot, first = _stream_without_worker(pool)
+        second = StreamHandle(pool, 2, 0, lambda frames: None, slot, 5)
+        slot.streams[2] = second
+        a, b, c = items(1, 0, voice_a[:3]), items(2, 0, voice_a[:2]), items(1, 3, voice_a[3:4])
+        assert first.submit(a) and second.submit(b) and first.submit(c)
+        second.close()  # queues a close message: not a batch
+        with slot.lock:
+            lost = slot.take_pending()
+        assert lost == {first: a + c, second: b}
+        assert (first.lost_in_worker, second.lost_in_worker, first.in_flight) == (4, 2, 0)
+        assert slot.pending == [] and slot.pending_items == 0 and slot.outstanding == 0
+    finally:
+        pool.cleanup_processes()
