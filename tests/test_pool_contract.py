@@ -610,6 +610,16 @@ def test_restarts_back_off_only_past_a_burst_within_the_window() -> None:
     assert slot.schedule_restart(30.0) == 0.0 and slot.restart_times == [30.0] and slot.restarts == 6
 
 
+@pytest.fixture
+def idle_pool() -> Iterator[AudioProcessPool]:
+    """A pool that never starts a process: the streams below are built on their own slot."""
+    pool = AudioProcessPool(1)
+    try:
+        yield pool
+    finally:
+        pool.cleanup_processes()
+
+
 def _stream_without_worker(pool: AudioProcessPool) -> tuple[Slot, StreamHandle]:
     """A stream on a slot with no worker process: what it submits stays in flight."""
     slot = Slot(0, 100, threading.Event())
@@ -630,81 +640,75 @@ def _answer_all(slot: Slot, stream: StreamHandle, after: float) -> threading.Thr
     return thread
 
 
-def test_flush_waits_for_the_frames_in_flight_and_gives_up_at_its_timeout(voice_a: list[bytes]) -> None:
-    pool = AudioProcessPool(1)  # never starts a process
-    try:
-        slot, stream = _stream_without_worker(pool)
-        assert stream.flush(0.0) is True  # nothing in flight: at once
-        assert stream.submit(items(1, 0, voice_a[:1]))  # exactly one item in flight
-        started = time.monotonic()
-        assert stream.flush(0.2) is False  # nobody answers: gives up
-        assert 0.2 <= time.monotonic() - started < 3.0
-        answering = _answer_all(slot, stream, 0.1)
-        assert stream.flush(0.9) is True  # the answer comes within the timeout (under a second)
-        answering.join()
-        with pytest.raises(ValueError, match="timeout"):
-            stream.flush(-1)
-        assert inspect.signature(StreamHandle.flush).parameters["timeout"].default == 5.0
-    finally:
-        pool.cleanup_processes()
+def test_flush_waits_for_the_frames_in_flight_and_gives_up_at_its_timeout(
+    idle_pool: AudioProcessPool, voice_a: list[bytes]
+) -> None:
+    slot, stream = _stream_without_worker(idle_pool)
+    assert stream.flush(0.0) is True  # nothing in flight: at once
+    assert stream.submit(items(1, 0, voice_a[:1]))  # exactly one item in flight
+    started = time.monotonic()
+    assert stream.flush(0.2) is False  # nobody answers: gives up
+    assert 0.2 <= time.monotonic() - started < 3.0
+    answering = _answer_all(slot, stream, 0.1)
+    assert stream.flush(0.9) is True  # the answer comes within the timeout (under a second)
+    answering.join()
+    with pytest.raises(ValueError, match="timeout"):
+        stream.flush(-1)
+    assert inspect.signature(StreamHandle.flush).parameters["timeout"].default == 5.0
 
 
-def test_retiring_a_worker_twice_counts_one_restart_and_its_losses_once(voice_a: list[bytes]) -> None:
-    pool = AudioProcessPool(1)  # never starts a process
-    try:
-        slot, stream = _stream_without_worker(pool)
-        ours, theirs = multiprocessing.Pipe()
-        gone = types.SimpleNamespace(
-            pid=None, exitcode=-9, is_alive=lambda: False, join=lambda timeout=None: None, close=lambda: None
-        )
-        inc = Incarnation(gone, ours, False)
-        slot.inc = inc
-        assert stream.submit(items(1, 0, voice_a[:3]))
-        with slot.lock:  # as the writer thread would: the batch goes to the worker
-            slot.take_bundle(inc)
-        pool._retire(slot, inc, "died", restart=True)
-        pool._retire(slot, inc, "died", restart=True)  # the monitor and a failed write both noticed
-        assert slot.restarts == 1 and slot.inc is None and not inc.alive
-        assert stream.lost_in_worker == 3 and stream.in_flight == 0
-        # its replacement dies too, with two more: the losses add up
-        inc2 = Incarnation(gone, ours, False)
-        slot.inc = inc2
-        assert stream.submit(items(1, 3, voice_a[3:5]))
-        with slot.lock:
-            slot.take_bundle(inc2)
-        pool._retire(slot, inc2, "died", restart=True)
-        assert stream.lost_in_worker == 5 and slot.restarts == 2
-        theirs.close()
-    finally:
-        pool.cleanup_processes()
+def _dead_worker_took(slot: Slot, stream: StreamHandle, conn: Any, batch: list[tuple[Any, ...]]) -> Incarnation:
+    """A worker (already gone) that was handed ``batch`` by its writer thread."""
+    gone = types.SimpleNamespace(
+        pid=None, exitcode=-9, is_alive=lambda: False, join=lambda timeout=None: None, close=lambda: None
+    )
+    inc = Incarnation(gone, conn, False)
+    slot.inc = inc
+    assert stream.submit(batch)
+    with slot.lock:
+        slot.take_bundle(inc)
+    return inc
 
 
-def test_a_streams_stats_snapshot_counts_what_a_closed_stream_refused(voice_a: list[bytes]) -> None:
-    pool = AudioProcessPool(1)  # never starts a process
-    try:
-        _, stream = _stream_without_worker(pool)
-        assert stream.submit(items(1, 0, voice_a[:2]))
-        stream.close()
-        assert not stream.submit(items(1, 2, voice_a[2:5]))  # refused, counted
-        stats = stream.stats()
-        assert (stats.submitted, stats.dropped, stats.lost_in_worker) == (2, 3, 0)
-    finally:
-        pool.cleanup_processes()
+def test_retiring_a_worker_twice_counts_one_restart_and_its_losses_once(
+    idle_pool: AudioProcessPool, voice_a: list[bytes]
+) -> None:
+    slot, stream = _stream_without_worker(idle_pool)
+    ours, theirs = multiprocessing.Pipe()
+    inc = _dead_worker_took(slot, stream, ours, items(1, 0, voice_a[:3]))
+    idle_pool._retire(slot, inc, "died", restart=True)
+    idle_pool._retire(slot, inc, "died", restart=True)  # the monitor and a failed write both noticed
+    assert slot.restarts == 1 and slot.inc is None and not inc.alive
+    assert stream.lost_in_worker == 3 and stream.in_flight == 0
+    # its replacement dies too, with two more: the losses add up
+    inc2 = _dead_worker_took(slot, stream, ours, items(1, 3, voice_a[3:5]))
+    idle_pool._retire(slot, inc2, "died", restart=True)
+    assert stream.lost_in_worker == 5 and slot.restarts == 2
+    theirs.close()
 
 
-def test_batches_no_worker_will_get_are_counted_lost_per_stream(voice_a: list[bytes]) -> None:
-    pool = AudioProcessPool(1)  # never starts a process
-    try:
-        slot, first = _stream_without_worker(pool)
-        second = StreamHandle(pool, 2, 0, lambda frames: None, slot, 5)
-        slot.streams[2] = second
-        a, b, c = items(1, 0, voice_a[:3]), items(2, 0, voice_a[:2]), items(1, 3, voice_a[3:4])
-        assert first.submit(a) and second.submit(b) and first.submit(c)
-        second.close()  # queues a close message: not a batch
-        with slot.lock:
-            lost = slot.take_pending()
-        assert lost == {first: a + c, second: b}
-        assert (first.lost_in_worker, second.lost_in_worker, first.in_flight) == (4, 2, 0)
-        assert slot.pending == [] and slot.pending_items == 0 and slot.outstanding == 0
-    finally:
-        pool.cleanup_processes()
+def test_a_streams_stats_snapshot_counts_what_a_closed_stream_refused(
+    idle_pool: AudioProcessPool, voice_a: list[bytes]
+) -> None:
+    _, stream = _stream_without_worker(idle_pool)
+    assert stream.submit(items(1, 0, voice_a[:2]))
+    stream.close()
+    assert not stream.submit(items(1, 2, voice_a[2:5]))  # refused, counted
+    stats = stream.stats()
+    assert (stats.submitted, stats.dropped, stats.lost_in_worker) == (2, 3, 0)
+
+
+def test_batches_no_worker_will_get_are_counted_lost_per_stream(
+    idle_pool: AudioProcessPool, voice_a: list[bytes]
+) -> None:
+    slot, first = _stream_without_worker(idle_pool)
+    second = StreamHandle(idle_pool, 2, 0, lambda frames: None, slot, 5)
+    slot.streams[2] = second
+    a, b, c = items(1, 0, voice_a[:3]), items(2, 0, voice_a[:2]), items(1, 3, voice_a[3:4])
+    assert first.submit(a) and second.submit(b) and first.submit(c)
+    second.close()  # queues a close message: not a batch
+    with slot.lock:
+        lost = slot.take_pending()
+    assert lost == {first: a + c, second: b}
+    assert (first.lost_in_worker, second.lost_in_worker, first.in_flight) == (4, 2, 0)
+    assert slot.pending == [] and slot.pending_items == 0 and slot.outstanding == 0

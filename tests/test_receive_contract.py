@@ -311,6 +311,13 @@ def _receiver(m: SSRCMap, **kw: Any) -> tuple[PacketReceiver, ListenStats]:
     return receiver, stats
 
 
+def _alices_receiver(**kw: Any) -> tuple[PacketReceiver, ListenStats]:
+    """:func:`_receiver` with SSRC 11 named as Alice's."""
+    m = SSRCMap()
+    m.set_audio(11, ALICE)
+    return _receiver(m, **kw)
+
+
 def test_an_ssrc_idle_over_5_seconds_makes_room_oldest_first_then_the_stalest_unclaimed() -> None:
     m = SSRCMap()
     m.set_audio(11, ALICE)
@@ -357,9 +364,7 @@ def test_idle_means_more_than_5_seconds_and_members_are_never_evicted_for_a_newc
 
 
 def test_an_evicted_unclaimed_ssrc_counts_its_buffered_and_queued_packets() -> None:
-    m = SSRCMap()
-    m.set_audio(11, ALICE)
-    receiver, stats = _receiver(m, max_streams=2, hold_time=10.0)
+    receiver, stats = _alices_receiver(max_streams=2, hold_time=10.0)
     receiver.datagram(_Sender(11).packet(PLAIN[0]), 0.0)
     s14 = _Sender(14)
     receiver.datagram(s14.packet(PLAIN[0]), 0.0)
@@ -372,9 +377,7 @@ def test_an_evicted_unclaimed_ssrc_counts_its_buffered_and_queued_packets() -> N
 
 
 def test_padding_is_counted_for_the_ssrcs_owner_and_a_full_buffer_counts_the_packet_it_pushes_out() -> None:
-    m = SSRCMap()
-    m.set_audio(11, ALICE)
-    receiver, stats = _receiver(m)
+    receiver, stats = _alices_receiver()
     s11 = _Sender(11)
     receiver.datagram(s11.padding(), 0.0)  # a probe before any audio: nothing to keep in order
     assert receiver.ssrcs == [] and stats.user(ALICE).padding == 1
@@ -395,9 +398,7 @@ def test_padding_is_counted_for_the_ssrcs_owner_and_a_full_buffer_counts_the_pac
 
 
 def test_a_first_packet_with_lbrr_one_frame_after_the_origin_reports_the_frame_at_0_lost() -> None:
-    m = SSRCMap()
-    m.set_audio(11, ALICE)
-    receiver, _ = _receiver(m)
+    receiver, _ = _alices_receiver()
     receiver.datagram(_Sender(11).packet(WITH_FEC), 0.02)  # placed at sample 960
     (p,) = receiver.poll(0.5)[0]
     assert (p.position, p.lost_positions, p.new_stream) == (960, (0,), True)
@@ -439,9 +440,7 @@ def test_each_refused_audio_packet_is_counted_received_and_dropped_under_its_own
 
 
 def test_only_an_ssrcs_first_packet_reports_a_frame_lost_before_it_from_its_lbrr() -> None:
-    m = SSRCMap()
-    m.set_audio(11, ALICE)
-    receiver, _ = _receiver(m)
+    receiver, _ = _alices_receiver()
     s11 = _Sender(11)
     receiver.datagram(s11.packet(PLAIN[0]), 0.5)
     assert [p.lost_positions for p in receiver.poll(1.0)[0]] == [()]
@@ -452,9 +451,7 @@ def test_only_an_ssrcs_first_packet_reports_a_frame_lost_before_it_from_its_lbrr
 
 
 def test_an_ip_discovery_reply_is_ignored_but_other_payload_type_2_packets_are_counted() -> None:
-    m = SSRCMap()
-    m.set_audio(11, ALICE)
-    receiver, stats = _receiver(m)
+    receiver, stats = _alices_receiver()
     reply = struct.pack(">HHI64sH", 2, 70, 11, b"203.0.113.7", 50000)  # 74 bytes, type 2
     assert receiver.datagram(reply, 0.0) is None
     assert stats.total.dropped == Counter() and stats.users == {}
@@ -490,9 +487,7 @@ def test_packets_before_a_key_are_parked_and_the_previous_key_still_opens_after_
 
 
 def test_speaking_starts_with_a_packet_and_stops_250_ms_after_the_last() -> None:
-    m = SSRCMap()
-    m.set_audio(11, ALICE)
-    receiver, _ = _receiver(m)
+    receiver, _ = _alices_receiver()
     receiver.datagram(_Sender(11).packet(PLAIN[0]), 1.0)
     assert receiver.poll(1.1)[1] == [SpeakingChange(11, ALICE, True)]
     assert receiver.poll(1.2)[1] == []
@@ -501,9 +496,7 @@ def test_speaking_starts_with_a_packet_and_stops_250_ms_after_the_last() -> None
 
 
 def test_a_long_gap_is_concealed_up_to_the_50_frame_budget_and_all_of_it_counted_lost() -> None:
-    m = SSRCMap()
-    m.set_audio(11, ALICE)
-    receiver, stats = _receiver(m)
+    receiver, stats = _alices_receiver()
     s11 = _Sender(11)
     receiver.datagram(s11.packet(PLAIN[0]), 1.0)
     s11.seq, s11.ts = s11.seq + 99, s11.ts + 99 * 960  # 99 packets skipped
@@ -573,9 +566,7 @@ def test_reset_streams_releases_what_is_buffered_and_forgets_the_order() -> None
 
 
 def test_flush_releases_the_buffered_and_the_waiting_and_counts_them() -> None:
-    m = SSRCMap()
-    m.set_audio(11, ALICE)
-    receiver, stats = _receiver(m, hold_time=10.0)
+    receiver, stats = _alices_receiver(hold_time=10.0)
     s11, s14 = _Sender(11, seq=500), _Sender(14)
     receiver.datagram(s11.packet(PLAIN[0]), 0.0)
     receiver.datagram(s14.packet(PLAIN[1]), 0.0)
@@ -833,9 +824,7 @@ def test_old_looking_packets_restart_the_stream_only_after_a_consecutive_run() -
 
 
 def test_an_undecryptable_dave_frame_is_counted_received_and_dropped_under_its_sender(group) -> None:
-    m = SSRCMap()
-    m.set_audio(11, ALICE)
-    receiver, stats = _receiver(m)
+    receiver, stats = _alices_receiver()
     receiver.set_dave(group[BOT].session, 1)
     stale = stale_epoch_member(ALICE, CHANNEL)
     s11 = _Sender(11)
@@ -876,9 +865,7 @@ def test_receiver_defaults_and_each_bad_argument_named() -> None:
 
 
 def test_the_receivers_jitter_depth_is_its_buffers_depth() -> None:
-    m = SSRCMap()
-    m.set_audio(11, ALICE)
-    receiver, _ = _receiver(m, jitter_depth=0.1)
+    receiver, _ = _alices_receiver(jitter_depth=0.1)
     s = _Sender(11)
     receiver.datagram(s.packet(PLAIN[0]), 1.0)
     assert receiver.poll(1.099)[0] == []  # a stream's first packet waits the depth
@@ -886,9 +873,7 @@ def test_the_receivers_jitter_depth_is_its_buffers_depth() -> None:
 
 
 def test_parked_packets_no_key_opens_are_counted_when_they_expire() -> None:
-    m = SSRCMap()
-    m.set_audio(11, ALICE)
-    receiver, stats = _receiver(m)
+    receiver, stats = _alices_receiver()
     receiver.datagram(_Sender(11).packet(PLAIN[0]), 0.0)  # the key's first use (no parked packet to retry)
     forged = _Sender(11)
     forged.cipher = transport.transport_cipher(transport.AES_GCM, os.urandom(32))
@@ -954,9 +939,7 @@ def test_frames_nobody_claims_go_out_unattributed_after_exactly_hold_time() -> N
 
 
 def test_a_second_undecryptable_frame_after_good_ones_is_concealed_on_its_own(group) -> None:
-    m = SSRCMap()
-    m.set_audio(11, ALICE)
-    receiver, stats = _receiver(m)
+    receiver, stats = _alices_receiver()
     receiver.set_dave(group[BOT].session, 1)
     stale = stale_epoch_member(ALICE, CHANNEL)
     s11 = _Sender(11)
@@ -974,9 +957,7 @@ def test_a_stalls_burst_released_together_keeps_the_speech_at_its_rtp_place() ->
     """20 ms packets, then a 250 ms network stall, then the held-up packets in one burst:
     released together (the first waits for the burst), each is placed by its successors'
     arrivals, so every frame lies exactly its RTP distance after the first."""
-    m = SSRCMap()
-    m.set_audio(11, ALICE)
-    receiver, _ = _receiver(m)
+    receiver, _ = _alices_receiver()
     s = _Sender(11)
     out = []
     for k in range(40):
@@ -990,9 +971,7 @@ def test_a_stalls_burst_released_together_keeps_the_speech_at_its_rtp_place() ->
 
 
 def test_a_streams_first_two_packets_read_together_are_placed_by_the_second() -> None:
-    m = SSRCMap()
-    m.set_audio(11, ALICE)
-    receiver, _ = _receiver(m)
+    receiver, _ = _alices_receiver()
     s = _Sender(11)
     receiver.datagram(s.packet(PLAIN[0]), 1.05)  # held up 30 ms on the way
     receiver.datagram(s.packet(PLAIN[1]), 1.0501)
@@ -1006,9 +985,7 @@ def test_a_discordpy_pause_after_silence_frames_keeps_its_length() -> None:
     the pause after silence frames is real time, so the next frame goes where it arrived,
     though the RTP timestamp would put it right after the silence (a pause shorter than the
     0.2 s gap and the 0.25 s drift bound)."""
-    m = SSRCMap()
-    m.set_audio(11, ALICE)
-    receiver, _ = _receiver(m)
+    receiver, _ = _alices_receiver()
     s = _Sender(11)
     for k in range(5):
         receiver.datagram(s.packet(PLAIN[k]), 1.0 + 0.02 * k)
@@ -1023,9 +1000,7 @@ def test_a_discordpy_pause_after_silence_frames_keeps_its_length() -> None:
 def test_a_restarted_sender_is_placed_where_it_arrived() -> None:
     """A new stream on the same SSRC (its sequence jumps, its timestamp goes on) starts where
     it arrived, not where the old stream's RTP time would put it (100 ms earlier)."""
-    m = SSRCMap()
-    m.set_audio(11, ALICE)
-    receiver, _ = _receiver(m)
+    receiver, _ = _alices_receiver()
     s = _Sender(11)
     for k in range(5):
         receiver.datagram(s.packet(PLAIN[k]), 1.0 + 0.02 * k)
@@ -1036,9 +1011,7 @@ def test_a_restarted_sender_is_placed_where_it_arrived() -> None:
 
 
 def test_a_clear_frame_under_dave_is_dropped_not_passed_on(group) -> None:
-    m = SSRCMap()
-    m.set_audio(11, ALICE)
-    receiver, stats = _receiver(m)
+    receiver, stats = _alices_receiver()
     receiver.set_dave(group[BOT].session, 1)
     s11 = _Sender(11)
     receiver.datagram(s11.packet(PLAIN[0]), 1.0)  # audio without DAVE's encryption
@@ -1049,9 +1022,7 @@ def test_a_clear_frame_under_dave_is_dropped_not_passed_on(group) -> None:
 
 
 def test_the_concealment_budget_refills_one_frame_per_20_ms_of_real_time() -> None:
-    m = SSRCMap()
-    m.set_audio(11, ALICE)
-    receiver, stats = _receiver(m)
+    receiver, stats = _alices_receiver()
     s11 = _Sender(11)
     plan = [(0, 1.0), (99, 1.02), (20, 1.23), (3, 1.33), (4, 1.35)]  # (packets skipped, arrival)
     for k, (skipped, at) in enumerate(plan):
@@ -1075,9 +1046,7 @@ def _raw(seq: int, body: bytes, *, ext_words: int | None, padding: bool = False,
 
 
 def _one(data: bytes) -> tuple[list[Any], ListenStats]:
-    m = SSRCMap()
-    m.set_audio(11, ALICE)
-    receiver, stats = _receiver(m)
+    receiver, stats = _alices_receiver()
     receiver.datagram(data, 1.0)
     return receiver.poll(2.0)[0], stats
 
@@ -1108,9 +1077,7 @@ def test_a_packet_with_rtp_padding_keeps_its_audio() -> None:
 
 
 def test_clear_audio_passes_when_the_connection_has_no_dave_session() -> None:
-    m = SSRCMap()
-    m.set_audio(11, ALICE)
-    receiver, _ = _receiver(m)
+    receiver, _ = _alices_receiver()
     receiver.set_dave(None, 1)  # a protocol version, but no session: no end-to-end encryption
     receiver.datagram(_Sender(11).packet(PLAIN[0]), 1.0)
     assert [p.opus for p in receiver.poll(2.0)[0]] == [PLAIN[0]]
@@ -1150,9 +1117,7 @@ def test_a_dave_frame_before_the_session_waits_for_it_not_passed_on_sealed(group
 
 
 def test_a_bug_handling_one_datagram_is_counted_and_the_rest_of_the_batch_goes_on() -> None:
-    m = SSRCMap()
-    m.set_audio(11, ALICE)
-    receiver, stats = _receiver(m)
+    receiver, stats = _alices_receiver()
     real = receiver._rtp_one
     calls = []
 
