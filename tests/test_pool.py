@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import threading
@@ -24,6 +25,8 @@ from discord.ext.listening.pool import (
     init_audio_processing_pool,
 )
 from discord.ext.listening.pool import default as default_pool_mod
+from discord.ext.listening.pool import processes as processes_mod
+from discord.ext.listening.pool.slots import Incarnation
 from helpers import opus_packets
 
 pytestmark = pytest.mark.timeout(60)
@@ -528,6 +531,7 @@ def test_cleanup_leaves_no_processes_or_threads(packets: list[bytes]) -> None:
     assert len(got.frames) == 80
     p.cleanup_processes()  # idempotent
     assert p.closed and s0.closed and s1.closed
+    assert p.restarts == [0, 0]  # a cleanup is not a crash: nothing restarted or counted
     for pid in pids:
         assert process_gone(pid)
     # Whatever new child remains is multiprocessing's own helper (forkserver, resource tracker).
@@ -539,6 +543,194 @@ def test_cleanup_leaves_no_processes_or_threads(packets: list[bytes]) -> None:
     with pytest.raises(RuntimeError):
         p.open_stream(0, got)
     assert not s0.submit([(1, 0, 0, packets[0], 0, 0)]) and s0.dropped == 1
+
+
+# -- teardown of a worker --------------------------------------------------------------------
+
+
+def _incarnation_on(pool: AudioProcessPool, conn, *, reader=None) -> Incarnation:
+    """A live sleeping process as slot 0's worker, with the pool's own writer thread and
+    ``reader`` (default: the pool's own reader, blocked on ``conn``)."""
+    slot = pool._slots[0]
+    process = multiprocessing.get_context(pool.start_method).Process(target=time.sleep, args=(60,), daemon=True)
+    process.start()
+    inc = Incarnation(process, conn, True)
+    inc.reader = reader or threading.Thread(target=pool._reader_loop, args=(slot, inc), daemon=True)
+    inc.writer = threading.Thread(target=pool._writer_loop, args=(slot, inc), daemon=True)
+    slot.inc = inc
+    inc.reader.start()
+    inc.writer.start()
+    return inc
+
+
+def test_retiring_a_worker_whose_pipe_another_process_holds_still_stops_its_reader() -> None:
+    # With the fork start method a later child can inherit the worker's end of the pipe:
+    # the worker's death then shows no EOF, and the reader must be woken by hand.
+    pool = AudioProcessPool(1)
+    ours, still_held = multiprocessing.Pipe()
+    inc = _incarnation_on(pool, ours)
+    process = inc.process
+    try:
+        pool._retire(pool._slots[0], inc, "died", restart=False)
+        assert not inc.reader.is_alive() and not inc.writer.is_alive()
+        assert ours.closed  # both threads gone: the descriptor can be released
+        with pytest.raises(ValueError):
+            process.is_alive()  # closed once it exited: no zombie, no leaked sentinel
+        assert pool._slots[0].inc is None and pool._slots[0].restarts == 0
+    finally:
+        still_held.close()
+        pool.cleanup_processes()
+
+
+def test_a_reader_that_will_not_stop_leaves_the_pipe_open_and_retire_returns(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(processes_mod, "_JOIN_TIMEOUT", 0.2)
+    pool = AudioProcessPool(1)
+    ours, theirs = multiprocessing.Pipe()
+    release = threading.Event()
+    stubborn = threading.Thread(target=release.wait, args=(30,), daemon=True)
+    inc = _incarnation_on(pool, ours, reader=stubborn)
+    retiring = threading.Thread(target=pool._retire, args=(pool._slots[0], inc, "died"), kwargs={"restart": False})
+    try:
+        retiring.start()
+        retiring.join(15)
+        assert not retiring.is_alive(), "_retire waited for a thread without a bound"
+        # Closing a descriptor a live thread still uses could hand its number to another file.
+        assert not ours.closed and stubborn.is_alive() and not inc.writer.is_alive()
+        assert "did not stop" in caplog.text
+    finally:
+        release.set()
+        retiring.join(15)
+        theirs.close()
+        ours.close()
+        pool.cleanup_processes()
+
+
+def test_cleanup_from_a_frame_callback_on_the_reader_thread(packets: list[bytes]) -> None:
+    # "Safe from any thread" includes the reader thread that runs on_frames.
+    p = AudioProcessPool(1)
+    outcome: list[object] = []
+
+    def on_frames(frames: list[DecodedFrame]) -> None:
+        if outcome:
+            return
+        try:
+            p.cleanup_processes(timeout=2.0)
+        except BaseException as exc:  # recorded: the pool would only log it
+            outcome.append(exc)
+        else:
+            outcome.append(threading.current_thread().name)
+
+    stream = p.open_stream(0, on_frames)
+    pid = wait_ready(p, 0)
+    assert stream.submit([(1, i, 960 * i, pk, 0, i) for i, pk in enumerate(packets[:5])])
+    wait_until(lambda: bool(outcome))
+    assert outcome == [f"listening-pool{p._id}-w0-reader"]
+    assert p.closed and stream.closed and process_gone(pid)
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name.startswith(f"listening-pool{p._id}-")])
+
+
+def test_cleanup_delivers_the_replies_still_in_the_pipe_when_a_worker_exits(packets: list[bytes]) -> None:
+    # The worker answers faster than a slow on_frames consumes: when it exits, replies are
+    # still in the pipe, and the reader must drain them before the worker is retired.
+    got = Collector()
+
+    def slow(frames: list[DecodedFrame]) -> None:
+        time.sleep(0.05)
+        got(frames)
+
+    lost: list[tuple] = []
+    p = AudioProcessPool(1)
+    stream = p.open_stream(0, slow, on_lost=lost.extend)
+    wait_ready(p, 0)
+    for b in range(10):  # ten replies: the worker answers each batch as it comes
+        assert stream.submit([(1, 5 * b + i, 960 * (5 * b + i), packets[5 * b + i], 0, 0) for i in range(5)])
+        time.sleep(0.01)
+    p.cleanup_processes()
+    assert len(got.frames) == 50 and not lost and stream.lost_in_worker == 0
+
+
+def test_batches_queued_for_a_worker_that_never_started_are_reported_lost_at_cleanup(
+    packets: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = AudioProcessPool(1)
+    release = _monitor_held_in_check(p, monkeypatch)  # the worker never starts
+    got = Collector()
+    lost: list[tuple] = []
+    stream = p.open_stream(0, got, on_lost=lost.extend)
+    assert stream.submit([(1, i, 960 * i, pk, 0, i) for i, pk in enumerate(packets[:7])])
+    release.set()
+    p.cleanup_processes()
+    # Every item submitted ends in on_frames or on_lost: here all in on_lost.
+    assert sorted(item[1] for item in lost) == list(range(7)) and not got.frames
+    assert stream.lost_in_worker == 7
+
+
+def test_the_default_start_method_is_forkserver_where_there_is_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    with AudioProcessPool(1) as p:
+        assert p.start_method == expected
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])  # Windows
+    with AudioProcessPool(1) as p:
+        assert p.start_method == "spawn"
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no forkserver here")
+@pytest.mark.parametrize(
+    ("configured", "expected"),
+    [
+        (["__main__"], ["__main__", "discord.ext.listening.pool.worker"]),  # multiprocessing's default
+        (["app.main"], ["app.main", "discord.ext.listening.pool.worker"]),  # the user's choice is kept
+        ([], ["__main__", "discord.ext.listening.pool.worker"]),
+        (["discord.ext.listening.pool.worker"], ["discord.ext.listening.pool.worker"]),  # once only
+    ],
+)
+def test_the_forkserver_preloads_the_decode_worker(
+    configured: list[str], expected: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from multiprocessing import forkserver
+
+    monkeypatch.setattr(forkserver._forkserver, "_preload_modules", list(configured))
+    processes_mod._preload_in_forkserver()
+    assert forkserver._forkserver._preload_modules == expected
+
+
+def _monitor_held_in_check(pool: AudioProcessPool, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    inside, release = threading.Event(), threading.Event()
+
+    def held(slot: object) -> None:
+        inside.set()
+        release.wait(30)
+
+    monkeypatch.setattr(pool, "_check", held)
+    pool.open_stream(0, lambda frames: None)  # starts the monitor, which checks the slot at once
+    assert inside.wait(10)
+    return release
+
+
+def test_cleanup_waits_for_a_busy_monitor_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    p = AudioProcessPool(1)
+    release = _monitor_held_in_check(p, monkeypatch)
+    threading.Timer(0.3, release.set).start()
+    p.cleanup_processes()
+    assert not p._monitor.is_alive()  # no thread of the pool outlives its cleanup
+
+
+def test_cleanup_gives_up_on_a_stuck_monitor_after_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(processes_mod, "_JOIN_TIMEOUT", 0.2)
+    p = AudioProcessPool(1)
+    release = _monitor_held_in_check(p, monkeypatch)
+    cleaning = threading.Thread(target=p.cleanup_processes)
+    try:
+        cleaning.start()
+        cleaning.join(15)
+        assert not cleaning.is_alive(), "cleanup_processes waited for the monitor without a bound"
+        assert p.closed and p._monitor.is_alive()
+    finally:
+        release.set()
+        cleaning.join(15)
+    wait_until(lambda: not p._monitor.is_alive())
 
 
 # -- arguments and the default pool -----------------------------------------------------------
@@ -566,7 +758,8 @@ def test_cleanup_leaves_no_processes_or_threads(packets: list[bytes]) -> None:
 def test_bad_arguments(kwargs: dict, error: type) -> None:
     with pytest.raises(error) as info:
         AudioProcessPool(**kwargs)
-    assert any(name in str(info.value) for name in kwargs)
+    bad = list(kwargs)[-1]
+    assert str(info.value).startswith(f"{bad} must"), str(info.value)
 
 
 def test_bad_stream_arguments(shared_pool: AudioProcessPool) -> None:
@@ -584,6 +777,16 @@ def test_bad_stream_arguments(shared_pool: AudioProcessPool) -> None:
         shared_pool.open_stream(1, print, conceal_limit=-2)
     with pytest.raises(TypeError, match="on_lost"):
         shared_pool.open_stream(1, print, on_lost=3)
+
+
+def test_bad_cleanup_timeout_leaves_the_pool_open() -> None:
+    p = AudioProcessPool(1)
+    for bad, error in ((-1, ValueError), (float("nan"), ValueError), ("1", TypeError)):
+        with pytest.raises(error, match=r"^timeout must be"):
+            p.cleanup_processes(bad)
+    assert not p.closed
+    p.cleanup_processes(0.5)
+    assert p.closed
 
 
 def test_default_pool(monkeypatch: pytest.MonkeyPatch) -> None:

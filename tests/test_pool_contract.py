@@ -712,3 +712,15 @@ def test_batches_no_worker_will_get_are_counted_lost_per_stream(
     assert lost == {first: a + c, second: b}
     assert (first.lost_in_worker, second.lost_in_worker, first.in_flight) == (4, 2, 0)
     assert slot.pending == [] and slot.pending_items == 0 and slot.outstanding == 0
+
+
+def test_after_a_worker_dies_with_nothing_queued_the_whole_backlog_is_free(
+    idle_pool: AudioProcessPool, voice_a: list[bytes]
+) -> None:
+    slot, stream = _stream_without_worker(idle_pool)  # max_backlog 100
+    ours, theirs = multiprocessing.Pipe()
+    inc = _dead_worker_took(slot, stream, ours, items(1, 0, voice_a[:3]))
+    idle_pool._retire(slot, inc, "died", restart=False)
+    assert stream.submit(items(1, 3, voice_a[3:103]))  # exactly max_backlog: no wait, no drop
+    assert stream.dropped == 0
+    theirs.close()

@@ -702,3 +702,25 @@ def test_a_flood_nobody_polls_keeps_the_fifo_bounded_and_the_release_order_right
     assert jb.pop_ready(0.021 + DEPTH - 0.0005) == []  # the oldest held (22, at 0.021) not overdue yet
     assert [r.sequence for r in jb.pop_ready(0.021 + DEPTH)] == [22, 23, 24, 25]
     assert jb.stats.overflow == 21
+
+
+def test_stale_entries_behind_a_held_packet_are_compacted_on_the_in_order_path_too() -> None:
+    # Packet 40 waits for the gap before it while 1..39 arrive late and are released one by
+    # one: each leaves a stale entry behind 40's in the arrival FIFO. The entry that takes
+    # the FIFO past its bound can be an in-order packet (41), which must compact it as well.
+    jb = JitterBuffer(max_packets=4, depth=1.0)
+    jb.push(0, 0, "p0", 0.0)
+    assert [r.payload for r in jb.pop_ready(1.0)] == ["p0"]
+    jb.push(40, 40 * 960, "p40", 1.0)
+    k = 1
+    while len(jb._fifo) < jb._fifo_limit:
+        assert k < 40, "the FIFO never reached its bound"
+        assert jb.push(k, k * 960, f"p{k}", 1.0 + k / 1000) is PushResult.ACCEPTED
+        assert [r.payload for r in jb.pop_ready(1.0 + k / 1000)] == [f"p{k}"]
+        k += 1
+    assert jb.push(41, 41 * 960, "p41", 1.05) is PushResult.ACCEPTED
+    assert len(jb._fifo) <= len(jb) + 1  # only what is held (and at most the newest) remains
+    assert jb.next_deadline() == 2.0  # 40's, the oldest still held
+    # 1..k-1 are out; 40 waits for k..39 until its deadline, then goes with 41.
+    released = jb.pop_ready(2.0)
+    assert [(r.payload, r.lost_before) for r in released] == [("p40", 40 - k), ("p41", 0)]

@@ -570,6 +570,30 @@ def test_a_report_predicting_after_arrival_lowers_the_offset_for_later_spurts() 
     assert clock.position(ts0 + 5 * RATE, origin + 5.025) == 5 * RATE + 480
 
 
+def test_a_report_predicting_exactly_tolerance_after_arrival_still_teaches_its_offset() -> None:
+    # tolerance 0.0625 s = 3000 samples, exact in binary: the boundary sample itself.
+    origin, ts0 = 100.0, 7000
+    clock = StreamClock(origin, tolerance=0.0625)
+    clock.sender_report(unix_to_ntp(1.7e9), ts0, origin)
+    assert clock.position(ts0 + 2 * RATE, origin + 2.0 - 0.0625) == 2 * RATE - 3000  # arrival
+    # The clock learnt that packets arrive 62.5 ms before the report says: the next spurt,
+    # 10 ms later than that, goes where the report now predicts, not to its arrival.
+    assert clock.position(ts0 + 5 * RATE, origin + 5.0 - 0.0625 + 0.01) == 5 * RATE - 3000
+
+
+def test_a_short_pause_after_a_report_placed_start_is_judged_against_that_start() -> None:
+    # The report put the spurt 50 ms before its first packet's arrival (lag 2400 samples).
+    # After a silence frame, a frame whose RTP time stood still arrives 40 ms later than RTP
+    # says: within the 60 ms tolerance of that lag, so it continues the spurt.
+    origin, ts0 = 100.0, 5000
+    clock = _sr_clock(origin, 1.7e9, 0.0, ts0)
+    start = ts0 + 2 * RATE
+    assert clock.position(start, origin + 2.05) == 2 * RATE
+    assert clock.position(start + FRAME, origin + 2.07, silence=True) == 2 * RATE + FRAME
+    assert clock.position(start + 2 * FRAME, origin + 2.09 + 0.04) == 2 * RATE + 2 * FRAME
+    assert clock.resyncs == 0
+
+
 def test_sender_report_offset_is_the_minimum_over_the_last_eight_reports() -> None:
     origin, ts0 = 100.0, 7000
     clock = StreamClock(origin)
