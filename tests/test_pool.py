@@ -328,7 +328,9 @@ def test_reset_drops_decoder_state(shared_pool: AudioProcessPool, packets: list[
     stream.close()
 
 
-def test_on_frames_exception_does_not_stop_the_stream(shared_pool: AudioProcessPool, packets: list[bytes]) -> None:
+def test_on_frames_exception_does_not_stop_the_stream(
+    shared_pool: AudioProcessPool, packets: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
     got = Collector()
     calls = []
 
@@ -343,6 +345,22 @@ def test_on_frames_exception_does_not_stop_the_stream(shared_pool: AudioProcessP
     wait_until(lambda: calls)
     stream.submit([(1, 1, 960, packets[1], 0, 1)])
     assert got.wait_for(1)[0].sequence == 1
+    assert f"on_frames of stream {stream.stream_id} raised" in caplog.text  # says which callback
+    stream.close()
+
+
+def test_an_on_decode_error_that_raises_is_logged_by_name_and_the_frames_still_come(
+    shared_pool: AudioProcessPool, packets: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    got = Collector()
+
+    def broken(items: list[tuple]) -> None:
+        raise RuntimeError("owner bug")
+
+    stream = shared_pool.open_stream(8, got, on_decode_error=broken)
+    assert stream.submit([(1, 0, 0, b"\xff" * 41, 0, 0), (1, 1, 960, packets[1], 0, 1)])
+    assert [f.kind for f in got.wait_for(2)] == [FrameKind.plc, FrameKind.decoded]
+    assert f"on_decode_error of stream {stream.stream_id} raised" in caplog.text
     stream.close()
 
 
@@ -432,6 +450,8 @@ def test_spawn_start_method(packets: list[bytes]) -> None:
         ref = OpusDecoder()
         assert [f.audio for f in got.wait_for(20, timeout=30)] == [ref.decode(pk) for pk in packets[:20]]
         pid = p.worker_pids()[0]
+        # really spawned (a fresh interpreter), not forked from this one
+        assert "spawn_main" in " ".join(psutil.Process(pid).cmdline())
     assert process_gone(pid)
 
 
@@ -760,6 +780,37 @@ def test_bad_arguments(kwargs: dict, error: type) -> None:
         AudioProcessPool(**kwargs)
     bad = list(kwargs)[-1]
     assert str(info.value).startswith(f"{bad} must"), str(info.value)
+
+
+def test_bad_seconds_say_what_was_wrong() -> None:
+    with pytest.raises(TypeError, match=r"^wait_timeout must be a number of seconds, got str$"):
+        AudioProcessPool(1, wait_timeout="1")
+    with pytest.raises(ValueError, match=r"^wait_timeout must be a finite number of seconds >= 0, got -1$"):
+        AudioProcessPool(1, wait_timeout=-1)
+    with pytest.raises(ValueError, match=r"^process_patience must be a finite number of seconds > 0, got 0$"):
+        AudioProcessPool(1, process_patience=0)
+
+
+def test_argument_bounds_are_inclusive() -> None:
+    for kwargs in ({"max_backlog": 1}, {"max_backlog": 10_000_000}, {"conceal_limit": 0}, {"conceal_limit": 1000}):
+        with AudioProcessPool(1, **kwargs) as p:
+            assert p.closed is False and getattr(p, next(iter(kwargs))) == next(iter(kwargs.values()))
+    for kwargs in ({"max_backlog": 10_000_001}, {"conceal_limit": 1001}):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            AudioProcessPool(1, **kwargs)
+    with pytest.raises(TypeError, match=r"^start_method must be a str or None, got int$"):
+        AudioProcessPool(1, start_method=3)
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no forkserver here")
+def test_only_a_forkserver_pool_touches_the_forkserver_preload(monkeypatch: pytest.MonkeyPatch) -> None:
+    from multiprocessing import forkserver
+
+    monkeypatch.setattr(forkserver._forkserver, "_preload_modules", ["__main__"])
+    AudioProcessPool(1, start_method="spawn").cleanup_processes()
+    assert forkserver._forkserver._preload_modules == ["__main__"]
+    AudioProcessPool(1, start_method="forkserver").cleanup_processes()
+    assert forkserver._forkserver._preload_modules == ["__main__", "discord.ext.listening.pool.worker"]
 
 
 def test_bad_stream_arguments(shared_pool: AudioProcessPool) -> None:

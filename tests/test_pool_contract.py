@@ -724,3 +724,14 @@ def test_after_a_worker_dies_with_nothing_queued_the_whole_backlog_is_free(
     assert stream.submit(items(1, 3, voice_a[3:103]))  # exactly max_backlog: no wait, no drop
     assert stream.dropped == 0
     theirs.close()
+
+
+def test_a_failed_write_wakes_the_monitor_at_once(idle_pool: AudioProcessPool) -> None:
+    slot = idle_pool._slots[0]
+    ours, theirs = multiprocessing.Pipe()
+    inc = Incarnation(types.SimpleNamespace(pid=None), ours, False)
+    idle_pool._wake.clear()
+    slot.pipe_broke(inc)  # the writer's send failed: the worker is gone
+    assert inc.eof and idle_pool._wake.is_set()  # noticed now, not at the monitor's next look
+    ours.close()
+    theirs.close()
