@@ -412,6 +412,19 @@ def test_idle_workers_stay_up(shared_pool: AudioProcessPool) -> None:
     assert shared_pool.worker_pids() == pids and shared_pool.restarts == restarts
 
 
+def test_a_worker_that_answered_everything_is_not_taken_for_hung(packets: list[bytes]) -> None:
+    # Several answers (one per batch), then nothing to do for longer than the patience.
+    got = Collector()
+    with AudioProcessPool(1, process_patience=0.3) as p:
+        stream = p.open_stream(0, got)
+        pid = wait_ready(p, 0)
+        for b in range(4):
+            assert stream.submit([(1, 3 * b + i, 960 * (3 * b + i), packets[3 * b + i], 0, 0) for i in range(3)])
+            got.wait_for(3 * (b + 1))
+        time.sleep(0.8)
+        assert p.restarts == [0] and p.worker_pids() == [pid]
+
+
 _ORPHAN_SCRIPT = """
 import sys, time
 from discord.ext.listening.pool import AudioProcessPool
@@ -489,14 +502,37 @@ def test_hung_worker_is_restarted_after_patience(packets: list[bytes]) -> None:
     with AudioProcessPool(1, process_patience=0.5) as p:
         stream = p.open_stream(0, got)
         pid = wait_ready(p, 0)
+        stream.submit([(1, 0, 0, packets[0], 0, 0)])
+        got.wait_for(1)  # it answered once: the patience clock runs from its last answer
         os.kill(pid, signal.SIGSTOP)
-        stream.submit([(1, i, 960 * i, pk, 0, i) for i, pk in enumerate(packets[:5])])
+        stream.submit([(1, i, 960 * i, pk, 0, i) for i, pk in enumerate(packets[1:6], 1)])
         started = time.monotonic()
         wait_until(lambda: p.restarts == [1], timeout=10)
         assert 0.4 < time.monotonic() - started < 5
         assert stream.lost_in_worker == 5
-        stream.submit([(1, 5, 4800, packets[5], 0, 5)])
-        assert got.wait_for(1)[0].sequence == 5
+        stream.submit([(1, 6, 960 * 6, packets[6], 0, 6)])
+        assert got.wait_for(2)[1].sequence == 6
+
+
+def test_a_worker_that_hangs_half_way_through_a_backlog_is_restarted(packets: list[bytes]) -> None:
+    # The worker answers the first part of a long backlog, then stops: patience runs from
+    # its last answer, and what it had not answered is counted lost.
+    got = Collector()
+    pid_box: list[int] = []
+
+    def stop_worker_on_first_answer(frames: list[DecodedFrame]) -> None:
+        if not got.frames:
+            os.kill(pid_box[0], signal.SIGSTOP)
+        got(frames)
+
+    n = 4000
+    with AudioProcessPool(1, process_patience=0.5, max_backlog=n) as p:
+        stream = p.open_stream(0, stop_worker_on_first_answer)
+        pid_box.append(wait_ready(p, 0))
+        assert stream.submit([(1, i, 960 * i, packets[i % len(packets)], 0, i) for i in range(n)])
+        wait_until(lambda: p.restarts == [1], timeout=10)
+        answered = len(got.frames)
+        assert 0 < answered < n and stream.lost_in_worker == n - answered
 
 
 def test_backlog_is_bounded_and_drops_are_counted(packets: list[bytes]) -> None:
