@@ -22,7 +22,7 @@ from discord.ext.listening.dave import INFER_INTERVAL, MAGIC, DaveReceiver, Send
 from discord.ext.listening.decoding import KIND_DECODED, KIND_FEC, KIND_PLC, KIND_SILENCE, DecoderSet
 from discord.ext.listening.frames import SpeakingChange
 from discord.ext.listening.opus import SILENCE_FRAME, OpusDecoder, OpusEncoder, OpusError, packet_has_fec
-from discord.ext.listening.receive import PacketReceiver
+from discord.ext.listening.receive import RETRY_INTERVAL, PacketReceiver
 from discord.ext.listening.reorder import JitterBuffer, PushResult
 from discord.ext.listening.ssrc import SSRCMap
 from discord.ext.listening.stats import DropReason, ListenStats
@@ -493,6 +493,34 @@ def test_speaking_starts_with_a_packet_and_stops_250_ms_after_the_last() -> None
     assert receiver.poll(1.2)[1] == []
     assert receiver.poll(1.2499)[1] == []
     assert receiver.poll(1.25)[1] == [SpeakingChange(11, ALICE, False)]  # 250 ms exactly: stopped
+
+
+def test_the_next_deadline_is_what_poll_would_do_next_and_none_when_all_is_quiet() -> None:
+    receiver, _ = _alices_receiver(jitter_depth=0.06)
+    assert receiver.next_deadline(0.5) is None  # nothing heard: nothing to time
+    s11 = _Sender(11)
+    receiver.datagram(s11.packet(PLAIN[0]), 1.0)
+    assert receiver.next_deadline(1.0) == 1.0 + RETRY_INTERVAL  # a speaking start to announce
+    assert receiver.poll(1.0) == ([], [SpeakingChange(11, ALICE, True)])
+    assert receiver.next_deadline(1.0) == 1.06  # a stream's first packet waits the depth
+    assert [p.sequence for p in receiver.poll(1.06)[0]] == [1000]
+    assert receiver.next_deadline(1.06) == 1.25  # then only the speaking timeout
+    s11.seq, s11.ts = s11.seq + 1, s11.ts + 960  # 1001 lost: 1002 waits for it
+    receiver.datagram(s11.packet(PLAIN[1]), 1.1)
+    due = receiver.next_deadline(1.1)
+    assert due == pytest.approx(1.16)
+    assert receiver.poll(due - 0.001)[0] == []
+    assert [(p.sequence, len(p.lost_positions)) for p in receiver.poll(due)[0]] == [(1002, 1)]
+    assert receiver.next_deadline(due) == pytest.approx(1.35)
+    assert receiver.poll(1.35)[1] == [SpeakingChange(11, ALICE, False)]
+    assert receiver.next_deadline(1.35) is None  # a silent connection: nothing until a packet
+
+
+def test_packets_waiting_for_their_owner_are_looked_at_again_soon() -> None:
+    receiver, _ = _receiver(SSRCMap())  # nobody named SSRC 11 yet
+    receiver.datagram(_Sender(11).packet(PLAIN[0]), 1.0)
+    assert receiver.poll(1.06)[0] == []  # no E2EE, but whose audio? held for SPEAKING
+    assert receiver.next_deadline(1.06) == pytest.approx(1.06 + RETRY_INTERVAL)
 
 
 def test_a_long_gap_is_concealed_up_to_the_50_frame_budget_and_all_of_it_counted_lost() -> None:

@@ -4,7 +4,7 @@ On arrival (discord.py's socket thread, so it must stay cheap): parse the clear 
 drop non-audio -> transport-decrypt (authenticates) -> strip extension and padding -> push
 into the SSRC's jitter buffer.
 
-On each poll (the session's pump thread, every ~10 ms): release packets in sequence order ->
+On each poll (after a batch of datagrams, or at :meth:`PacketReceiver.next_deadline`): release packets in sequence order ->
 place them on the recording timeline (by RTP timestamp within a talk spurt, by arrival time
 across gaps) -> find the SSRC's user -> DAVE-decrypt, in order.
 
@@ -59,6 +59,9 @@ FRAME_SECONDS: Final = FRAME_SAMPLES / SAMPLE_RATE
 CONCEAL_BURST: Final = 50
 #: A talker is "stopped" after this long without a packet (senders stop sending in silence).
 SPEAKING_TIMEOUT: Final = 0.25
+#: How soon :meth:`PacketReceiver.poll` wants to run again while packets wait for a DAVE key
+#: or for their owner's id (those waits end on gateway messages, not on a clock).
+RETRY_INTERVAL: Final = 0.01
 #: The length of a UDP keepalive (and of the server's echo of one): never RTP or RTCP,
 #: which are at least 12 bytes before encryption adds its tag and nonce.
 KEEPALIVE_SIZE: Final = 8
@@ -366,7 +369,7 @@ class PacketReceiver:
     def poll(self, now: float) -> tuple[list[ReceivedPacket], list[SpeakingChange]]:
         """Release what is ready: ordered, decrypted packets of every SSRC, and speaking changes.
 
-        Call this every ~10 ms from one thread.
+        Call it from one thread after new packets and at :meth:`next_deadline`.
         """
         out: list[ReceivedPacket] = []
         changes: list[SpeakingChange] = []
@@ -385,6 +388,28 @@ class PacketReceiver:
         finally:
             self._count(counts)
         return out, changes
+
+    def next_deadline(self, now: float) -> float | None:
+        """When :meth:`poll` next has something to do if no packet arrives meanwhile.
+
+        A jitter buffer's release, a talker's speaking timeout, or (while packets wait for
+        a key or an owner) ``now + RETRY_INTERVAL``. ``None``: nothing is held and nobody is
+        speaking, so nothing happens until the next packet or gateway message.
+        """
+        soonest: float | None = None
+        with self._lock:
+            for stream in self._streams.values():
+                last = stream.last_arrival
+                recent = last > 0 and now - last < SPEAKING_TIMEOUT
+                if stream.pending or (recent and not stream.speaking):
+                    return now + RETRY_INTERVAL  # a key, an owner or a speaking start pending
+                due = stream.buffer.next_deadline()
+                if stream.speaking:
+                    stop = last + SPEAKING_TIMEOUT
+                    due = stop if due is None or stop < due else due
+                if due is not None and (soonest is None or due < soonest):
+                    soonest = due
+        return soonest
 
     def flush(self, now: float) -> list[ReceivedPacket]:
         """Release everything buffered (listening is ending); what cannot be decrypted now is dropped."""

@@ -462,7 +462,7 @@ class JitterBuffer:
         -------
         List[:class:`Released`]
             Possibly empty. Call again when more packets arrive, or at
-            :meth:`next_deadline`, or simply every ~10 ms.
+            :meth:`next_deadline`.
         """
         heap = self._heap
         if not heap or now < self._hold_until:

@@ -11,9 +11,11 @@ audio flows, and every datagram still reaches its other listeners):
   stays quiet, the socket changes or discord.py pauses or stops its reader. A thread
   wake-up costs ~35 us of CPU on a VM, more than all the Python work for a packet: one per
   10 ms instead of one per datagram is most of the receive path's cost at 10-100 speakers.
-* the *pump* releases ordered packets from the jitter buffers every 10 ms while the socket
-  thread is not doing it (no traffic: gaps to declare, speaking to time out), and sends
-  them to the pool in one batch (or, with ``decode=False``, turns them into frames itself).
+* the *pump* releases ordered packets from the jitter buffers while the socket thread is
+  not doing it (no traffic: gaps to declare, speaking to time out), and sends them to the
+  pool in one batch (or, with ``decode=False``, turns them into frames itself). It sleeps
+  until the receiver's next deadline: a silent connection wakes it only for the sink's
+  ticks (sinks that implement ``on_tick``) and whatever datagram comes.
 * the pool's reader threads hand decoded frames back to :meth:`_on_decoded`, which only
   enqueues.
 * the *dispatcher* calls the sink, one callback at a time, from a bounded queue; a slow sink
@@ -80,6 +82,9 @@ _SIOCGSTAMPNS = 0x8907
 _TIMESPEC = struct.Struct("@ll")
 #: Seconds between ``on_tick`` calls to the sink (file sinks flush to disk on it).
 TICK_INTERVAL = 0.5
+#: The longest the pump sleeps without being woken: a safety net should some path buffer
+#: packets without waking it (every known one does).
+MAX_PUMP_SLEEP = 1.0
 #: How long stop() waits for frames still inside the decode workers.
 DRAIN_TIMEOUT = 5.0
 _STOP = object()
@@ -151,6 +156,8 @@ class ListeningSession:
         self.done = False
         self.cleaned_up = False
         self._pause_started: float | None = None
+        # A sink without its own on_tick gets no ticks: a silent connection then wakes no thread.
+        self._ticks = type(sink).on_tick is not AudioSink.on_tick
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -211,6 +218,7 @@ class ListeningSession:
         found = None if self._reading else _discord.socket_reader(self.voice_client)
         if found is None:
             self._receive([data], [now])  # not discord.py's reader as we know it: one at a time
+            self._pump_wake.set()
             return
         try:
             self._read_loop(found[0], found[1], data, now)
@@ -360,21 +368,26 @@ class ListeningSession:
 
     # -- pump thread ---------------------------------------------------------------------
 
+    def wake(self) -> None:
+        """Have the pump look again now (a gateway message may have unblocked held packets)."""
+        self._pump_wake.set()
+
     def _pump(self) -> None:
         try:
-            next_tick = time.monotonic() + TICK_INTERVAL
+            next_tick = time.monotonic() + TICK_INTERVAL if self._ticks else None
+            sleep: float | None = PUMP_INTERVAL
             while not self._stopping.is_set():
-                self._pump_wake.wait(BUSY_PUMP_INTERVAL if self._reading else PUMP_INTERVAL)
+                self._pump_wake.wait(sleep)
                 self._pump_wake.clear()
                 if self._stopping.is_set():
                     break
                 now = time.monotonic()
-                if now >= next_tick:
+                if next_tick is not None and now >= next_tick:
                     next_tick = now + TICK_INTERVAL
                     self._enqueue_event(_TICK)
-                if self._reading and now - self._last_release < PUMP_INTERVAL:
-                    continue  # the socket thread released moments ago and will again
-                self._release(now)
+                if not (self._reading and now - self._last_release < PUMP_INTERVAL):
+                    self._release(now)  # (unless the socket thread released moments ago)
+                sleep = self._pump_sleep(next_tick)
             with self._pump_lock:
                 self._flushed = True
                 self._submit(self.receiver.flush(time.monotonic()))
@@ -386,6 +399,17 @@ class ListeningSession:
             self._pump_done.set()
             # The stop marker always gets in: the queue itself is unbounded, the bound is ours.
             self._queue.put_nowait(_STOP)
+
+    def _pump_sleep(self, next_tick: float | None) -> float:
+        if self._reading:
+            return BUSY_PUMP_INTERVAL  # the socket thread times the releases; it wakes us when done
+        now = time.monotonic()
+        due = self.receiver.next_deadline(now)
+        if next_tick is not None and (due is None or next_tick < due):
+            due = next_tick
+        if due is None:
+            return MAX_PUMP_SLEEP
+        return min(max(0.0, due - now), MAX_PUMP_SLEEP)
 
     def _submit(self, packets: list[ReceivedPacket]) -> None:
         if not packets:

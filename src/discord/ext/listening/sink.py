@@ -57,6 +57,9 @@ class AudioSink:
     def on_tick(self, position: int) -> None:
         """Called about every half second while listening, between frames.
 
+        Only sinks that override it are called: a sink without it costs a silent
+        connection no wake-ups.
+
         Parameters
         ----------
         position: :class:`int`

@@ -111,6 +111,7 @@ class VoiceClient(discord.VoiceClient):
         if session is not None:
             session.receiver.set_transport(*_discord.transport_key(self))
             session.receiver.set_dave(*_discord.dave_state(self))
+            session.wake()  # held packets may now have their key or owner
 
     @property
     def dave_protocol_version(self) -> int:

@@ -48,8 +48,12 @@ MAX_PROCESSES: Final = 64
 # A fresh worker imports discord.py (the package lives in its namespace) before it can
 # answer; on a loaded machine that takes seconds, so start-up gets its own, longer limit.
 _STARTUP_TIMEOUT: Final = 30.0
-# How often the monitor looks at its workers; bounds how late a death is noticed.
+# How often the monitor looks at a worker that is starting, restarting or has work out
+# (bounds how late a hang is noticed). A death wakes it at once (EOF, failed write).
 _MONITOR_INTERVAL: Final = 0.1
+# How often it looks at idle workers: only a death that shows no EOF (a forked sibling
+# holding the pipe) waits for this.
+_IDLE_MONITOR_INTERVAL: Final = 1.0
 # Waits on threads and processes during restarts and shutdown.
 _JOIN_TIMEOUT: Final = 2.0
 
@@ -363,7 +367,7 @@ class AudioProcessPool:
         while True:
             with slot.lock:
                 while inc.alive and not slot.pending:
-                    slot.has_work.wait(0.5)
+                    slot.has_work.wait()  # every change to either notifies
                 if not inc.alive:
                     return
             # The send lock comes first, the slot lock second: while we hold it, submit()
@@ -482,7 +486,7 @@ class AudioProcessPool:
 
     def _monitor_loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(_MONITOR_INTERVAL)
+            self._wake.wait(self._monitor_sleep())
             self._wake.clear()
             if self._stop.is_set():
                 return
@@ -491,6 +495,14 @@ class AudioProcessPool:
                     self._check(slot)
                 except Exception:
                     _log.exception("decode worker %d: monitor check failed", slot.index)
+
+    def _monitor_sleep(self) -> float:
+        for slot in self._slots:
+            with slot.lock:
+                inc = slot.inc
+                if slot.wants_worker() if inc is None else not inc.ready or inc.sent > inc.done:
+                    return _MONITOR_INTERVAL  # to start, starting, or answers owed
+        return _IDLE_MONITOR_INTERVAL
 
     def _check(self, slot: Slot) -> None:
         inc = slot.inc
