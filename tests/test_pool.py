@@ -209,6 +209,36 @@ def test_long_gap_conceals_up_to_the_limit_then_silence(shared_pool: AudioProces
     stream.close()
 
 
+def test_a_streams_counts_add_up_over_replies(shared_pool: AudioProcessPool, packets: list[bytes]) -> None:
+    got = Collector()
+    stream = shared_pool.open_stream(10, got, conceal_limit=2)
+
+    def batch(base: int) -> list[tuple]:
+        # one decoded, 4 lost (2 concealed, 2 silence), a corrupt one, one decoded
+        return [
+            (1, base, 960 * base, packets[0], 0, 0),
+            (1, base + 5, 960 * (base + 5), packets[5], 4, 0),
+            (1, base + 6, 960 * (base + 6), b"\xff" * 41, 0, 0),
+            (1, base + 7, 960 * (base + 7), packets[7], 0, 0),
+        ]
+
+    assert stream.submit(batch(0))
+    got.wait_for(8)
+    first = stream.stats()
+    assert first.plc > 0 and first.silence > 0 and first.errors == 1
+    assert stream.submit(batch(100))  # a second reply
+    got.wait_for(16)
+    wait_until(lambda: stream.in_flight == 0)
+    second = stream.stats()
+    assert (second.decoded, second.plc, second.silence, second.errors) == (
+        2 * first.decoded,
+        2 * first.plc,
+        2 * first.silence,
+        2,
+    )
+    stream.close()
+
+
 def test_corrupt_packet_is_counted_and_concealed(shared_pool: AudioProcessPool, packets: list[bytes]) -> None:
     got = Collector()
     refused: list[tuple] = []
@@ -515,24 +545,24 @@ def test_hung_worker_is_restarted_after_patience(packets: list[bytes]) -> None:
 
 
 def test_a_worker_that_hangs_half_way_through_a_backlog_is_restarted(packets: list[bytes]) -> None:
-    # The worker answers the first part of a long backlog, then stops: patience runs from
+    # The worker answers the first parts of a long backlog, then stops: patience runs from
     # its last answer, and what it had not answered is counted lost.
     got = Collector()
     pid_box: list[int] = []
 
-    def stop_worker_on_first_answer(frames: list[DecodedFrame]) -> None:
-        if not got.frames:
-            os.kill(pid_box[0], signal.SIGSTOP)
+    def stop_worker_on_third_answer(frames: list[DecodedFrame]) -> None:
         got(frames)
+        if got.calls == 3:
+            os.kill(pid_box[0], signal.SIGSTOP)
 
     n = 4000
     with AudioProcessPool(1, process_patience=0.5, max_backlog=n) as p:
-        stream = p.open_stream(0, stop_worker_on_first_answer)
+        stream = p.open_stream(0, stop_worker_on_third_answer)
         pid_box.append(wait_ready(p, 0))
         assert stream.submit([(1, i, 960 * i, packets[i % len(packets)], 0, i) for i in range(n)])
         wait_until(lambda: p.restarts == [1], timeout=10)
         answered = len(got.frames)
-        assert 0 < answered < n and stream.lost_in_worker == n - answered
+        assert 3 * 64 <= answered < n and stream.lost_in_worker == n - answered
 
 
 def test_backlog_is_bounded_and_drops_are_counted(packets: list[bytes]) -> None:

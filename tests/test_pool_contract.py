@@ -40,7 +40,7 @@ from discord.ext.listening.pool.protocol import (
     REPLY_HELLO,
     normalized,
 )
-from discord.ext.listening.pool.slots import Incarnation, RateLimit, Slot, force_eof
+from discord.ext.listening.pool.slots import DIRECT_BYTES, Incarnation, RateLimit, Slot, enlarge_buffer, force_eof
 from discord.ext.listening.pool.stream import StreamHandle
 from discord.ext.listening.pool.worker import worker_main
 from helpers import opus_packets
@@ -735,3 +735,22 @@ def test_a_failed_write_wakes_the_monitor_at_once(idle_pool: AudioProcessPool) -
     assert inc.eof and idle_pool._wake.is_set()  # noticed now, not at the monitor's next look
     ours.close()
     theirs.close()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="pipes are socketpairs only on POSIX")
+def test_a_pipe_is_enlarged_for_direct_writes_on_posix_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    ours, theirs = multiprocessing.Pipe()
+    try:
+        with socket.socket(fileno=os.dup(ours.fileno())) as sock:
+            before = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            assert enlarge_buffer(ours) is True
+            after = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        assert after > before and after >= 4 * DIRECT_BYTES  # the pipe's own buffer grew
+        monkeypatch.setattr(os, "name", "nt")  # Windows pipes are not sockets
+        assert enlarge_buffer(theirs) is False
+    finally:
+        monkeypatch.undo()
+        ours.close()
+        theirs.close()
