@@ -485,6 +485,38 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path) -> None:
     wait_until(lambda: all(process_gone(pid) for pid in pids), timeout=10)
 
 
+_FORGETFUL_SCRIPT = """
+import time
+from discord.ext.listening.pool import AudioProcessPool
+if __name__ == "__main__":
+    pool = AudioProcessPool(2)
+    pool.open_stream(0, print), pool.open_stream(1, print)
+    while not all(s.inc is not None and s.inc.ready for s in pool._slots):
+        time.sleep(0.01)
+    print(*pool.worker_pids(), flush=True)
+    # ends without cleanup_processes(): the exit must neither hang nor leave workers behind
+"""
+
+
+def test_a_script_that_never_cleans_up_its_pool_still_exits(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "forgetful.py"
+    script.write_text(_FORGETFUL_SCRIPT)
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(x) for x in child.stdout.readline().split()]
+        assert len(pids) == 2
+        assert child.wait(30) == 0  # no thread of the pool holds the interpreter's exit
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        child.stdout.close()
+    wait_until(lambda: all(process_gone(pid) for pid in pids), timeout=10)
+
+
 def test_spawn_start_method(packets: list[bytes]) -> None:
     got = Collector()
     with AudioProcessPool(1, start_method="spawn") as p:

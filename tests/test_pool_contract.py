@@ -28,6 +28,7 @@ from discord.ext import listening
 from discord.ext.listening.opus import OpusDecoder, packet_has_fec
 from discord.ext.listening.pool import AudioProcessPool, DecodedFrame, get_default_pool, init_audio_processing_pool
 from discord.ext.listening.pool import default as default_pool_mod
+from discord.ext.listening.pool import processes as processes_mod
 from discord.ext.listening.pool import slots as slots_mod
 from discord.ext.listening.pool import worker as worker_mod
 from discord.ext.listening.pool.protocol import (
@@ -754,3 +755,43 @@ def test_a_pipe_is_enlarged_for_direct_writes_on_posix_only(monkeypatch: pytest.
         monkeypatch.undo()
         ours.close()
         theirs.close()
+
+
+def test_the_monitor_looks_often_only_while_a_worker_starts_or_owes_answers(idle_pool: AudioProcessPool) -> None:
+    slot = idle_pool._slots[0]
+    ours, theirs = multiprocessing.Pipe()
+    assert idle_pool._monitor_sleep() == processes_mod._IDLE_MONITOR_INTERVAL  # no stream: no worker wanted
+    stream = StreamHandle(idle_pool, 1, 0, lambda frames: None, slot, 5)
+    slot.streams[1] = stream
+    assert idle_pool._monitor_sleep() == processes_mod._MONITOR_INTERVAL  # a worker to start
+    inc = Incarnation(types.SimpleNamespace(pid=None), ours, False)
+    slot.inc = inc
+    try:
+        assert idle_pool._monitor_sleep() == processes_mod._MONITOR_INTERVAL  # starting (no hello yet)
+        inc.ready = True
+        assert idle_pool._monitor_sleep() == processes_mod._IDLE_MONITOR_INTERVAL  # up and idle
+        inc.sent = 3
+        assert idle_pool._monitor_sleep() == processes_mod._MONITOR_INTERVAL  # answers owed: hang watch
+        inc.done = 3
+        assert idle_pool._monitor_sleep() == processes_mod._IDLE_MONITOR_INTERVAL
+    finally:
+        slot.inc = None  # (not a real worker: the fixture's cleanup must not retire it)
+        ours.close()
+        theirs.close()
+
+
+def test_a_worker_start_after_cleanup_or_on_a_running_worker_starts_nothing(idle_pool: AudioProcessPool) -> None:
+    slot = idle_pool._slots[0]
+    ours, theirs = multiprocessing.Pipe()
+    running = Incarnation(types.SimpleNamespace(pid=None), ours, False)
+    slot.inc = running
+    try:
+        idle_pool._start_worker(slot)  # a start racing with another: the running worker stays
+        assert slot.inc is running
+    finally:
+        slot.inc = None
+    idle_pool.cleanup_processes()
+    idle_pool._start_worker(slot)  # the monitor's start coming after the cleanup
+    assert slot.inc is None
+    ours.close()
+    theirs.close()

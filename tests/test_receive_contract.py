@@ -516,6 +516,24 @@ def test_the_next_deadline_is_what_poll_would_do_next_and_none_when_all_is_quiet
     assert receiver.next_deadline(1.35) is None  # a silent connection: nothing until a packet
 
 
+
+def test_the_next_deadline_of_one_talker_among_silent_ones_is_that_talkers() -> None:
+    m = SSRCMap()
+    m.set_audio(11, ALICE)
+    m.set_audio(12, BOB)
+    receiver, _ = _receiver(m)
+    alice, bob = _Sender(11), _Sender(12)
+    receiver.datagram(alice.packet(PLAIN[0]), 1.0)
+    receiver.datagram(bob.packet(PLAIN[0]), 1.0)
+    receiver.poll(1.06)
+    assert len(receiver.poll(1.25)[1]) == 2  # both stopped
+    receiver.datagram(alice.packet(PLAIN[1]), 2.0)  # Alice again; Bob stays silent
+    assert receiver.poll(2.0)[1] == [SpeakingChange(11, ALICE, True)]
+    assert receiver.next_deadline(2.0) == 2.06
+    receiver.poll(2.06)
+    assert receiver.next_deadline(2.06) == 2.25
+
+
 def test_packets_waiting_for_their_owner_are_looked_at_again_soon() -> None:
     receiver, _ = _receiver(SSRCMap())  # nobody named SSRC 11 yet
     receiver.datagram(_Sender(11).packet(PLAIN[0]), 1.0)
