@@ -516,7 +516,6 @@ def test_the_next_deadline_is_what_poll_would_do_next_and_none_when_all_is_quiet
     assert receiver.next_deadline(1.35) is None  # a silent connection: nothing until a packet
 
 
-
 def test_the_next_deadline_of_one_talker_among_silent_ones_is_that_talkers() -> None:
     m = SSRCMap()
     m.set_audio(11, ALICE)
