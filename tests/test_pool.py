@@ -283,6 +283,7 @@ def test_many_small_batches_keep_their_order(shared_pool: AudioProcessPool) -> N
 def test_payload_types(shared_pool: AudioProcessPool, packets: list[bytes]) -> None:
     got = Collector()
     stream = shared_pool.open_stream(9, got)
+    wait_ready(shared_pool, shared_pool.worker_index(9))  # so the batch goes straight into the pipe
     # A memoryview payload (pickle refuses it) is copied to bytes rather than refused.
     assert stream.submit([(1, 0, 0, memoryview(packets[0]), 0, 0), (1, 1, 960, bytearray(packets[1]), 0, 1)])
     ref = OpusDecoder()
@@ -595,6 +596,37 @@ def test_a_worker_that_hangs_half_way_through_a_backlog_is_restarted(packets: li
         wait_until(lambda: p.restarts == [1], timeout=10)
         answered = len(got.frames)
         assert 3 * 64 <= answered < n and stream.lost_in_worker == n - answered
+
+
+def test_a_hung_worker_is_restarted_even_while_batches_keep_coming(packets: list[bytes]) -> None:
+    # Speech goes on while the worker hangs: new batches must not restart its patience clock.
+    got = Collector()
+    with AudioProcessPool(1, process_patience=0.5) as p:
+        stream = p.open_stream(0, got)
+        pid = wait_ready(p, 0)
+        os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        seq = 0
+        while p.restarts == [0]:
+            assert time.monotonic() < deadline, "a worker fed every 50 ms was never taken for hung"
+            stream.submit([(1, seq, 960 * seq, packets[seq % len(packets)], 0, seq)])
+            seq += 1
+            time.sleep(0.05)
+        assert stream.lost_in_worker > 0
+
+
+def test_direct_writes_keep_the_books_straight(
+    shared_pool: AudioProcessPool, packets: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    got = Collector()
+    stream = shared_pool.open_stream(12, got)
+    wait_ready(shared_pool, shared_pool.worker_index(12))
+    for i in range(6):  # small batches to an idle worker: each written by the submitting thread
+        assert stream.submit([(3, i, 960 * i, packets[i], 0, i)])
+        got.wait_for(i + 1)
+    assert [f.sequence for f in got.frames] == list(range(6))
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]  # the answers matched what was sent
+    stream.close()
 
 
 def test_backlog_is_bounded_and_drops_are_counted(packets: list[bytes]) -> None:

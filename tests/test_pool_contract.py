@@ -695,8 +695,9 @@ def test_a_streams_stats_snapshot_counts_what_a_closed_stream_refused(
     assert stream.submit(items(1, 0, voice_a[:2]))
     stream.close()
     assert not stream.submit(items(1, 2, voice_a[2:5]))  # refused, counted
+    assert not stream.submit(items(1, 5, voice_a[5:7]))  # and again: the drops add up
     stats = stream.stats()
-    assert (stats.submitted, stats.dropped, stats.lost_in_worker) == (2, 3, 0)
+    assert (stats.submitted, stats.dropped, stats.lost_in_worker) == (2, 5, 0)
 
 
 def test_batches_no_worker_will_get_are_counted_lost_per_stream(
@@ -794,4 +795,36 @@ def test_a_worker_start_after_cleanup_or_on_a_running_worker_starts_nothing(idle
     idle_pool._start_worker(slot)  # the monitor's start coming after the cleanup
     assert slot.inc is None
     ours.close()
+    theirs.close()
+
+
+def test_an_empty_batch_is_accepted_and_changes_nothing(idle_pool: AudioProcessPool) -> None:
+    slot, stream = _stream_without_worker(idle_pool)
+    assert stream.submit([]) is True
+    assert (stream.submitted, stream.dropped, stream.in_flight, slot.pending) == (0, 0, 0, [])
+
+
+def test_a_backlog_filled_exactly_to_its_bound_is_accepted(idle_pool: AudioProcessPool, voice_a: list[bytes]) -> None:
+    _, stream = _stream_without_worker(idle_pool)  # max_backlog 100, no worker: all stays queued
+    assert stream.submit(items(1, 0, voice_a[:40]))
+    assert stream.submit(items(1, 40, voice_a[40:100]))  # 40 + 60 = 100: full, not over
+    assert stream.dropped == 0
+    assert not stream.submit(items(1, 100, voice_a[100:101]))  # one more: waits, then dropped
+    assert stream.dropped == 1
+
+
+def test_batches_still_queued_count_against_the_backlog_after_a_worker_dies(
+    idle_pool: AudioProcessPool, voice_a: list[bytes]
+) -> None:
+    slot, stream = _stream_without_worker(idle_pool)  # max_backlog 100
+    assert stream.submit(items(1, 0, voice_a[:30])) and stream.submit(items(1, 30, voice_a[30:60]))
+    ours, theirs = multiprocessing.Pipe()
+    gone = types.SimpleNamespace(
+        pid=None, exitcode=-9, is_alive=lambda: False, join=lambda timeout=None: None, close=lambda: None
+    )
+    slot.inc = Incarnation(gone, ours, False)  # it died before its writer took anything
+    idle_pool._retire(slot, slot.inc, "died", restart=False)
+    assert stream.lost_in_worker == 0  # the 60 queued wait for the next worker ...
+    assert not stream.submit(items(1, 60, voice_a[60:101]))  # ... and still take room: 60 + 41 > 100
+    assert stream.submit(items(1, 60, voice_a[60:100]))  # 60 + 40 fits
     theirs.close()
