@@ -970,6 +970,46 @@ def test_bad_cleanup_timeout_leaves_the_pool_open() -> None:
     assert p.closed
 
 
+def test_open_stream_arguments_say_what_was_wrong() -> None:
+    with AudioProcessPool(1) as p:
+        p.open_stream(2**64 - 1, print, conceal_limit=0).close()  # the largest snowflake; no PLC
+        p.open_stream(0, print, conceal_limit=1000).close()
+        for kwargs, error, message in (
+            ({"guild_id": 2**64}, ValueError, r"^guild_id must be within"),
+            ({"on_lost": 3}, TypeError, r"^on_lost must be callable, got int$"),
+            ({"on_decode_error": "x"}, TypeError, r"^on_decode_error must be callable, got str$"),
+            ({"conceal_limit": 1001}, ValueError, r"^conceal_limit must be within"),
+        ):
+            args = {"guild_id": 1, "on_frames": print, **kwargs}
+            with pytest.raises(error, match=message):
+                p.open_stream(args.pop("guild_id"), args.pop("on_frames"), **args)
+    with pytest.raises(RuntimeError, match=r"^this AudioProcessPool was cleaned up; create a new one$"):
+        p.open_stream(0, print)
+
+
+def test_one_monitor_per_pool_and_a_quiet_ready_worker_raises_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    with AudioProcessPool(1) as p:
+        p.open_stream(0, print)
+        p.open_stream(0, print)
+        wait_ready(p, 0)
+        time.sleep(1.3)  # past the idle monitor's look at a ready worker that never had work
+        monitors = [t for t in threading.enumerate() if t.name == f"listening-pool{p._id}-monitor"]
+        assert len(monitors) == 1
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+
+
+def test_what_a_worker_reports_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    got = Collector()
+    with AudioProcessPool(1) as p:
+        stream = p.open_stream(0, got)
+        wait_ready(p, 0)
+        p._slots[0].inc.conn.send_bytes(b"not a pickle")  # what a corrupted pipe would carry
+        wait_until(lambda: "bad message" in caplog.text)
+        assert stream.submit([(1, 0, 0, opus_packets(0.1)[0], 0, 0)])  # and it goes on decoding
+        got.wait_for(1)
+    assert [r.levelname for r in caplog.records if "bad message" in r.getMessage()] == ["ERROR"]
+
+
 def test_default_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     # Start from no default pool, and give back whatever another test module left there.
     monkeypatch.setattr(default_pool_mod, "_default_pool", None)

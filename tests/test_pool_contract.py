@@ -810,7 +810,8 @@ def test_a_backlog_filled_exactly_to_its_bound_is_accepted(idle_pool: AudioProce
     assert stream.submit(items(1, 40, voice_a[40:100]))  # 40 + 60 = 100: full, not over
     assert stream.dropped == 0
     assert not stream.submit(items(1, 100, voice_a[100:101]))  # one more: waits, then dropped
-    assert stream.dropped == 1
+    assert not stream.submit(items(1, 100, voice_a[100:102]))
+    assert stream.dropped == 3
 
 
 def test_batches_still_queued_count_against_the_backlog_after_a_worker_dies(
