@@ -531,6 +531,16 @@ def test_spawn_start_method(packets: list[bytes]) -> None:
     assert process_gone(pid)
 
 
+def test_a_worker_slower_to_start_than_the_patience_is_not_taken_for_hung(packets: list[bytes]) -> None:
+    # spawn imports discord.py afresh (about a second here): start-up has its own, longer limit
+    got = Collector()
+    with AudioProcessPool(1, start_method="spawn", process_patience=0.3) as p:
+        stream = p.open_stream(0, got)
+        assert stream.submit([(1, i, 960 * i, pk, 0, i) for i, pk in enumerate(packets[:5])])  # before it is up
+        got.wait_for(5, timeout=30)
+        assert p.restarts == [0]
+
+
 def test_killed_worker_is_restarted_and_loss_is_counted(packets: list[bytes]) -> None:
     got = Collector()
     lost: list[tuple] = []
