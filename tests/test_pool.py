@@ -608,6 +608,16 @@ def test_a_worker_that_hangs_half_way_through_a_backlog_is_restarted(packets: li
         assert 3 * 64 <= answered < n and stream.lost_in_worker == n - answered
 
 
+def test_a_worker_hung_on_its_first_single_packet_is_restarted(packets: list[bytes]) -> None:
+    with AudioProcessPool(1, process_patience=0.3) as p:
+        stream = p.open_stream(0, Collector())
+        pid = wait_ready(p, 0)
+        os.kill(pid, signal.SIGSTOP)
+        assert stream.submit([(1, 0, 0, packets[0], 0, 0)])
+        wait_until(lambda: p.restarts == [1], timeout=10)
+        assert stream.lost_in_worker == 1
+
+
 def test_a_hung_worker_is_restarted_even_while_batches_keep_coming(packets: list[bytes]) -> None:
     # Speech goes on while the worker hangs: new batches must not restart its patience clock.
     got = Collector()
@@ -854,6 +864,41 @@ def test_the_forkserver_preloads_the_decode_worker(
     monkeypatch.setattr(forkserver._forkserver, "_preload_modules", list(configured))
     processes_mod._preload_in_forkserver()
     assert forkserver._forkserver._preload_modules == expected
+
+
+def test_a_worker_whose_death_shows_no_eof_is_still_found_and_replaced() -> None:
+    pool = AudioProcessPool(1)
+    ours, still_held = multiprocessing.Pipe()  # another process holds the pipe: no EOF
+    inc = _incarnation_on(pool, ours)
+    inc.ready = True
+    slot = pool._slots[0]
+    try:
+        inc.process.kill()
+        inc.process.join(10)
+        pool._check(slot)
+        assert slot.inc is not inc and slot.restarts == 1 and not inc.alive
+    finally:
+        still_held.close()
+        pool.cleanup_processes()
+
+
+def test_a_worker_that_never_says_hello_is_replaced_after_the_start_up_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(processes_mod, "_STARTUP_TIMEOUT", 0.2)
+    pool = AudioProcessPool(1, process_patience=0.1)
+    ours, theirs = multiprocessing.Pipe()
+    inc = _incarnation_on(pool, ours)  # alive, silent: it never answers its hello
+    slot = pool._slots[0]
+    try:
+        pool._check(slot)
+        assert slot.inc is inc  # not yet
+        time.sleep(0.3)
+        pool._check(slot)
+        assert slot.inc is not inc and slot.restarts == 1
+    finally:
+        theirs.close()
+        pool.cleanup_processes()
 
 
 def _monitor_held_in_check(pool: AudioProcessPool, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
