@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -456,37 +458,7 @@ def test_a_worker_that_answered_everything_is_not_taken_for_hung(packets: list[b
         assert p.restarts == [0] and p.worker_pids() == [pid]
 
 
-_ORPHAN_SCRIPT = """
-import sys, time
-from discord.ext.listening.pool import AudioProcessPool
-if __name__ == "__main__":
-    pool = AudioProcessPool(2)
-    pool.open_stream(0, print), pool.open_stream(1, print)
-    while not all(s.inc is not None and s.inc.ready for s in pool._slots):
-        time.sleep(0.01)
-    print(*pool.worker_pids(), flush=True)
-    time.sleep(60)
-"""
-
-
-def test_workers_exit_when_the_parent_is_killed(tmp_path) -> None:
-    import subprocess
-    import sys
-
-    script = tmp_path / "orphan.py"
-    script.write_text(_ORPHAN_SCRIPT)
-    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        pids = [int(x) for x in parent.stdout.readline().split()]
-        assert len(pids) == 2
-    finally:
-        parent.kill()
-        parent.wait(10)
-        parent.stdout.close()
-    wait_until(lambda: all(process_gone(pid) for pid in pids), timeout=10)
-
-
-_FORGETFUL_SCRIPT = """
+_POOL_SCRIPT = """
 import time
 from discord.ext.listening.pool import AudioProcessPool
 if __name__ == "__main__":
@@ -495,19 +467,34 @@ if __name__ == "__main__":
     while not all(s.inc is not None and s.inc.ready for s in pool._slots):
         time.sleep(0.01)
     print(*pool.worker_pids(), flush=True)
-    # ends without cleanup_processes(): the exit must neither hang nor leave workers behind
+    {ending}
 """
 
 
-def test_a_script_that_never_cleans_up_its_pool_still_exits(tmp_path) -> None:
-    import subprocess
-    import sys
-
-    script = tmp_path / "forgetful.py"
-    script.write_text(_FORGETFUL_SCRIPT)
+def _script_with_a_pool(tmp_path, ending: str) -> tuple[subprocess.Popen[str], list[int]]:
+    """A Python child that starts a 2-worker pool, prints the workers' pids, then runs ``ending``."""
+    script = tmp_path / "bot.py"
+    script.write_text(_POOL_SCRIPT.format(ending=ending))
     child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pids = [int(x) for x in child.stdout.readline().split()]
+    return child, pids
+
+
+def test_workers_exit_when_the_parent_is_killed(tmp_path) -> None:
+    parent, pids = _script_with_a_pool(tmp_path, "time.sleep(60)")
     try:
-        pids = [int(x) for x in child.stdout.readline().split()]
+        assert len(pids) == 2
+    finally:
+        parent.kill()
+        parent.wait(10)
+        parent.stdout.close()
+    wait_until(lambda: all(process_gone(pid) for pid in pids), timeout=10)
+
+
+def test_a_script_that_never_cleans_up_its_pool_still_exits(tmp_path) -> None:
+    # it ends without cleanup_processes(): the exit must neither hang nor leave workers behind
+    child, pids = _script_with_a_pool(tmp_path, "pass")
+    try:
         assert len(pids) == 2
         assert child.wait(30) == 0  # no thread of the pool holds the interpreter's exit
     finally:
