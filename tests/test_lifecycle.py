@@ -63,9 +63,7 @@ async def _run(connections: int, cycles: int) -> None:
     async with contextlib.AsyncExitStack() as stack:
         pool = stack.enter_context(listening.AudioProcessPool(2))
         await _warm_pool(pool)
-        servers = [
-            await stack.enter_async_context(VoiceServerEmulator(seed=100 + i, dave=False)) for i in range(connections)
-        ]
+        servers = [await stack.enter_async_context(VoiceServerEmulator(seed=100 + i)) for i in range(connections)]
         vcs = [await server.connect(cls=listening.VoiceClient) for server in servers]
         members = [await server.add_member(700 + i, f"member{i}") for i, server in enumerate(servers)]
         # The first cycle starts what is meant to stay (the pool's workers, discord.py's threads).
