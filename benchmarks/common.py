@@ -123,10 +123,11 @@ def thread_cpu() -> dict[str, float]:
 
 
 def _kind(name: str) -> str:
-    # Collapse per-connection names ("listening-pump:123") into kinds.
+    # Collapse per-connection names ("listening-sink:123") into kinds.
     for prefix, kind in (
         ("voice-socket-reader", "socket reader (discord.py)"),
-        ("listening-pump", "pump"),
+        ("listening-engine", "receive engine"),
+        ("listening-drain", "stop drain"),
         ("listening-sink", "sink dispatcher"),
         ("listening-pool", "pool threads"),
         ("MainThread", "event loop"),

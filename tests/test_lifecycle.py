@@ -1,7 +1,7 @@
 """Listening started and stopped over and over leaves nothing behind.
 
 A bot that records meetings starts and stops listening all day in many guilds: every
-``listen()`` starts a pump thread, a sink thread and a decode stream, and every stop must
+``listen()`` joins the receive engine and starts a sink thread and a decode stream, and every stop must
 take them all back. Here real voice connections to local voice servers (real UDP, real
 websockets, a real decode pool) cycle through ``listen`` / ``stop_listening`` while their
 members speak now and then; afterwards the bot has exactly the threads, child processes and
@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from discord.ext import listening
+from discord.ext.listening.engine import default_engine
 from discord.ext.listening.testing import VoiceServerEmulator, speechlike
 from helpers import Collect, listen_until_done
 
@@ -68,6 +69,10 @@ async def _run(connections: int, cycles: int) -> None:
         members = [await server.add_member(700 + i, f"member{i}") for i, server in enumerate(servers)]
         # The first cycle starts what is meant to stay (the pool's workers, discord.py's threads).
         await asyncio.gather(*(_cycle(vc, pool, None) for vc in vcs))
+        for _ in range(50):  # the engine's thread ends once its last session is gone
+            if not default_engine().running:
+                break
+            await asyncio.sleep(0.1)
         threads, children, fds = _footprint()
         heard = 0
         for n in range(cycles - 1):

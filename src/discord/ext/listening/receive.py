@@ -1,6 +1,6 @@
 """The receive path of one voice connection, sans-I/O: datagram in, ordered Opus packets out.
 
-On arrival (discord.py's socket thread, so it must stay cheap): parse the clear header ->
+On arrival (the receive engine's thread, shared by every connection, so it must stay cheap): parse the clear header ->
 drop non-audio -> transport-decrypt (authenticates) -> strip extension and padding -> push
 into the SSRC's jitter buffer.
 
@@ -169,7 +169,7 @@ class PacketReceiver:
         self._dave = dave.DaveReceiver(ssrc_map, stats)
         self.paused = False
 
-    # -- socket thread -------------------------------------------------------------------
+    # -- on arrival ----------------------------------------------------------------------
 
     def set_transport(self, mode: str | None, key: bytes | bytearray | list[int] | None) -> None:
         """The voice session's transport mode and secret key (SESSION_DESCRIPTION); any thread.
@@ -217,7 +217,7 @@ class PacketReceiver:
                 if self._keys.changed:
                     for old, arrival in self._keys.take_parked(now):
                         rtp_one(old, arrival, True)
-            except Exception:  # a bug must not kill discord.py's socket thread
+            except Exception:  # a bug must not end the engine's round (nor discord.py's thread)
                 _log.exception("unexpected error handling a %d-byte datagram", len(data))
                 self.stats.drop_unattributed(DropReason.malformed)
         return rtcp
@@ -364,7 +364,7 @@ class PacketReceiver:
         del self._streams[victim.ssrc]
         return True
 
-    # -- pump thread ---------------------------------------------------------------------
+    # -- on release ----------------------------------------------------------------------
 
     def poll(self, now: float) -> tuple[list[ReceivedPacket], list[SpeakingChange]]:
         """Release what is ready: ordered, decrypted packets of every SSRC, and speaking changes.

@@ -1,25 +1,26 @@
-"""One ``listen()`` call: the threads around the sans-I/O receiver, the decode pool and the sink.
+"""One ``listen()`` call: the receiver, the decode stream and the sink, run by the receive engine.
 
-Threads (none of them is the event loop; discord.py's socket thread is borrowed only while
-audio flows, and every datagram still reaches its other listeners):
+Threads (none of them is the event loop; every datagram still reaches discord.py's other
+socket listeners):
 
 * discord.py's socket reader calls :meth:`ListeningSession._on_datagram` with the first
-  datagram of a burst. From there the session reads the socket itself in batches: it takes
-  every datagram queued (forwarding each to discord.py's other socket listeners, such as IP
-  discovery), parses, decrypts and buffers them, releases what is ready to the pool, sleeps
-  ``PUMP_INTERVAL`` and reads again, handing the thread back to discord.py once the socket
-  stays quiet, the socket changes or discord.py pauses or stops its reader. A thread
-  wake-up costs ~35 us of CPU on a VM, more than all the Python work for a packet: one per
-  10 ms instead of one per datagram is most of the receive path's cost at 10-100 speakers.
-* the *pump* releases ordered packets from the jitter buffers while the socket thread is
-  not doing it (no traffic: gaps to declare, speaking to time out), and sends them to the
-  pool in one batch (or, with ``decode=False``, turns them into frames itself). It sleeps
-  until the receiver's next deadline: a silent connection wakes it only for the sink's
-  ticks (sinks that implement ``on_tick``) and whatever datagram comes.
+  datagram of a burst. The session takes it in, then holds that thread (asleep) and has the
+  receive engine read the socket from then on, once per round with every other session
+  that has audio (``engine.py``); the thread goes back to discord.py once the socket stays
+  quiet, the socket changes or discord.py pauses or stops its reader. A thread wake-up
+  costs ~35 us of CPU on a VM, more than all the Python work for a packet: one per round
+  for the whole process, instead of one per datagram or one per guild, is most of the
+  receive path's cost.
+* the *engine* (one thread per process) runs :meth:`ListeningSession.run_round`: it reads
+  the held socket (``udp_read.py``), releases ordered packets from the jitter buffers, and
+  sends them to the pool in one batch (or, with ``decode=False``, turns them into frames
+  itself). A silent session asks for no round: only its sink's ticks (sinks that implement
+  ``on_tick``), a datagram or a gateway message wake it.
 * the pool's reader threads hand decoded frames back to :meth:`_on_decoded`, which only
   enqueues.
 * the *dispatcher* calls the sink, one callback at a time, from a bounded queue; a slow sink
   costs counted drops, never a blocked receiver.
+* when listening stops, a short-lived thread waits for the frames still in the workers.
 """
 
 from __future__ import annotations
@@ -27,9 +28,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import socket
-import struct
-import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -38,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from . import _discord
+from .engine import ReceiveEngine, default_engine
 from .frames import AudioFrame, FrameKind, ReceivedPacket, SpeakingChange
 from .opus import SAMPLE_RATE
 from .receive import PacketReceiver
@@ -46,6 +45,7 @@ from .seqmath import seq_diff
 from .sink import AudioSink
 from .ssrc import SSRCMap
 from .stats import DropReason, ListenStats
+from .udp_read import DatagramReader
 
 if TYPE_CHECKING:
     from .pool import AudioProcessPool, DecodedFrame
@@ -54,39 +54,14 @@ __all__ = ("ListeningSession",)
 
 _log = logging.getLogger(__name__)
 
-PUMP_INTERVAL = 0.01
-#: How often the pump looks while the socket thread does its work (ticks, stop).
-BUSY_PUMP_INTERVAL = 0.1
-#: Quiet reads (``PUMP_INTERVAL`` apart) before the socket thread goes back to discord.py.
+#: Quiet reads (one per engine round) before discord.py's socket thread gets its socket back.
 IDLE_READS = 3
-#: Datagrams read per batch at most (bounds the time between two releases under a flood).
-MAX_BATCH = 2000
-#: Kernel receive buffer asked for on discord.py's socket: 10 ms of batching at hundreds of
-#: speakers would overflow Linux's default (~200 datagrams). The system may cap it.
-RECEIVE_BUFFER = 1 << 21
-# Kernel receive timestamps (Linux SO_TIMESTAMPNS; Python has no name for it): a batch read
-# 10 ms after its first datagram arrived still places every packet at its own arrival time.
-# Without them the socket thread does not linger: it reads what is queued and returns.
-_SO_TIMESTAMPNS = 35 if sys.platform.startswith("linux") else None
-# The socket's own drop count (Linux SO_RXQ_OVFL; no Python name either): once the kernel has
-# dropped a datagram because the receive buffer was full, each datagram queued after that
-# carries the socket's cumulative drop count (uint32) next to its timestamp.
-_SO_RXQ_OVFL = 40 if sys.platform.startswith("linux") else None
-# getsockopt(SO_MEMINFO): the socket's memory counters (uint32 each); SK_MEMINFO_DROPS is the
-# same count, read once when we start counting (drops before the session are not its own).
-_SO_MEMINFO = 55
-_MEMINFO_DROPS = 8
-_U32 = struct.Struct("@I")
-# ioctl for the kernel timestamp of the datagram discord.py's reader has just read.
-_SIOCGSTAMPNS = 0x8907
-_TIMESPEC = struct.Struct("@ll")
 #: Seconds between ``on_tick`` calls to the sink (file sinks flush to disk on it).
 TICK_INTERVAL = 0.5
-#: The longest the pump sleeps without being woken: a safety net should some path buffer
-#: packets without waking it (every known one does).
-MAX_PUMP_SLEEP = 1.0
 #: How long stop() waits for frames still inside the decode workers.
 DRAIN_TIMEOUT = 5.0
+#: How often a held socket thread looks whether the engine is still there (a safety net).
+_HOLD_CHECK = 1.0
 _STOP = object()
 _TICK = object()
 
@@ -106,6 +81,7 @@ class ListeningSession:
         after_kwargs: dict[str, Any],
         jitter_depth: float,
         sink_queue_size: int,
+        engine: ReceiveEngine | None = None,
     ) -> None:
         if sink_queue_size < 1:
             raise ValueError(f"sink_queue_size must be at least 1, got {sink_queue_size!r}")
@@ -131,24 +107,20 @@ class ListeningSession:
         self._meta: dict[int, ReceivedPacket] = {}
         self._meta_lock = threading.Lock()
         self._next_id = 0
-        self._stopping = threading.Event()
-        self._pump_done = threading.Event()
-        self._pump_wake = threading.Event()
         self._pump_lock = threading.Lock()  # poll + submit: one releaser at a time, in order
         self._flushed = False
-        self._last_release = 0.0
-        self._reading = False  # the socket thread is in _read_loop
-        self._sized_socket: Any = None
-        self._stamped = False
-        self._drops_offset = 0  # socket_drops = the kernel's count on the socket + this
+        self._engine = engine if engine is not None else default_engine()
+        self._udp = DatagramReader(self.stats)
+        # discord.py's reader thread and socket while the engine reads that socket for it
+        self._held: tuple[_discord.SocketReaderView, Any] | None = None
+        self._reading = False  # (the same, for tests: the reader is ours)
+        self._give_back = threading.Event()
+        self._idle_rounds = 0
         self._cleaned = asyncio.Event()
         self._stop_lock = threading.Lock()
         self._error: BaseException | None = None
         self._sink_errors_logged: set[str] = set()
         self._stop_reason: str | None = None
-        self._pump_thread = threading.Thread(
-            target=self._pump, name=f"listening-pump:{voice_client.guild.id}", daemon=True
-        )
         self._dispatch_thread = threading.Thread(
             target=self._dispatch, name=f"listening-sink:{voice_client.guild.id}", daemon=True
         )
@@ -157,7 +129,9 @@ class ListeningSession:
         self.cleaned_up = False
         self._pause_started: float | None = None
         # A sink without its own on_tick gets no ticks: a silent connection then wakes no thread.
-        self._ticks = type(sink).on_tick is not AudioSink.on_tick
+        self._next_tick: float | None = None
+        if type(sink).on_tick is not AudioSink.on_tick:
+            self._next_tick = self.origin + TICK_INTERVAL
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -170,8 +144,8 @@ class ListeningSession:
                 on_lost=self._on_lost,
                 on_decode_error=self._on_decode_error,
             )
-        self._pump_thread.start()
         self._dispatch_thread.start()
+        self._engine.add(self)
         _discord.add_socket_listener(self.voice_client, self._on_datagram)
         _log.info("listening in guild %s (decode=%s)", self.voice_client.guild.id, self.decode)
 
@@ -187,8 +161,8 @@ class ListeningSession:
             _discord.remove_socket_listener(self.voice_client, self._on_datagram)
         except Exception:
             _log.debug("removing the socket listener failed", exc_info=True)
-        self._stopping.set()
-        self._pump_wake.set()
+        self._give_back.set()
+        self._engine.remove(self)
 
     def pause(self) -> None:
         if not self.paused and not self.done:
@@ -211,152 +185,89 @@ class ListeningSession:
         """The recording timeline's current sample position."""
         return round((time.monotonic() - self.origin) * SAMPLE_RATE)
 
-    # -- socket thread -------------------------------------------------------------------
+    # -- discord.py's socket thread ------------------------------------------------------
 
     def _on_datagram(self, data: bytes) -> None:
         now = time.monotonic()
-        found = None if self._reading else _discord.socket_reader(self.voice_client)
+        found = None if self._reading or self.done else _discord.socket_reader(self.voice_client)
         if found is None:
             self._receive([data], [now])  # not discord.py's reader as we know it: one at a time
-            self._pump_wake.set()
+            self._engine.wake(self)
             return
         try:
-            self._read_loop(found[0], found[1], data, now)
+            arrival = self._udp.attach(found[1], now)
+            self._receive([data], [arrival])
         except Exception:  # never kill discord.py's reader thread
-            _log.exception("listening socket loop failed; back to one datagram at a time")
-
-    def _read_loop(self, reader: _discord.SocketReaderView, sock: socket.socket, data: bytes, now: float) -> None:
-        new_socket = sock is not self._sized_socket
-        if new_socket:
-            self._sized_socket = sock
-            try:
-                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < RECEIVE_BUFFER:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-            except OSError:
-                pass
-            self._stamped = False
-            if _SO_TIMESTAMPNS is not None:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-                    self._stamped = sock.getsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS) == 1
-                except OSError:
-                    pass
-            # Count from here on; a replacement socket's drops add to the earlier sockets'.
-            self._drops_offset = self.stats.socket_drops
-            if _SO_RXQ_OVFL is not None:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, _SO_RXQ_OVFL, 1)
-                    info = sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 4 * (_MEMINFO_DROPS + 1))
-                    if len(info) >= 4 * (_MEMINFO_DROPS + 1):
-                        self._drops_offset -= _U32.unpack_from(info, 4 * _MEMINFO_DROPS)[0]
-                except OSError:
-                    pass
-        stamped = self._stamped
-        stats = self.stats
-        recv, recvmsg = sock.recv, sock.recvmsg
-        sol, kind, unpack, size = socket.SOL_SOCKET, _SO_TIMESTAMPNS, _TIMESPEC.unpack_from, _TIMESPEC.size
-        ovfl = _SO_RXQ_OVFL
-        drops: bytes | None = None  # the newest drop count read (raw), parsed once per batch
-        me = self._on_datagram
-        batch = [data]
-        arrivals = [now]
-        if stamped and new_socket:
-            # The datagram discord.py just read, before SO_TIMESTAMPNS was on: the socket's
-            # last-receive stamp is its kernel arrival time. Only this once: with
-            # SO_TIMESTAMPNS on, Linux stops updating that stamp, and it would date every
-            # later burst's first datagram back to this one (a spurt placed up to a second
-            # early). Those are timed when discord.py's reader hands them over (~0.3-4 ms
-            # late under load) until one receive thread reads every socket itself.
-            try:
-                import fcntl
-
-                sec, nsec = unpack(fcntl.ioctl(sock.fileno(), _SIOCGSTAMPNS, bytes(size)))
-                t = sec + nsec * 1e-9 - (time.time() - now)
-                if now - 1.0 < t < now:
-                    arrivals[0] = t
-            except (OSError, ImportError, ValueError):
-                pass
-        fresh = 1
-        idle = 0
+            _log.exception("listening could not take a datagram in")
+            return
+        if not self._udp.stamped:
+            # Without kernel arrival times a later read would misplace audio: one at a time.
+            self._engine.wake(self)
+            return
+        # Hold the thread (asleep) while the engine reads the socket: two readers would race
+        # for each datagram, and discord.py's would wake once per datagram.
+        self._give_back.clear()
+        self._idle_rounds = 0
+        self._held = found
         self._reading = True
-        try:
-            while True:
-                # Everything queued now, in one go (the socket is non-blocking).
-                full: bool | None = False
-                try:
-                    if stamped:
-                        offset = time.time() - now  # kernel stamps are wall-clock time
-                        while True:
-                            d, anc, _, _ = recvmsg(2048, 64)
-                            t = now
-                            # (the timestamp, then the drop count once the socket has dropped)
-                            for level, k, cdata in anc:
-                                if level == sol and k == kind and len(cdata) >= size:
-                                    sec, nsec = unpack(cdata)
-                                    t = sec + nsec * 1e-9 - offset
-                                    if t > now:
-                                        t = now
-                                elif k == ovfl and level == sol:
-                                    drops = cdata
-                            batch.append(d)
-                            arrivals.append(t)
-                            if len(batch) >= MAX_BATCH:
-                                full = True
-                                break
-                    else:
-                        while True:
-                            batch.append(recv(2048))
-                            arrivals.append(now)
-                            if len(batch) >= MAX_BATCH:
-                                full = True
-                                break
-                except (BlockingIOError, InterruptedError):
-                    pass
-                except OSError:
-                    full = None  # closed under us: process what we have and give back the thread
-                if drops is not None:  # counts only grow: the batch's newest is its largest
-                    n = _U32.unpack_from(drops)[0] + self._drops_offset
-                    if n > stats.socket_drops:
-                        stats.socket_drops = n
-                    drops = None
-                others = [cb for cb in reader.listeners() if cb != me]
-                if others:  # e.g. discord.py's IP discovery: it must see what we read
-                    # (discord.py itself hands the first datagram to every listener)
-                    for d in batch[fresh:]:
-                        for cb in others:
-                            try:
-                                cb(d)
-                            except Exception:
-                                _log.exception("socket listener %r failed", cb)
-                if batch:
-                    idle = 0
-                    self._receive(batch, arrivals)
-                    self._release(now)
-                else:
-                    idle += 1
-                if full is None or not stamped or idle >= IDLE_READS or self.done or reader.must_yield(sock):
-                    return
-                if not full:
-                    self._stopping.wait(PUMP_INTERVAL)
-                now = time.monotonic()
-                batch = []
-                arrivals = []
-                fresh = 0
-        finally:
-            self._reading = False
-            self._pump_wake.set()  # the pump takes over the timing
+        self._engine.wake(self)
+        while not self._give_back.wait(_HOLD_CHECK):
+            if self.done or not self._engine.running:
+                break
+        self._held = None
+        self._reading = False
 
     def _receive(self, batch: list[bytes], arrivals: list[float]) -> None:
         for packet in self.receiver.datagrams(batch, arrivals):
             self._enqueue_event(packet)
 
+    # -- the engine thread ---------------------------------------------------------------
+
+    def run_round(self, now: float) -> float | None:
+        """Read the held socket, release what is due, tick the sink; returns when to run next."""
+        if self.done:
+            return None
+        held = self._held
+        if held is not None:
+            self._read(held, now)
+        self._release(now)
+        due = self._next_tick
+        if due is not None and now >= due:
+            due = self._next_tick = now + TICK_INTERVAL
+            self._enqueue_event(_TICK)
+        if self._held is not None:
+            return now  # the next round: audio is flowing
+        deadline = self.receiver.next_deadline(now)
+        if deadline is not None and (due is None or deadline < due):
+            due = deadline
+        return due
+
+    def _read(self, held: tuple[_discord.SocketReaderView, Any], now: float) -> None:
+        reader, sock = held
+        batch, arrivals, full = self._udp.read(now)
+        if batch:
+            self._idle_rounds = 0
+            me = self._on_datagram
+            others = [cb for cb in reader.listeners() if cb != me]
+            for d in batch if others else ():  # e.g. discord.py's IP discovery: it must see them
+                for cb in others:
+                    try:
+                        cb(d)
+                    except Exception:
+                        _log.exception("socket listener %r failed", cb)
+            self._receive(batch, arrivals)
+        else:
+            self._idle_rounds += 1
+        if full is None or self._idle_rounds >= IDLE_READS or reader.must_yield(sock):
+            self._held = None
+            self._give_back.set()
+
     def _release(self, now: float) -> None:
-        """Release what the jitter buffers have ready and send it on (either thread)."""
+        """Release what the jitter buffers have ready and send it on (engine or event loop)."""
         with self._pump_lock:
             if self._flushed:
                 return
             packets, changes = self.receiver.poll(now)
-            self._last_release = now
             if packets:
                 self._submit(packets)
         if changes:
@@ -366,50 +277,38 @@ class ListeningSession:
             if recover is not None:
                 self.loop.call_soon_threadsafe(recover)
 
-    # -- pump thread ---------------------------------------------------------------------
-
     def wake(self) -> None:
-        """Have the pump look again now (a gateway message may have unblocked held packets)."""
-        self._pump_wake.set()
+        """Have the engine run this session now (a gateway message may have unblocked held packets)."""
+        self._engine.wake(self)
 
-    def _pump(self) -> None:
+    def round_failed(self, error: Exception) -> None:
+        self.stop(reason="failed", error=error)
+
+    def finish_on_engine(self) -> None:
+        """Release everything still buffered, then let the frames in the workers come back."""
         try:
-            next_tick = time.monotonic() + TICK_INTERVAL if self._ticks else None
-            sleep: float | None = PUMP_INTERVAL
-            while not self._stopping.is_set():
-                self._pump_wake.wait(sleep)
-                self._pump_wake.clear()
-                if self._stopping.is_set():
-                    break
-                now = time.monotonic()
-                if next_tick is not None and now >= next_tick:
-                    next_tick = now + TICK_INTERVAL
-                    self._enqueue_event(_TICK)
-                if not (self._reading and now - self._last_release < PUMP_INTERVAL):
-                    self._release(now)  # (unless the socket thread released moments ago)
-                sleep = self._pump_sleep(next_tick)
             with self._pump_lock:
                 self._flushed = True
                 self._submit(self.receiver.flush(time.monotonic()))
+        except Exception as exc:  # a bug; end listening loudly, not silently
+            _log.exception("flushing the jitter buffers failed")
+            self._error = self._error or exc
+        if self._stream is None:
+            self._queue.put_nowait(_STOP)
+            return
+        threading.Thread(
+            target=self._drain_then_stop, name=f"listening-drain:{self.voice_client.guild.id}", daemon=True
+        ).start()
+
+    def _drain_then_stop(self) -> None:
+        try:
             self._drain()
         except Exception as exc:  # pragma: no cover - a bug; end listening loudly, not silently
-            _log.exception("listening pump failed")
+            _log.exception("waiting for the decode workers failed")
             self._error = self._error or exc
         finally:
-            self._pump_done.set()
             # The stop marker always gets in: the queue itself is unbounded, the bound is ours.
             self._queue.put_nowait(_STOP)
-
-    def _pump_sleep(self, next_tick: float | None) -> float:
-        if self._reading:
-            return BUSY_PUMP_INTERVAL  # the socket thread times the releases; it wakes us when done
-        now = time.monotonic()
-        due = self.receiver.next_deadline(now)
-        if next_tick is not None and (due is None or next_tick < due):
-            due = next_tick
-        if due is None:
-            return MAX_PUMP_SLEEP
-        return min(max(0.0, due - now), MAX_PUMP_SLEEP)
 
     def _submit(self, packets: list[ReceivedPacket]) -> None:
         if not packets:
