@@ -66,48 +66,36 @@ def process_tree_cpu(pids: Iterable[int]) -> float:
     return total
 
 
-def tree_cpu_precise(children: Iterable[int]) -> float:
-    """CPU seconds of this process (every thread, finished ones too) and of ``children``,
-    to the nanosecond rather than the 10 ms clock tick of :func:`process_tree_cpu`.
-
-    This process: ``CLOCK_PROCESS_CPUTIME_ID``. A child: the sum over its live threads of
-    ``se.sum_exec_runtime`` from ``/proc/PID/task/TID/sched`` (a thread that ended between
-    two readings takes its time with it: fine for steady states such as idle connections),
-    or its clock ticks where that file is missing. For differences of a few ms of CPU a
-    second, where ticks would be most of the signal.
+def children_threads_cpu(pids: Iterable[int]) -> dict[tuple[int, int], float]:
+    """CPU seconds of each live thread of ``pids``, to the nanosecond rather than the 10 ms
+    clock tick of :func:`process_tree_cpu` (``se.sum_exec_runtime`` from
+    ``/proc/PID/task/TID/sched``), keyed by (pid, tid). Compare two readings with
+    :func:`cpu_between`. For differences of a few ms of CPU a second, where ticks would be
+    most of the signal.
     """
-    return time.process_time() + children_cpu_precise(children)
-
-
-def children_cpu_precise(pids: Iterable[int]) -> float:
-    """The children's part of :func:`tree_cpu_precise`."""
-    total = 0.0
+    out: dict[tuple[int, int], float] = {}
     for pid in pids:
-        precise = _sched_runtime(pid)
-        total += precise if precise is not None else process_tree_cpu([pid])
-    return total
-
-
-def _sched_runtime(pid: int) -> float | None:
-    total = 0.0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0.0 if not os.path.exists(f"/proc/{pid}") else None
-    for tid in tids:
         try:
-            with open(f"/proc/{pid}/task/{tid}/sched") as f:
-                for line in f:
-                    if line.startswith("se.sum_exec_runtime"):
-                        total += float(line.split(":", 1)[1]) / 1000.0  # milliseconds
-                        break
-                else:
-                    return None
-        except FileNotFoundError:
-            continue  # the thread just ended
-        except (OSError, ValueError):
-            return None
-    return total
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/sched") as f:
+                    for line in f:
+                        if line.startswith("se.sum_exec_runtime"):
+                            out[(pid, int(tid))] = float(line.split(":", 1)[1]) / 1000.0  # milliseconds
+                            break
+            except (OSError, ValueError):
+                continue  # the thread just ended
+    return out
+
+
+def cpu_between(before: dict[tuple[int, int], float], after: dict[tuple[int, int], float]) -> float:
+    """CPU seconds spent between two :func:`children_threads_cpu` readings: a thread that
+    started meanwhile counts whole; one that ended meanwhile is not counted (its time left
+    with it), so the result is never less than zero."""
+    return sum(t - before.get(key, 0.0) for key, t in after.items())
 
 
 def thread_cpu() -> dict[str, float]:

@@ -21,7 +21,7 @@ Measured in one run, on the same connections: CPU per second of the bot's whole 
 (this process, every thread, and its children but the servers: decode workers, forkserver) while
 connected but not listening, then while every connection listens (``listen(sink, pool)``, decode
 on, one 2-worker :class:`AudioProcessPool` for all, as a recording bot does), each over
-``--seconds``. CPU is read to the nanosecond (``common.tree_cpu_precise``), not in clock ticks.
+``--seconds``. CPU is read to the nanosecond (``common.children_threads_cpu``), not in clock ticks.
 
 Prints one line ``RESULT {json}``.
 """
@@ -242,26 +242,33 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async def measure(name: str) -> None:
             kids, servers = children(), [server_proc.pid]
             s0, own0, k0, t0 = (
-                common.children_cpu_precise(servers),
+                common.children_threads_cpu(servers),
                 time.process_time(),
-                common.children_cpu_precise(kids),
+                common.children_threads_cpu(kids),
                 time.monotonic(),
             )
             await asyncio.sleep(args.seconds)
-            own1, k1, t1 = time.process_time(), common.children_cpu_precise(kids), time.monotonic()
-            s1 = common.children_cpu_precise(servers)
-            result[f"{name}_cpu_ms_per_s"] = 1000 * (own1 - own0 + k1 - k0) / (t1 - t0)
-            result[f"{name}_children_cpu_ms_per_s"] = 1000 * (k1 - k0) / (t1 - t0)  # decode workers, forkserver
+            own1, k1, t1 = time.process_time(), common.children_threads_cpu(kids), time.monotonic()
+            s1 = common.children_threads_cpu(servers)
+            kids_cpu = common.cpu_between(k0, k1)
+            result[f"{name}_cpu_ms_per_s"] = 1000 * (own1 - own0 + kids_cpu) / (t1 - t0)
+            result[f"{name}_children_cpu_ms_per_s"] = 1000 * kids_cpu / (t1 - t0)  # decode workers, forkserver
             result[f"{name}_processes"] = 1 + len(kids)
             # Not the bot's: what the voice servers spent meanwhile (informative).
-            result[f"{name}_servers_cpu_ms_per_s"] = 1000 * (s1 - s0) / (t1 - t0)
+            result[f"{name}_servers_cpu_ms_per_s"] = 1000 * common.cpu_between(s0, s1) / (t1 - t0)
 
         window("connected")
         await measure("connected")
         sinks = [listening_sink(True) for _ in vcs]
         for vc, sink in zip(vcs, sinks):
             vc.listen(sink, pool)
-        await asyncio.sleep(1.0)  # every session's threads up, the pool started
+        # Every worker started and settled first: a worker's start-up (its imports, ~0.1-0.5 s
+        # of CPU) inside the window would be most of what it measures.
+        for _ in range(300):
+            if all(slot.inc is not None and slot.inc.ready for slot in pool._slots):
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(2.0)
         window("listening")
         await measure("listening")
         result["frames_delivered"] = sum(len(s.times) + s.other for s in sinks)  # 0: nobody spoke

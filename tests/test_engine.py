@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
+from discord.ext.listening import engine as engine_module
 from discord.ext.listening.engine import ROUND, ReceiveEngine
 
 
@@ -151,12 +152,14 @@ def test_removing_finishes_once_on_the_engine_and_the_thread_ends_with_the_last_
     _wait(lambda: not engine.running)
 
 
-def test_every_client_runs_at_least_once_a_second_even_unasked() -> None:
+def test_every_client_runs_at_least_every_max_sleep_even_unasked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "MAX_SLEEP", 0.2)
     engine = ReceiveEngine()
     client = Client()
     engine.add(client)
-    _wait(lambda: len(client.runs) >= 2, timeout=3.0)
+    _wait(lambda: len(client.runs) >= 3, timeout=3.0)
     engine.remove(client)
+    assert min(b - a for a, b in zip(client.runs, client.runs[1:])) >= 0.2 - 1e-3
 
 
 @pytest.mark.parametrize("bad", [0, -0.01, float("nan")])

@@ -53,7 +53,7 @@ _STARTUP_TIMEOUT: Final = 30.0
 _MONITOR_INTERVAL: Final = 0.1
 # How often it looks at idle workers: only a death that shows no EOF (a forked sibling
 # holding the pipe) waits for this.
-_IDLE_MONITOR_INTERVAL: Final = 1.0
+_IDLE_MONITOR_INTERVAL: Final = 5.0
 # Waits on threads and processes during restarts and shutdown.
 _JOIN_TIMEOUT: Final = 2.0
 

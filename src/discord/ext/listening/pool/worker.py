@@ -27,7 +27,7 @@ __all__ = ("worker_main",)
 _log = logging.getLogger(__name__)
 
 #: How often an idle worker checks that its parent still exists.
-_IDLE_POLL: Final = 1.0
+_IDLE_POLL: Final = 5.0
 #: A worker answers after at most about this many frames, so replies keep flowing under
 #: load (the parent's hang detection relies on that) and each stays ~250 KB.
 _REPLY_FRAMES: Final = 64
