@@ -398,7 +398,13 @@ async def test_speaking_events_slow_and_failing_sinks(pool) -> None:
         await server.wait_until(lambda: len(broken.frames) >= len(spurt.frames), timeout=10, what="frames")
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 10)
-        assert [f.sequence for f in broken.frames] == [f.sequence for f in spurt.frames]
+        got = broken.frames
+        if got and got[0].kind is listening.FrameKind.fec and got[0].sequence == spurt.frames[0].sequence - 1:
+            # The member's encoder ran on from its last spurt: the first packet carries LBRR of
+            # the frame before it, which lost_before_first rebuilds when that packet lands
+            # 20 ms or more after listening began (timing, not the failing sink).
+            got = got[1:]
+        assert [f.sequence for f in got] == [f.sequence for f in spurt.frames]
         assert broken.cleaned == 1 and done.results[0][1] is None  # type: ignore[attr-defined]
         assert vc.listen_stats.sink_errors == len(broken.frames)  # every raise counted (and logged)
 

@@ -39,8 +39,8 @@ from . import _discord
 from .engine import ReceiveEngine, default_engine
 from .frames import AudioFrame, FrameKind, ReceivedPacket, SpeakingChange
 from .opus import SAMPLE_RATE
-from .receive import PacketReceiver
-from .rtp import RTCPPacket
+from .receive import KEEPALIVE_SIZE, PacketReceiver
+from .rtp import RTCPPacket, is_rtcp
 from .seqmath import seq_diff
 from .sink import AudioSink
 from .ssrc import SSRCMap
@@ -203,6 +203,10 @@ class ListeningSession:
         if not self._udp.stamped:
             # Without kernel arrival times a later read would misplace audio: one at a time.
             self._engine.wake(self)
+            return
+        if len(data) == KEEPALIVE_SIZE or is_rtcp(data):
+            # A keepalive echo or a receiver report every few seconds on a silent connection:
+            # no audio follows it, so holding the thread would only cost idle rounds.
             return
         # Hold the thread (asleep) while the engine reads the socket: two readers would race
         # for each datagram, and discord.py's would wake once per datagram.
