@@ -233,7 +233,7 @@ class ListeningSession:
             return None
         held = self._held
         if held is not None:
-            self._read(held, now)
+            self._read(held)
         self._release(now)
         due = self._next_tick
         if due is not None and now >= due:
@@ -246,9 +246,9 @@ class ListeningSession:
             due = deadline
         return due
 
-    def _read(self, held: tuple[_discord.SocketReaderView, Any], now: float) -> None:
+    def _read(self, held: tuple[_discord.SocketReaderView, Any]) -> None:
         reader, sock = held
-        batch, arrivals, full = self._udp.read(now)
+        batch, arrivals, full = self._udp.read()
         if batch:
             self._idle_rounds = 0
             me = self._on_datagram

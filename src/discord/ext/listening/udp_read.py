@@ -17,7 +17,7 @@ import time
 
 from .stats import ListenStats
 
-__all__ = ("MAX_BATCH", "RECEIVE_BUFFER", "DatagramReader")
+__all__ = ("MAX_BATCH", "RECEIVE_BUFFER", "DatagramReader", "wall_clock_offset")
 
 #: Datagrams read per batch at most (bounds the time between two releases under a flood).
 MAX_BATCH = 2000
@@ -38,6 +38,25 @@ _U32 = struct.Struct("@I")
 # ioctl for the kernel timestamp of the datagram discord.py's reader has just read.
 _SIOCGSTAMPNS = 0x8907
 _TIMESPEC = struct.Struct("@ll")
+
+
+def wall_clock_offset() -> float:
+    """``time.time() - time.monotonic()`` at one instant, to a few microseconds.
+
+    The two clocks are read one after the other; a thread preempted between the reads (on a
+    VM, for up to a millisecond) would shift every kernel timestamp converted with the result
+    by that much, so the tightest of three tries counts.
+    """
+    best_gap, offset = float("inf"), 0.0
+    for _ in range(3):
+        m1 = time.monotonic()
+        wall = time.time()
+        m2 = time.monotonic()
+        if m2 - m1 < best_gap:
+            best_gap, offset = m2 - m1, wall - (m1 + m2) / 2
+        if best_gap < 20e-6:
+            break
+    return offset
 
 
 class DatagramReader:
@@ -103,15 +122,19 @@ class DatagramReader:
             import fcntl
 
             sec, nsec = _TIMESPEC.unpack(fcntl.ioctl(sock.fileno(), _SIOCGSTAMPNS, bytes(_TIMESPEC.size)))
-            t: float = sec + nsec * 1e-9 - (time.time() - first_arrival)
+            t: float = sec + nsec * 1e-9 - wall_clock_offset()
             if first_arrival - 1.0 < t < first_arrival:
                 return t
         except (OSError, ImportError, ValueError):
             pass
         return first_arrival
 
-    def read(self, now: float) -> tuple[list[bytes], list[float], bool | None]:
+    def read(self) -> tuple[list[bytes], list[float], bool | None]:
         """Every datagram queued on the socket now (at most :data:`MAX_BATCH`).
+
+        The clocks are read here, not taken from the caller: the engine reads many sessions'
+        sockets in one round, and a time from the round's start would date the later ones'
+        datagrams early.
 
         Returns
         -------
@@ -126,12 +149,13 @@ class DatagramReader:
         if sock is None:
             return batch, arrivals, None
         full: bool | None = False
+        now = time.monotonic()
         drops: bytes | None = None  # the newest drop count read (raw), parsed once per batch
         try:
             if self._stamped:
                 sol, kind, ovfl = socket.SOL_SOCKET, _SO_TIMESTAMPNS, _SO_RXQ_OVFL
                 unpack, size, recvmsg = _TIMESPEC.unpack_from, _TIMESPEC.size, sock.recvmsg
-                offset = time.time() - now  # kernel stamps are wall-clock time
+                offset = wall_clock_offset()  # kernel stamps are wall-clock time
                 while True:
                     d, anc, _, _ = recvmsg(2048, 64)
                     t = now
