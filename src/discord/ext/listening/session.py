@@ -60,6 +60,10 @@ IDLE_READS = 3
 TICK_INTERVAL = 0.5
 #: How long stop() waits for frames still inside the decode workers.
 DRAIN_TIMEOUT = 5.0
+#: Speakers a session puts on one decode worker before it takes the next: a small guild stays
+#: on its own worker (one message per round), a large one spreads over all of them. Each
+#: speaker stays on its worker, so its frames keep their order.
+SPEAKERS_PER_WORKER = 16
 #: How often a held socket thread looks whether the engine is still there (a safety net).
 _HOLD_CHECK = 1.0
 _STOP = object()
@@ -103,7 +107,8 @@ class ListeningSession:
         self._queued = 0
         self._qlock = threading.Lock()
         self._pool = pool
-        self._stream: Any = None
+        self._streams: dict[int, Any] = {}  # worker index -> StreamHandle
+        self._worker_of: dict[int, int] = {}  # SSRC -> worker index
         self._meta: dict[int, ReceivedPacket] = {}
         self._meta_lock = threading.Lock()
         self._next_id = 0
@@ -138,12 +143,7 @@ class ListeningSession:
     def start(self) -> None:
         if self.decode:
             assert self._pool is not None
-            self._stream = self._pool.open_stream(
-                self.voice_client.guild.id,
-                self._on_decoded,
-                on_lost=self._on_lost,
-                on_decode_error=self._on_decode_error,
-            )
+            self._open_stream(self._pool.worker_index(self.voice_client.guild.id))
         self._dispatch_thread.start()
         self._engine.add(self)
         _discord.add_socket_listener(self.voice_client, self._on_datagram)
@@ -297,7 +297,7 @@ class ListeningSession:
         except Exception as exc:  # a bug; end listening loudly, not silently
             _log.exception("flushing the jitter buffers failed")
             self._error = self._error or exc
-        if self._stream is None:
+        if not self._streams:
             self._queue.put_nowait(_STOP)
             return
         threading.Thread(
@@ -343,11 +343,37 @@ class ListeningSession:
                 items.append(
                     DecodeItem(p.ssrc, p.sequence, p.timestamp, p.opus, len(p.lost_positions), ident, p.new_stream)
                 )
-        try:
-            self._stream.submit(items)  # a batch it cannot take comes back through _on_lost
-        except Exception:
-            _log.exception("submitting %d packets to the decode pool failed", len(items))
-            self._on_lost(items)
+        by_worker: dict[int, list[Any]] = {}
+        for it in items:
+            w = self._worker_of.get(it[0])
+            if w is None:
+                w = self._place_speaker(it[0])
+            by_worker.setdefault(w, []).append(it)
+        for w, batch in by_worker.items():
+            try:
+                stream = self._streams.get(w) or self._open_stream(w)
+                stream.submit(batch)  # a batch it cannot take comes back through _on_lost
+            except Exception:
+                _log.exception("submitting %d packets to the decode pool failed", len(batch))
+                self._on_lost(batch)
+
+    def _place_speaker(self, ssrc: int) -> int:
+        assert self._pool is not None
+        n = self._pool.max_processes
+        w = (self._pool.worker_index(self.voice_client.guild.id) + len(self._worker_of) // SPEAKERS_PER_WORKER) % n
+        self._worker_of[ssrc] = w
+        return w
+
+    def _open_stream(self, worker: int) -> Any:
+        assert self._pool is not None
+        stream = self._streams[worker] = self._pool.open_stream(
+            self.voice_client.guild.id,
+            self._on_decoded,
+            on_lost=self._on_lost,
+            on_decode_error=self._on_decode_error,
+            worker=worker,
+        )
+        return stream
 
     def _on_lost(self, items: list[Any]) -> None:
         """The pool gave up on these packets (a worker died, or it was backlogged)."""
@@ -366,15 +392,16 @@ class ListeningSession:
                     self.stats.drop(p.user_id, DropReason.decode_error)
 
     def _drain(self) -> None:
-        if self._stream is not None:
-            self._stream.flush(DRAIN_TIMEOUT)
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        for stream in self._streams.values():
+            stream.flush(max(0.0, deadline - time.monotonic()))
         with self._meta_lock:
             for p in self._meta.values():
                 self.stats.drop(p.user_id, DropReason.worker_lost, 1 + p.lost_before)
             self._meta.clear()
-        if self._stream is not None:
+        for stream in self._streams.values():
             try:
-                self._stream.close()
+                stream.close()
             except Exception:
                 _log.debug("closing the decode stream failed", exc_info=True)
 

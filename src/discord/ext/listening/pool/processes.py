@@ -188,13 +188,15 @@ class AudioProcessPool:
         conceal_limit: int | None = None,
         on_lost: Callable[[list[tuple[Any, ...]]], None] | None = None,
         on_decode_error: Callable[[list[tuple[Any, ...]]], None] | None = None,
+        worker: int | None = None,
     ) -> StreamHandle:
-        """Register a consumer (one per voice connection or listening session).
+        """Register a consumer (one per voice connection or listening session, or several:
+        one per worker it spreads its speakers over).
 
         Parameters
         ----------
         guild_id: :class:`int`
-            Picks the worker (``guild_id % max_processes``).
+            Picks the worker (``guild_id % max_processes``) unless ``worker`` is given.
         on_frames: Callable[[List[:class:`DecodedFrame`]], None]
             Called with each batch of frames, in order per SSRC, on the worker's reader
             thread. It must be cheap (enqueue and return): it delays every stream of the
@@ -213,6 +215,9 @@ class AudioProcessPool:
             Called on the reader thread with the items (as plain tuples) whose payload
             libopus refused, just before the ``on_frames`` call that carries their frames
             (each still gets one, concealed). Must be cheap; exceptions are logged.
+        worker: Optional[:class:`int`]
+            The worker (0 .. ``max_processes - 1``) to decode this stream on, instead of
+            the guild's.
 
         Raises
         ------
@@ -226,11 +231,14 @@ class AudioProcessPool:
             if not callable(callback) and (callback is not None or name == "on_frames"):
                 raise TypeError(f"{name} must be callable, got {type(callback).__name__}")
         limit = self.conceal_limit if conceal_limit is None else check_int("conceal_limit", conceal_limit, 0, 1000)
+        index = (
+            self.worker_index(guild_id) if worker is None else check_int("worker", worker, 0, self.max_processes - 1)
+        )
         with self._lock:
             if self._closed:
                 raise RuntimeError("this AudioProcessPool was cleaned up; create a new one")
             sid = next(self._stream_ids)
-        slot = self._slots[self.worker_index(guild_id)]
+        slot = self._slots[index]
         handle = StreamHandle(self, sid, guild_id, on_frames, slot, limit, on_lost, on_decode_error)
         with slot.lock:
             slot.streams[sid] = handle
