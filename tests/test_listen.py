@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import os
 import signal
+from typing import Any
 
 import numpy as np
 import pytest
@@ -431,47 +432,41 @@ async def test_playing_while_listening_in_aes_gcm(pool) -> None:
     assert {f.sequence for f in spurt.frames} <= {f.sequence for f in sink.by_user()[960]}
 
 
-async def test_a_large_guild_spreads_over_every_worker_and_each_speaker_keeps_its_order(pool) -> None:
-    """Past ``SPEAKERS_PER_WORKER`` speakers a guild's speakers go to the next worker too (one
-    guild would otherwise be held to one core of decoding); each speaker stays on its worker,
-    so its frames arrive whole and in order. A small guild stays on its own worker."""
-    from discord.ext.listening.session import SPEAKERS_PER_WORKER
-
-    speakers = SPEAKERS_PER_WORKER + 4
-    async with VoiceServerEmulator(seed=61, dave=False) as server:
-        members = [await server.add_member(6100 + i, f"s{i}") for i in range(speakers)]
+async def _guild_speaks_at_once(pool, seed: int, speakers: int, seconds: float) -> tuple[Any, ...]:
+    """``speakers`` members of one guild speak at once; returns the voice client, what the sink
+    got per user, what each member sent, and the session's streams and speaker placement as
+    they were before it stopped."""
+    async with VoiceServerEmulator(seed=seed, dave=False) as server:
+        members = [await server.add_member(seed * 100 + i, f"s{i}") for i in range(speakers)]
         vc = await server.connect(cls=listening.VoiceClient)
         sink = Collect()
         done = await listen_until_done(vc, sink, pool)
-        spurts = await asyncio.gather(*(m.speak(speechlike(0.4, seed=20 + i)) for i, m in enumerate(members)))
+        spurts = await asyncio.gather(*(m.speak(speechlike(seconds, seed=seed + i)) for i, m in enumerate(members)))
         await server.drain()
         await settle(server, vc, *((m, [s]) for m, s in zip(members, spurts)))
         session = vc._listening
-        used = {w: s.submitted for w, s in session._streams.items()}
+        streams = {w: s.submitted for w, s in session._streams.items()}
         placed = dict(session._worker_of)
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 15)
+    return vc, sink.by_user(), list(zip(members, spurts)), streams, placed
 
+
+async def test_a_large_guild_spreads_over_every_worker_and_each_speaker_keeps_its_order(pool) -> None:
+    """Past ``SPEAKERS_PER_WORKER`` speakers a guild's speakers go to the next worker too (one
+    guild would otherwise be held to one core of decoding); each speaker stays on its worker,
+    so its frames arrive whole and in order."""
+    from discord.ext.listening.session import SPEAKERS_PER_WORKER
+
+    vc, frames, said, used, placed = await _guild_speaks_at_once(pool, 61, SPEAKERS_PER_WORKER + 4, 0.4)
     assert len(used) == pool.max_processes == 2 and all(n > 0 for n in used.values()), used
     home = pool.worker_index(vc.guild.id)
     assert sorted(placed.values()).count(home) == SPEAKERS_PER_WORKER, placed
-    frames = sink.by_user()
-    for m, spurt in zip(members, spurts):
-        seqs = [f.sequence for f in frames[m.user_id]]
-        assert seqs == [f.sequence for f in spurt.frames], m.name
+    for m, spurt in said:
+        assert [f.sequence for f in frames[m.user_id]] == [f.sequence for f in spurt.frames], m.name
 
 
 async def test_a_small_guild_stays_on_its_own_worker(pool) -> None:
-    async with VoiceServerEmulator(seed=62, dave=False) as server:
-        members = [await server.add_member(6200 + i, f"s{i}") for i in range(3)]
-        vc = await server.connect(cls=listening.VoiceClient)
-        sink = Collect()
-        done = await listen_until_done(vc, sink, pool)
-        spurts = await asyncio.gather(*(m.speak(speechlike(0.3, seed=40 + i)) for i, m in enumerate(members)))
-        await server.drain()
-        await settle(server, vc, *((m, [s]) for m, s in zip(members, spurts)))
-        workers = set(vc._listening._streams)
-        vc.stop_listening()
-        await asyncio.wait_for(done.wait(), 15)
-    assert workers == {pool.worker_index(vc.guild.id)}
-    assert {u: len(f) for u, f in sink.by_user().items()} == {m.user_id: len(s.frames) for m, s in zip(members, spurts)}
+    vc, frames, said, used, _ = await _guild_speaks_at_once(pool, 62, 3, 0.3)
+    assert set(used) == {pool.worker_index(vc.guild.id)}
+    assert {u: len(f) for u, f in frames.items()} == {m.user_id: len(s.frames) for m, s in said}
