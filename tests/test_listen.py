@@ -396,7 +396,8 @@ async def test_speaking_events_slow_and_failing_sinks(pool) -> None:
         broken = Broken()
         done = await listen_until_done(vc, broken, pool)
         spurt = await m.speak(speechlike(0.5, seed=9))
-        await server.wait_until(lambda: len(broken.frames) >= len(spurt.frames), timeout=10, what="frames")
+        last = spurt.frames[-1].sequence
+        await server.wait_until(lambda: any(f.sequence == last for f in broken.frames), timeout=10, what="frames")
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 10)
         got = broken.frames

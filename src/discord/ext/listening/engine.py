@@ -150,7 +150,8 @@ class ReceiveEngine:
                 for client in woken:
                     self._run_round(client, now)
             with self._lock:
-                sleep = self._next_sweep - time.monotonic()
+                # With nobody left, go round once more at once: the thread ends there.
+                sleep = self._next_sweep - time.monotonic() if self._clients else 0.0
                 heap = self._heap
                 while heap and self._due.get(heap[0][2]) != heap[0][0]:
                     heapq.heappop(heap)  # superseded or removed
