@@ -1,6 +1,6 @@
 """The receive path of one voice connection, sans-I/O: datagram in, ordered Opus packets out.
 
-On arrival (the receive engine's thread, shared by every connection, so it must stay cheap): parse the clear header ->
+On arrival (the receive engine's thread, shared by every connection: keep it cheap): parse the clear header ->
 drop non-audio -> transport-decrypt (authenticates) -> strip extension and padding -> push
 into the SSRC's jitter buffer.
 

@@ -118,7 +118,6 @@ class ListeningSession:
         self._udp = DatagramReader(self.stats)
         # discord.py's reader thread and socket while the engine reads that socket for it
         self._held: tuple[_discord.SocketReaderView, Any] | None = None
-        self._reading = False  # (the same, for tests: the reader is ours)
         self._give_back = threading.Event()
         self._idle_rounds = 0
         self._cleaned = asyncio.Event()
@@ -213,13 +212,16 @@ class ListeningSession:
         self._give_back.clear()
         self._idle_rounds = 0
         self._held = found
-        self._reading = True
         self._engine.wake(self)
         while not self._give_back.wait(_HOLD_CHECK):
             if self.done or not self._engine.running:
                 break
         self._held = None
-        self._reading = False
+
+    @property
+    def _reading(self) -> bool:
+        """Whether the engine reads the socket for discord.py's (held) reader thread."""
+        return self._held is not None
 
     def _receive(self, batch: list[bytes], arrivals: list[float]) -> None:
         for packet in self.receiver.datagrams(batch, arrivals):
@@ -334,21 +336,19 @@ class ListeningSession:
             return
         from .pool import DecodeItem
 
-        items = []
+        by_worker: dict[int, list[Any]] = {}
+        worker_of = self._worker_of
         with self._meta_lock:
             for p in packets:
                 ident = self._next_id
                 self._next_id += 1
                 self._meta[ident] = p
-                items.append(
+                w = worker_of.get(p.ssrc)
+                if w is None:
+                    w = self._place_speaker(p.ssrc)
+                by_worker.setdefault(w, []).append(
                     DecodeItem(p.ssrc, p.sequence, p.timestamp, p.opus, len(p.lost_positions), ident, p.new_stream)
                 )
-        by_worker: dict[int, list[Any]] = {}
-        for it in items:
-            w = self._worker_of.get(it[0])
-            if w is None:
-                w = self._place_speaker(it[0])
-            by_worker.setdefault(w, []).append(it)
         for w, batch in by_worker.items():
             try:
                 stream = self._streams.get(w) or self._open_stream(w)
