@@ -125,6 +125,42 @@ def test_a_failing_client_is_told_and_the_others_run_on() -> None:
     _wait(lambda: bad.finished == 1 and good.finished == 1)
 
 
+def test_an_end_of_round_callback_runs_once_after_every_client_of_the_round(caplog: pytest.LogCaptureFixture) -> None:
+    engine = ReceiveEngine()
+    order: list[str] = []
+    ends: list[tuple[str, int]] = []
+
+    def send() -> None:  # what every session of a round shares (the pool's send_deferred)
+        ends.append((threading.current_thread().name, len(order)))
+
+    def broken() -> None:
+        raise RuntimeError("hook bug")
+
+    def asks(name: str) -> Callable[[float], float | None]:
+        def ask(now: float) -> float | None:
+            order.append(name)
+            engine.after_round(send)
+            engine.after_round(broken)
+            return now if len(order) < 12 else None
+
+        return ask
+
+    clients = [Client(asks(n)) for n in "abc"]
+    for c in clients:
+        engine.add(c)
+    _wait(lambda: len(order) >= 12 and len(ends) >= 4)
+    for c in clients:
+        engine.remove(c)
+    _wait(lambda: not engine.running)
+    assert {name for name, _ in ends} == {"listening-engine"}
+    # once a round, after the round's last client, however many clients asked for it
+    assert len(ends) == engine.rounds
+    assert [n for _, n in ends] == sorted({n for _, n in ends})
+    assert ends[-1][1] == len(order)
+    # a failing callback is logged; it stops neither the others nor the engine
+    assert sum("hook bug" in r.getMessage() or "broken" in r.getMessage() for r in caplog.records) >= len(ends)
+
+
 def test_removing_finishes_once_on_the_engine_and_the_thread_ends_with_the_last_client() -> None:
     engine = ReceiveEngine()
     a, b = Client(lambda now: now), Client()

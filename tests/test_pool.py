@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from discord.ext.listening.pool import (
 )
 from discord.ext.listening.pool import default as default_pool_mod
 from discord.ext.listening.pool import processes as processes_mod
+from discord.ext.listening.pool.protocol import OP_DECODE
 from discord.ext.listening.pool.slots import Incarnation
 from helpers import opus_packets
 
@@ -634,6 +636,80 @@ def test_direct_writes_keep_the_books_straight(
     assert [f.sequence for f in got.frames] == list(range(6))
     assert not [r for r in caplog.records if r.levelname == "ERROR"]  # the answers matched what was sent
     stream.close()
+
+
+def _spy_writes(inc: Incarnation) -> list[tuple[str, int]]:
+    """Record (thread, bytes) of every write to the worker's pipe."""
+    writes: list[tuple[str, int]] = []
+    real = inc.conn.send_bytes
+
+    def send_bytes(data: bytes) -> None:
+        writes.append((threading.current_thread().name, len(data)))
+        real(data)
+
+    inc.conn.send_bytes = send_bytes  # type: ignore[method-assign]
+    return writes
+
+
+def test_deferred_batches_of_every_stream_reach_their_worker_in_one_write_per_round(
+    shared_pool: AudioProcessPool, packets: list[bytes]
+) -> None:
+    got = [Collector(), Collector(), Collector()]
+    # two streams on worker 0 (guilds 30 and 32), one on worker 1 (guild 31)
+    streams = [shared_pool.open_stream(30 + i, got[i]) for i in range(3)]
+    for i in (0, 1):
+        wait_ready(shared_pool, i)
+    writes = [_spy_writes(shared_pool._slots[i].inc) for i in (0, 1)]
+    ref = [OpusDecoder() for _ in streams]
+    expect: list[list[bytes]] = [[], [], []]
+    for r in range(5):  # five rounds of three packets a stream
+        for k, stream in enumerate(streams):
+            batch = [(k + 1, 3 * r + j, 960 * (3 * r + j), packets[3 * r + j], 0, j) for j in range(3)]
+            assert stream.submit(batch, defer=True)
+            expect[k] += [ref[k].decode(p) for p in packets[3 * r : 3 * r + 3]]
+        if r == 0:
+            time.sleep(0.2)
+            assert [c.frames for c in got] == [[], [], []]  # deferred: nothing went out yet
+            assert writes == [[], []]
+        shared_pool.send_deferred()
+        for k in range(3):
+            got[k].wait_for(3 * r + 3)
+    assert [[f.audio for f in c.frames] for c in got] == expect
+    assert [[f.sequence for f in c.frames] for c in got] == [list(range(15))] * 3
+    # one write a round per worker, by the thread that called send_deferred
+    assert [len(w) for w in writes] == [5, 5]
+    assert {t for w in writes for t, _ in w} == {threading.current_thread().name}
+    for stream in streams:
+        stream.close()
+
+
+def test_deferred_batches_that_do_not_fit_the_pipe_go_to_the_writer_in_order(
+    shared_pool: AudioProcessPool, packets: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    got = [Collector(), Collector()]
+    streams = [shared_pool.open_stream(40 + 2 * i, got[i]) for i in range(2)]  # both on worker 0
+    wait_ready(shared_pool, 0)
+    slot = shared_pool._slots[0]
+    writes = _spy_writes(slot.inc)
+    first = [(1, i, 960 * i, packets[i], 0, i) for i in range(10)]
+    second = [(2, i, 960 * i, packets[i], 0, i) for i in range(40)]
+    # room for the first stream's batch only: the second goes by the writer thread, after it
+    room = len(pickle.dumps([(OP_DECODE, streams[0].stream_id, 5, first)], 5)) + 8
+    unread = slot.inc.sent_bytes - slot.inc.read_bytes  # e.g. earlier tests' close messages
+    monkeypatch.setattr(processes_mod, "DIRECT_BYTES", unread + room)
+    assert streams[0].submit(first, defer=True) and streams[1].submit(second, defer=True)
+    shared_pool.send_deferred()
+    got[0].wait_for(10)
+    got[1].wait_for(40)
+    assert [f.sequence for f in got[1].frames] == list(range(40))
+    assert [t for t, _ in writes] == [threading.current_thread().name, f"listening-pool{shared_pool._id}-w0-writer"]
+    monkeypatch.setattr(processes_mod, "DIRECT_BYTES", 0)  # no room at all: the writer sends everything
+    assert streams[0].submit([(1, 10, 9600, packets[10], 0, 10)], defer=True)
+    shared_pool.send_deferred()
+    got[0].wait_for(11)
+    assert [t for t, _ in writes][2:] == [f"listening-pool{shared_pool._id}-w0-writer"]
+    for stream in streams:
+        stream.close()
 
 
 def test_backlog_is_bounded_and_drops_are_counted(packets: list[bytes]) -> None:

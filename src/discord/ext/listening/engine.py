@@ -24,6 +24,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 __all__ = ("MAX_SLEEP", "ROUND", "EngineClient", "ReceiveEngine", "default_engine")
@@ -82,6 +83,7 @@ class ReceiveEngine:
         self._next_sweep = 0.0
         self._thread: threading.Thread | None = None
         self.rounds = 0  # times the thread woke and ran something (for benchmarks and tests)
+        self._after: dict[Callable[[], None], None] = {}  # engine thread only
 
     # -- any thread ------------------------------------------------------------------
 
@@ -114,6 +116,13 @@ class ReceiveEngine:
                 return
             self._woken.add(client)
         self._wake.set()
+
+    def after_round(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once when the current round ends, however many sessions asked
+        for it (e.g. the decode pool's :meth:`~discord.ext.listening.pool.AudioProcessPool.send_deferred`:
+        one write per worker for every session of the round). Only on the engine thread,
+        from :meth:`~EngineClient.run_round` or :meth:`~EngineClient.finish_on_engine`."""
+        self._after[callback] = None
 
     @property
     def running(self) -> bool:
@@ -149,6 +158,7 @@ class ReceiveEngine:
                 self.rounds += 1
                 for client in woken:
                     self._run_round(client, now)
+            self._end_round()
             with self._lock:
                 # With nobody left, go round once more at once: the thread ends there.
                 sleep = self._next_sweep - time.monotonic() if self._clients else 0.0
@@ -183,6 +193,14 @@ class ReceiveEngine:
                 return
             self._due[client] = due
             heapq.heappush(self._heap, (due, next(self._order), client))
+
+    def _end_round(self) -> None:
+        after, self._after = self._after, {}
+        for callback in after:
+            try:
+                callback()
+            except Exception:
+                _log.exception("an end-of-round callback (%r) failed", callback)
 
     def _finish(self, client: EngineClient) -> None:
         try:

@@ -275,7 +275,7 @@ class ListeningSession:
                 return
             packets, changes = self.receiver.poll(now)
             if packets:
-                self._submit(packets)
+                self._submit(packets, defer=True)
         if changes:
             self._speaking(changes)
         if self.receiver.take_dave_recoveries():
@@ -316,7 +316,12 @@ class ListeningSession:
             # The stop marker always gets in: the queue itself is unbounded, the bound is ours.
             self._queue.put_nowait(_STOP)
 
-    def _submit(self, packets: list[ReceivedPacket]) -> None:
+    def _submit(self, packets: list[ReceivedPacket], defer: bool = False) -> None:
+        """Send released packets on: to the sink (decode off) or to the decode workers.
+
+        ``defer`` (engine rounds only): the batches go to the workers when the round ends,
+        with those of every other session (one write and one reply per worker a round).
+        """
         if not packets:
             return
         if not self.decode:
@@ -352,10 +357,13 @@ class ListeningSession:
         for w, batch in by_worker.items():
             try:
                 stream = self._streams.get(w) or self._open_stream(w)
-                stream.submit(batch)  # a batch it cannot take comes back through _on_lost
+                stream.submit(batch, defer=defer)  # a batch it cannot take comes back through _on_lost
             except Exception:
                 _log.exception("submitting %d packets to the decode pool failed", len(batch))
                 self._on_lost(batch)
+        if defer:
+            assert self._pool is not None
+            self._engine.after_round(self._pool.send_deferred)
 
     def _place_speaker(self, ssrc: int) -> int:
         assert self._pool is not None

@@ -17,7 +17,9 @@ How a batch travels::
 - :meth:`StreamHandle.submit` writes to the pipe itself while little is unread in it (a
   write that cannot block); otherwise it queues the batch for the worker's writer thread,
   which coalesces everything queued into one write. Either way it never blocks on the
-  pipe, only (bounded by ``wait_timeout``) on a full backlog.
+  pipe, only (bounded by ``wait_timeout``) on a full backlog. With ``defer=True`` the batch
+  waits for :meth:`AudioProcessPool.send_deferred`, which writes each worker the deferred
+  batches of all its streams at once (the receive engine does that once per round).
 - A reader thread per worker receives the decoded frames and calls each stream's
   ``on_frames`` with a list, in order.
 - A monitor thread per pool restarts workers that die or hang.

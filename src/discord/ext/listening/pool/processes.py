@@ -23,7 +23,7 @@ from typing import Any, Final
 from ..decoding import DEFAULT_CONCEAL_LIMIT
 from ..opus import OpusDecoder
 from .protocol import OP_STOP, REPLY_ERROR, REPLY_FRAMES, REPLY_HELLO, DecodedFrame
-from .slots import Incarnation, Slot, check_int, check_seconds, enlarge_buffer, force_eof
+from .slots import DIRECT_BYTES, Incarnation, Slot, check_int, check_seconds, enlarge_buffer, force_eof
 from .stream import StreamHandle
 from .worker import worker_main
 
@@ -249,6 +249,33 @@ class AudioProcessPool:
         self._wake.set()
         return handle
 
+    def send_deferred(self) -> None:
+        """Send what :meth:`StreamHandle.submit` was asked to defer: one write per worker
+        for all of its streams. Never blocks on a pipe: what does not fit in it now goes
+        to the worker's writer thread."""
+        for slot in self._slots:
+            with slot.lock:
+                inc = slot.inc
+                if not slot.pending:
+                    continue
+                room = 0 if inc is None else DIRECT_BYTES - (inc.sent_bytes - inc.read_bytes)
+                if not (
+                    inc is not None
+                    and inc.direct
+                    and inc.ready
+                    and room > 0
+                    and inc.send_lock.acquire(blocking=False)  # never wait: see Slot.queue
+                ):
+                    slot.has_work.notify()
+                    continue
+            try:
+                self._send_bundle(slot, inc, room)
+            finally:
+                inc.send_lock.release()
+            with slot.lock:
+                if slot.pending:  # past the room or the bundle bound: the writer takes the rest
+                    slot.has_work.notify()
+
     def worker_pids(self) -> list[int | None]:
         """The pid of each worker process (``None`` where none runs)."""
         return [None if s.inc is None else s.inc.pid for s in self._slots]
@@ -282,7 +309,7 @@ class AudioProcessPool:
                 with slot.lock:
                     inc = slot.inc
                     if inc is not None and inc.alive:
-                        slot.pending.append((OP_STOP,))
+                        slot.push((OP_STOP,))
                         slot.has_work.notify_all()
                         incs.append((slot, inc))
         deadline = time.monotonic() + timeout
@@ -371,7 +398,6 @@ class AudioProcessPool:
             _log.debug("started decode worker %d (pid %s, %s)", slot.index, inc.pid, self.start_method)
 
     def _writer_loop(self, slot: Slot, inc: Incarnation) -> None:
-        dumps = pickle.dumps
         while True:
             with slot.lock:
                 while inc.alive and not slot.pending:
@@ -381,21 +407,28 @@ class AudioProcessPool:
             # The send lock comes first, the slot lock second: while we hold it, submit()
             # cannot write directly, so nothing overtakes the bundle we are about to take.
             with inc.send_lock:
-                with slot.lock:
-                    if not inc.alive:
-                        return
-                    bundle = slot.take_bundle(inc)
-                if not bundle:
-                    continue
-                data = dumps(bundle, 5)  # cannot fail: submit() pickled every message once already
-                with slot.lock:
-                    inc.sent_bytes += len(data)
-                try:
-                    inc.conn.send_bytes(data)
-                except (OSError, ValueError) as exc:
-                    slot.pipe_broke(inc)
-                    _log.debug("decode worker %d: send failed: %r", slot.index, exc)
+                if not self._send_bundle(slot, inc):
                     return
+
+    def _send_bundle(self, slot: Slot, inc: Incarnation, room: int | None = None) -> bool:
+        """Write the queued messages (up to ``room`` bytes) to ``inc``, whose send lock the
+        caller holds; ``False`` if it is retired or its pipe broke."""
+        with slot.lock:
+            if not inc.alive:
+                return False
+            bundle = slot.take_bundle(inc, room)
+        if not bundle:
+            return True
+        data = pickle.dumps(bundle, 5)  # cannot fail: submit() pickled every message once already
+        with slot.lock:
+            inc.sent_bytes += len(data)
+        try:
+            inc.conn.send_bytes(data)
+        except (OSError, ValueError) as exc:
+            slot.pipe_broke(inc)
+            _log.debug("decode worker %d: send failed: %r", slot.index, exc)
+            return False
+        return True
 
     def _reader_loop(self, slot: Slot, inc: Incarnation) -> None:
         # Blocks in recv_bytes (no poll loop: one wake-up per reply, not two): the pipe

@@ -103,7 +103,8 @@ class Slot:
         self.space = threading.Condition(self.lock)  # submit() and flush() wait here
         self.deliver_lock = threading.Lock()  # keeps on_frames calls of a slot in order across restarts
         self.start_lock = threading.Lock()
-        self.pending: list[tuple[Any, ...]] = []  # messages not yet taken by the writer
+        self.pending: list[tuple[Any, ...]] = []  # messages not yet written to the worker
+        self.pending_sizes: list[int] = []  # pickled size of each (0 for control messages)
         self.pending_items = 0
         self.outstanding = 0  # decode items pending or in the worker
         self.streams: dict[int, StreamHandle] = {}
@@ -135,18 +136,28 @@ class Slot:
             if stream._finished:
                 del self.streams[sid]
 
-    def queue(self, stream: StreamHandle, message: tuple[Any, ...], size: int) -> Incarnation | None:
+    def push(self, message: tuple[Any, ...], size: int = 0) -> None:
+        """Queue ``message`` (``size`` pickled bytes) behind those pending; wakes nobody."""
+        self.pending.append(message)
+        self.pending_sizes.append(size)
+        if message[0] == OP_DECODE:
+            self.pending_items += len(message[3])
+
+    def queue(
+        self, stream: StreamHandle, message: tuple[Any, ...], size: int, defer: bool = False
+    ) -> Incarnation | None:
         """Take a decode message of ``size`` pickled bytes from ``stream``.
 
         Returns the incarnation the caller must write the message to itself, after the
-        lock, and whose send lock it then holds; ``None`` when the message was queued for
-        the writer thread instead.
+        lock, and whose send lock it then holds; ``None`` when the message was queued, for
+        the writer thread or (``defer``) for the pool's next ``send_deferred``.
         """
         n = len(message[3])
         self.outstanding += n
         inc = self.inc
         if (
-            inc is not None
+            not defer
+            and inc is not None
             and inc.direct
             and inc.ready
             and not self.pending  # nothing queued ahead of this batch: order is kept
@@ -161,17 +172,21 @@ class Slot:
             inc.sent_bytes += size
             inc.in_worker.append([message[1], stream, message[3], 0])
             return inc
-        self.pending.append(message)
-        self.pending_items += n
-        self.has_work.notify()
+        self.push(message, size)
+        if not defer:
+            self.has_work.notify()
         return None
 
-    def take_bundle(self, inc: Incarnation) -> list[tuple[Any, ...]]:
-        """What the writer thread sends to ``inc`` next: the queued messages, up to a bound,
-        so batches of every stream that arrived while it was busy go out in one write."""
+    def take_bundle(self, inc: Incarnation, room: int | None = None) -> list[tuple[Any, ...]]:
+        """What goes to ``inc`` in its next write: the queued messages, up to a bound (and
+        up to ``room`` pickled bytes), so the batches of every stream go out in one write."""
         taken = 0
         cut = 0
-        for message in self.pending:
+        size = 0
+        for message, message_size in zip(self.pending, self.pending_sizes):
+            size += message_size
+            if room is not None and size > room:
+                break
             cut += 1
             if message[0] == OP_DECODE:
                 taken += len(message[3])
@@ -179,6 +194,7 @@ class Slot:
                     break
         bundle = self.pending[:cut]
         del self.pending[:cut]
+        del self.pending_sizes[:cut]
         self.pending_items -= taken
         for message in bundle:
             if message[0] == OP_DECODE:
@@ -258,6 +274,7 @@ class Slot:
         for stream, items in never_sent.items():
             stream._worker_lost(len(items))
         self.pending.clear()
+        self.pending_sizes.clear()
         self.pending_items = 0
         self.outstanding = 0
         self.space.notify_all()

@@ -118,7 +118,7 @@ class StreamHandle:
 
     # -- the packet path -------------------------------------------------------------
 
-    def submit(self, items: Iterable[DecodeItem | tuple[Any, ...]]) -> bool:
+    def submit(self, items: Iterable[DecodeItem | tuple[Any, ...]], *, defer: bool = False) -> bool:
         """Queue one batch of packets for decoding; never blocks longer than ``wait_timeout``.
 
         Call it once per jitter-buffer release with everything released (all SSRCs of the
@@ -129,6 +129,12 @@ class StreamHandle:
         items: Iterable[:class:`DecodeItem`]
             Items (``DecodeItem`` or plain tuples in its field order), in sequence order per
             SSRC. Payloads must be :class:`bytes`. The pool keeps its own copy of the list.
+        defer: :class:`bool`
+            Keep the batch queued until :meth:`AudioProcessPool.send_deferred`, which sends
+            everything deferred for a worker, by every stream, in one write (one wake-up of
+            the worker and one reply for all of them). For a thread that submits for many
+            streams in rounds; it must call ``send_deferred`` after each round. Defaults to
+            ``False``: the batch goes out at once.
 
         Returns
         -------
@@ -180,7 +186,7 @@ class StreamHandle:
             else:
                 self._inflight += n
                 self._submitted += n
-                direct = slot.queue(self, message, len(data))
+                direct = slot.queue(self, message, len(data), defer)
         if dropped:
             self._lost(batch)
             return False
@@ -292,7 +298,7 @@ class StreamHandle:
         with slot.lock:
             if self._closed or self._pool.closed:
                 return
-            slot.pending.append((OP_RESET, self.stream_id, -1 if ssrc is None else ssrc))
+            slot.push((OP_RESET, self.stream_id, -1 if ssrc is None else ssrc))
             slot.has_work.notify()
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -330,7 +336,7 @@ class StreamHandle:
             if self._inflight <= 0:
                 slot.streams.pop(self.stream_id, None)
             if not self._pool.closed:
-                slot.pending.append((OP_CLOSE, self.stream_id))
+                slot.push((OP_CLOSE, self.stream_id))
                 slot.has_work.notify()
             slot.space.notify_all()
 
