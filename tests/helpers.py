@@ -85,6 +85,16 @@ async def connect_and_listen(
     return vc, sink, done  # type: ignore[return-value]
 
 
+def decode_worker(vc: listening.VoiceClient) -> int:
+    """The decode worker of a listening session whose speakers all share one (a small guild:
+    the pool fills one worker before it uses the next)."""
+    session = vc._listening
+    assert session is not None
+    workers = set(session._worker_of.values()) or set(session._streams)
+    assert len(workers) == 1, workers
+    return workers.pop()
+
+
 async def stop_listening(vc: listening.VoiceClient, done: asyncio.Event, timeout: float = 15) -> None:
     """Stop listening and wait until ``after`` ran."""
     vc.stop_listening()

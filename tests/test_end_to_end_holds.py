@@ -27,6 +27,7 @@ from helpers import (
     WireTap,
     as_array,
     connect_and_listen,
+    decode_worker,
     reference,
     settle,
     stop_listening,
@@ -149,7 +150,7 @@ async def test_packets_in_flight_in_a_killed_worker_are_counted_exactly(pool) ->
         stats = vc.listen_stats
         talk = asyncio.create_task(carol.speak(speechlike(2.5, seed=23)))
         await server.wait_until(lambda: len(sink.frames) >= 25, timeout=10, what="half a second of speech")
-        victim = pool.worker_pids()[pool.worker_index(vc.guild.id)]
+        victim = pool.worker_pids()[decode_worker(vc)]
         assert victim is not None
         # Freeze the worker so packets are surely in flight in it, then kill it.
         os.kill(victim, signal.SIGSTOP)

@@ -32,7 +32,7 @@ from discord.ext import listening
 from discord.ext.listening.demo import load_clip
 from discord.ext.listening.pool import default as default_pool
 from discord.ext.listening.testing import VoiceServerEmulator
-from helpers import WireTap, as_array, envelope, locate, settle, wait_for_sink
+from helpers import WireTap, as_array, decode_worker, envelope, locate, settle, wait_for_sink
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,7 +54,7 @@ def load_example(name: str) -> types.ModuleType:
 async def decoder_ready(pool: listening.AudioProcessPool, vc: listening.VoiceClient) -> None:
     """Wait (bounded) for the decode worker of this guild: on a fresh pool it starts with
     listen() and takes about a second, and audio in between would arrive in a late burst."""
-    index = pool.worker_index(vc.guild.id)
+    index = decode_worker(vc)
     for _ in range(500):
         if pool.worker_pids()[index] is not None:
             return

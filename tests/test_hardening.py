@@ -38,6 +38,7 @@ from discord.ext.listening.testing.dave_member import LocalDaveMember, connect_l
 from discord.ext.listening.testing.dave_server import DaveGroupServer
 from helpers import (
     Collect,
+    decode_worker,
     listen_until_done,
     receiver_for,
     reference,
@@ -375,7 +376,7 @@ async def test_workers_killed_at_random_moments_and_a_full_disk(pool, tmp_path: 
         sink = listening.FanOutSink(collect, files)
         done = await listen_until_done(vc, sink, pool)
         talk = asyncio.gather(a.speak(speechlike(3.0, seed=11)), b.speak(speechlike(3.0, seed=12)))
-        slot = pool.worker_index(vc.guild.id)
+        slot = decode_worker(vc)
         killed: list[int] = []
         for _ in range(3):
             await asyncio.sleep(rng.uniform(0.2, 0.7))  # the scenario: a kill at a random moment

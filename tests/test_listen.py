@@ -19,7 +19,7 @@ from discord.ext.listening.opus import packet_has_fec
 from discord.ext.listening.seqmath import seq_diff
 from discord.ext.listening.stats import DropReason
 from discord.ext.listening.testing import VoiceServerEmulator, speechlike
-from helpers import Collect, WireTap, listen_until_done, reference, settle
+from helpers import Collect, WireTap, decode_worker, listen_until_done, reference, settle
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -199,7 +199,7 @@ async def test_killing_a_decode_worker_mid_speech_keeps_listening(pool) -> None:
         talk = asyncio.create_task(m.speak(speechlike(3.0, seed=5)))
         # mid-speech: a second of it heard
         await server.wait_until(lambda: len(sink.frames) >= 50, timeout=10, what="a second of speech")
-        victim = pool.worker_pids()[pool.worker_index(vc.guild.id)]
+        victim = pool.worker_pids()[decode_worker(vc)]
         assert victim is not None
         os.kill(victim, signal.SIGKILL)
         spurt = await talk
@@ -453,21 +453,55 @@ async def _guild_speaks_at_once(pool, seed: int, speakers: int, seconds: float) 
     return vc, sink.by_user(), list(zip(members, spurts)), streams, placed
 
 
-async def test_a_large_guild_spreads_over_every_worker_and_each_speaker_keeps_its_order(pool) -> None:
-    """Past ``SPEAKERS_PER_WORKER`` speakers a guild's speakers go to the next worker too (one
-    guild would otherwise be held to one core of decoding); each speaker stays on its worker,
-    so its frames arrive whole and in order."""
-    from discord.ext.listening.session import SPEAKERS_PER_WORKER
+async def test_a_large_guild_spreads_over_every_worker_and_each_speaker_keeps_its_order(
+    pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``SPEAKERS_PER_WORKER`` speakers a worker is full and the next one takes the rest
+    (one guild would otherwise be held to one core of decoding); each speaker stays on its
+    worker, so its frames arrive whole and in order; the pool forgets them when listening ends."""
+    from discord.ext.listening.pool import processes
 
-    vc, frames, said, used, placed = await _guild_speaks_at_once(pool, 61, SPEAKERS_PER_WORKER + 4, 0.4)
-    assert len(used) == pool.max_processes == 2 and all(n > 0 for n in used.values()), used
-    home = pool.worker_index(vc.guild.id)
-    assert sorted(placed.values()).count(home) == SPEAKERS_PER_WORKER, placed
+    monkeypatch.setattr(processes, "SPEAKERS_PER_WORKER", 8)  # 12 speakers, not 36
+    assert pool.speakers == [0, 0]
+    _, frames, said, used, placed = await _guild_speaks_at_once(pool, 61, 12, 0.4)
+    assert sorted(used) == [0, 1] and all(n > 0 for n in used.values()), used
+    assert sorted(placed.values()) == [0] * 8 + [1] * 4, placed
     for m, spurt in said:
         assert [f.sequence for f in frames[m.user_id]] == [f.sequence for f in spurt.frames], m.name
+    assert pool.speakers == [0, 0]
 
 
-async def test_a_small_guild_stays_on_its_own_worker(pool) -> None:
-    vc, frames, said, used, _ = await _guild_speaks_at_once(pool, 62, 3, 0.3)
-    assert set(used) == {pool.worker_index(vc.guild.id)}
-    assert {u: len(f) for u, f in frames.items()} == {m.user_id: len(s.frames) for m, s in said}
+async def test_small_guilds_share_one_worker(pool) -> None:
+    """Guilds of a few speakers fill one worker before the next is used: one wake-up of one
+    worker a round for all of them, not one of every worker."""
+    assert pool.speakers == [0, 0]
+    guilds = (6200, 6301)  # one even, one odd: under guild_id % 2 they would use both workers
+    async with (
+        VoiceServerEmulator(seed=62, dave=False, guild_id=guilds[0]) as one,
+        VoiceServerEmulator(seed=63, dave=False, guild_id=guilds[1]) as two,
+    ):
+        sessions = []
+        for server, base in ((one, 6200), (two, 6300)):
+            members = [await server.add_member(base + i, f"m{base + i}") for i in range(3)]
+            vc = await server.connect(cls=listening.VoiceClient)
+            sink = Collect()
+            done = await listen_until_done(vc, sink, pool)
+            sessions.append((server, vc, sink, done, members))
+        assert [vc.guild.id for _, vc, *_ in sessions] == list(guilds)
+        spoken = await asyncio.gather(
+            *(m.speak(speechlike(0.3, seed=i)) for i, (*_, members) in enumerate(sessions) for m in members)
+        )
+        for k, (server, vc, _, _, members) in enumerate(sessions):
+            said = list(zip(members, spoken[3 * k : 3 * k + 3]))
+            await server.drain()
+            await settle(server, vc, *((m, [s]) for m, s in said))
+            assert set(vc._listening._worker_of.values()) == {0} and set(vc._listening._streams) == {0}
+        assert pool.speakers == [6, 0]
+        for _, vc, _, done, _ in sessions:
+            vc.stop_listening()
+            await asyncio.wait_for(done.wait(), 15)
+    assert pool.speakers == [0, 0]
+    for k, (_, _, sink, _, members) in enumerate(sessions):
+        got = sink.by_user()
+        for m, spurt in zip(members, spoken[3 * k : 3 * k + 3]):
+            assert [f.sequence for f in got[m.user_id]] == [f.sequence for f in spurt.frames], m.name

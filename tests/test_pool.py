@@ -433,6 +433,27 @@ def test_two_guilds_use_two_workers(shared_pool: AudioProcessPool, packets: list
     sb.close()
 
 
+def test_speakers_fill_one_worker_then_the_next_then_the_least_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(processes_mod, "SPEAKERS_PER_WORKER", 3)
+    pool = AudioProcessPool(3)  # no stream is opened: no process starts
+    try:
+        assert pool.next_speaker_worker() == 0 and pool.speakers == [0, 0, 0]
+        assert [pool.assign_speaker() for _ in range(9)] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+        pool.release_speaker(1)
+        assert pool.next_speaker_worker() == 1  # room again on worker 1, before any full one
+        assert [pool.assign_speaker() for _ in range(5)] == [1, 0, 1, 2, 0]  # all full: the fewest
+        assert pool.speakers == [5, 4, 4]
+        for w, n in enumerate([5, 4, 4]):
+            for _ in range(n + 1):  # one more than it has: never below zero
+                pool.release_speaker(w)
+        assert pool.speakers == [0, 0, 0] and pool.worker_pids() == [None, None, None]
+        for bad, error in ((3, ValueError), (-1, ValueError), ("0", TypeError), (True, TypeError)):
+            with pytest.raises(error, match="worker"):
+                pool.release_speaker(bad)
+    finally:
+        pool.cleanup_processes()
+
+
 # -- processes -------------------------------------------------------------------------------
 
 
@@ -638,8 +659,13 @@ def test_direct_writes_keep_the_books_straight(
     stream.close()
 
 
-def _spy_writes(inc: Incarnation) -> list[tuple[str, int]]:
-    """Record (thread, bytes) of every write to the worker's pipe."""
+def _spy_writes(pool: AudioProcessPool, index: int) -> list[tuple[str, int]]:
+    """Record (thread, bytes) of every write to the worker's pipe from now on."""
+    slot = pool._slots[index]
+    inc = slot.inc
+    wait_until(lambda: not slot.pending)  # earlier tests' close messages are out...
+    with inc.send_lock:  # ... and written
+        pass
     writes: list[tuple[str, int]] = []
     real = inc.conn.send_bytes
 
@@ -659,7 +685,7 @@ def test_deferred_batches_of_every_stream_reach_their_worker_in_one_write_per_ro
     streams = [shared_pool.open_stream(30 + i, got[i]) for i in range(3)]
     for i in (0, 1):
         wait_ready(shared_pool, i)
-    writes = [_spy_writes(shared_pool._slots[i].inc) for i in (0, 1)]
+    writes = [_spy_writes(shared_pool, i) for i in (0, 1)]
     ref = [OpusDecoder() for _ in streams]
     expect: list[list[bytes]] = [[], [], []]
     for r in range(5):  # five rounds of three packets a stream
@@ -690,7 +716,7 @@ def test_deferred_batches_that_do_not_fit_the_pipe_go_to_the_writer_in_order(
     streams = [shared_pool.open_stream(40 + 2 * i, got[i]) for i in range(2)]  # both on worker 0
     wait_ready(shared_pool, 0)
     slot = shared_pool._slots[0]
-    writes = _spy_writes(slot.inc)
+    writes = _spy_writes(shared_pool, 0)
     first = [(1, i, 960 * i, packets[i], 0, i) for i in range(10)]
     second = [(2, i, 960 * i, packets[i], 0, i) for i in range(40)]
     # room for the first stream's batch only: the second goes by the writer thread, after it

@@ -60,10 +60,6 @@ IDLE_READS = 3
 TICK_INTERVAL = 0.5
 #: How long stop() waits for frames still inside the decode workers.
 DRAIN_TIMEOUT = 5.0
-#: Speakers a session puts on one decode worker before it takes the next: a small guild stays
-#: on its own worker (one message per round), a large one spreads over all of them. Each
-#: speaker stays on its worker, so its frames keep their order.
-SPEAKERS_PER_WORKER = 16
 #: How often a held socket thread looks whether the engine is still there (a safety net).
 _HOLD_CHECK = 1.0
 _STOP = object()
@@ -142,7 +138,8 @@ class ListeningSession:
     def start(self) -> None:
         if self.decode:
             assert self._pool is not None
-            self._open_stream(self._pool.worker_index(self.voice_client.guild.id))
+            # The worker the first speaker will likely get: it starts during the handshake.
+            self._open_stream(self._pool.next_speaker_worker())
         self._dispatch_thread.start()
         self._engine.add(self)
         _discord.add_socket_listener(self.voice_client, self._on_datagram)
@@ -313,6 +310,9 @@ class ListeningSession:
             _log.exception("waiting for the decode workers failed")
             self._error = self._error or exc
         finally:
+            assert self._pool is not None
+            for w in self._worker_of.values():
+                self._pool.release_speaker(w)
             # The stop marker always gets in: the queue itself is unbounded, the bound is ours.
             self._queue.put_nowait(_STOP)
 
@@ -366,10 +366,10 @@ class ListeningSession:
             self._engine.after_round(self._pool.send_deferred)
 
     def _place_speaker(self, ssrc: int) -> int:
+        # Pool-wide: light loads of many guilds share one worker, heavy ones use them all. A
+        # speaker stays on its worker, so its frames keep their order.
         assert self._pool is not None
-        n = self._pool.max_processes
-        w = (self._pool.worker_index(self.voice_client.guild.id) + len(self._worker_of) // SPEAKERS_PER_WORKER) % n
-        self._worker_of[ssrc] = w
+        w = self._worker_of[ssrc] = self._pool.assign_speaker()
         return w
 
     def _open_stream(self, worker: int) -> Any:

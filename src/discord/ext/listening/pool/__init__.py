@@ -2,9 +2,10 @@
 
 Opus decoding is the one heavy step of voice receive (~50-130 us per 20 ms frame), so it
 runs in worker processes (:mod:`.worker`) while everything cheap (decryption, reordering,
-timeline) stays in the parent. One pool serves every voice connection of the process: a
-guild's audio always goes to worker ``guild_id % max_processes``, so each SSRC's packets
-meet the same stateful decoder, in order.
+timeline) stays in the parent. One pool serves every voice connection of the process. Each
+speaker is placed on one worker for good (:meth:`AudioProcessPool.assign_speaker`: the first
+worker fills up to ``SPEAKERS_PER_WORKER`` speakers, then the next...), so its packets meet
+the same stateful decoder, in order.
 
 How a batch travels::
 
@@ -43,7 +44,13 @@ process), :mod:`.stream` (:class:`StreamHandle`), :mod:`.slots` (per-worker book
 
 from ..decoding import DEFAULT_CONCEAL_LIMIT
 from .default import get_default_pool, init_audio_processing_pool
-from .processes import DEFAULT_MAX_BACKLOG, DEFAULT_PROCESS_PATIENCE, DEFAULT_WAIT_TIMEOUT, AudioProcessPool
+from .processes import (
+    DEFAULT_MAX_BACKLOG,
+    DEFAULT_PROCESS_PATIENCE,
+    DEFAULT_WAIT_TIMEOUT,
+    SPEAKERS_PER_WORKER,
+    AudioProcessPool,
+)
 from .protocol import DecodedFrame, DecodeItem
 from .stream import StreamHandle, StreamStats
 
@@ -52,6 +59,7 @@ __all__ = (
     "DEFAULT_MAX_BACKLOG",
     "DEFAULT_PROCESS_PATIENCE",
     "DEFAULT_WAIT_TIMEOUT",
+    "SPEAKERS_PER_WORKER",
     "AudioProcessPool",
     "DecodeItem",
     "DecodedFrame",

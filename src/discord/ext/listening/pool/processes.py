@@ -32,6 +32,7 @@ __all__ = (
     "DEFAULT_PROCESS_PATIENCE",
     "DEFAULT_WAIT_TIMEOUT",
     "MAX_PROCESSES",
+    "SPEAKERS_PER_WORKER",
     "AudioProcessPool",
 )
 
@@ -44,6 +45,11 @@ DEFAULT_PROCESS_PATIENCE: Final = 5.0
 #: Default packets queued or in flight per worker (2 s of 50 speakers at 50 packets/s).
 DEFAULT_MAX_BACKLOG: Final = 5000
 MAX_PROCESSES: Final = 64
+#: :meth:`AudioProcessPool.assign_speaker` fills a worker up to this many speakers before it
+#: uses the next: each worker that has audio costs a wake-up, a reply and a reader wake-up
+#: every round (~250 us of CPU on a VM, four packets' worth of decoding), so light loads
+#: share a worker; 32 speakers at once take ~20% of a core.
+SPEAKERS_PER_WORKER = 32
 
 # A fresh worker imports discord.py (the package lives in its namespace) before it can
 # answer; on a loaded machine that takes seconds, so start-up gets its own, longer limit.
@@ -90,7 +96,9 @@ _live_pools: weakref.WeakSet[AudioProcessPool] = weakref.WeakSet()
 class AudioProcessPool:
     """Worker processes that decode Opus for every voice connection of this process.
 
-    A guild's streams always go to worker ``guild_id % max_processes``; workers start
+    Listening sessions place each speaker on a worker with :meth:`assign_speaker`: the first
+    :data:`SPEAKERS_PER_WORKER` on worker 0, then the next worker, then the least loaded.
+    A stream opened without ``worker`` goes to ``guild_id % max_processes``. Workers start
     when their first stream opens and are restarted when they die or hang. Close it with
     :meth:`cleanup_processes` or use it as a context manager::
 
@@ -165,6 +173,7 @@ class AudioProcessPool:
         self._stream_ids = itertools.count(1)
         self._wake = threading.Event()
         self._slots = [Slot(i, self.max_backlog, self._wake) for i in range(self.max_processes)]
+        self._speakers = [0] * self.max_processes  # assigned by assign_speaker (under _lock)
         self._monitor: threading.Thread | None = None
         self._stop = threading.Event()
         _live_pools.add(self)
@@ -179,6 +188,56 @@ class AudioProcessPool:
     def worker_index(self, guild_id: int) -> int:
         """The worker a guild's audio goes to: ``guild_id % max_processes``."""
         return guild_id % self.max_processes
+
+    def next_speaker_worker(self) -> int:
+        """The worker :meth:`assign_speaker` would pick now (nothing is counted)."""
+        with self._lock:
+            return self._fill_target()
+
+    def assign_speaker(self) -> int:
+        """Pick the worker for one more speaker and count it there until
+        :meth:`release_speaker`.
+
+        Fills worker 0 up to :data:`SPEAKERS_PER_WORKER` speakers, then worker 1, and so on;
+        once all are that full, the one with the fewest. A speaker must stay on the worker it
+        got (its decoder state lives there). Light loads then wake one worker a round instead
+        of all of them, and heavy ones use every worker.
+
+        Returns
+        -------
+        :class:`int`
+            The worker's index, for :meth:`open_stream`'s ``worker``.
+        """
+        with self._lock:
+            index = self._fill_target()
+            self._speakers[index] += 1
+            return index
+
+    def release_speaker(self, worker: int) -> None:
+        """A speaker placed by :meth:`assign_speaker` is gone (its session ended).
+
+        Raises
+        ------
+        TypeError, ValueError
+            ``worker`` is not a worker index of this pool.
+        """
+        check_int("worker", worker, 0, self.max_processes - 1)
+        with self._lock:
+            if self._speakers[worker] > 0:
+                self._speakers[worker] -= 1
+
+    @property
+    def speakers(self) -> list[int]:
+        """Speakers assigned to each worker and not released."""
+        with self._lock:
+            return list(self._speakers)
+
+    def _fill_target(self) -> int:
+        counts = self._speakers
+        for index, n in enumerate(counts):
+            if n < SPEAKERS_PER_WORKER:
+                return index
+        return min(range(len(counts)), key=counts.__getitem__)
 
     def open_stream(
         self,
