@@ -313,8 +313,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
             await asyncio.sleep(0.5)  # threads started
             if pool is not None:
-                # A decode worker that is still starting (forkserver, imports: seconds on a
-                # loaded machine) would make the first measured packets late.
+                # Every worker runs before the baseline, including those the speakers will only
+                # fill later: memory per speaker is then not a process start, and a decode
+                # worker that is still starting (forkserver, imports: seconds on a loaded
+                # machine) would make the first measured packets late.
+                for w in range(pool.max_processes):
+                    pool.open_stream(0, lambda frames: None, worker=w)
                 for _ in range(600):
                     slots = [sl for sl in pool._slots if sl.streams]
                     if all(sl.inc is not None and sl.inc.ready for sl in slots):

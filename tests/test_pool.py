@@ -434,24 +434,38 @@ def test_two_guilds_use_two_workers(shared_pool: AudioProcessPool, packets: list
 
 
 def test_speakers_fill_one_worker_then_the_next_then_the_least_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(processes_mod, "SPEAKERS_PER_WORKER", 3)
-    pool = AudioProcessPool(3)  # no stream is opened: no process starts
+    monkeypatch.setattr(processes_mod, "SPEAKERS_PER_WORKER", 4)
+    pool = AudioProcessPool(3)
     try:
         assert pool.next_speaker_worker() == 0 and pool.speakers == [0, 0, 0]
-        assert [pool.assign_speaker() for _ in range(9)] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+        assert [pool.assign_speaker() for _ in range(12)] == [0] * 4 + [1] * 4 + [2] * 4
         pool.release_speaker(1)
         assert pool.next_speaker_worker() == 1  # room again on worker 1, before any full one
         assert [pool.assign_speaker() for _ in range(5)] == [1, 0, 1, 2, 0]  # all full: the fewest
-        assert pool.speakers == [5, 4, 4]
-        for w, n in enumerate([5, 4, 4]):
+        assert pool.speakers == [6, 5, 5]
+        for w, n in enumerate([6, 5, 5]):
             for _ in range(n + 1):  # one more than it has: never below zero
                 pool.release_speaker(w)
-        assert pool.speakers == [0, 0, 0] and pool.worker_pids() == [None, None, None]
+        assert pool.speakers == [0, 0, 0]
         for bad, error in ((3, ValueError), (-1, ValueError), ("0", TypeError), (True, TypeError)):
             with pytest.raises(error, match="worker"):
                 pool.release_speaker(bad)
     finally:
         pool.cleanup_processes()
+
+
+def test_the_next_worker_starts_when_one_is_half_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(processes_mod, "SPEAKERS_PER_WORKER", 4)
+    with AudioProcessPool(3) as pool:
+        assert pool.assign_speaker() == 0
+        time.sleep(0.3)
+        assert pool.worker_pids() == [None, None, None]  # no stream, not half full: nothing starts
+        assert pool.assign_speaker() == 0
+        wait_ready(pool, 1)  # worker 0 half full: worker 1 starts before its first speaker
+        assert pool.worker_pids()[2] is None
+        assert [pool.assign_speaker() for _ in range(4)] == [0, 0, 1, 1]
+        wait_ready(pool, 2)
+        assert pool.worker_pids()[0] is None  # (a session opens a stream on its worker: that starts it)
 
 
 # -- processes -------------------------------------------------------------------------------

@@ -201,7 +201,8 @@ class AudioProcessPool:
         Fills worker 0 up to :data:`SPEAKERS_PER_WORKER` speakers, then worker 1, and so on;
         once all are that full, the one with the fewest. A speaker must stay on the worker it
         got (its decoder state lives there). Light loads then wake one worker a round instead
-        of all of them, and heavy ones use every worker.
+        of all of them, and heavy ones use every worker. The next worker starts when one is
+        half full.
 
         Returns
         -------
@@ -211,7 +212,14 @@ class AudioProcessPool:
         with self._lock:
             index = self._fill_target()
             self._speakers[index] += 1
-            return index
+            half = self._speakers[index] >= SPEAKERS_PER_WORKER // 2
+        if half and index + 1 < self.max_processes and not self._slots[index + 1].prestart:
+            # Half full: start the next worker now, so that the first speaker it gets is
+            # not kept waiting for a process start.
+            self._slots[index + 1].prestart = True
+            self._ensure_monitor()
+            self._wake.set()
+        return index
 
     def release_speaker(self, worker: int) -> None:
         """A speaker placed by :meth:`assign_speaker` is gone (its session ended).

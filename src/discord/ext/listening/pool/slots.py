@@ -109,6 +109,7 @@ class Slot:
         self.outstanding = 0  # decode items pending or in the worker
         self.streams: dict[int, StreamHandle] = {}
         self.inc: Incarnation | None = None
+        self.prestart = False  # start the worker before any stream uses it (it will be needed soon)
         self.restarts = 0
         self.restart_times: list[float] = []
         self.next_start = 0.0
@@ -127,8 +128,8 @@ class Slot:
         return delay
 
     def wants_worker(self) -> bool:
-        """Whether an open stream uses this worker."""
-        return any(not s.closed for s in self.streams.values())
+        """Whether an open stream uses this worker, or it is to start ahead of its first."""
+        return self.prestart or any(not s.closed for s in self.streams.values())
 
     def forget_finished(self) -> None:
         """Drop closed streams with nothing in flight."""
