@@ -158,8 +158,8 @@ def session_pass(pkg: Any, batches: list[list[tuple[bytes, float]]], ssrcs: list
         receive([d for d, _ in b], [a for _, a in b])
         t += BATCH
         release(t)
-        while not q.empty():
-            item = q.get_nowait()
+        while q:
+            item = q.popleft()
             if type(item) is list:
                 out += len(item)
         if PACE:

@@ -49,7 +49,6 @@ MEMORY_GROWTH_KIB_PER_SPEAKER = 10.0  # "flat": growth over the long window, a t
 
 sys.path.insert(0, str(HERE))
 import common  # noqa: E402
-
 from discord.ext.listening.pool import SPEAKERS_PER_WORKER  # noqa: E402
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -83,6 +83,14 @@ async def connect_and_listen(
     sink = Collect() if sink is None else sink
     done = await listen_until_done(vc, sink, pool, **kw)
     return vc, sink, done  # type: ignore[return-value]
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 15.0, interval: float = 0.002) -> None:
+    """Wait (bounded) on a thread, not the event loop, until ``condition()`` is true."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(interval)
 
 
 def decode_worker(vc: listening.VoiceClient) -> int:

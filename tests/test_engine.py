@@ -14,6 +14,7 @@ import pytest
 
 from discord.ext.listening import engine as engine_module
 from discord.ext.listening.engine import ROUND, ReceiveEngine
+from helpers import wait_until
 
 
 class Client:
@@ -42,25 +43,18 @@ class Client:
         self.finished += 1
 
 
-def _wait(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
-
-
 def test_a_client_runs_once_when_added_and_then_only_when_woken() -> None:
     engine = ReceiveEngine()
     client = Client()
     engine.add(client)
-    _wait(lambda: len(client.runs) == 1)
+    wait_until(lambda: len(client.runs) == 1)
     assert client.threads == {"listening-engine"}
     time.sleep(0.3)
     assert len(client.runs) == 1  # asked for nothing: nobody wakes it
     engine.wake(client)
-    _wait(lambda: len(client.runs) == 2)
+    wait_until(lambda: len(client.runs) == 2)
     engine.remove(client)
-    _wait(lambda: not engine.running)
+    wait_until(lambda: not engine.running)
 
 
 def test_a_client_never_runs_before_the_time_it_asked_for_and_runs_on_the_grid() -> None:
@@ -68,7 +62,7 @@ def test_a_client_never_runs_before_the_time_it_asked_for_and_runs_on_the_grid()
     asks = iter([0.013, 0.027, 0.0021, 0.05, 0.0099, 0.031])
     client = Client(lambda now: now + next(asks, 0.0) if len(client.runs) <= 6 else None)
     engine.add(client)
-    _wait(lambda: len(client.runs) == 7)
+    wait_until(lambda: len(client.runs) == 7)
     for due, ran in zip(client.asked, client.runs[1:]):
         assert due is not None
         assert ran >= due  # never early
@@ -84,12 +78,12 @@ def test_clients_due_within_one_round_share_one_wake_up() -> None:
         # once started, each asks for a different time inside the same 10 ms cell
         c.ask = lambda now, i=i: base[0] + (i + 1) * ROUND / 40 if base else None
         engine.add(c)
-    _wait(lambda: all(c.runs for c in clients))
+    wait_until(lambda: all(c.runs for c in clients))
     base.append((int(time.monotonic() / ROUND) + 5) * ROUND)
     before = engine.rounds
     for c in clients:
         engine.wake(c)
-    _wait(lambda: all(len(c.runs) >= 3 for c in clients))
+    wait_until(lambda: all(len(c.runs) >= 3 for c in clients))
     # one round ran the woken clients (or two, should the wakes straddle it), one ran them all when due
     assert engine.rounds - before <= 3
     dues = {c.runs[2] for c in clients}
@@ -102,9 +96,9 @@ def test_a_client_that_asks_for_the_next_round_runs_once_per_round() -> None:
     engine = ReceiveEngine()
     client = Client(lambda now: now)
     engine.add(client)
-    _wait(lambda: len(client.runs) >= 20)
+    wait_until(lambda: len(client.runs) >= 20)
     engine.remove(client)
-    _wait(lambda: not engine.running)
+    wait_until(lambda: not engine.running)
     gaps = [b - a for a, b in zip(client.runs, client.runs[1:])]
     assert min(gaps[1:]) > ROUND / 2  # the next round, not a busy loop
 
@@ -118,11 +112,11 @@ def test_a_failing_client_is_told_and_the_others_run_on() -> None:
     bad, good = Client(boom), Client(lambda now: now + 0.02)
     engine.add(bad)
     engine.add(good)
-    _wait(lambda: len(good.runs) >= 5 and bad.failed)
+    wait_until(lambda: len(good.runs) >= 5 and bad.failed)
     assert [str(e) for e in bad.failed] == ["bug"]
     engine.remove(bad)
     engine.remove(good)
-    _wait(lambda: bad.finished == 1 and good.finished == 1)
+    wait_until(lambda: bad.finished == 1 and good.finished == 1)
 
 
 def test_an_end_of_round_callback_runs_once_after_every_client_of_the_round(caplog: pytest.LogCaptureFixture) -> None:
@@ -148,10 +142,10 @@ def test_an_end_of_round_callback_runs_once_after_every_client_of_the_round(capl
     clients = [Client(asks(n)) for n in "abc"]
     for c in clients:
         engine.add(c)
-    _wait(lambda: len(order) >= 12 and len(ends) >= 4)
+    wait_until(lambda: len(order) >= 12 and len(ends) >= 4)
     for c in clients:
         engine.remove(c)
-    _wait(lambda: not engine.running)
+    wait_until(lambda: not engine.running)
     assert {name for name, _ in ends} == {"listening-engine"}
     # once a round, after the round's last client, however many clients asked for it
     assert len(ends) == engine.rounds
@@ -166,26 +160,26 @@ def test_removing_finishes_once_on_the_engine_and_the_thread_ends_with_the_last_
     a, b = Client(lambda now: now), Client()
     engine.add(a)
     engine.add(b)
-    _wait(lambda: a.runs and b.runs)
+    wait_until(lambda: a.runs and b.runs)
     engine.remove(a)
     engine.remove(a)  # idempotent
-    _wait(lambda: a.finished == 1)
+    wait_until(lambda: a.finished == 1)
     assert engine.running  # b is still served
     runs = len(a.runs)
     time.sleep(0.05)
     assert len(a.runs) == runs  # removed: no more rounds
     engine.wake(a)  # a wake of a removed client is ignored
     engine.remove(b)
-    _wait(lambda: not engine.running)
+    wait_until(lambda: not engine.running)
     assert a.finished == b.finished == 1
     assert a.threads == b.threads == {"listening-engine"}
     # and a new client starts it again
     c = Client()
     engine.add(c)
-    _wait(lambda: len(c.runs) == 1)
+    wait_until(lambda: len(c.runs) == 1)
     assert engine.running
     engine.remove(c)
-    _wait(lambda: not engine.running)
+    wait_until(lambda: not engine.running)
 
 
 def test_every_client_runs_at_least_every_max_sleep_even_unasked(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,7 +187,7 @@ def test_every_client_runs_at_least_every_max_sleep_even_unasked(monkeypatch: py
     engine = ReceiveEngine()
     client = Client()
     engine.add(client)
-    _wait(lambda: len(client.runs) >= 3, timeout=3.0)
+    wait_until(lambda: len(client.runs) >= 3, timeout=3.0)
     engine.remove(client)
     assert min(b - a for a, b in zip(client.runs, client.runs[1:])) >= 0.2 - 1e-3
 

@@ -31,7 +31,7 @@ from discord.ext.listening.pool import default as default_pool_mod
 from discord.ext.listening.pool import processes as processes_mod
 from discord.ext.listening.pool.protocol import OP_DECODE
 from discord.ext.listening.pool.slots import Incarnation
-from helpers import opus_packets
+from helpers import opus_packets, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -71,13 +71,6 @@ class Collector:
     def by_ssrc(self, ssrc: int) -> list[DecodedFrame]:
         with self._cond:
             return [f for f in self.frames if f.ssrc == ssrc]
-
-
-def wait_until(predicate, timeout: float = 15.0, interval: float = 0.01) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(interval)
 
 
 def process_gone(pid: int) -> bool:

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from .dispatch import SinkDispatcher
+
 __all__ = ("MAX_SLEEP", "ROUND", "EngineClient", "ReceiveEngine", "default_engine")
 
 _log = logging.getLogger(__name__)
@@ -83,6 +85,8 @@ class ReceiveEngine:
         self._next_sweep = 0.0
         self._thread: threading.Thread | None = None
         self.rounds = 0  # times the thread woke and ran something (for benchmarks and tests)
+        #: The threads that call the sinks of this engine's sessions.
+        self.sinks = SinkDispatcher()
         self._after: dict[Callable[[], None], None] = {}  # engine thread only
 
     # -- any thread ------------------------------------------------------------------
@@ -159,6 +163,7 @@ class ReceiveEngine:
                 for client in woken:
                     self._run_round(client, now)
             self._end_round()
+            self.sinks.check(time.monotonic())
             with self._lock:
                 # With nobody left, go round once more at once: the thread ends there.
                 sleep = self._next_sweep - time.monotonic() if self._clients else 0.0

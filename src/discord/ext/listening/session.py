@@ -18,7 +18,8 @@ socket listeners):
   ``on_tick``), a datagram or a gateway message wake it.
 * the pool's reader threads hand decoded frames back to :meth:`_on_decoded`, which only
   enqueues.
-* the *dispatcher* calls the sink, one callback at a time, from a bounded queue; a slow sink
+* the *sink dispatcher* (``dispatch.py``, a few threads for every session) calls the sink,
+  one callback at a time, from a bounded queue; a slow sink
   costs counted drops, never a blocked receiver.
 * when listening stops, a short-lived thread waits for the frames still in the workers.
 """
@@ -27,9 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,9 @@ TICK_INTERVAL = 0.5
 DRAIN_TIMEOUT = 5.0
 #: How often a held socket thread looks whether the engine is still there (a safety net).
 _HOLD_CHECK = 1.0
+#: Queue items (a list of frames counts as one) a session delivers before the dispatcher
+#: thread serves the next session that has some.
+_SINK_SHARE = 32
 _STOP = object()
 _TICK = object()
 
@@ -98,7 +102,7 @@ class ListeningSession:
         self._after_kwargs = after_kwargs
         # Frames travel to the dispatcher in lists (one queue operation per batch, not per
         # frame); the bound counts frames (and ticks / RTCP packets), not queue items.
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._queue: deque[Any] = deque()
         self._queue_limit = sink_queue_size
         self._queued = 0
         self._qlock = threading.Lock()
@@ -111,6 +115,7 @@ class ListeningSession:
         self._pump_lock = threading.Lock()  # poll + submit: one releaser at a time, in order
         self._flushed = False
         self._engine = engine if engine is not None else default_engine()
+        self._sinks = self._engine.sinks
         self._udp = DatagramReader(self.stats)
         # discord.py's reader thread and socket while the engine reads that socket for it
         self._held: tuple[_discord.SocketReaderView, Any] | None = None
@@ -121,9 +126,6 @@ class ListeningSession:
         self._error: BaseException | None = None
         self._sink_errors_logged: set[str] = set()
         self._stop_reason: str | None = None
-        self._dispatch_thread = threading.Thread(
-            target=self._dispatch, name=f"listening-sink:{voice_client.guild.id}", daemon=True
-        )
         self.paused = False
         self.done = False
         self.cleaned_up = False
@@ -140,7 +142,6 @@ class ListeningSession:
             assert self._pool is not None
             # The worker the first speaker will likely get: it starts during the handshake.
             self._open_stream(self._pool.next_speaker_worker())
-        self._dispatch_thread.start()
         self._engine.add(self)
         _discord.add_socket_listener(self.voice_client, self._on_datagram)
         _log.info("listening in guild %s (decode=%s)", self.voice_client.guild.id, self.decode)
@@ -297,7 +298,7 @@ class ListeningSession:
             _log.exception("flushing the jitter buffers failed")
             self._error = self._error or exc
         if not self._streams:
-            self._queue.put_nowait(_STOP)
+            self._put_stop()
             return
         threading.Thread(
             target=self._drain_then_stop, name=f"listening-drain:{self.voice_client.guild.id}", daemon=True
@@ -313,8 +314,7 @@ class ListeningSession:
             assert self._pool is not None
             for w in self._worker_of.values():
                 self._pool.release_speaker(w)
-            # The stop marker always gets in: the queue itself is unbounded, the bound is ours.
-            self._queue.put_nowait(_STOP)
+            self._put_stop()
 
     def _submit(self, packets: list[ReceivedPacket], defer: bool = False) -> None:
         """Send released packets on: to the sink (decode off) or to the decode workers.
@@ -483,7 +483,8 @@ class ListeningSession:
                     self.stats.rtcp_dropped += 1
                 return
             self._queued += 1
-        self._queue.put_nowait(item)
+        self._queue.append(item)
+        self._sinks.schedule(self)
 
     def _enqueue_frames(self, frames: list[AudioFrame]) -> None:
         """Hand frames to the dispatcher in one piece; past ``sink_queue_size`` waiting, the
@@ -498,7 +499,8 @@ class ListeningSession:
                 take, rest = frames[: max(room, 0)], frames[max(room, 0) :]
             self._queued += len(take)
         if take:
-            self._queue.put_nowait(take)
+            self._queue.append(take)
+            self._sinks.schedule(self)
         if rest:
             dropped: dict[int | None, int] = {}
             for f in rest:
@@ -524,12 +526,27 @@ class ListeningSession:
             "sink %r raised in %s (further errors are counted in listen_stats.sink_errors)", self.sink, method
         )
 
-    def _dispatch(self) -> None:
-        sink = self.sink
-        while True:
-            item = self._queue.get()
+    def _put_stop(self) -> None:
+        # The stop marker always gets in: the queue itself is unbounded, the bound is ours.
+        self._queue.append(_STOP)
+        self._sinks.schedule(self, now=True)
+
+    def has_sink_calls(self) -> bool:
+        return bool(self._queue)
+
+    def run_sink_calls(self) -> None:
+        """Deliver what is queued, up to ``_SINK_SHARE`` queue items (dispatcher thread)."""
+        sink, take = self.sink, self._queue.popleft
+        for _ in range(_SINK_SHARE):
+            try:
+                item = take()
+            except IndexError:
+                return
             if item is _STOP:
-                break
+                self._call_sink("on_stop", self.position())
+                self._call_sink("cleanup")
+                self._finish()
+                return
             if type(item) is list:
                 counts: dict[int | None, int] = {}
                 for frame in item:
@@ -552,9 +569,6 @@ class ListeningSession:
                 self._call_sink("on_tick", self.position())
             else:
                 self._call_sink("on_rtcp", item)
-        self._call_sink("on_stop", self.position())
-        self._call_sink("cleanup")
-        self._finish()
 
     def _finish(self) -> None:
         self.cleaned_up = True
