@@ -1,8 +1,8 @@
 """Listening started and stopped over and over leaves nothing behind.
 
 A bot that records meetings starts and stops listening all day in many guilds: every
-``listen()`` joins the receive engine and starts a sink thread and a decode stream, and every stop must
-take them all back. Here real voice connections to local voice servers (real UDP, real
+``listen()`` joins the receive engine and the sink dispatcher, places its speakers on the decode
+workers and opens decode streams, and every stop must take them all back. Here real voice connections to local voice servers (real UDP, real
 websockets, a real decode pool) cycle through ``listen`` / ``stop_listening`` while their
 members speak now and then; afterwards the bot has exactly the threads, child processes and
 open file descriptors it had after the first cycle, the decode pool holds no stream, and each
@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from discord.ext import listening
+from discord.ext.listening import dispatch
 from discord.ext.listening.engine import default_engine
 from discord.ext.listening.testing import VoiceServerEmulator, speechlike
 from helpers import Collect, listen_until_done
@@ -60,8 +61,20 @@ async def _warm_pool(pool: listening.AudioProcessPool) -> None:
         stream.close()
 
 
+async def _quiet() -> None:
+    """Wait (bounded) for the threads that only live while there is work: the engine's (it ends
+    with its last session) and the sink dispatcher's (they end when idle)."""
+    engine = default_engine()
+    for _ in range(100):
+        if not engine.running and engine.sinks.threads == 0:
+            return
+        await asyncio.sleep(0.05)
+
+
 async def _run(connections: int, cycles: int) -> None:
     async with contextlib.AsyncExitStack() as stack:
+        patch = stack.enter_context(pytest.MonkeyPatch.context())
+        patch.setattr(dispatch, "IDLE_EXIT", 0.2)
         pool = stack.enter_context(listening.AudioProcessPool(2))
         await _warm_pool(pool)
         servers = [await stack.enter_async_context(VoiceServerEmulator(seed=100 + i)) for i in range(connections)]
@@ -69,10 +82,7 @@ async def _run(connections: int, cycles: int) -> None:
         members = [await server.add_member(700 + i, f"member{i}") for i, server in enumerate(servers)]
         # The first cycle starts what is meant to stay (the pool's workers, discord.py's threads).
         await asyncio.gather(*(_cycle(vc, pool, None) for vc in vcs))
-        for _ in range(50):  # the engine's thread ends once its last session is gone
-            if not default_engine().running:
-                break
-            await asyncio.sleep(0.1)
+        await _quiet()
         threads, children, fds = _footprint()
         heard = 0
         for n in range(cycles - 1):
@@ -82,12 +92,15 @@ async def _run(connections: int, cycles: int) -> None:
             )
             heard += sum(len(s.frames) for s in sinks)
         assert heard > 0  # the cycles did carry audio
+        await _quiet()
         for _ in range(50):  # threads end just after they signal: give them a moment
             if _footprint() == (threads, children, fds):
                 break
             await asyncio.sleep(0.1)
-        # every decode stream was closed and forgotten: the pool holds nothing per cycle
+        # every decode stream was closed and forgotten, every speaker given back: the pool
+        # holds nothing per cycle
         assert [len(slot.streams) for slot in pool._slots] == [0] * pool.max_processes
+        assert pool.speakers == [0] * pool.max_processes
         assert _footprint() == (threads, children, fds), (
             f"after {connections * cycles} listen/stop cycles: (threads, children, fds) {(threads, children, fds)} "
             f"-> {_footprint()}; threads now {[t.name for t in threading.enumerate()]}"
