@@ -25,8 +25,10 @@ from .files import (
     WaveAudioFile,
     repair_wav,
 )
+from .filters import ConditionalFilter, SinkFilter, TimedFilter, UserFilter, VolumeTransformer
 from .frames import AudioFrame, FrameKind
 from .opus import OpusDecoder, OpusEncoder
+from .pcm import PCMConverter, PCMFormat
 from .pool import AudioProcessPool, init_audio_processing_pool
 from .rtp import (
     ApplicationDefined,
@@ -52,6 +54,7 @@ __all__ = (
     "AudioHandlingSink",
     "AudioProcessPool",
     "AudioSink",
+    "ConditionalFilter",
     "DropReason",
     "FLACAudioFile",
     "FanOutSink",
@@ -64,15 +67,21 @@ __all__ = (
     "OggOpusAudioFile",
     "OpusDecoder",
     "OpusEncoder",
+    "PCMConverter",
+    "PCMFormat",
     "RTCPMessageType",
     "RTCPPacket",
     "ReceiverReport",
     "RecordingError",
     "ReportBlock",
     "SenderReport",
+    "SinkFilter",
     "SourceDescription",
+    "TimedFilter",
+    "UserFilter",
     "UserStats",
     "VoiceClient",
+    "VolumeTransformer",
     "WaveAudioFile",
     "init_audio_processing_pool",
     "repair_wav",

@@ -1,6 +1,6 @@
 """Sinks: where received audio goes.
 
-A sink's callbacks run on the listening session's dispatcher thread (never on discord.py's
+A sink's callbacks run on the sink dispatcher's threads (never on discord.py's
 socket thread, never on the event loop), one call at a time, in order per user. A callback
 that raises is logged and counted; listening goes on.
 """
