@@ -43,10 +43,12 @@ from .rtp import (
 )
 from .sink import AudioHandlingSink, AudioSink, FanOutSink
 from .stats import DropReason, ListenStats, UserStats
+from .stream import AfterSilence, AudioStream, StreamFrame, Utterance
 from .voice_client import VoiceClient
 
 __all__ = (
     "FORMATS",
+    "AfterSilence",
     "ApplicationDefined",
     "AudioFile",
     "AudioFileSink",
@@ -54,6 +56,7 @@ __all__ = (
     "AudioHandlingSink",
     "AudioProcessPool",
     "AudioSink",
+    "AudioStream",
     "ConditionalFilter",
     "DropReason",
     "FLACAudioFile",
@@ -77,9 +80,11 @@ __all__ = (
     "SenderReport",
     "SinkFilter",
     "SourceDescription",
+    "StreamFrame",
     "TimedFilter",
     "UserFilter",
     "UserStats",
+    "Utterance",
     "VoiceClient",
     "VolumeTransformer",
     "WaveAudioFile",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .checks import check_number, check_seconds, check_user_id
 from .frames import AudioFrame, FrameKind
 from .opus import SAMPLE_RATE
 from .sink import AudioSink
@@ -21,15 +22,6 @@ if TYPE_CHECKING:
     from .rtp import RTCPPacket
 
 __all__ = ("ConditionalFilter", "SinkFilter", "TimedFilter", "UserFilter", "VolumeTransformer")
-
-
-def _user_id(user: object) -> int:
-    if isinstance(user, int) and not isinstance(user, bool):
-        return user
-    uid = getattr(user, "id", None)
-    if isinstance(uid, int) and not isinstance(uid, bool):
-        return uid
-    raise TypeError(f"a user must be an int id or have an int .id (a Member, a User, an Object), got {user!r:.100}")
 
 
 class SinkFilter(AudioSink):
@@ -106,7 +98,7 @@ class UserFilter(SinkFilter):
         super().__init__(sink)
         if isinstance(users, (str, bytes)) or not isinstance(users, Iterable):
             raise TypeError(f"users must be an iterable of members or ids, got {type(users).__name__}")
-        self.user_ids: frozenset[int] = frozenset(_user_id(u) for u in users)
+        self.user_ids: frozenset[int] = frozenset(check_user_id(u) for u in users)
 
     def forward(self, frame: AudioFrame) -> AudioFrame | None:
         return frame if frame.user_id in self.user_ids else None
@@ -126,11 +118,7 @@ class TimedFilter(SinkFilter):
 
     def __init__(self, sink: AudioSink, seconds: float) -> None:
         super().__init__(sink)
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            raise TypeError(f"seconds must be a number, got {type(seconds).__name__}")
-        if not seconds > 0 or seconds == float("inf"):
-            raise ValueError(f"seconds must be a finite number > 0, got {seconds!r}")
-        self.seconds = float(seconds)
+        self.seconds = check_seconds("seconds", seconds, positive=True)
         self._end = round(self.seconds * SAMPLE_RATE)
 
     def forward(self, frame: AudioFrame) -> AudioFrame | None:
@@ -177,20 +165,12 @@ class VolumeTransformer(SinkFilter):
 
     def __init__(self, sink: AudioSink, volume: float | Mapping[Any, float], default: float = 1.0) -> None:
         super().__init__(sink)
-        self.default = self._factor("default", default)
+        self.default = check_number("default", default)
         if isinstance(volume, Mapping):
-            self.volumes: dict[int, float] = {_user_id(u): self._factor("volume", v) for u, v in volume.items()}
+            self.volumes: dict[int, float] = {check_user_id(u): check_number("volume", v) for u, v in volume.items()}
         else:
-            self.default = self._factor("volume", volume)
+            self.default = check_number("volume", volume)
             self.volumes = {}
-
-    @staticmethod
-    def _factor(name: str, value: object) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-        if not 0 <= value < float("inf"):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        return float(value)
 
     def volume_of(self, user_id: int | None) -> float:
         """The factor applied to a member's frames."""

@@ -89,7 +89,7 @@ class PCMConverter:
     def convert(self, pcm: bytes, *, last: bool = False) -> np.ndarray:
         """The next frame(s) of 48 kHz stereo s16le ``pcm`` in :attr:`format`.
 
-        A resampler holds back a few milliseconds of audio (its filter's delay): they come out
+        A resampler holds back about 30 ms of audio (its filter's delay): it comes out
         with later calls, and with the one that passes ``last=True`` at the end of the member's
         audio. So the arrays of consecutive calls, joined, are the whole converted signal.
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import threading
 
+from ..checks import check_int, check_seconds
 from .processes import DEFAULT_PROCESS_PATIENCE, DEFAULT_WAIT_TIMEOUT, MAX_PROCESSES, AudioProcessPool
-from .slots import check_int, check_seconds
 
 __all__ = ("get_default_pool", "init_audio_processing_pool")
 

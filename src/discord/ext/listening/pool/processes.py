@@ -20,10 +20,11 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Final
 
+from ..checks import check_int, check_seconds
 from ..decoding import DEFAULT_CONCEAL_LIMIT
 from ..opus import OpusDecoder
 from .protocol import OP_STOP, REPLY_ERROR, REPLY_FRAMES, REPLY_HELLO, DecodedFrame
-from .slots import DIRECT_BYTES, Incarnation, Slot, check_int, check_seconds, enlarge_buffer, force_eof
+from .slots import DIRECT_BYTES, Incarnation, Slot, enlarge_buffer, force_eof
 from .stream import StreamHandle
 from .worker import worker_main
 

@@ -327,21 +327,3 @@ def force_eof(conn: Connection) -> None:
                 sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-
-
-def check_seconds(name: str, value: object, *, positive: bool = False) -> float:
-    """``value`` as a finite, non-negative (``positive``: > 0) float, else TypeError/ValueError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be a finite number of seconds {'> 0' if positive else '>= 0'}, got {value!r}")
-    return float(value)
-
-
-def check_int(name: str, value: object, low: int, high: int) -> int:
-    """``value`` if it is an int within ``low..high``, else TypeError/ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be within {low}..{high}, got {value!r}")
-    return value

@@ -9,10 +9,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from ..checks import check_seconds
 from ..decoding import FRAME_KINDS, KIND_SILENCE
 from ..opus import FRAME_BYTES
 from .protocol import OP_CLOSE, OP_DECODE, OP_RESET, DecodedFrame, DecodeItem, normalized
-from .slots import RateLimit, Slot, check_seconds
+from .slots import RateLimit, Slot
 
 if TYPE_CHECKING:
     from .processes import AudioProcessPool

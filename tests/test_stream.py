@@ -1,0 +1,174 @@
+"""AudioStream: frames and utterances on the event loop, from a real listening session.
+
+Members of the local voice server speak in turn; what the stream's consumers get is compared
+with references the pipeline does not make: the members' own Opus packets decoded by a fresh
+decoder, resampled by soxr in one piece, and the times the emulator sent each spurt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import soxr
+
+from discord.ext import listening
+from discord.ext.listening.stream import SILENT_PEAK
+from discord.ext.listening.testing import VoiceServerEmulator, speechlike
+from helpers import WireTap, listen_until_done, reference, settle
+
+pytestmark = pytest.mark.timeout(90)
+
+MONO16K = listening.PCMFormat(16000, 1, "float32")
+
+
+def _voiced(pcm: bytes) -> bool:
+    return int(np.abs(np.frombuffer(pcm, "<i2")).max()) > SILENT_PEAK
+
+
+def _expected_utterance(spurt, ref: dict[int, bytes], wire: WireTap) -> tuple[float, np.ndarray]:
+    """A spurt's audio from its first to its last voiced frame (decoded by the reference
+    decoder), resampled to 16 kHz mono in one piece; and when its first voiced frame left the
+    emulator (monotonic clock)."""
+    frames = spurt.frames
+    voiced = [i for i, f in enumerate(frames) if _voiced(ref[f.sequence])]
+    first, last = voiced[0], voiced[-1]
+    pcm = b"".join(ref[f.sequence] for f in frames[first : last + 1])
+    x = np.frombuffer(pcm, "<i2").reshape(-1, 2).astype(np.float32) / 32768
+    return wire.sent[(frames[first].ssrc, frames[first].sequence)], soxr.resample(
+        x.mean(axis=1, dtype=np.float32), 48000, 16000
+    )
+
+
+async def test_members_speaking_in_turn_come_out_as_utterances_at_the_right_time_with_their_audio(pool) -> None:
+    stream = listening.AudioStream(format=MONO16K)
+    got: list[listening.Utterance] = []
+    async with VoiceServerEmulator(seed=91, dave=False) as server:
+        alice = await server.add_member(9100, "alice")
+        bob = await server.add_member(9101, "bob")
+        vc = await server.connect(cls=listening.VoiceClient)
+        wire = WireTap(server)
+        done = await listen_until_done(vc, stream, pool)
+        origin = vc._listening.origin
+
+        async def consume() -> None:
+            async for utterance in stream.utterances(end=listening.AfterSilence(0.6)):
+                got.append(utterance)
+
+        consumer = asyncio.create_task(consume())
+        spoken = []
+        for member, seconds, seed in ((alice, 1.2, 1), (bob, 1.0, 2), (alice, 0.8, 3)):
+            spoken.append((member, await member.speak(speechlike(seconds, seed=seed))))
+            await asyncio.sleep(0.9)  # a pause longer than AfterSilence: the next one is apart
+        await server.drain()
+        await settle(server, vc, (alice, [s for m, s in spoken if m is alice]), (bob, [spoken[1][1]]))
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 15)
+        await asyncio.wait_for(consumer, 5)  # the stream ends when listening stops
+    refs = {m.user_id: reference([s for who, s in spoken if who is m]) for m in (alice, bob)}
+    assert [u.user_id for u in got] == [alice.user_id, bob.user_id, alice.user_id]  # each ended by its pause
+    for utterance, (member, spurt) in zip(got, spoken):
+        sent, audio = _expected_utterance(spurt, refs[member.user_id], wire)
+        assert abs(utterance.start - (sent - origin)) <= 0.06, (member.name, utterance.start, sent - origin)
+        assert utterance.end == pytest.approx(utterance.start + len(audio) / 16000, abs=1e-9)
+        assert utterance.audio.dtype == np.float32 and utterance.audio.ndim == 1
+        assert np.array_equal(utterance.audio, audio), member.name
+        assert all(f.user_id == member.user_id for f in utterance.frames)
+
+
+async def test_frame_consumers_get_their_members_frames_converted_and_a_slow_one_only_loses_its_own(pool) -> None:
+    stream = listening.AudioStream(format=MONO16K, max_queue=400)
+    slow = listening.AudioStream(max_queue=5)
+    async with VoiceServerEmulator(seed=92, dave=False) as server:
+        alice = await server.add_member(9200, "alice")
+        bob = await server.add_member(9201, "bob")
+        vc = await server.connect(cls=listening.VoiceClient)
+        done = await listen_until_done(vc, listening.FanOutSink(stream, slow), pool)
+        bobs: list[listening.StreamFrame] = []
+        everyone: list[listening.StreamFrame] = []
+
+        async def collect(it, out) -> None:
+            async for item in it:
+                out.append(item)
+
+        tasks = [
+            asyncio.create_task(collect(stream.user(bob.user_id), bobs)),
+            asyncio.create_task(collect(stream, everyone)),
+        ]
+        never_read = slow.__aiter__()  # a consumer that does not keep up
+        spurts = await asyncio.gather(alice.speak(speechlike(1.0, seed=4)), bob.speak(speechlike(1.0, seed=5)))
+        await server.drain()
+        await settle(server, vc, (alice, [spurts[0]]), (bob, [spurts[1]]))
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 15)
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert {f.user_id for f in everyone} == {alice.user_id, bob.user_id}
+    assert [f.frame for f in bobs] == [f.frame for f in everyone if f.user_id == bob.user_id]
+    assert [f.frame.sequence for f in bobs] == [f.sequence for f in spurts[1].frames]
+    # bob's frames, converted as one stream: his decoded PCM resampled in one piece (the
+    # resampler keeps its last ~30 ms: a frame consumer has no last call)
+    pcm = b"".join(f.frame.audio for f in bobs)
+    whole = soxr.resample(
+        np.frombuffer(pcm, "<i2").reshape(-1, 2).mean(axis=1).astype(np.float32) / 32768, 48000, 16000
+    )
+    joined = np.concatenate([f.audio for f in bobs])
+    assert 0 < len(whole) - len(joined) < 16000 * 0.05 and np.array_equal(joined, whole[: len(joined)])
+    assert stream.dropped == 0 and slow.dropped == len(everyone) - 5
+    assert [f.frame for f in [await never_read.__anext__() for _ in range(5)]] == [f.frame for f in everyone[:5]]
+    with pytest.raises(StopAsyncIteration):
+        await never_read.__anext__()
+
+
+async def test_a_consumer_started_after_listening_stopped_ends_at_once() -> None:
+    stream = listening.AudioStream()
+    stream.on_stop(0)
+    with pytest.raises(StopAsyncIteration):
+        await stream.__aiter__().__anext__()
+    with pytest.raises(StopAsyncIteration):
+        await stream.utterances().__anext__()
+
+
+async def test_a_member_who_never_pauses_is_cut_at_max_length_and_the_clock_ends_a_pause() -> None:
+    # Frames fed to the sink by hand, on the timeline a session would give them.
+    import discord
+
+    stream = listening.AudioStream()
+    utterances = stream.utterances(end=listening.AfterSilence(0.3), max_length=1.0)
+    loud = (np.full(1920, 1000, "<i2")).tobytes()
+    user = discord.Object(id=7)
+    for k in range(75):  # 1.5 s without a pause
+        stream.on_audio(listening.AudioFrame(user, 1, k, 960 * k, loud, listening.FrameKind.decoded, 960 * k, 0.0))
+    first = await utterances.__anext__()
+    assert (first.start, first.end, len(first.frames)) == (0.0, 1.0, 50)
+    stream.on_tick(960 * 75 + 48000 * 0.3)  # 0.3 s later: not yet past the pipeline allowance
+    stream.on_tick(960 * 75 + 48000 * 0.6)
+    second = await utterances.__anext__()
+    assert (second.start, second.end, len(second.frames)) == (1.0, 1.5, 25)
+    assert np.array_equal(second.audio, np.frombuffer(loud * 25, "<i2").reshape(-1, 2))
+    stream.on_stop(48000 * 3)
+    with pytest.raises(StopAsyncIteration):
+        await utterances.__anext__()
+
+
+def test_opus_frames_are_refused_with_an_error_the_after_callback_sees() -> None:
+    stream = listening.AudioStream()
+    stream.on_audio(listening.AudioFrame(None, 1, 0, 0, b"\xf8\xff\xfe", listening.FrameKind.opus, 0, 0.0))
+    assert isinstance(stream.error, ValueError) and "decode=True" in str(stream.error)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "words"),
+    [
+        (lambda: listening.AudioStream(format="16k"), TypeError, "format must be a PCMFormat"),
+        (lambda: listening.AudioStream(max_queue=0), ValueError, "max_queue must be an int >= 1"),
+        (lambda: listening.AudioStream(users=3), TypeError, "users must be an iterable"),
+        (lambda: listening.AfterSilence(0), ValueError, "seconds must be a finite number of seconds > 0"),
+        (lambda: listening.AfterSilence("1"), TypeError, "seconds must be a number of seconds"),
+        (lambda: listening.AudioStream().utterances(end=0.5), TypeError, "end must be an AfterSilence"),
+        (lambda: listening.AudioStream().utterances(max_length=float("nan")), ValueError, "max_length must be"),
+    ],
+)
+def test_bad_arguments_say_what_is_wrong(make, error, words) -> None:
+    with pytest.raises(error, match=words):
+        make()
