@@ -172,3 +172,96 @@ def test_opus_frames_are_refused_with_an_error_the_after_callback_sees() -> None
 def test_bad_arguments_say_what_is_wrong(make, error, words) -> None:
     with pytest.raises(error, match=words):
         make()
+
+
+# -- subscribe, speaking queries, members joining and leaving --------------------------------
+
+
+async def test_a_subscription_and_a_file_recording_run_at_once_and_it_ends_after_the_silence(pool, tmp_path) -> None:
+    async with VoiceServerEmulator(seed=93, dave=False) as server:
+        alice = await server.add_member(9300, "alice")
+        bob = await server.add_member(9301, "bob")
+        vc = await server.connect(cls=listening.VoiceClient)
+        files = listening.AudioFileSink(listening.WaveAudioFile, tmp_path, filename="{user_id}")
+        done = await listen_until_done(vc, files, pool)
+        sub = vc.subscribe(bob.user_id, end=listening.AfterSilence(0.5), format=MONO16K)
+        got: list[listening.StreamFrame] = []
+
+        async def consume() -> None:
+            async for frame in sub:
+                got.append(frame)
+
+        consumer = asyncio.create_task(consume())
+        spurts = await asyncio.gather(alice.speak(speechlike(1.0, seed=6)), bob.speak(speechlike(0.8, seed=7)))
+        await asyncio.wait_for(consumer, 5)  # ended by bob's silence, listening goes on
+        assert sub.ended and vc.is_listening()
+        await server.drain()
+        await settle(server, vc, (alice, [spurts[0]]), (bob, [spurts[1]]))
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 15)
+    assert {f.user_id for f in got} == {bob.user_id}
+    ref = reference([spurts[1]])
+    voiced = [f.sequence for f in spurts[1].frames if _voiced(ref[f.sequence])]
+    # every frame up to bob's last sound (the silence frames after it may end the stream first)
+    assert [f.frame.sequence for f in got][: len(voiced)] == [f.sequence for f in spurts[1].frames][: len(voiced)]
+    assert all(f.audio.dtype == np.float32 and f.audio.ndim == 1 for f in got)
+    # the recording beside it has both members, whole
+    import soundfile
+
+    for member, spurt in ((alice, spurts[0]), (bob, spurts[1])):
+        data, rate = soundfile.read(tmp_path / f"{member.user_id}.wav", dtype="int16")
+        assert rate == 48000 and len(data) >= len(spurt.frames) * 960
+
+
+async def test_after_duration_ends_a_subscription_and_leaving_ends_another_with_events(pool) -> None:
+    async with VoiceServerEmulator(seed=94, dave=False) as server:
+        alice = await server.add_member(9400, "alice")
+        vc = await server.connect(cls=listening.VoiceClient)
+        done = await listen_until_done(vc, listening.AudioSink(), pool)
+        timed = vc.subscribe(alice.user_id, end=listening.AfterDuration(0.5))
+        start = vc.listen_position
+        joined = asyncio.ensure_future(server.client.wait_for("voice_member_join", timeout=10))
+        carol = await server.add_member(9402, "carol")  # joins while the bot listens
+        assert (await joined).id == carol.user_id
+        follow_carol = vc.subscribe(carol.user_id)  # ends only when carol goes
+
+        async def drain(it) -> list[listening.StreamFrame]:
+            return [f async for f in it]
+
+        tasks = [asyncio.create_task(drain(timed)), asyncio.create_task(drain(follow_carol))]
+        speaking = asyncio.create_task(alice.speak(speechlike(1.5, seed=8)))
+        await server.wait_until(lambda: vc.is_speaking(alice.user_id), timeout=5, what="alice speaking")
+        assert [m.id for m in vc.speaking_members] == [alice.user_id] and not vc.is_speaking(carol.user_id)
+        timed_frames = await asyncio.wait_for(tasks[0], 5)  # 0.5 s of her speech, then it ends
+        assert timed_frames and all(f.frame.position < start + 24000 for f in timed_frames)
+        assert not follow_carol.ended
+        left = asyncio.ensure_future(server.client.wait_for("voice_member_leave", timeout=10))
+        await carol.leave()
+        assert (await left).id == carol.user_id
+        assert await asyncio.wait_for(tasks[1], 5) == [] and follow_carol.ended
+        await speaking
+        await server.wait_until(lambda: not vc.is_speaking(alice.user_id), timeout=5, what="alice quiet")
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 15)
+        assert not vc.is_speaking(alice.user_id) and vc.speaking_members == []
+        with pytest.raises(RuntimeError, match="not listening"):
+            vc.subscribe(alice.user_id)
+
+
+async def test_subscribe_says_what_is_wrong(pool) -> None:
+    async with VoiceServerEmulator(seed=95, dave=False) as server:
+        vc = await server.connect(cls=listening.VoiceClient)
+        done = await listen_until_done(vc, listening.AudioSink(), pool)
+        with pytest.raises(TypeError, match="end must be AfterSilence, AfterDuration or None"):
+            vc.subscribe(1, end=3.0)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="a user must be an int id"):
+            vc.subscribe("alice")
+        with pytest.raises(ValueError, match="seconds must be a finite number of seconds > 0"):
+            listening.AfterDuration(-1)
+        sub = vc.subscribe(2)
+        sub.close()
+        sub.close()  # idempotent
+        with pytest.raises(StopAsyncIteration):
+            await sub.__anext__()
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 15)

@@ -43,11 +43,12 @@ from .rtp import (
 )
 from .sink import AudioHandlingSink, AudioSink, FanOutSink
 from .stats import DropReason, ListenStats, UserStats
-from .stream import AfterSilence, AudioStream, StreamFrame, Utterance
+from .stream import AfterDuration, AfterSilence, AudioStream, StreamFrame, Subscription, Utterance
 from .voice_client import VoiceClient
 
 __all__ = (
     "FORMATS",
+    "AfterDuration",
     "AfterSilence",
     "ApplicationDefined",
     "AudioFile",
@@ -81,6 +82,7 @@ __all__ = (
     "SinkFilter",
     "SourceDescription",
     "StreamFrame",
+    "Subscription",
     "TimedFilter",
     "UserFilter",
     "UserStats",

@@ -126,6 +126,11 @@ class ListeningSession:
         self._error: BaseException | None = None
         self._sink_errors_logged: set[str] = set()
         self._stop_reason: str | None = None
+        # Sinks fed beside the main one (VoiceClient.subscribe); replaced whole, never mutated,
+        # so the dispatcher reads it without a lock.
+        self._taps: tuple[AudioSink, ...] = ()
+        #: User ids of the members speaking now (the receiver's speaking state).
+        self.speaking: frozenset[int] = frozenset()
         self.paused = False
         self.done = False
         self.cleaned_up = False
@@ -174,6 +179,23 @@ class ListeningSession:
                     self._submit(self.receiver.reset_streams(time.monotonic()))
             self.receiver.paused = False
             self.paused = False
+
+    def add_tap(self, sink: AudioSink) -> None:
+        """Feed ``sink`` too, from now on (event loop); it gets ticks whatever the main sink does."""
+        self._taps += (sink,)
+        if self._next_tick is None:
+            self._next_tick = time.monotonic() + TICK_INTERVAL
+            self._engine.wake(self)
+
+    def remove_tap(self, sink: AudioSink) -> None:
+        """Stop feeding ``sink`` (any thread)."""
+        self._taps = tuple(t for t in self._taps if t is not sink)
+
+    def member_left(self, user_id: int) -> None:
+        """A member left the call: end what follows only them (their subscriptions)."""
+        for tap in self._taps:
+            if getattr(tap, "user_id", None) == user_id and callable(getattr(tap, "close", None)):
+                tap.close()  # type: ignore[attr-defined]
 
     async def wait_cleaned_up(self) -> None:
         await self._cleaned.wait()
@@ -414,6 +436,11 @@ class ListeningSession:
                 _log.debug("closing the decode stream failed", exc_info=True)
 
     def _speaking(self, changes: list[SpeakingChange]) -> None:
+        speaking = set(self.speaking)
+        for c in changes:
+            if c.user_id is not None:
+                (speaking.add if c.speaking else speaking.discard)(c.user_id)
+        self.speaking = frozenset(speaking)
         client = self.voice_client.client if hasattr(self.voice_client, "client") else None
         if client is None:
             return
@@ -515,6 +542,13 @@ class ListeningSession:
         except Exception:
             self._sink_failed(method)
 
+    def _call_taps(self, method: str, *args: Any) -> None:
+        for tap in self._taps:
+            try:
+                getattr(tap, method)(*args)
+            except Exception:
+                self._sink_failed(method)
+
     def _sink_failed(self, method: str) -> None:
         """Count a sink callback that raised; log the first of each kind with its traceback."""
         self.stats.sink_errors += 1
@@ -543,7 +577,10 @@ class ListeningSession:
             except IndexError:
                 return
             if item is _STOP:
-                self._call_sink("on_stop", self.position())
+                position = self.position()
+                self._call_sink("on_stop", position)
+                self._call_taps("on_stop", position)
+                self._taps = ()
                 self._call_sink("cleanup")
                 self._finish()
                 return
@@ -560,13 +597,17 @@ class ListeningSession:
                         on_audio(frame)
                     except Exception:
                         self._sink_failed("on_audio")
+                for frame in item if self._taps else ():
+                    self._call_taps("on_audio", frame)
                 with self._qlock:
                     self._queued -= len(item)
                 continue
             with self._qlock:
                 self._queued -= 1
             if item is _TICK:
-                self._call_sink("on_tick", self.position())
+                position = self.position()
+                self._call_sink("on_tick", position)
+                self._call_taps("on_tick", position)
             else:
                 self._call_sink("on_rtcp", item)
 

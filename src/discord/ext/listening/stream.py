@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -31,7 +31,7 @@ from .sink import AudioSink
 if TYPE_CHECKING:
     import discord
 
-__all__ = ("AfterSilence", "AudioStream", "StreamFrame", "Utterance")
+__all__ = ("AfterDuration", "AfterSilence", "AudioStream", "StreamFrame", "Subscription", "Utterance")
 
 #: A frame whose samples all lie within this of zero is silence (what Opus silence frames and
 #: the end of a concealment decode to).
@@ -54,6 +54,22 @@ class AfterSilence:
     """
 
     seconds: float = 0.6
+
+    def __post_init__(self) -> None:
+        check_seconds("seconds", self.seconds, positive=True)
+
+
+@dataclass(frozen=True, slots=True)
+class AfterDuration:
+    """End a subscription ``seconds`` after it started (on the recording's timeline).
+
+    Parameters
+    ----------
+    seconds: :class:`float`
+        How long it lasts.
+    """
+
+    seconds: float
 
     def __post_init__(self) -> None:
         check_seconds("seconds", self.seconds, positive=True)
@@ -398,3 +414,90 @@ class AudioStream(AudioSink):
             consumer.queue.close()
         for fc in frames:
             fc.queue.close()
+
+
+class Subscription(AudioStream):
+    """One member's frames on the event loop while listening goes on, from
+    :meth:`VoiceClient.subscribe`: ``async for frame in subscription``.
+
+    It ends, and its ``async for`` with it, when its ``end`` condition is met, when
+    :meth:`close` is called, when the member leaves the call, or when listening stops. It is an
+    :class:`AudioStream` of that one member: :meth:`~AudioStream.utterances` work on it too.
+
+    Attributes
+    ----------
+    user_id: :class:`int`
+        The member it follows.
+    end: Union[:class:`AfterSilence`, :class:`AfterDuration`, None]
+        What ends it besides :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        user_id: int,
+        *,
+        end: AfterSilence | AfterDuration | None,
+        format: PCMFormat | None,
+        max_queue: int,
+        position: int,
+    ) -> None:
+        super().__init__(format=format, users=[user_id], max_queue=max_queue)
+        if end is not None and not isinstance(end, (AfterSilence, AfterDuration)):
+            raise TypeError(f"end must be AfterSilence, AfterDuration or None, got {type(end).__name__}")
+        self.user_id = user_id
+        self.end = end
+        self._frames = self._add_frames(None)
+        self._deadline = position + round(end.seconds * SAMPLE_RATE) if isinstance(end, AfterDuration) else None
+        self._silence = round(end.seconds * SAMPLE_RATE) if isinstance(end, AfterSilence) else None
+        self._voiced_end: int | None = None
+        self._ended = False
+        self._detach: Callable[[Subscription], None] | None = None  # set by the session
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> StreamFrame:
+        return await self._frames.__anext__()
+
+    @property
+    def ended(self) -> bool:
+        """Whether it has ended (its ``async for`` stops once the frames before the end are read)."""
+        return self._ended
+
+    def close(self) -> None:
+        """End it now (idempotent, any thread)."""
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+            detach, self._detach = self._detach, None
+        AudioStream.on_stop(self, 0)
+        if detach is not None:
+            detach(self)
+
+    def on_audio(self, frame: AudioFrame) -> None:
+        if self._ended or frame.user_id != self.user_id:
+            return
+        if self._deadline is not None and frame.position >= self._deadline:
+            self.close()
+            return
+        super().on_audio(frame)
+        if self._silence is not None:
+            pcm = np.frombuffer(frame.audio, "<i2")
+            if frame.kind is not FrameKind.silence and pcm.size and int(np.abs(pcm).max()) > SILENT_PEAK:
+                self._voiced_end = frame.position + FRAME_SAMPLES
+            elif self._voiced_end is not None and frame.position - self._voiced_end >= self._silence:
+                self.close()
+
+    def on_tick(self, position: int) -> None:
+        super().on_tick(position)
+        late = round(PIPELINE_ALLOWANCE * SAMPLE_RATE)
+        if self._deadline is not None and position >= self._deadline + late:
+            self.close()
+        elif self._voiced_end is not None and self._silence is not None:
+            if position - self._voiced_end >= self._silence + late:
+                self.close()
+
+    def on_stop(self, position: int) -> None:
+        super().on_stop(position)
+        self.close()

@@ -14,6 +14,7 @@ import discord
 
 from . import _discord
 from . import pool as _pool
+from .checks import check_user_id
 from .keepalive import KEEPALIVE_INTERVAL, UDPKeepalive
 from .session import ListeningSession
 from .sink import AudioSink
@@ -22,7 +23,9 @@ from .stats import ListenStats
 from .transport import AES_GCM, XCHACHA20, TransportCipher, transport_cipher
 
 if TYPE_CHECKING:
+    from .pcm import PCMFormat
     from .pool import AudioProcessPool
+    from .stream import AfterDuration, AfterSilence, Subscription
 
 __all__ = ("VoiceClient",)
 
@@ -67,6 +70,7 @@ class VoiceClient(discord.VoiceClient):
     def __init__(self, client: discord.Client, channel: discord.abc.Connectable) -> None:
         self._ssrc_map = SSRCMap()
         self._listening: ListeningSession | None = None
+        self._present: set[int] = set()  # members in the call, for join / leave events
         self._last_session: ListeningSession | None = None
         self._send_cipher: TransportCipher | None = None
         self._send_cipher_key: Any = None
@@ -99,12 +103,28 @@ class VoiceClient(discord.VoiceClient):
         # discord.py awaits this after its own handling of every JSON voice gateway message.
         op = msg.get("op")
         data = msg.get("d")
+        before = self._ssrc_map.connected_users
         self._ssrc_map.update_from_gateway(op, data)  # type: ignore[arg-type]
+        if op in (11, 13):
+            self._members_changed(before, self._ssrc_map.connected_users)
         if op in (21, 22) and isinstance(data, dict) and isinstance(data.get("transition_id"), int):
             self._dave_transition_id = data["transition_id"]
         # Keys and the DAVE session change only on JSON messages (SESSION_DESCRIPTION, DAVE
         # transitions and epochs), each handled by discord.py right before this hook.
         self._update_receiver()
+
+    def _members_changed(self, before: frozenset[int], after: frozenset[int]) -> None:
+        """Members joined (op 11) or left (op 13) the call: events, while listening."""
+        session = self._listening
+        if session is None or session.done:
+            return
+        for user_id in sorted(before - after):
+            self._present.discard(user_id)
+            session.member_left(user_id)
+            self.client.dispatch("voice_member_leave", session._user(user_id))
+        for user_id in sorted(after - before - self._present):
+            self._present.add(user_id)
+            self.client.dispatch("voice_member_join", session._user(user_id))
 
     def _update_receiver(self) -> None:
         session = self._listening
@@ -225,6 +245,9 @@ class VoiceClient(discord.VoiceClient):
             sink_queue_size=sink_queue_size,
         )
         self._listening = self._last_session = session
+        # Who is in the call already: the voice gateway names them (op 11) only shortly after
+        # the connection, possibly once listening has begun; they are not joining.
+        self._present = set(getattr(self.channel, "voice_states", {})) | self._ssrc_map.connected_users
         self._update_receiver()
         session.start()
 
@@ -284,6 +307,74 @@ class VoiceClient(discord.VoiceClient):
         ``None`` when not listening.
         """
         return self._listening.position() if self.is_listening() else None  # type: ignore[union-attr]
+
+    def subscribe(
+        self,
+        user: Any,
+        *,
+        end: AfterSilence | AfterDuration | None = None,
+        format: PCMFormat | None = None,
+        max_queue: int = 500,
+    ) -> Subscription:
+        """One member's audio on the event loop, beside whatever sink :meth:`listen` feeds.
+
+        ::
+
+            vc.listen(listening.AudioFileSink(listening.WaveAudioFile, "recordings"))
+            async for frame in vc.subscribe(member, end=listening.AfterSilence(1.0)):
+                ...  # frame.audio: a numpy array in ``format``
+
+        Parameters
+        ----------
+        user: Union[:class:`discord.abc.Snowflake`, :class:`int`]
+            The member (or user id) to follow.
+        end: Union[:class:`AfterSilence`, :class:`AfterDuration`, None]
+            End once the member has been silent that long after speaking, or that long after
+            now; ``None`` (the default): when :meth:`Subscription.close` is called. It also
+            ends when the member leaves the call or listening stops.
+        format: Optional[:class:`PCMFormat`]
+            The frames' PCM shape (48 kHz stereo int16 by default).
+        max_queue: :class:`int`
+            Frames that may wait for the consumer; past it new ones are dropped and counted.
+
+        Returns
+        -------
+        :class:`Subscription`
+            An async iterator of :class:`StreamFrame`.
+
+        Raises
+        ------
+        RuntimeError
+            Not listening.
+        TypeError, ValueError
+            A bad argument.
+        """
+        from .stream import Subscription
+
+        session = self._listening
+        if session is None or session.done:
+            raise RuntimeError("not listening: call listen() before subscribe()")
+        sub = Subscription(
+            check_user_id(user), end=end, format=format, max_queue=max_queue, position=session.position()
+        )
+        sub._detach = session.remove_tap
+        session.add_tap(sub)
+        return sub
+
+    def is_speaking(self, member: Any) -> bool:
+        """Whether ``member`` (or a user id) is sending audio now, as far as listening hears;
+        ``False`` when not listening."""
+        session = self._listening
+        return session is not None and not session.done and check_user_id(member) in session.speaking
+
+    @property
+    def speaking_members(self) -> list[discord.Member | discord.Object]:
+        """The members sending audio now (a :class:`discord.Object` for a member not cached);
+        empty when not listening."""
+        session = self._listening
+        if session is None or session.done:
+            return []
+        return [session._user(uid) for uid in sorted(session.speaking)]
 
     @property
     def ssrc_map(self) -> SSRCMap:
