@@ -23,6 +23,22 @@ pytestmark = pytest.mark.timeout(90)
 MONO16K = listening.PCMFormat(16000, 1, "float32")
 
 
+async def _collect(it, out: list) -> None:
+    async for item in it:
+        out.append(item)
+
+
+async def _speak_then_stop(server, vc, done, *talks: tuple) -> list:
+    """Members speak at once (``(member, seconds, seed)``), then listening stops once the
+    receiver has seen all of it; returns their spurts."""
+    spurts = await asyncio.gather(*(m.speak(speechlike(sec, seed=seed)) for m, sec, seed in talks))
+    await server.drain()
+    await settle(server, vc, *((m, [spurt]) for (m, _, _), spurt in zip(talks, spurts)))
+    vc.stop_listening()
+    await asyncio.wait_for(done.wait(), 15)
+    return spurts
+
+
 def _voiced(pcm: bytes) -> bool:
     return int(np.abs(np.frombuffer(pcm, "<i2")).max()) > SILENT_PEAK
 
@@ -88,20 +104,12 @@ async def test_frame_consumers_get_their_members_frames_converted_and_a_slow_one
         bobs: list[listening.StreamFrame] = []
         everyone: list[listening.StreamFrame] = []
 
-        async def collect(it, out) -> None:
-            async for item in it:
-                out.append(item)
-
         tasks = [
-            asyncio.create_task(collect(stream.user(bob.user_id), bobs)),
-            asyncio.create_task(collect(stream, everyone)),
+            asyncio.create_task(_collect(stream.user(bob.user_id), bobs)),
+            asyncio.create_task(_collect(stream, everyone)),
         ]
         never_read = slow.__aiter__()  # a consumer that does not keep up
-        spurts = await asyncio.gather(alice.speak(speechlike(1.0, seed=4)), bob.speak(speechlike(1.0, seed=5)))
-        await server.drain()
-        await settle(server, vc, (alice, [spurts[0]]), (bob, [spurts[1]]))
-        vc.stop_listening()
-        await asyncio.wait_for(done.wait(), 15)
+        spurts = await _speak_then_stop(server, vc, done, (alice, 1.0, 4), (bob, 1.0, 5))
         await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert {f.user_id for f in everyone} == {alice.user_id, bob.user_id}
     assert [f.frame for f in bobs] == [f.frame for f in everyone if f.user_id == bob.user_id]
@@ -265,3 +273,35 @@ async def test_subscribe_says_what_is_wrong(pool) -> None:
             await sub.__anext__()
         vc.stop_listening()
         await asyncio.wait_for(done.wait(), 15)
+
+
+async def test_the_live_mix_is_the_sum_of_everyone_slot_by_slot(pool) -> None:
+    stream = listening.AudioStream()
+    async with VoiceServerEmulator(seed=96, dave=False) as server:
+        alice = await server.add_member(9600, "alice")
+        bob = await server.add_member(9601, "bob")
+        vc = await server.connect(cls=listening.VoiceClient)
+        done = await listen_until_done(vc, stream, pool)
+        frames: list[listening.StreamFrame] = []
+        mixed: list[listening.MixedFrame] = []
+
+        tasks = [asyncio.create_task(_collect(stream, frames)), asyncio.create_task(_collect(stream.mixed(), mixed))]
+        await _speak_then_stop(server, vc, done, (alice, 1.0, 9), (bob, 0.6, 10))
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    # the reference: each member's frames laid on the timeline and summed
+    end = max(f.frame.position for f in frames) + 960
+    timeline = np.zeros((end + 960, 2), np.int64)
+    covered: dict[int, set[int]] = {}
+    for f in frames:
+        p = f.frame.position
+        timeline[p : p + 960] += np.frombuffer(f.frame.audio, "<i2").reshape(-1, 2)
+        for k in {p // 960, (p + 959) // 960}:
+            covered.setdefault(k, set()).add(f.user_id)
+    positions = [m.position for m in mixed]
+    assert positions == sorted(positions) and all(p % 960 == 0 for p in positions)
+    assert {p // 960 for p in positions} == set(covered)  # a slot for every 20 ms anyone spoke
+    for m in mixed:
+        expect = np.clip(timeline[m.position : m.position + 960], -32768, 32767).astype(np.int16)
+        assert np.array_equal(m.audio, expect), m.position
+        assert m.user_ids == covered[m.position // 960]
+    assert any(len(m.user_ids) == 2 for m in mixed)  # they did overlap

@@ -43,7 +43,7 @@ from .rtp import (
 )
 from .sink import AudioHandlingSink, AudioSink, FanOutSink
 from .stats import DropReason, ListenStats, UserStats
-from .stream import AfterDuration, AfterSilence, AudioStream, StreamFrame, Subscription, Utterance
+from .stream import AfterDuration, AfterSilence, AudioStream, MixedFrame, StreamFrame, Subscription, Utterance
 from .voice_client import VoiceClient
 
 __all__ = (
@@ -67,6 +67,7 @@ __all__ = (
     "Goodbye",
     "ListenStats",
     "MP3AudioFile",
+    "MixedFrame",
     "Mixer",
     "OggOpusAudioFile",
     "OpusDecoder",

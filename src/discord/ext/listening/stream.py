@@ -31,7 +31,7 @@ from .sink import AudioSink
 if TYPE_CHECKING:
     import discord
 
-__all__ = ("AfterDuration", "AfterSilence", "AudioStream", "StreamFrame", "Subscription", "Utterance")
+__all__ = ("AfterDuration", "AfterSilence", "AudioStream", "MixedFrame", "StreamFrame", "Subscription", "Utterance")
 
 #: A frame whose samples all lie within this of zero is silence (what Opus silence frames and
 #: the end of a concealment decode to).
@@ -39,6 +39,9 @@ SILENT_PEAK = 8
 #: How far behind the timeline's present a member's frames may still be in the pipeline (jitter
 #: buffer, decoders): an utterance is closed by the clock only this long after its silence.
 PIPELINE_ALLOWANCE = 0.2
+#: How long the live mix waits for every member's frame of a 20 ms slot before it hands the
+#: slot on (members' frames reach the sink at slightly different times).
+MIX_DELAY = 0.1
 
 T = TypeVar("T")
 
@@ -142,6 +145,82 @@ class Utterance:
     def duration(self) -> float:
         """``end - start``."""
         return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class MixedFrame:
+    """20 ms of everyone together, from :meth:`AudioStream.mixed`.
+
+    Attributes
+    ----------
+    position: :class:`int`
+        Sample (48 kHz) of the slot's start on the recording's timeline; slots start at
+        multiples of 960.
+    audio: :class:`numpy.ndarray`
+        The sum of every member's audio in the slot (clipped to int16), in the stream's
+        :class:`PCMFormat`.
+    user_ids: FrozenSet[:class:`int`]
+        Who is in it.
+    """
+
+    position: int
+    audio: np.ndarray
+    user_ids: frozenset[int]
+
+    @property
+    def time(self) -> float:
+        """Seconds from the start of the recording to the slot's start."""
+        return self.position / SAMPLE_RATE
+
+
+class _LiveMix:
+    """Sums every member's frames into 20 ms slots of the timeline (dispatcher thread); a slot
+    goes out once the newest frame is :data:`MIX_DELAY` past it. Only slots with audio go out."""
+
+    def __init__(self, fmt: PCMFormat) -> None:
+        self.slots: dict[int, tuple[np.ndarray, set[int]]] = {}
+        self.next = 0  # slots before this one went out
+        self.delay = round(MIX_DELAY * SAMPLE_RATE)
+        self.converter = PCMConverter(fmt)
+        self.user_ends: dict[int | None, int] = {}
+        self.late_samples = 0
+
+    def add(self, frame: AudioFrame) -> list[MixedFrame]:
+        samples = np.frombuffer(frame.audio, "<i2").reshape(-1, CHANNELS).astype(np.int32)
+        start = frame.position
+        uid = frame.user_id
+        # A member's frame can overlap their previous one (a loss's concealment placed before
+        # it): only the new part is added, as the member's own file takes it.
+        user_end = self.user_ends.get(uid, 0)
+        if start < user_end:
+            samples, start = samples[user_end - start :], user_end
+        if len(samples):
+            self.user_ends[uid] = start + len(samples)
+        floor = self.next * FRAME_SAMPLES
+        if start < floor:  # part (or all) of it belongs to slots already handed on
+            cut = min(floor - start, len(samples))
+            self.late_samples += cut
+            samples, start = samples[cut:], start + cut
+        while len(samples):
+            k, off = divmod(start, FRAME_SAMPLES)
+            n = min(FRAME_SAMPLES - off, len(samples))
+            slot = self.slots.get(k)
+            if slot is None:
+                slot = self.slots[k] = (np.zeros((FRAME_SAMPLES, CHANNELS), np.int32), set())
+            slot[0][off : off + n] += samples[:n]
+            if uid is not None:
+                slot[1].add(uid)
+            samples, start = samples[n:], start + n
+        return self.emit(frame.position + FRAME_SAMPLES - self.delay)
+
+    def emit(self, upto: int) -> list[MixedFrame]:
+        out = []
+        for k in sorted(k for k in self.slots if (k + 1) * FRAME_SAMPLES <= upto):
+            pcm, users = self.slots.pop(k)
+            audio = np.clip(pcm, -32768, 32767).astype("<i2").tobytes()
+            out.append(MixedFrame(k * FRAME_SAMPLES, self.converter.convert(audio), frozenset(users)))
+            self.next = max(self.next, k + 1)
+        return out
 
 
 class _LoopQueue(Generic[T]):
@@ -303,6 +382,7 @@ class AudioStream(AudioSink):
         self._lock = threading.Lock()
         self._frame_consumers: tuple[_Consumer[StreamFrame], ...] = ()
         self._utterance_consumers: tuple[tuple[_Consumer[Utterance], _Segmenter], ...] = ()
+        self._mix_consumers: tuple[tuple[_Consumer[MixedFrame], _LiveMix], ...] = ()
         self._converters: dict[int | None, PCMConverter] = {}
         self._stopped = False
 
@@ -356,6 +436,24 @@ class AudioStream(AudioSink):
                 self._utterance_consumers += ((consumer, segmenter),)
         return consumer
 
+    def mixed(self, *, users: Iterable[Any] | None = None) -> AsyncIterator[MixedFrame]:
+        """Everyone together: one :class:`MixedFrame` per 20 ms of the timeline in which anyone
+        speaks, about :data:`MIX_DELAY` (0.1 s) behind the audio (frames of different members
+        arrive at slightly different times). A frame later than that is left out of the mix.
+
+        Parameters
+        ----------
+        users: Optional[Iterable[Union[:class:`discord.abc.Snowflake`, :class:`int`]]]
+            Mix only these members (within the stream's own ``users``).
+        """
+        consumer: _Consumer[MixedFrame] = _Consumer(_LoopQueue(self.max_queue), self._ids(users))
+        with self._lock:
+            if self._stopped:
+                consumer.queue.close()
+            else:
+                self._mix_consumers += ((consumer, _LiveMix(self.format)),)
+        return consumer
+
     def _add_frames(self, user_ids: frozenset[int] | None) -> _Consumer[StreamFrame]:
         consumer: _Consumer[StreamFrame] = _Consumer(_LoopQueue(self.max_queue), user_ids)
         with self._lock:
@@ -368,9 +466,9 @@ class AudioStream(AudioSink):
     @property
     def dropped(self) -> int:
         """Frames and utterances dropped because a consumer fell ``max_queue`` behind."""
-        return sum(c.queue.dropped for c in self._frame_consumers) + sum(
-            c.queue.dropped for c, _ in self._utterance_consumers
-        )
+        consumers: list[_Consumer[Any]] = [*self._frame_consumers]
+        consumers += [c for c, _ in self._utterance_consumers] + [c for c, _ in self._mix_consumers]
+        return sum(c.queue.dropped for c in consumers)
 
     # -- the sink (dispatcher thread) ----------------------------------------------------
 
@@ -398,20 +496,32 @@ class AudioStream(AudioSink):
                 if uc.wants(uid):
                     for utterance in segmenter.push(frame, silent):
                         uc.queue.put(utterance)
+        for mc, mix in self._mix_consumers:
+            if mc.wants(uid):
+                for mixed in mix.add(frame):
+                    mc.queue.put(mixed)
 
     def on_tick(self, position: int) -> None:
         for consumer, segmenter in self._utterance_consumers:
             for utterance in segmenter.tick(position):
                 consumer.queue.put(utterance)
+        late = round((MIX_DELAY + PIPELINE_ALLOWANCE) * SAMPLE_RATE)
+        for mc, mix in self._mix_consumers:
+            for mixed in mix.emit(position - late):
+                mc.queue.put(mixed)
 
     def on_stop(self, position: int) -> None:
         with self._lock:
             self._stopped = True
-            frames, utterances = self._frame_consumers, self._utterance_consumers
+            frames, utterances, mixes = self._frame_consumers, self._utterance_consumers, self._mix_consumers
         for consumer, segmenter in utterances:
             for utterance in segmenter.close_all():
                 consumer.queue.put(utterance)
             consumer.queue.close()
+        for mc, mix in mixes:
+            for mixed in mix.emit(1 << 62):
+                mc.queue.put(mixed)
+            mc.queue.close()
         for fc in frames:
             fc.queue.close()
 
