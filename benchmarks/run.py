@@ -347,6 +347,15 @@ class Bench:
             )
         self.results["capacity"] = caps
 
+    def stream(self) -> None:
+        log("the event-loop path: AudioStream frames, utterances, live mix (in-process)")
+        r = run_json(
+            [sys.executable, str(HERE / "bench_stream.py"), "--repeat", "2" if self.quick else "3"], timeout=300
+        )
+        self.results["stream"] = r
+        if "error" in r:
+            log(f"  stream failed: {r['error']}")
+
     def dave_at_scale(self) -> None:
         # Near the many-guild capacity measured without DAVE (80% of it), so that the run
         # says what DAVE costs there rather than that an overload is an overload.
@@ -566,6 +575,19 @@ def table(res: dict[str, Any], late_ms: float) -> str:
 
     engine_rows(res, add)
 
+    st = res.get("stream") or {}
+    if "error" in st:
+        add("7 stream", "AudioStream", "error")
+    elif st:
+        base = st["opus_decode_us"]
+        for case in ("frames", "frames 16k", "utterances", "utterances 16k", "mixed", "mixed 16k"):
+            label = case.replace(" 16k", ", as 16 kHz mono float32")
+            add(
+                "7 stream",
+                f"AudioStream {label} ({st['speakers']} speakers)",
+                f"{st[case]:.1f} us a frame = {st[case] / base:.2f}x the decode of it ({base:.1f} us)",
+            )
+
     widths = [max(len(r[i]) for r in [*rows, ("section", "case", "result", "target", "met")]) for i in range(5)]
     head = ("section", "case", "result", "target", "met")
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
@@ -712,7 +734,9 @@ def main() -> int:
     p.add_argument("--refresh-voicerecv", action="store_true", help="re-run pip in its environment (upgrades it)")
     p.add_argument("--late-ms", type=float, default=200.0, help="a frame later than this counts against capacity")
     p.add_argument("--start", type=int, default=60, help="first guess for the one-guild capacity search")
-    p.add_argument("--only", default="", help="comma list of sections: floors,growth,comparison,capacity,dave,engine")
+    p.add_argument(
+        "--only", default="", help="comma list of sections: floors,growth,comparison,capacity,dave,engine,stream"
+    )
     p.add_argument("--out", default=str(RESULTS / "latest.json"))
     args = p.parse_args()
     bench = Bench(args)
@@ -749,6 +773,8 @@ def main() -> int:
         bench.dave_at_scale()
     if want("engine"):
         bench.engine()
+    if want("stream"):
+        bench.stream()
     bench.results["wall_s"] = time.monotonic() - t0
     bench.results["trials"] = bench.trials
     out = Path(args.out)

@@ -102,9 +102,12 @@ class PCMConverter:
         x: np.ndarray = np.frombuffer(pcm, "<i2").reshape(-1, CHANNELS)
         if fmt.is_native:
             return x.copy()
-        f = x.astype(np.float32) / _INT16_SCALE
+        f: np.ndarray
         if fmt.channels == 1:
-            f = f.mean(axis=1, dtype=np.float32)
+            # (left + right) / 2, exact in float32; a strided mean() costs 3x this
+            f = (x[:, 0].astype(np.float32) + x[:, 1]) * np.float32(0.5 / _INT16_SCALE)
+        else:
+            f = x.astype(np.float32) * np.float32(1 / _INT16_SCALE)
         if self._stream is not None:
             f = np.asarray(self._stream.resample_chunk(f, last=last), dtype=np.float32)
         if fmt.dtype == "int16":
