@@ -13,9 +13,10 @@ import asyncio
 import importlib.util
 import inspect
 import io
-import itertools
+import math
 import sys
 import threading
+import time
 import types
 import wave
 import zipfile
@@ -394,112 +395,76 @@ async def test_recording_bot_slash_commands(pool, clips, tmp_path, monkeypatch) 
 # ---------------------------------------------------------------------------------------
 
 
-async def test_live_chunks_reach_the_callback_for_the_right_members(pool, clips) -> None:
+async def test_live_utterances_reach_the_callback_on_the_loop_for_the_right_members(pool, clips) -> None:
     live_mod = load_example("live_levels")
     loop_thread = threading.get_ident()
-    got: list[Any] = []
+    got: list[listening.Utterance] = []
     threads: set[int] = set()
 
-    async def transcribe(chunk: Any) -> None:
+    async def transcribe(u: listening.Utterance) -> None:
         threads.add(threading.get_ident())
-        await asyncio.sleep(0.01)  # a slow consumer must not hold up the sink
-        got.append(chunk)
+        await asyncio.sleep(0.05)  # a slow consumer must not hold up the sink
+        got.append(u)
 
     async with VoiceServerEmulator(dave=True, seed=23) as server:
         alice = await server.add_member(1001, "alice")
         bob = await server.add_member(1002, "bob")
         await server.add_member(1003, "carol")  # in the call, never speaks
         vc = await server.connect(cls=listening.VoiceClient)
-        live = live_mod.LiveSpeech(transcribe, chunk_seconds=0.6, hangover=0.3)
-        vc.listen(live, pool)
+        levels = live_mod.Levels()
+        following = asyncio.create_task(live_mod.follow(vc, transcribe, pool, levels=levels))
+        await until(vc.is_listening, "listening")
         await decoder_ready(pool, vc)
         sent = {"alice": clips["alice"][: SECOND * 12 // 10], "bob": clips["bob"][SECOND // 10 : SECOND * 13 // 10]}
         talk = asyncio.gather(alice.speak(sent["alice"]), bob.speak(sent["bob"]))  # at the same time
-        await until(lambda: len(live.levels()) == 2, "levels of both speakers")
+        await until(lambda: len(levels.levels()) == 2, "levels of both speakers")
         await asyncio.sleep(0.2)  # the scenario: the levels are read 0.2 s into both speaking
-        during = live.levels()  # while both talk
-        meter = live.meter({1001: "alice", 1002: "bob"})
+        during = levels.levels()  # while both talk
+        meter = levels.meter({1001: "alice", 1002: "bob"})
         await talk
         await server.drain()
-        # Utterances end on their own after the hangover: at the first tick (every 0.5 s)
-        # 0.3 s + ~0.1 s of pipeline after the last loud frame, so within ~0.95 s.
-        await until(lambda: {c.user_id for c in got if c.final} == {1001, 1002}, "both utterances to end")
+        # Utterances end on their own after the pause: at the first tick (every 0.5 s) 0.5 s
+        # + 0.2 s of pipeline allowance after the last sound, so within ~1.2 s.
+        await until(lambda: {u.user_id for u in got} == {1001, 1002}, "both utterances to end")
         before_stop = len(got)
         vc.stop_listening()
-        await vc.wait_for_listen_ready(timeout=10)
-        await asyncio.wait_for(live.drain(), 5)
+        await asyncio.wait_for(following, 10)  # follow() returns when listening has stopped
         await vc.disconnect()
 
     assert threads == {loop_thread}, "the callback ran off the event loop"
-    assert {c.user_id for c in got} == {1001, 1002}
-    assert before_stop == len(got), "an utterance was only closed by stop, not by the hangover"
-    assert all(isinstance(c.user, discord.Member) for c in got)
-    assert set(during) == {1001, 1002} and all(lv.speaking and lv.peak_db > -40 for lv in during.values())
+    assert before_stop == len(got), "an utterance was only closed by stop, not by the pause"
+    assert {u.user_id for u in got} == {1001, 1002} and all(isinstance(u.user, discord.Member) for u in got)
+    assert set(during) == {1001, 1002} and all(peak > -40 for _, peak in during.values())
     assert "alice" in meter and "#" in meter
     for uid, name, other in ((1001, "alice", "bob"), (1002, "bob", "alice")):
-        mine = [c for c in got if c.user_id == uid]
-        assert len(mine) >= 2 and [c.index for c in mine] == list(range(len(mine)))
-        assert all(not c.final for c in mine[:-1]) and mine[-1].final
-        assert all(c.duration <= 0.6 + 0.021 for c in mine)
-        # cut chunks continue each other on the timeline, without a gap
-        for a, b in itertools.pairwise(mine):
-            assert b.position == a.position + len(a.pcm) // 4
-        # 1.2 s sent, of which ~0.8 s (bob) to 1.2 s (alice) speech: the chunks span it
-        # (plus the pre-roll); pauses inside may be left out
-        assert 0.75 <= mine[-1].start + mine[-1].duration - mine[0].start <= 1.5
-        assert sum(c.duration for c in mine) > 0.6
-        # speech in every chunk (the end of a cut utterance may be only its last 100 ms)
-        assert all(envelope(c.pcm).max() > 1000 for c in mine if not c.final or c.duration >= 0.2)
-        assert abs(len(mine[0].mono_16k()) - mine[0].duration * 16000) < 200
-        # the chunks are this member's speech, not the other's
-        env = envelope(np.concatenate([as_array(c.pcm) for c in mine]))
+        mine = [u for u in got if u.user_id == uid]
+        assert all(u.audio.dtype == np.float32 and u.audio.ndim == 1 for u in mine)
+        assert all(abs(len(u.audio) - u.duration * 16000) <= 1 for u in mine)
+        # 1.2 s sent, of which ~0.8 s (bob) to 1.2 s (alice) speech: the utterances span it
+        assert 0.6 <= mine[-1].end - mine[0].start <= 1.3
+        # they are this member's speech, not the other's
+        pcm = b"".join(f.audio for u in mine for f in u.frames)
+        env = envelope(pcm)
         own, lag = best_match(env, envelope(sent[name]), range(0, 15))
         theirs, _ = best_match(env, envelope(sent[other]), range(lag, lag + 1))  # what the other said then
         assert own > 0.8 and own > theirs + 0.3, (name, own, theirs)
-    assert live.dropped_chunks == 0
 
 
-async def test_live_speech_chunk_boundaries() -> None:
+def test_levels_meter_reads_each_members_loudness_and_falls_when_they_stop() -> None:
     live_mod = load_example("live_levels")
-    got: list[Any] = []
-    live = live_mod.LiveSpeech(got.append, chunk_seconds=0.5, hangover=0.2, pre_roll=0.1, min_speech=0.1)
-    loud, quiet = 3000, 0
-    pos = 0
-
-    def feed(n: int, value: int, user: int = 1) -> None:
-        nonlocal pos
-        for _ in range(n):
-            live.on_audio(pcm_frame(user, pos, value))
-            pos += 960
-
-    F = 960  # one frame
-    feed(10, quiet)  # frames 0-9: silence; the last 0.1 s (frames 5-9) is the pre-roll
-    feed(30, loud)  # frames 10-39: speech, cut when the chunk reaches 0.5 s (frames 5-29)
-    feed(2, quiet)  # frames 40-42: a pause shorter than the hangover,
-    pos += F  # with a packet that never came (frame 42): silence in the chunk
-    feed(5, loud)  # frames 43-47
-    pos += 20 * F  # the member sends nothing for 0.4 s (> hangover): the utterance ends
-    feed(3, loud)  # frames 68-70: a 60 ms blip (< min_speech)
-    live.on_tick(pos + 48000)  # the timeline moves on: the blip's utterance ends, dropped
-    feed(10, loud, user=2)  # another member keeps sending after speaking:
-    feed(15, quiet, user=2)  # the chunk ends 100 ms after the last loud frame
-    feed(6, loud, user=3)  # a third, still talking when listening stops
-    live.on_stop(pos)
-    live.cleanup()
-    await asyncio.wait_for(live.drain(), 5)
-
-    one = [c for c in got if c.user_id == 1]
-    assert [(c.position // F, len(c.pcm) // 4 // F, c.final, c.index) for c in one] == [
-        (5, 25, False, 0),
-        (30, 18, True, 1),
-    ]
-    assert (one[0].samples()[: 5 * F] == quiet).all() and (one[0].samples()[5 * F :] == loud).all()
-    assert (one[1].samples()[10 * F : 13 * F] == quiet).all()  # the pause, kept on the timeline
-    two = [c for c in got if c.user_id == 2]
-    assert [(len(c.pcm) // 4 // F, c.final) for c in two] == [(15, True)]
-    three = [c for c in got if c.user_id == 3]
-    assert [(len(c.pcm) // 4 // F, c.final) for c in three] == [(6, True)]
-    assert len(got) == 4 and live.dropped_chunks == 0
+    levels = live_mod.Levels()
+    for k in range(5):
+        levels.on_audio(pcm_frame(1, 960 * k, 3277))  # RMS 0.1 of full scale: -20 dBFS
+        levels.on_audio(pcm_frame(2, 960 * k, 33))  # -60 dBFS
+    now = levels.levels()
+    assert now[1][0] == pytest.approx(-20.0, abs=0.01) and now[2][0] == pytest.approx(-60.0, abs=0.1)
+    assert now[1][1] == pytest.approx(-20.0, abs=0.5)  # the peak, a moment later
+    meter = levels.meter({1: "loud", 2: "soft"})
+    assert meter.index("loud") < meter.index("soft") and meter.count("#") > 10
+    time.sleep(0.25)
+    later = levels.levels()
+    assert later[1][0] == -math.inf  # not sending any more
+    assert -26.0 < later[1][1] < -24.0  # the peak falls 20 dB a second
 
 
 # ---------------------------------------------------------------------------------------
