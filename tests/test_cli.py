@@ -135,6 +135,13 @@ def test_record_rejects_a_duration_that_is_not_positive(duration: str, monkeypat
     assert "--duration must be positive" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("users", "words"), [("12,x", "comma-separated integers"), (",", "at least one user id")])
+def test_record_says_what_is_wrong_with_users(users: str, words: str, capsys, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([*RECORD, "--users", users, "--output", str(tmp_path)])
+    assert exit_.value.code == 2 and words in capsys.readouterr().err
+
+
 def test_record_with_a_token_discord_rejects(monkeypatch, capsys, tmp_path: Path) -> None:
     """Discord's side is faked: its answer to a bad token (discord.py raises LoginFailure)."""
     monkeypatch.setenv("DISCORD_TOKEN", "not-a-real-token")
@@ -289,6 +296,29 @@ async def test_record_channel_records_until_the_duration_is_over(pool, tmp_path:
     assert str(out_dir / "mixed.wav") in rows["(everyone)"]
     speech = float(rows["alice"].split()[1])
     assert 1.0 <= speech <= 2.0, rows["alice"]
+
+
+async def test_record_channel_records_only_the_members_asked_for(pool, tmp_path: Path, capsys) -> None:
+    """As ``record --users 1002``: alice and bob speak, only bob is recorded, the mix too."""
+    out_dir = tmp_path / "rec"
+    clips = {name: load_clip(name)[: SR * 4] for name in ("alice", "bob")}  # a second each
+    async with VoiceServerEmulator(seed=7) as server:
+        alice = await server.add_member(1001, "alice")
+        bob = await server.add_member(1002, "bob")
+        vc = await server.connect(cls=listening.VoiceClient)
+
+        async def until(progress: ProgressPrinter) -> None:
+            await asyncio.gather(alice.speak(clips["alice"]), bob.speak(clips["bob"]))
+            await server.drain()
+            await asyncio.sleep(0.3)
+
+        recording = await record_channel(vc, pool, out_dir, until, interval=3600, users=[1002])
+    assert recording.exit_code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out_dir.iterdir()) == ["1002-bob.wav", "mixed.wav"]
+    bobs, mixed = read_wav(out_dir / "1002-bob.wav"), read_wav(out_dir / "mixed.wav")
+    heard, score = best_clip(bobs, clips)
+    assert heard == "bob" and score > 0.8, (heard, score)
+    assert np.array_equal(bobs, mixed[: len(bobs)]) and not mixed[len(bobs) :].any()  # alice in no file
 
 
 async def test_record_channel_exits_1_and_prints_the_error_when_the_files_fail(pool, tmp_path: Path, capsys) -> None:

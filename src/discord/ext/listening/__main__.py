@@ -38,8 +38,25 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--duration", type=float, default=None, help="seconds to record (default: until Ctrl-C)")
     rec.add_argument("--until-empty", action="store_true", help="stop when no one else is left in the channel")
     rec.add_argument("--no-mixed", action="store_true", help="do not write the mixed track")
+    rec.add_argument(
+        "--users",
+        type=_user_ids,
+        default=None,
+        metavar="ID[,ID...]",
+        help="record only these members (user ids, comma-separated); the others are not in any file",
+    )
     rec.add_argument("--workers", type=int, default=2, help="decode worker processes")
     return p
+
+
+def _user_ids(text: str) -> frozenset[int]:
+    try:
+        ids = frozenset(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"user ids are comma-separated integers, got {text!r}") from None
+    if not ids:
+        raise argparse.ArgumentTypeError("give at least one user id")
+    return ids
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +20,8 @@ from .file_sink import AudioFileSink
 from .files import FORMATS, RecordingError
 from .pool import AudioProcessPool
 from .report import ProgressPrinter, SpeechMeter, summary_table
-from .sink import FanOutSink
+from .filters import UserFilter
+from .sink import AudioSink, FanOutSink
 from .stats import ListenStats
 from .voice_client import VoiceClient
 
@@ -95,6 +96,7 @@ async def record_channel(
     names: dict[int | None, str] | None = None,
     interval: float = 2.0,
     keep_going: Callable[[], bool] | None = None,
+    users: Iterable[int] | None = None,
 ) -> Recording:
     """Record a connected voice client to files, printing progress and a closing summary.
 
@@ -131,6 +133,8 @@ async def record_channel(
         Seconds between progress lines.
     keep_going: Optional[Callable[[], :class:`bool`]]
         Checked after each progress line; returning ``False`` finishes the recording.
+    users: Optional[Iterable[:class:`int`]]
+        Record only these members (user ids): nobody else is in any file, the mix included.
 
     Returns
     -------
@@ -153,7 +157,10 @@ async def record_channel(
         result["error"] = error
         finished.set()
 
-    vc.listen(FanOutSink(files, meter), pool, after=after, decode=decode)
+    sink: AudioSink = FanOutSink(files, meter)
+    if users is not None:
+        sink = UserFilter(sink, users)
+    vc.listen(sink, pool, after=after, decode=decode)
     stats = vc.listen_stats
     assert stats is not None
     progress = ProgressPrinter(stats, meter, dict(names or {}))
@@ -247,6 +254,7 @@ async def _record(args: argparse.Namespace, token: str) -> int:
                 mixed=not args.no_mixed,
                 decode=args.format != "opus",
                 keep_going=keep_going,
+                users=args.users,
             )
         return recording.exit_code
     finally:
