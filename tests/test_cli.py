@@ -135,6 +135,16 @@ def test_record_rejects_a_duration_that_is_not_positive(duration: str, monkeypat
     assert "--duration must be positive" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("option", "words"),
+    [(["--split", "0.5"], "--split must be at least 1 second"), (["--max-size", "0.01"], "--max-size must be")],
+)
+def test_record_rejects_parts_too_small(option: list[str], words: str, monkeypatch, capsys, tmp_path: Path) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", "a-token")
+    assert main([*RECORD, *option, "--output", str(tmp_path)]) == 2
+    assert words in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("users", "words"), [("12,x", "comma-separated integers"), (",", "at least one user id")])
 def test_record_says_what_is_wrong_with_users(users: str, words: str, capsys, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_:
@@ -319,6 +329,27 @@ async def test_record_channel_records_only_the_members_asked_for(pool, tmp_path:
     heard, score = best_clip(bobs, clips)
     assert heard == "bob" and score > 0.8, (heard, score)
     assert np.array_equal(bobs, mixed[: len(bobs)]) and not mixed[len(bobs) :].any()  # alice in no file
+
+
+async def test_record_channel_splits_the_recording_into_numbered_parts(pool, tmp_path: Path, capsys) -> None:
+    """As ``record --split 1``: 2.5 s of speech, three numbered parts per track."""
+    out_dir = tmp_path / "rec"
+    async with VoiceServerEmulator(seed=8) as server:
+        alice = await server.add_member(1001, "alice")
+        vc = await server.connect(cls=listening.VoiceClient)
+
+        async def until(progress: ProgressPrinter) -> None:
+            await alice.speak(load_clip("alice")[: SR * 4 * 5 // 2])
+            await server.drain()
+            await asyncio.sleep(0.2)
+
+        recording = await record_channel(vc, pool, out_dir, until, interval=3600, max_file_seconds=1.0)
+    assert recording.exit_code == 0, capsys.readouterr().err
+    names = sorted(p.name for p in out_dir.iterdir())
+    assert names[:3] == ["1001-alice-001.wav", "1001-alice-002.wav", "1001-alice-003.wav"], names
+    assert names[3:6] == ["mixed-001.wav", "mixed-002.wav", "mixed-003.wav"], names
+    assert sorted(recording.paths) == sorted(out_dir.iterdir())
+    assert [len(read_wav(out_dir / n)) for n in names[:2]] == [SR, SR]
 
 
 async def test_record_channel_exits_1_and_prints_the_error_when_the_files_fail(pool, tmp_path: Path, capsys) -> None:

@@ -22,6 +22,7 @@ from .files import (
     MP3AudioFile,
     OggOpusAudioFile,
     RecordingError,
+    RotatingAudioFile,
     WaveAudioFile,
     repair_wav,
 )
@@ -79,6 +80,7 @@ __all__ = (
     "ReceiverReport",
     "RecordingError",
     "ReportBlock",
+    "RotatingAudioFile",
     "SenderReport",
     "SinkFilter",
     "SourceDescription",

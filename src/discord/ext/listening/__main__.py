@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--until-empty", action="store_true", help="stop when no one else is left in the channel")
     rec.add_argument("--no-mixed", action="store_true", help="do not write the mixed track")
     rec.add_argument(
+        "--split", type=float, default=None, metavar="SECONDS", help="numbered files of this many seconds each"
+    )
+    rec.add_argument(
+        "--max-size", type=float, default=None, metavar="MB", help="start a track's next file at this size"
+    )
+    rec.add_argument(
         "--users",
         type=_user_ids,
         default=None,

@@ -14,6 +14,7 @@ import numpy as np
 
 from .decoding import DecoderSet
 from .files import AudioFile, RecordingError, render_filename, unique_path
+from .files.rotating import RotatingAudioFile
 from .frames import AudioFrame, FrameKind
 from .opus import CHANNELS, FRAME_SAMPLES, SAMPLE_RATE
 from .sink import AudioSink
@@ -178,6 +179,12 @@ class AudioFileSink(AudioSink):
         more than ``mix_delay`` after newer frames of others (e.g. first words held until
         their DAVE key arrives) is left out of the mix (counted in :attr:`Mixer.late_frames`);
         its user's own file still gets it.
+    max_file_seconds: Optional[:class:`float`]
+        Write each track as numbered parts of this many seconds of the timeline
+        (``1001-alice-001.wav``, ``-002``...), each a playable file; parts with the same
+        number line up across tracks (see :class:`RotatingAudioFile`). For day-long sessions.
+    max_file_bytes: Optional[:class:`int`]
+        Start a track's next part once its file reached this size.
     **file_options
         Passed to every file (e.g. ``bitrate=`` for MP3, ``sync_interval=``).
 
@@ -201,6 +208,8 @@ class AudioFileSink(AudioSink):
         filename: str = "{user_id}-{user_name}",
         mix_window: float = 10.0,
         mix_delay: float = 0.2,
+        max_file_seconds: float | None = None,
+        max_file_bytes: int | None = None,
         **file_options: Any,
     ) -> None:
         super().__init__()
@@ -221,8 +230,13 @@ class AudioFileSink(AudioSink):
         self.mix_delay = float(mix_delay)
         self._mix_lag = round(self.mix_delay * SAMPLE_RATE)
         self.started = datetime.now(UTC)
-        self.output_files: dict[int | None, AudioFile] = {}
-        self.mixed_file: AudioFile | None = None
+        self._max_seconds, self._max_bytes = max_file_seconds, max_file_bytes
+        if max_file_seconds is not None or max_file_bytes is not None:  # validated now; opens nothing
+            RotatingAudioFile(
+                file_type, self.output_dir / "check", max_seconds=max_file_seconds, max_bytes=max_file_bytes
+            )
+        self.output_files: dict[int | None, AudioFile | RotatingAudioFile] = {}
+        self.mixed_file: AudioFile | RotatingAudioFile | None = None
         self.error: BaseException | None = None
         self._lock = threading.Lock()
         self._failed: set[int | str | None] = set()  # user ids, and "mixed"
@@ -230,13 +244,20 @@ class AudioFileSink(AudioSink):
         self._closed = False
         if mixed:
             path = unique_path(self.output_dir, f"mixed{file_type.extension}")
-            self.mixed_file = file_type(path, **file_options)
-            self._mixer = Mixer(self.mixed_file, window=mix_window)
+            self.mixed_file = self._new_file(path)
+            self._mixer = Mixer(self.mixed_file, window=mix_window)  # type: ignore[arg-type]
+
+    def _new_file(self, path: Path) -> AudioFile | RotatingAudioFile:
+        if self._max_seconds is None and self._max_bytes is None:
+            return self.file_type(path, **self.file_options)
+        return RotatingAudioFile(
+            self.file_type, path, max_seconds=self._max_seconds, max_bytes=self._max_bytes, **self.file_options
+        )
 
     def __repr__(self) -> str:
         return f"<AudioFileSink {self.file_type.__name__} dir={str(self.output_dir)!r} users={len(self.output_files)}>"
 
-    def _file_for(self, frame: AudioFrame) -> AudioFile:
+    def _file_for(self, frame: AudioFrame) -> AudioFile | RotatingAudioFile:
         key = frame.user_id
         f = self.output_files.get(key)
         if f is None:
@@ -253,7 +274,7 @@ class AudioFileSink(AudioSink):
                 ext=self.file_type.extension.lstrip("."),
             )
             path = unique_path(self.output_dir, stem)  # render_filename always ends it with the extension
-            f = self.file_type(path, **self.file_options)
+            f = self._new_file(path)
             self.output_files[key] = f
         return f
 
@@ -352,11 +373,11 @@ class AudioFileSink(AudioSink):
     async def convert_files(self) -> list[Path]:
         """Finish every file off the event loop; returns their paths (per-user files, then mixed)."""
         files = [*self.output_files.values(), *([self.mixed_file] if self.mixed_file else [])]
-        paths = await asyncio.gather(*(f.convert() for f in files), return_exceptions=True)
+        paths: list[Any] = await asyncio.gather(*(f.convert() for f in files), return_exceptions=True)
         out: list[Path] = []
         for f, p in zip(files, paths):
             if isinstance(p, BaseException):
                 self._fail(f.path, p)
             else:
-                out.append(p)
+                out.extend(p if isinstance(p, list) else [p])  # a rotating track: its parts
         return out

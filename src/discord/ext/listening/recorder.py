@@ -18,9 +18,9 @@ import discord
 
 from .file_sink import AudioFileSink
 from .files import FORMATS, RecordingError
+from .filters import UserFilter
 from .pool import AudioProcessPool
 from .report import ProgressPrinter, SpeechMeter, summary_table
-from .filters import UserFilter
 from .sink import AudioSink, FanOutSink
 from .stats import ListenStats
 from .voice_client import VoiceClient
@@ -97,6 +97,8 @@ async def record_channel(
     interval: float = 2.0,
     keep_going: Callable[[], bool] | None = None,
     users: Iterable[int] | None = None,
+    max_file_seconds: float | None = None,
+    max_file_bytes: int | None = None,
 ) -> Recording:
     """Record a connected voice client to files, printing progress and a closing summary.
 
@@ -135,6 +137,8 @@ async def record_channel(
         Checked after each progress line; returning ``False`` finishes the recording.
     users: Optional[Iterable[:class:`int`]]
         Record only these members (user ids): nobody else is in any file, the mix included.
+    max_file_seconds, max_file_bytes: Optional[:class:`float`], Optional[:class:`int`]
+        Write numbered parts (see :class:`AudioFileSink`).
 
     Returns
     -------
@@ -148,7 +152,14 @@ async def record_channel(
     asyncio.TimeoutError
         Listening did not end within 30 s of being stopped.
     """
-    files = AudioFileSink(FORMATS[file_format], out_dir, mixed=mixed, filename=filename)
+    files = AudioFileSink(
+        FORMATS[file_format],
+        out_dir,
+        mixed=mixed,
+        filename=filename,
+        max_file_seconds=max_file_seconds,
+        max_file_bytes=max_file_bytes,
+    )
     meter = SpeechMeter()
     finished = asyncio.Event()
     result: dict[str, BaseException | None] = {}
@@ -255,6 +266,8 @@ async def _record(args: argparse.Namespace, token: str) -> int:
                 decode=args.format != "opus",
                 keep_going=keep_going,
                 users=args.users,
+                max_file_seconds=args.split,
+                max_file_bytes=None if args.max_size is None else round(args.max_size * 1_000_000),
             )
         return recording.exit_code
     finally:
@@ -278,6 +291,12 @@ def run_record(args: argparse.Namespace) -> int:
         return 2
     if args.duration is not None and args.duration <= 0:
         print("--duration must be positive", file=sys.stderr)
+        return 2
+    if args.split is not None and not args.split >= 1:
+        print("--split must be at least 1 second", file=sys.stderr)
+        return 2
+    if args.max_size is not None and not args.max_size >= 0.0655:
+        print("--max-size must be at least 0.0655 MB (64 KiB)", file=sys.stderr)
         return 2
     try:
         return asyncio.run(_record(args, token))

@@ -49,6 +49,7 @@ from .flac import FLACAudioFile
 from .mp3 import MP3AudioFile
 from .naming import render_filename, sanitize_filename, unique_path
 from .oggopus import OggOpusAudioFile
+from .rotating import RotatingAudioFile
 from .wav import WaveAudioFile, repair_wav
 
 __all__ = (
@@ -58,6 +59,7 @@ __all__ = (
     "MP3AudioFile",
     "OggOpusAudioFile",
     "RecordingError",
+    "RotatingAudioFile",
     "WaveAudioFile",
     "render_filename",
     "repair_wav",

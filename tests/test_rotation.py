@@ -1,0 +1,112 @@
+"""Recordings in numbered parts: each part a playable file, the parts together the recording.
+
+The same frames (two members' real speech, decoded, not aligned to any part boundary) go into
+a recording without parts and into one with them; the parts, laid at their place on the
+timeline, must give back the unsplit recording sample for sample.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import discord
+import numpy as np
+import pytest
+import soundfile
+
+from discord.ext import listening
+from discord.ext.listening.demo import load_clip
+
+SR = 48000
+OFFSET = 480  # frames start 10 ms off the 20 ms grid: some straddle every boundary
+
+
+def _frames(user_id: int, clip: str, start: int, count: int) -> list[listening.AudioFrame]:
+    pcm = load_clip(clip)
+    user = discord.Object(id=user_id)
+    return [
+        listening.AudioFrame(
+            user, user_id, k, 960 * k, pcm[k * 3840 : (k + 1) * 3840], listening.FrameKind.decoded, start + 960 * k, 0.0
+        )
+        for k in range(count)
+    ]
+
+
+def _record(out: Path, file_type: type, frames: list[listening.AudioFrame], end: int, **options) -> list[Path]:
+    sink = listening.AudioFileSink(file_type, out, mixed=True, filename="{user_id}", **options)
+    for i, frame in enumerate(sorted(frames, key=lambda f: f.position)):
+        sink.on_audio(frame)
+        if i % 10 == 9:
+            sink.on_tick(frame.position)
+    sink.on_stop(end)
+    sink.cleanup()
+    return sorted(p for f in [*sink.output_files.values(), sink.mixed_file] for p in getattr(f, "paths", [f.path]))
+
+
+def _read(path: Path) -> np.ndarray:
+    data, rate = soundfile.read(path, dtype="int16", always_2d=True)
+    assert rate == SR and data.shape[1] == 2
+    return data
+
+
+def _scenario() -> tuple[list[listening.AudioFrame], int]:
+    alice = _frames(1001, "alice", OFFSET, 125)  # 0.01 .. 2.51 s
+    bob = _frames(1002, "bob", 60000, 50)  # 1.25 .. 2.25 s
+    return alice + bob, OFFSET + 125 * 960 + 4800  # listening stops 0.1 s after alice
+
+
+@pytest.mark.parametrize("file_type", [listening.WaveAudioFile, listening.FLACAudioFile])
+def test_parts_of_a_second_give_back_the_recording_sample_for_sample(tmp_path: Path, file_type: type) -> None:
+    frames, end = _scenario()
+    whole = _record(tmp_path / "whole", file_type, frames, end)
+    parts = _record(tmp_path / "parts", file_type, frames, end, max_file_seconds=1.0)
+    ext = file_type.extension
+    # part n covers [n - 1, n) seconds of the timeline; bob has no part before he spoke
+    assert [p.name for p in parts] == sorted(
+        [f"1001-00{n}{ext}" for n in (1, 2, 3)]
+        + [f"1002-00{n}{ext}" for n in (2, 3)]
+        + [f"mixed-00{n}{ext}" for n in (1, 2, 3)]
+    )
+    for track in ("1001", "1002", "mixed"):
+        reference = _read(next(p for p in whole if p.name.startswith(track)))
+        assert len(reference) == end
+        timeline = np.zeros_like(reference)
+        for p in (p for p in parts if p.name.startswith(track)):
+            n = int(p.stem.rsplit("-", 1)[1])
+            data = _read(p)  # each part is a file of its own, readable alone
+            if n < 3:
+                assert len(data) == SR, (p.name, len(data))  # whole seconds up to the last part
+            timeline[(n - 1) * SR : (n - 1) * SR + len(data)] = data
+        assert np.array_equal(timeline, reference), track
+        assert reference.any()
+
+
+def test_parts_by_size_follow_each_other_and_stay_near_the_size(tmp_path: Path) -> None:
+    frames, end = _scenario()
+    alice = [f for f in frames if f.user_id == 1001]
+    limit = 128 * 1024  # ~0.68 s of 48 kHz stereo s16
+    whole = _record(tmp_path / "whole", listening.WaveAudioFile, alice, end)
+    parts = _record(tmp_path / "parts", listening.WaveAudioFile, alice, end, max_file_bytes=limit, sync_interval=0.1)
+    mine = [p for p in parts if p.name.startswith("1001")]
+    assert len(mine) >= 3
+    joined = np.concatenate([_read(p) for p in mine])
+    assert np.array_equal(joined, _read(next(p for p in whole if p.name.startswith("1001"))))
+    for p in mine[:-1]:
+        # ended at the first sync past the limit: at most ~10 frames (the test's tick) beyond it
+        assert limit <= p.stat().st_size <= limit + 11 * 3840, (p.name, p.stat().st_size)
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"max_file_seconds": 0.5}, "max_seconds must be a number of seconds >= 1"),
+        ({"max_file_bytes": 1000}, "max_bytes must be an int >= 65536"),
+        ({"max_file_seconds": "60"}, "max_seconds must be a number of seconds >= 1"),
+    ],
+)
+def test_bad_part_limits_say_what_is_wrong(tmp_path: Path, options: dict, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        listening.AudioFileSink(listening.WaveAudioFile, tmp_path, **options)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="give max_seconds or max_bytes"):
+        listening.RotatingAudioFile(listening.WaveAudioFile, tmp_path / "x.wav")
