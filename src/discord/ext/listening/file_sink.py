@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import threading
@@ -160,8 +161,10 @@ class AudioFileSink(AudioSink):
         :class:`WaveAudioFile`, :class:`FLACAudioFile`, :class:`MP3AudioFile` or
         :class:`OggOpusAudioFile` (use ``listen(decode=False)`` with the latter to store the
         received Opus without decoding it).
-    output_dir: Union[:class:`str`, :class:`os.PathLike`]
-        Directory for the files (created if missing).
+    output_dir: Union[:class:`str`, :class:`os.PathLike`, None]
+        Directory for the files (created if missing); ``None`` records in memory: each file is
+        an :class:`io.BytesIO` (``sink.output_files[user_id].fileobj.getvalue()``), named as
+        it would be on disk.
     mixed: :class:`bool`
         Also write ``mixed.<ext>``: the sum of everyone.
     filename: :class:`str`
@@ -202,7 +205,7 @@ class AudioFileSink(AudioSink):
     def __init__(
         self,
         file_type: type[AudioFile],
-        output_dir: StrPath = ".",
+        output_dir: StrPath | None = ".",
         *,
         mixed: bool = False,
         filename: str = "{user_id}-{user_name}",
@@ -218,13 +221,17 @@ class AudioFileSink(AudioSink):
         if not (isinstance(file_type, type) and issubclass(file_type, AudioFile)):
             raise TypeError(f"file_type must be an AudioFile subclass such as WaveAudioFile, got {file_type!r}")
         self.file_type = file_type
-        self.output_dir = Path(output_dir)
-        try:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RecordingError(f"cannot create the output directory {self.output_dir}: {exc.strerror}") from exc
-        if not os.access(self.output_dir, os.W_OK):
-            raise RecordingError(f"the output directory {self.output_dir} is not writable")
+        self.in_memory = output_dir is None
+        if self.in_memory and (max_file_seconds is not None or max_file_bytes is not None):
+            raise ValueError("numbered parts (max_file_seconds, max_file_bytes) need an output_dir")
+        self.output_dir = Path("." if output_dir is None else output_dir)
+        if not self.in_memory:
+            try:
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise RecordingError(f"cannot create the output directory {self.output_dir}: {exc.strerror}") from exc
+            if not os.access(self.output_dir, os.W_OK):
+                raise RecordingError(f"the output directory {self.output_dir} is not writable")
         self.filename = filename
         self.file_options = file_options
         self.mix_delay = float(mix_delay)
@@ -243,11 +250,29 @@ class AudioFileSink(AudioSink):
         self._mixer: Mixer | None = None
         self._closed = False
         if mixed:
-            path = unique_path(self.output_dir, f"mixed{file_type.extension}")
+            path = self._path_for(f"mixed{file_type.extension}")
             self.mixed_file = self._new_file(path)
             self._mixer = Mixer(self.mixed_file, window=mix_window)  # type: ignore[arg-type]
 
+    def _path_for(self, name: str) -> Path:
+        # in memory, names only need to differ from those already taken
+        if self.in_memory:
+            taken = {
+                f.path.name for f in [*self.output_files.values(), *([self.mixed_file] if self.mixed_file else [])]
+            }
+            stem, dot, ext = name.rpartition(".")
+            n, candidate = 1, name
+            while candidate in taken:
+                n += 1
+                candidate = f"{stem} ({n}){dot}{ext}"
+            return Path(candidate)
+        return unique_path(self.output_dir, name)
+
     def _new_file(self, path: Path) -> AudioFile | RotatingAudioFile:
+        if self.in_memory:
+            buffer = io.BytesIO()
+            buffer.name = path.name
+            return self.file_type(buffer, **self.file_options)
         if self._max_seconds is None and self._max_bytes is None:
             return self.file_type(path, **self.file_options)
         return RotatingAudioFile(
@@ -273,7 +298,7 @@ class AudioFileSink(AudioSink):
                 ssrc=frame.ssrc,
                 ext=self.file_type.extension.lstrip("."),
             )
-            path = unique_path(self.output_dir, stem)  # render_filename always ends it with the extension
+            path = self._path_for(stem)  # render_filename always ends it with the extension
             f = self._new_file(path)
             self.output_files[key] = f
         return f

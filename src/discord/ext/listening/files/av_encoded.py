@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Final, cast
 
 from ..opus import SAMPLE_RATE
 from .base import AudioFile
@@ -46,7 +46,7 @@ class AVEncodedAudioFile(AudioFile):
 
     def __init__(
         self,
-        path: StrPath,
+        path: StrPath | BinaryIO,
         *,
         origin: int = 0,
         sync_interval: float = 0.5,

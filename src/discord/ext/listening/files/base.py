@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 from ..decoding import DecoderSet
 from ..frames import AudioFrame, FrameKind
@@ -93,8 +93,11 @@ class AudioFile:
 
     Parameters
     ----------
-    path: Union[:class:`str`, :class:`os.PathLike`]
-        Where to write. An existing file is overwritten (see :func:`unique_path`).
+    path: Union[:class:`str`, :class:`os.PathLike`, BinaryIO]
+        Where to write. An existing file is overwritten (see :func:`unique_path`). Or a
+        seekable, readable binary file object (an :class:`io.BytesIO`...) to record into in
+        memory: it is written from its start and left open at the end (:meth:`finish` then
+        cannot rename it).
     origin: :class:`int`
         The timeline position of the file's first sample (0: the start of the recording).
     sync_interval: :class:`float`
@@ -125,7 +128,7 @@ class AudioFile:
 
     def __init__(
         self,
-        path: StrPath,
+        path: StrPath | BinaryIO,
         *,
         origin: int = 0,
         sync_interval: float = 0.5,
@@ -133,6 +136,15 @@ class AudioFile:
     ) -> None:
         if sync_interval < 0:
             raise ValueError("sync_interval must be >= 0")
+        self._fileobj: Any = None
+        if not isinstance(path, (str, os.PathLike)):
+            for need in ("write", "seek", "tell", "read"):
+                if not callable(getattr(path, need, None)):
+                    raise TypeError(
+                        f"path must be a path or a seekable binary file object (a BytesIO...), got {type(path).__name__}"
+                    )
+            self._fileobj = path
+            path = str(getattr(path, "name", "") or f"<{type(path).__name__}>")
         self._path = Path(path)
         self._origin = int(origin)
         self._sync_interval = float(sync_interval)
@@ -164,6 +176,11 @@ class AudioFile:
     def path(self) -> Path:
         """Where the file is (changes when :meth:`convert` renames it)."""
         return self._path
+
+    @property
+    def fileobj(self) -> BinaryIO | None:
+        """The binary file object recorded into, when one was given instead of a path."""
+        return self._fileobj  # type: ignore[no-any-return]
 
     @property
     def origin(self) -> int:
@@ -377,7 +394,7 @@ class AudioFile:
         :class:`RecordingError`, anything else (a bad tag...) passes through unchanged.
         """
         try:
-            self._out = Output(self._path)
+            self._out = Output(self._path, self._fileobj)
             yield self._out
         except Exception as exc:
             err = self._fail(exc) if is_io_error(exc) else None
@@ -475,6 +492,8 @@ class AudioFile:
         self._silence_to(target)
 
     def _rename(self, new_name: str) -> None:
+        if self._fileobj is not None:
+            raise ValueError("a recording into a file object has no file name to change")
         name = sanitize_filename(new_name)
         if self.extension and not name.lower().endswith(self.extension):
             name = sanitize_filename(name + self.extension)

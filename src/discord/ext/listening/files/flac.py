@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 from ..opus import CHANNELS, SAMPLE_RATE
 from .av_encoded import AVEncodedAudioFile, load_av
@@ -51,7 +51,7 @@ class FLACAudioFile(AVEncodedAudioFile):
 
     def __init__(
         self,
-        path: StrPath,
+        path: StrPath | BinaryIO,
         *,
         compression_level: int | None = None,
         origin: int = 0,

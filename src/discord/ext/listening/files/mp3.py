@@ -6,7 +6,7 @@ import contextlib
 import logging
 import struct
 from collections.abc import Mapping
-from typing import Any, ClassVar, Final
+from typing import Any, BinaryIO, ClassVar, Final
 
 from ..opus import SAMPLE_RATE
 from .av_encoded import TIME_BASE, AVEncodedAudioFile, load_av
@@ -86,7 +86,7 @@ class MP3AudioFile(AVEncodedAudioFile):
 
     def __init__(
         self,
-        path: StrPath,
+        path: StrPath | BinaryIO,
         *,
         bitrate: int = 128000,
         quality: int | None = None,

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, BinaryIO, Final
 
 from ..frames import AudioFrame
 from ..opus import CHANNELS, FRAME_SAMPLES, SAMPLE_RATE
@@ -90,7 +90,7 @@ class OggOpusAudioFile(AudioFile):
 
     def __init__(
         self,
-        path: StrPath,
+        path: StrPath | BinaryIO,
         *,
         serial: int | None = None,
         bitrate: int = 64000,

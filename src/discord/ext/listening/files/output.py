@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno as errno_codes
-import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,11 +25,13 @@ class Output:
     header patch); :meth:`release` closes the descriptor.
     """
 
-    __slots__ = ("fh", "path")
+    __slots__ = ("fh", "owned", "path")
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fileobj: Any = None) -> None:
         self.path = path
-        self.fh: io.RawIOBase = open(path, "w+b", buffering=0)
+        # A caller's binary file object (a BytesIO...) is written in place and left open.
+        self.owned = fileobj is None
+        self.fh: Any = open(path, "w+b", buffering=0) if fileobj is None else fileobj
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
@@ -43,7 +44,7 @@ class Output:
         return total
 
     def pwrite(self, data: bytes, offset: int) -> None:
-        if hasattr(os, "pwrite"):
+        if self.owned and hasattr(os, "pwrite"):
             fd = self.fh.fileno()
             done = 0
             while done < len(data):
@@ -57,20 +58,27 @@ class Output:
                 self.fh.seek(here)
 
     def pread(self, size: int, offset: int) -> bytes:
-        if hasattr(os, "pread"):
+        if self.owned and hasattr(os, "pread"):
             return os.pread(self.fh.fileno(), size, offset)
+        if not self.owned:  # the caller's file object: read it in place, then come back
+            here = self.fh.tell()
+            try:
+                self.fh.seek(offset)
+                return bytes(self.fh.read(size))
+            finally:
+                self.fh.seek(here)
         with open(self.path, "rb") as reader:  # pragma: no cover - Windows has no pread
             reader.seek(offset)
             return reader.read(size)
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        return self.fh.seek(offset, whence)
+        return int(self.fh.seek(offset, whence))
 
     def tell(self) -> int:
-        return self.fh.tell()
+        return int(self.fh.tell())
 
     def truncate(self, size: int) -> int:
-        return self.fh.truncate(size)
+        return int(self.fh.truncate(size))
 
     def seekable(self) -> bool:
         return True
@@ -85,7 +93,10 @@ class Output:
         pass
 
     def release(self) -> None:
-        self.fh.close()
+        if self.owned:
+            self.fh.close()
+        elif hasattr(self.fh, "flush"):
+            self.fh.flush()
 
 
 def is_io_error(exc: BaseException) -> bool:

@@ -7,7 +7,7 @@ import os
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar, Final
+from typing import BinaryIO, ClassVar, Final
 
 from ..opus import CHANNELS, SAMPLE_RATE
 from .base import AudioFile, vendor
@@ -86,7 +86,7 @@ class WaveAudioFile(AudioFile):
 
     def __init__(
         self,
-        path: StrPath,
+        path: StrPath | BinaryIO,
         *,
         origin: int = 0,
         sync_interval: float = 0.5,

@@ -1,19 +1,21 @@
-"""Recordings in numbered parts: each part a playable file, the parts together the recording.
+"""Where a recording goes besides one file a track: numbered parts, and memory.
 
 The same frames (two members' real speech, decoded, not aligned to any part boundary) go into
-a recording without parts and into one with them; the parts, laid at their place on the
-timeline, must give back the unsplit recording sample for sample.
+a plain recording on disk and into one with parts, or one in memory; the parts, laid at their
+place on the timeline, must give back the plain recording sample for sample, and the files in
+memory must be byte for byte the files on disk.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
-import discord
 import numpy as np
 import pytest
 import soundfile
 
+import discord
 from discord.ext import listening
 from discord.ext.listening.demo import load_clip
 
@@ -110,3 +112,42 @@ def test_bad_part_limits_say_what_is_wrong(tmp_path: Path, options: dict, words:
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="give max_seconds or max_bytes"):
         listening.RotatingAudioFile(listening.WaveAudioFile, tmp_path / "x.wav")
+
+
+# -- in memory ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("file_type", [listening.WaveAudioFile, listening.FLACAudioFile, listening.MP3AudioFile])
+def test_a_recording_in_memory_is_the_file_it_would_be_on_disk(tmp_path: Path, file_type: type) -> None:
+    frames, end = _scenario()
+    on_disk = _record(tmp_path / "disk", file_type, frames, end)
+    sink = listening.AudioFileSink(file_type, None, mixed=True, filename="{user_id}")
+    for frame in sorted(frames, key=lambda f: f.position):
+        sink.on_audio(frame)
+    sink.on_stop(end)
+    sink.cleanup()
+    assert list(tmp_path.iterdir()) == [tmp_path / "disk"]  # nothing written anywhere else
+    files = {f.path.name: f for f in [*sink.output_files.values(), sink.mixed_file]}
+    assert sorted(files) == sorted(p.name for p in on_disk)
+    for p in on_disk:
+        memory = files[p.name].fileobj
+        assert memory is not None and not memory.closed  # left open for the caller
+        assert memory.getvalue() == p.read_bytes(), p.name
+
+
+def test_an_audio_file_takes_a_file_object_and_says_what_it_cannot_do(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    f = listening.WaveAudioFile(buffer)
+    frames, _ = _scenario()
+    for frame in frames[:10]:
+        f.write(frame)
+    assert f.finish() == Path("<BytesIO>") and not buffer.closed
+    data, rate = soundfile.read(io.BytesIO(buffer.getvalue()), dtype="int16")
+    assert rate == SR and len(data) == OFFSET + 10 * 960
+    g = listening.WaveAudioFile(io.BytesIO())
+    with pytest.raises(ValueError, match="no file name to change"):
+        g.finish("renamed")
+    with pytest.raises(TypeError, match="a seekable binary file object"):
+        listening.WaveAudioFile(12)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"numbered parts .* need an output_dir"):
+        listening.AudioFileSink(listening.WaveAudioFile, None, max_file_seconds=60)
