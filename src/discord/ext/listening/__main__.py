@@ -15,7 +15,7 @@ from pathlib import Path
 
 __all__ = ("main",)
 
-_FORMATS = ("wav", "flac", "mp3", "opus")
+_FORMATS = ("wav", "flac", "mp3", "opus", "mka")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -46,6 +46,7 @@ from typing import Final
 
 from .base import AudioFile, RecordingError
 from .flac import FLACAudioFile
+from .matroska import MatroskaAudioFile
 from .mp3 import MP3AudioFile
 from .naming import render_filename, sanitize_filename, unique_path
 from .oggopus import OggOpusAudioFile
@@ -57,6 +58,7 @@ __all__ = (
     "AudioFile",
     "FLACAudioFile",
     "MP3AudioFile",
+    "MatroskaAudioFile",
     "OggOpusAudioFile",
     "RecordingError",
     "RotatingAudioFile",
@@ -74,5 +76,6 @@ FORMATS: Final[Mapping[str, type[AudioFile]]] = {
     "flac": FLACAudioFile,
     "mp3": MP3AudioFile,
     "opus": OggOpusAudioFile,
+    "mka": MatroskaAudioFile,
     "ogg": OggOpusAudioFile,
 }

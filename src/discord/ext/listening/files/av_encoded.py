@@ -1,4 +1,4 @@
-"""The formats PyAV encodes and muxes (FLAC, MP3): their shared base class."""
+"""The formats PyAV encodes and muxes (FLAC, MP3, Matroska): their shared base class."""
 
 from __future__ import annotations
 
@@ -61,7 +61,11 @@ class AVEncodedAudioFile(AudioFile):
         self._pcm = bytearray()  # input short of a whole codec frame
         with self._creating() as out:
             self._container = pyav.open(
-                out, "w", format=self._format, container_options={"flush_packets": "1"}, buffer_size=16384
+                out,
+                "w",
+                format=self._format,
+                container_options={"flush_packets": "1", **self._muxer_options()},
+                buffer_size=16384,
             )
             for key, value in self.tags.items():
                 self._container.metadata[key] = str(value)
@@ -74,6 +78,10 @@ class AVEncodedAudioFile(AudioFile):
                 stream.codec_context.options = dict(codec_options)
             self._stream: av.audio.stream.AudioStream = stream
             self._container.start_encoding()  # writes the header now: an empty file is valid too
+
+    def _muxer_options(self) -> Mapping[str, str]:
+        """Options of the format's muxer, beside ``flush_packets`` (called before it opens)."""
+        return {}
 
     def _frame(self, pcm: bytes | bytearray | memoryview, pts: int) -> Any:
         import numpy as np
