@@ -355,6 +355,8 @@ class Bench:
         self.results["stream"] = r
         if "error" in r:
             log(f"  stream failed: {r['error']}")
+        log("voice activity detectors on our speech and noise")
+        self.results["vad"] = run_json([sys.executable, str(HERE / "bench_vad.py")], timeout=300)
 
     def dave_at_scale(self) -> None:
         # Near the many-guild capacity measured without DAVE (80% of it), so that the run
@@ -587,6 +589,20 @@ def table(res: dict[str, Any], late_ms: float) -> str:
                 f"AudioStream {label} ({st['speakers']} speakers)",
                 f"{st[case]:.1f} us a frame = {st[case] / base:.2f}x the decode of it ({base:.1f} us)",
             )
+    for name, v in (res.get("vad") or {}).items():
+        if not isinstance(v, dict):
+            continue
+        if "error" in v:
+            add("7 stream", f"VAD {name}", v["error"])
+            continue
+        noisy = min(x for k, x in v.items() if k.endswith("SNR: speech found"))
+        false = max(x for k, x in v.items() if k.endswith("alone: called speech"))
+        add(
+            "7 stream",
+            f"VAD {name}",
+            f"{v['cpu_us_per_20ms']:.1f} us a frame; speech found {100 * v['clean: speech found']:.0f}% clean, "
+            f">= {100 * noisy:.0f}% at 10 dB SNR; noise called speech <= {100 * false:.0f}%",
+        )
 
     widths = [max(len(r[i]) for r in [*rows, ("section", "case", "result", "target", "met")]) for i in range(5)]
     head = ("section", "case", "result", "target", "met")

@@ -305,3 +305,61 @@ async def test_the_live_mix_is_the_sum_of_everyone_slot_by_slot(pool) -> None:
         assert np.array_equal(m.audio, expect), m.position
         assert m.user_ids == covered[m.position // 960]
     assert any(len(m.user_ids) == 2 for m in mixed)  # they did overlap
+
+
+# -- voice activity detection ------------------------------------------------------------------
+
+
+def _open_mic(user_id: int, clicks: bool) -> tuple[list[listening.AudioFrame], int]:
+    """A member whose client transmits all the time: speech, 1.5 s of room noise (and keyboard
+    clicks) sent, not silent, speech again. Returns the frames and where the noise ends."""
+    from discord.ext.listening.demo import load_clip
+
+    rng = np.random.default_rng(5)
+    speech = np.frombuffer(load_clip("alice")[: 48000 * 4], "<i2").reshape(-1, 2)
+    more = np.frombuffer(load_clip("bob")[: 48000 * 4], "<i2").reshape(-1, 2)
+    noise = rng.standard_normal((72000, 1)) * 60  # about -55 dBFS
+    for at in rng.integers(0, 72000 - 400, 15 if clicks else 0):  # a few keystrokes
+        noise[at : at + 240, 0] += rng.standard_normal(240) * 3000 * np.exp(-np.arange(240) / 40)
+    pcm = np.concatenate([speech, np.repeat(noise, 2, axis=1).astype("<i2"), more]).astype("<i2")
+    user = __import__("discord").Object(id=user_id)
+    frames = [
+        listening.AudioFrame(
+            user, 1, k, 960 * k, pcm[960 * k : 960 * (k + 1)].tobytes(), listening.FrameKind.decoded, 960 * k, 0.0
+        )
+        for k in range(len(pcm) // 960)
+    ]
+    return frames, 48000 + 72000
+
+
+@pytest.mark.parametrize(
+    ("vad", "clicks"),
+    [(None, False), (listening.WebRTCVAD(3), False), (listening.SileroVAD(), False), (listening.SileroVAD(), True)],
+    ids=["none", "webrtc", "silero", "silero-with-keyboard"],
+)
+async def test_a_detector_finds_the_pause_of_a_member_who_transmits_all_the_time(vad, clicks: bool) -> None:
+    # (WebRTC's detector takes keystrokes for speech: measured in benchmarks/bench_vad.py)
+    frames, noise_end = _open_mic(9700, clicks)
+    stream = listening.AudioStream()
+    utterances = stream.utterances(end=listening.AfterSilence(0.6), vad=vad)
+    for frame in frames:
+        stream.on_audio(frame)
+    stream.on_stop(frames[-1].position + 960)
+    got = [u async for u in utterances]
+    if vad is None:  # without a detector the noise is sound: one utterance from start to end
+        assert len(got) == 1
+        return
+    # two utterances: the first ends in the first second, the second starts with the speech after
+    # the noise (each detector allowed its hangover and its window's lag)
+    assert len(got) == 2, [(u.start, u.end) for u in got]
+    assert got[0].start < 0.1 and 0.5 < got[0].end < 1.4
+    assert abs(got[1].start - noise_end / 48000) < 0.15, got[1].start
+
+
+def test_detectors_say_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match=r"mode must be within 0\.\.3"):
+        listening.WebRTCVAD(4)
+    with pytest.raises(ValueError, match=r"threshold must be within 0\.\.1"):
+        listening.SileroVAD(1.5)
+    with pytest.raises(TypeError, match="vad must be a VoiceActivityDetector"):
+        listening.AudioStream().utterances(vad="webrtc")

@@ -46,6 +46,7 @@ from .rtp import (
 from .sink import AudioHandlingSink, AudioSink, FanOutSink
 from .stats import DropReason, ListenStats, UserStats
 from .stream import AfterDuration, AfterSilence, AudioStream, MixedFrame, StreamFrame, Subscription, Utterance
+from .vad import SileroVAD, VoiceActivityDetector, WebRTCVAD
 from .voice_client import VoiceClient
 
 __all__ = (
@@ -84,6 +85,7 @@ __all__ = (
     "ReportBlock",
     "RotatingAudioFile",
     "SenderReport",
+    "SileroVAD",
     "SinkFilter",
     "SourceDescription",
     "StreamFrame",
@@ -92,9 +94,11 @@ __all__ = (
     "UserFilter",
     "UserStats",
     "Utterance",
+    "VoiceActivityDetector",
     "VoiceClient",
     "VolumeTransformer",
     "WaveAudioFile",
+    "WebRTCVAD",
     "init_audio_processing_pool",
     "repair_wav",
 )

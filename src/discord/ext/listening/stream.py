@@ -27,6 +27,7 @@ from .frames import AudioFrame, FrameKind
 from .opus import CHANNELS, FRAME_SAMPLES, SAMPLE_RATE
 from .pcm import PCMConverter, PCMFormat
 from .sink import AudioSink
+from .vad import VAD_RATE, VoiceActivityDetector
 
 if TYPE_CHECKING:
     import discord
@@ -42,6 +43,7 @@ PIPELINE_ALLOWANCE = 0.2
 #: How long the live mix waits for every member's frame of a 20 ms slot before it hands the
 #: slot on (members' frames reach the sink at slightly different times).
 MIX_DELAY = 0.1
+_VAD_FORMAT = PCMFormat(VAD_RATE, 1, "float32")
 
 T = TypeVar("T")
 
@@ -297,14 +299,28 @@ class _Consumer(Generic[T]):
 class _Segmenter:
     """Cuts one consumer's view of every member's frames into utterances (dispatcher thread)."""
 
-    def __init__(self, fmt: PCMFormat, silence: float, max_length: float) -> None:
+    def __init__(
+        self, fmt: PCMFormat, silence: float, max_length: float, vad: VoiceActivityDetector | None = None
+    ) -> None:
         self.format = fmt
         self.silence = round(silence * SAMPLE_RATE)
         self.max_length = round(max_length * SAMPLE_RATE)
         self.open: dict[int | None, tuple[list[AudioFrame], list[int]]] = {}  # frames, [start, voiced end]
+        self.vad = vad
+        self._heard: dict[int | None, tuple[PCMConverter, Callable[[np.ndarray], bool]]] = {}
+
+    def _speech(self, frame: AudioFrame) -> bool:
+        """The detector's verdict on a frame (per member: its own resampler and state)."""
+        assert self.vad is not None
+        heard = self._heard.get(frame.user_id)
+        if heard is None:
+            heard = self._heard[frame.user_id] = (PCMConverter(_VAD_FORMAT), self.vad.detector())
+        return heard[1](heard[0].convert(frame.audio))
 
     def push(self, frame: AudioFrame, silent: bool) -> list[Utterance]:
         done: list[Utterance] = []
+        if self.vad is not None and not silent:
+            silent = not self._speech(frame)
         uid = frame.user_id
         current = self.open.get(uid)
         if current is not None and frame.position - current[1][1] >= self.silence:
@@ -410,7 +426,12 @@ class AudioStream(AudioSink):
         return self._add_frames(frozenset({check_user_id(member)}))
 
     def utterances(
-        self, *, end: AfterSilence | None = None, max_length: float = 30.0, users: Iterable[Any] | None = None
+        self,
+        *,
+        end: AfterSilence | None = None,
+        max_length: float = 30.0,
+        users: Iterable[Any] | None = None,
+        vad: VoiceActivityDetector | None = None,
     ) -> AsyncIterator[Utterance]:
         """Each member's speech, cut where they pause, as it ends.
 
@@ -423,11 +444,17 @@ class AudioStream(AudioSink):
             stops). Defaults to 30.
         users: Optional[Iterable[Union[:class:`discord.abc.Snowflake`, :class:`int`]]]
             Only these members (within the stream's own ``users``).
+        vad: Optional[:class:`VoiceActivityDetector`]
+            A detector (:class:`WebRTCVAD`, :class:`SileroVAD`) that tells speech from noise
+            in what members send, for members who transmit all the time; by default a pause
+            is where the member stopped sending or sent silence.
         """
         end = AfterSilence() if end is None else end
+        if vad is not None and not callable(getattr(vad, "detector", None)):
+            raise TypeError(f"vad must be a VoiceActivityDetector (WebRTCVAD, SileroVAD), got {type(vad).__name__}")
         if not isinstance(end, AfterSilence):
             raise TypeError(f"end must be an AfterSilence, got {type(end).__name__}")
-        segmenter = _Segmenter(self.format, end.seconds, check_seconds("max_length", max_length, positive=True))
+        segmenter = _Segmenter(self.format, end.seconds, check_seconds("max_length", max_length, positive=True), vad)
         consumer: _Consumer[Utterance] = _Consumer(_LoopQueue(self.max_queue), self._ids(users))
         with self._lock:
             if self._stopped:
