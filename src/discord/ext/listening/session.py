@@ -46,6 +46,7 @@ from .seqmath import seq_diff
 from .sink import AudioSink
 from .ssrc import SSRCMap
 from .stats import DropReason, ListenStats
+from .stream import Subscription
 from .udp_read import DatagramReader
 
 if TYPE_CHECKING:
@@ -194,8 +195,8 @@ class ListeningSession:
     def member_left(self, user_id: int) -> None:
         """A member left the call: end what follows only them (their subscriptions)."""
         for tap in self._taps:
-            if getattr(tap, "user_id", None) == user_id and callable(getattr(tap, "close", None)):
-                tap.close()  # type: ignore[attr-defined]
+            if isinstance(tap, Subscription) and tap.user_id == user_id:
+                tap.close()
 
     async def wait_cleaned_up(self) -> None:
         await self._cleaned.wait()
@@ -537,17 +538,17 @@ class ListeningSession:
                 self.stats.drop(uid, DropReason.sink_overflow, n)
 
     def _call_sink(self, method: str, *args: Any) -> None:
-        try:
-            getattr(self.sink, method)(*args)
-        except Exception:
-            self._sink_failed(method)
+        self._call(self.sink, method, *args)
 
     def _call_taps(self, method: str, *args: Any) -> None:
         for tap in self._taps:
-            try:
-                getattr(tap, method)(*args)
-            except Exception:
-                self._sink_failed(method)
+            self._call(tap, method, *args)
+
+    def _call(self, sink: AudioSink, method: str, *args: Any) -> None:
+        try:
+            getattr(sink, method)(*args)
+        except Exception:
+            self._sink_failed(method)
 
     def _sink_failed(self, method: str) -> None:
         """Count a sink callback that raised; log the first of each kind with its traceback."""

@@ -20,12 +20,13 @@ from .session import ListeningSession
 from .sink import AudioSink
 from .ssrc import SSRCMap
 from .stats import ListenStats
+from .stream import Subscription
 from .transport import AES_GCM, XCHACHA20, TransportCipher, transport_cipher
 
 if TYPE_CHECKING:
     from .pcm import PCMFormat
     from .pool import AudioProcessPool
-    from .stream import AfterDuration, AfterSilence, Subscription
+    from .stream import AfterDuration, AfterSilence
 
 __all__ = ("VoiceClient",)
 
@@ -349,8 +350,6 @@ class VoiceClient(discord.VoiceClient):
         TypeError, ValueError
             A bad argument.
         """
-        from .stream import Subscription
-
         session = self._listening
         if session is None or session.done:
             raise RuntimeError("not listening: call listen() before subscribe()")
