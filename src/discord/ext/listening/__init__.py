@@ -32,6 +32,7 @@ from .frames import AudioFrame, FrameKind
 from .opus import OpusDecoder, OpusEncoder
 from .pcm import PCMConverter, PCMFormat
 from .pool import AudioProcessPool, init_audio_processing_pool
+from .redis_sink import RedisStreamSink
 from .rtp import (
     ApplicationDefined,
     Feedback,
@@ -82,6 +83,7 @@ __all__ = (
     "RTCPPacket",
     "ReceiverReport",
     "RecordingError",
+    "RedisStreamSink",
     "ReportBlock",
     "RotatingAudioFile",
     "SenderReport",

@@ -1,0 +1,173 @@
+"""Frames to a Redis Stream: :class:`RedisStreamSink`, for workers on other machines.
+
+The bot's process stays thin: each frame becomes one stream entry (its audio, Opus as received
+with ``listen(decode=False)``, and its metadata), written by a publisher thread in pipelined
+batches with approximate ``MAXLEN`` trimming, so Redis memory stays bounded. The sink itself
+only appends to a bounded local buffer: a slow or unreachable Redis costs counted drops, never
+a blocked receiver. Redis Streams (Redis 6.2+ or Valkey) give the workers consumer groups,
+acknowledgements and the claiming of a dead worker's entries.
+
+Entry fields (all strings or bytes, as Redis stores them): ``type`` (``frame``, ``start``,
+``stop``), and for frames ``guild``, ``user`` (empty when unknown), ``ssrc``, ``seq``, ``ts``
+(RTP timestamp), ``pos`` (timeline sample), ``kind`` (a :class:`FrameKind` value),
+``arrival`` (seconds, the receiver's monotonic clock), ``audio``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from .checks import check_int
+from .frames import AudioFrame
+from .sink import AudioSink
+
+__all__ = ("RedisStreamSink",)
+
+_log = logging.getLogger(__name__)
+
+#: Seconds between reconnection attempts while Redis is unreachable (doubling up to 5 s).
+_RETRY_FIRST = 0.1
+_RETRY_MAX = 5.0
+
+
+class RedisStreamSink(AudioSink):
+    """Publishes every frame to a Redis Stream (redis-py; ``pip install discord-ext-listening[redis]``).
+
+    ::
+
+        vc.listen(listening.RedisStreamSink("redis://127.0.0.1:6379", guild_id=vc.guild.id), decode=False)
+
+    Parameters
+    ----------
+    redis: Union[:class:`str`, :class:`redis.Redis`]
+        A ``redis://`` or ``rediss://`` URL (TLS and ACL credentials as redis-py takes them),
+        or a connected synchronous client.
+    guild_id: :class:`int`
+        The guild listened to: it names the stream and is in every entry.
+    stream: :class:`str`
+        The stream's key; ``{guild_id}`` is replaced. Defaults to ``"listening:{guild_id}"``.
+    maxlen: :class:`int`
+        Entries Redis keeps in the stream (approximately: trimmed in whole nodes). Defaults to
+        100000 (about 3 minutes of 10 speakers).
+    buffer: :class:`int`
+        Entries the sink holds while Redis is slow or down; past it new ones are dropped and
+        counted in :attr:`dropped`. Defaults to 50000.
+
+    Attributes
+    ----------
+    published: :class:`int`
+        Entries Redis accepted.
+    dropped: :class:`int`
+        Entries dropped because the local buffer was full.
+    reconnects: :class:`int`
+        Times a write failed and was tried again.
+    """
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        guild_id: int,
+        stream: str = "listening:{guild_id}",
+        maxlen: int = 100_000,
+        buffer: int = 50_000,
+    ) -> None:
+        super().__init__()
+        check_int("guild_id", guild_id, 0, 2**64 - 1)
+        self.maxlen = check_int("maxlen", maxlen, 1, 2**63 - 1)
+        self.buffer = check_int("buffer", buffer, 1, 10_000_000)
+        if not isinstance(stream, str) or not stream:
+            raise TypeError(f"stream must be a non-empty str, got {stream!r}")
+        self.guild_id = guild_id
+        self.stream = stream.format(guild_id=guild_id)
+        if isinstance(redis, str):
+            import redis as redis_py
+
+            self._client = redis_py.Redis.from_url(redis, socket_timeout=5.0, socket_connect_timeout=5.0)
+        elif callable(getattr(redis, "pipeline", None)):
+            self._client = redis
+        else:
+            raise TypeError(f"redis must be a URL or a redis.Redis client, got {type(redis).__name__}")
+        self._pending: deque[dict[Any, Any]] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = False
+        self.published = 0
+        self.dropped = 0
+        self.reconnects = 0
+        self._thread = threading.Thread(target=self._publish_loop, name=f"listening-redis:{guild_id}", daemon=True)
+        self._thread.start()
+        self._put({"type": "start", "guild": str(guild_id)})
+
+    # -- the sink (dispatcher thread) -------------------------------------------------
+
+    def on_audio(self, frame: AudioFrame) -> None:
+        uid = frame.user_id
+        self._put(
+            {
+                "type": "frame",
+                "guild": str(self.guild_id),
+                "user": "" if uid is None else str(uid),
+                "ssrc": str(frame.ssrc),
+                "seq": str(frame.sequence),
+                "ts": str(frame.timestamp),
+                "pos": str(frame.position),
+                "kind": frame.kind.value,
+                "arrival": repr(frame.arrival),
+                "audio": frame.audio,
+            }
+        )
+
+    def on_stop(self, position: int) -> None:
+        self._put({"type": "stop", "guild": str(self.guild_id), "pos": str(position)})
+
+    def cleanup(self) -> None:
+        """Publish what is buffered (waiting up to 5 s for Redis), then stop the publisher."""
+        self._closing = True
+        self._wake.set()
+        self._thread.join(5.0)
+        if self._pending:
+            _log.warning("%d entries for %s were never published (Redis unreachable)", len(self._pending), self.stream)
+
+    def _put(self, entry: dict[Any, Any]) -> None:
+        with self._lock:
+            if len(self._pending) >= self.buffer:
+                self.dropped += 1
+                return
+            self._pending.append(entry)
+        self._wake.set()
+
+    # -- the publisher thread ---------------------------------------------------------
+
+    def _publish_loop(self) -> None:
+        delay = _RETRY_FIRST
+        while True:
+            self._wake.wait()  # set by every entry and by cleanup: no polling while quiet
+            self._wake.clear()
+            while self._pending:
+                batch = [self._pending[i] for i in range(min(len(self._pending), 256))]
+                try:
+                    pipe = self._client.pipeline(transaction=False)
+                    for entry in batch:
+                        pipe.xadd(self.stream, entry, maxlen=self.maxlen, approximate=True)
+                    pipe.execute()
+                except Exception as exc:  # Redis slow or down: keep the entries, try again
+                    self.reconnects += 1
+                    if self.reconnects == 1 or self.reconnects % 100 == 0:
+                        _log.warning("publishing to %s failed (%r); retrying", self.stream, exc)
+                    if self._closing:
+                        return
+                    time.sleep(delay)
+                    delay = min(delay * 2, _RETRY_MAX)
+                    continue
+                delay = _RETRY_FIRST
+                with self._lock:
+                    for _ in batch:
+                        self._pending.popleft()
+                self.published += len(batch)
+            if self._closing:
+                return

@@ -1,0 +1,65 @@
+"""Frames to a Redis Stream: a real Redis server (started by the tests) and a real session.
+
+Members of the local voice server speak; the bot listens with ``decode=False`` into a
+``RedisStreamSink``; the stream must then hold every frame of every member, in order, with its
+metadata and its Opus exactly as the member sent it, between a start and a stop record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+
+from discord.ext import listening
+from discord.ext.listening.testing import VoiceServerEmulator, speechlike
+from helpers import listen_until_done, settle
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_every_frame_reaches_the_stream_in_order_with_its_metadata(pool, redis_url: str) -> None:
+    async with VoiceServerEmulator(seed=101, dave=False) as server:
+        alice = await server.add_member(10100, "alice")
+        bob = await server.add_member(10101, "bob")
+        vc = await server.connect(cls=listening.VoiceClient)
+        sink = listening.RedisStreamSink(redis_url, guild_id=vc.guild.id, maxlen=100_000)
+        done = await listen_until_done(vc, sink, pool, decode=False)
+        spurts = await asyncio.gather(alice.speak(speechlike(1.0, seed=1)), bob.speak(speechlike(0.8, seed=2)))
+        await server.drain()
+        await settle(server, vc, (alice, [spurts[0]]), (bob, [spurts[1]]))
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 15)
+    client = redis.Redis.from_url(redis_url)
+    entries = client.xrange(f"listening:{vc.guild.id}")
+    kinds = [fields[b"type"] for _, fields in entries]
+    assert kinds[0] == b"start" and kinds[-1] == b"stop" and set(kinds[1:-1]) == {b"frame"}
+    frames = [fields for _, fields in entries[1:-1]]
+    assert sink.published == len(entries) and sink.dropped == 0
+    for member, spurt in ((alice, spurts[0]), (bob, spurts[1])):
+        mine = [f for f in frames if f[b"user"] == str(member.user_id).encode()]
+        assert [int(f[b"seq"]) for f in mine] == [f.sequence for f in spurt.frames]
+        assert [f[b"audio"] for f in mine] == [f.opus for f in spurt.frames]  # Opus as sent
+        assert {f[b"kind"] for f in mine} == {b"opus"} and {int(f[b"ssrc"]) for f in mine} == {member.ssrc}
+        positions = [int(f[b"pos"]) for f in mine]
+        assert positions == sorted(positions)
+    assert {f[b"guild"] for f in frames} == {str(vc.guild.id).encode()}
+
+
+def test_an_unreachable_redis_costs_counted_drops_never_a_blocked_sink() -> None:
+    # nothing listens on this port: every write fails, the buffer fills, the rest is counted
+    sink = listening.RedisStreamSink("redis://127.0.0.1:9/0", guild_id=1, buffer=10)
+    frame = listening.AudioFrame(None, 1, 0, 0, b"\xf8\xff\xfe", listening.FrameKind.opus, 0, 0.0)
+    for _ in range(50):
+        sink.on_audio(frame)  # returns at once, whatever Redis does
+    assert sink.dropped == 50 + 1 - 10  # the start record took a place too
+    sink.cleanup()
+    assert sink.published == 0 and sink.reconnects >= 1
+
+
+def test_bad_arguments_say_what_is_wrong() -> None:
+    with pytest.raises(TypeError, match=r"redis must be a URL or a redis\.Redis client"):
+        listening.RedisStreamSink(42, guild_id=1)
+    with pytest.raises(ValueError, match="maxlen must be within"):
+        listening.RedisStreamSink("redis://127.0.0.1:9/0", guild_id=1, maxlen=0)
