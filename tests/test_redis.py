@@ -63,3 +63,37 @@ def test_bad_arguments_say_what_is_wrong() -> None:
         listening.RedisStreamSink(42, guild_id=1)
     with pytest.raises(ValueError, match="maxlen must be within"):
         listening.RedisStreamSink("redis://127.0.0.1:9/0", guild_id=1, maxlen=0)
+
+
+async def test_a_worker_writes_the_files_the_bot_would_have_written(pool, redis_url: str, tmp_path) -> None:
+    in_bot = tmp_path / "in-bot"
+    async with VoiceServerEmulator(seed=102, dave=False, loss=0.03) as server:
+        alice = await server.add_member(10200, "alice")
+        bob = await server.add_member(10201, "bob")
+        vc = await server.connect(cls=listening.VoiceClient)
+        files = listening.AudioFileSink(listening.WaveAudioFile, in_bot, mixed=True, filename="{user_id}")
+        published = listening.RedisStreamSink(redis_url, guild_id=vc.guild.id)
+        done = await listen_until_done(vc, listening.FanOutSink(files, published), pool, decode=False)
+        await asyncio.gather(alice.speak(speechlike(1.0, seed=3)), bob.speak(speechlike(0.7, seed=4)))
+        await server.drain()
+        await asyncio.sleep(0.3)
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 15)
+    worker = listening.StreamRecorder(
+        redis_url, f"listening:{vc.guild.id}", tmp_path / "worker", mixed=True, filename="{user_id}"
+    )
+    paths = await asyncio.to_thread(worker.run, 10)
+    assert (
+        sorted(p.name for p in paths)
+        == sorted(p.name for p in in_bot.iterdir())
+        == [
+            "10200.wav",
+            "10201.wav",
+            "mixed.wav",
+        ]
+    )
+    for p in paths:  # the same timeline, the same lengths: byte for byte
+        assert p.read_bytes() == (in_bot / p.name).read_bytes(), p.name
+    client = redis.Redis.from_url(redis_url)
+    pending = client.xpending(f"listening:{vc.guild.id}", "listening-recorders")
+    assert pending["pending"] == 0 and worker.frames > 50  # every entry acknowledged

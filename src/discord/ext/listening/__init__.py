@@ -33,6 +33,7 @@ from .opus import OpusDecoder, OpusEncoder
 from .pcm import PCMConverter, PCMFormat
 from .pool import AudioProcessPool, init_audio_processing_pool
 from .redis_sink import RedisStreamSink
+from .redis_worker import StreamRecorder
 from .rtp import (
     ApplicationDefined,
     Feedback,
@@ -91,6 +92,7 @@ __all__ = (
     "SinkFilter",
     "SourceDescription",
     "StreamFrame",
+    "StreamRecorder",
     "Subscription",
     "TimedFilter",
     "UserFilter",

@@ -1,0 +1,139 @@
+"""The other end of :class:`~discord.ext.listening.RedisStreamSink`: a worker that records a stream.
+
+:class:`StreamRecorder` reads one guild's stream through a consumer group and writes the files
+an :class:`~discord.ext.listening.AudioFileSink` in the bot would have written, sample for
+sample: the entries carry the frames (Opus as received, decoded here by the file classes) with
+their timeline positions. An entry is acknowledged only once the files holding it were synced
+to the OS, so a worker that dies leaves its unwritten entries pending in the group.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import discord
+
+from .file_sink import AudioFileSink
+from .files import AudioFile, WaveAudioFile
+from .frames import AudioFrame, FrameKind
+
+__all__ = ("StreamRecorder",)
+
+_log = logging.getLogger(__name__)
+
+#: Entries read per call.
+_BATCH = 512
+
+
+def frame_of(fields: dict[bytes, bytes]) -> AudioFrame:
+    """The :class:`AudioFrame` a ``frame`` entry of :class:`RedisStreamSink` carries."""
+    user = fields.get(b"user", b"")
+    return AudioFrame(
+        discord.Object(id=int(user)) if user else None,
+        int(fields[b"ssrc"]),
+        int(fields[b"seq"]),
+        int(fields[b"ts"]),
+        fields[b"audio"],
+        FrameKind(fields[b"kind"].decode()),
+        int(fields[b"pos"]),
+        float(fields[b"arrival"]),
+    )
+
+
+class StreamRecorder:
+    """Records one stream of :class:`RedisStreamSink` into files (a worker process's job).
+
+    Parameters
+    ----------
+    redis: Union[:class:`str`, :class:`redis.Redis`]
+        A URL or a synchronous client.
+    stream: :class:`str`
+        The stream's key (``listening:<guild_id>`` by default on the bot's side).
+    output_dir: Union[:class:`str`, :class:`os.PathLike`]
+        Where the files go.
+    file_type: Type[:class:`AudioFile`]
+        The format; defaults to :class:`WaveAudioFile`.
+    group, consumer: :class:`str`
+        The consumer group (created at the stream's start if missing) and this worker's name
+        in it (default: host and pid).
+    **sink_options
+        Passed to the :class:`AudioFileSink` (``mixed=True``, ``filename=...``, parts...).
+    """
+
+    def __init__(
+        self,
+        redis: Any,
+        stream: str,
+        output_dir: str | os.PathLike[str],
+        *,
+        file_type: type[AudioFile] = WaveAudioFile,
+        group: str = "listening-recorders",
+        consumer: str | None = None,
+        **sink_options: Any,
+    ) -> None:
+        if isinstance(redis, str):
+            import redis as redis_py
+
+            redis = redis_py.Redis.from_url(redis)
+        self.redis = redis
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer or f"{os.uname().nodename}-{os.getpid()}"
+        self.sink = AudioFileSink(file_type, output_dir, **sink_options)
+        self.frames = 0
+        self.finished = False
+        self._newest = 0
+        try:
+            redis.xgroup_create(stream, group, id="0", mkstream=True)
+        except Exception as exc:  # BUSYGROUP: another worker made it first
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def poll(self, block: float = 1.0) -> bool:
+        """Read, write and acknowledge what is there (waiting up to ``block`` seconds for it);
+        whether the stream's ``stop`` record was reached (the files are then finished)."""
+        if self.finished:
+            return True
+        got = self.redis.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=_BATCH, block=round(block * 1000)
+        )
+        ids = []
+        stopped = None
+        for _key, entries in got or ():
+            for entry_id, fields in entries:
+                ids.append(entry_id)
+                kind = fields.get(b"type")
+                if kind == b"frame":
+                    frame = frame_of(fields)
+                    self.sink.on_audio(frame)
+                    self.frames += 1
+                    self._newest = max(self._newest, frame.position + frame.samples)
+                elif kind == b"stop":
+                    stopped = int(fields[b"pos"])
+        if stopped is not None:
+            self.sink.on_stop(stopped)
+            self.sink.cleanup()
+            self.finished = True
+        elif ids:
+            self.sink.on_tick(self._newest)  # syncs every file: what is acknowledged is on disk
+        if ids:
+            self.redis.xack(self.stream, self.group, *ids)
+        if self.sink.error is not None:
+            raise self.sink.error
+        return self.finished
+
+    def run(self, timeout: float | None = None) -> list[Path]:
+        """Record until the stream's ``stop`` record (or ``timeout`` seconds); returns the files."""
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.poll():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"no stop record in {self.stream} within {timeout} s")
+        return [
+            f.path
+            for f in [*self.sink.output_files.values(), *([self.sink.mixed_file] if self.sink.mixed_file else [])]
+        ]
