@@ -358,6 +358,10 @@ class Bench:
         log("voice activity detectors on our speech and noise")
         self.results["vad"] = run_json([sys.executable, str(HERE / "bench_vad.py")], timeout=300)
 
+    def redis(self) -> None:
+        log("Redis: what publishing costs the bot, and what recording costs a worker")
+        self.results["redis"] = run_json([sys.executable, str(HERE / "bench_redis.py")], timeout=600)
+
     def dave_at_scale(self) -> None:
         # Near the many-guild capacity measured without DAVE (80% of it), so that the run
         # says what DAVE costs there rather than that an overload is an overload.
@@ -589,6 +593,19 @@ def table(res: dict[str, Any], late_ms: float) -> str:
                 f"AudioStream {label} ({st['speakers']} speakers)",
                 f"{st[case]:.1f} us a frame = {st[case] / base:.2f}x the decode of it ({base:.1f} us)",
             )
+    rd = res.get("redis") or {}
+    if "error" in rd:
+        add("8 redis", "RedisStreamSink", "error")
+    elif rd:
+        sp = rd["speakers"]
+        add(
+            "8 redis",
+            f"publish, {sp} speakers (bot process: caller + publisher thread)",
+            f"{rd['bot_us_per_frame']:.1f} us a frame (server {rd['server_us_per_frame']:.1f}), {rd['dropped']} dropped",
+            "<= 10 us",
+            rd["bot_us_per_frame"] <= 10.0,
+        )
+        add("8 redis", "StreamRecorder to WAV + mix (worker)", f"{rd['worker_us_per_frame']:.1f} us a frame")
     for name, v in (res.get("vad") or {}).items():
         if not isinstance(v, dict):
             continue
@@ -791,6 +808,8 @@ def main() -> int:
         bench.engine()
     if want("stream"):
         bench.stream()
+    if want("redis"):
+        bench.redis()
     bench.results["wall_s"] = time.monotonic() - t0
     bench.results["trials"] = bench.trials
     out = Path(args.out)

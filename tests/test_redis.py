@@ -8,6 +8,7 @@ metadata and its Opus exactly as the member sent it, between a start and a stop 
 from __future__ import annotations
 
 import asyncio
+import struct
 
 import pytest
 import redis
@@ -35,16 +36,20 @@ async def test_every_frame_reaches_the_stream_in_order_with_its_metadata(pool, r
     entries = client.xrange(f"listening:{vc.guild.id}")
     kinds = [fields[b"type"] for _, fields in entries]
     assert kinds[0] == b"start" and kinds[-1] == b"stop" and set(kinds[1:-1]) == {b"frame"}
-    frames = [fields for _, fields in entries[1:-1]]
+    assert entries[0][1][b"guild"] == str(vc.guild.id).encode()
+    # the documented layout of "meta", read here with struct, not with the library's reader
+    layout = struct.Struct("<qIHIqdB")
+    frames = [(layout.unpack(fields[b"meta"]), fields[b"audio"]) for _, fields in entries[1:-1]]
     assert sink.published == len(entries) and sink.dropped == 0
+    opus = list(listening.FrameKind).index(listening.FrameKind.opus)
     for member, spurt in ((alice, spurts[0]), (bob, spurts[1])):
-        mine = [f for f in frames if f[b"user"] == str(member.user_id).encode()]
-        assert [int(f[b"seq"]) for f in mine] == [f.sequence for f in spurt.frames]
-        assert [f[b"audio"] for f in mine] == [f.opus for f in spurt.frames]  # Opus as sent
-        assert {f[b"kind"] for f in mine} == {b"opus"} and {int(f[b"ssrc"]) for f in mine} == {member.ssrc}
-        positions = [int(f[b"pos"]) for f in mine]
-        assert positions == sorted(positions)
-    assert {f[b"guild"] for f in frames} == {str(vc.guild.id).encode()}
+        mine = [(m, a) for m, a in frames if m[0] == member.user_id]
+        assert [m[2] for m, _ in mine] == [f.sequence for f in spurt.frames]
+        assert [a for _, a in mine] == [f.opus for f in spurt.frames]  # Opus as sent
+        assert {m[6] for m, _ in mine} == {opus} and {m[1] for m, _ in mine} == {member.ssrc}
+        assert [m[3] for m, _ in mine] == [f.timestamp for f in spurt.frames]
+        positions = [m[4] for m, _ in mine]
+        assert positions == sorted(positions) and all(m[5] > 0 for m, _ in mine)
 
 
 def test_an_unreachable_redis_costs_counted_drops_never_a_blocked_sink() -> None:

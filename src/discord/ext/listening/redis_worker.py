@@ -18,7 +18,8 @@ import discord
 
 from .file_sink import AudioFileSink
 from .files import AudioFile, WaveAudioFile
-from .frames import AudioFrame, FrameKind
+from .frames import AudioFrame
+from .redis_sink import KINDS, META
 
 __all__ = ("StreamRecorder",)
 
@@ -30,16 +31,9 @@ _BATCH = 512
 
 def frame_of(fields: dict[bytes, bytes]) -> AudioFrame:
     """The :class:`AudioFrame` a ``frame`` entry of :class:`RedisStreamSink` carries."""
-    user = fields.get(b"user", b"")
+    user, ssrc, seq, ts, pos, arrival, kind = META.unpack(fields[b"meta"])
     return AudioFrame(
-        discord.Object(id=int(user)) if user else None,
-        int(fields[b"ssrc"]),
-        int(fields[b"seq"]),
-        int(fields[b"ts"]),
-        fields[b"audio"],
-        FrameKind(fields[b"kind"].decode()),
-        int(fields[b"pos"]),
-        float(fields[b"arrival"]),
+        discord.Object(id=user) if user >= 0 else None, ssrc, seq, ts, fields[b"audio"], KINDS[kind], pos, arrival
     )
 
 
