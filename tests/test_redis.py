@@ -134,3 +134,46 @@ async def test_a_redis_restart_mid_recording_costs_a_counted_gap_and_publishing_
     assert entries[-1][1][b"type"] == b"stop" and sink.reconnects >= 1
     # every entry was either accepted by a Redis or dropped and counted (start and stop included)
     assert sink.published + sink.dropped == len(sent) + 2
+
+
+def test_the_worker_command_records_a_stream_and_says_where(redis_url: str, tmp_path, capsys) -> None:
+    import discord
+    from discord.ext.listening.__main__ import main
+    from discord.ext.listening.demo import load_clip
+    from discord.ext.listening.opus import OpusEncoder
+
+    enc = OpusEncoder(64000)
+    pcm = load_clip("alice")[: 48000 * 4]
+    sink = listening.RedisStreamSink(redis_url, guild_id=77)
+    for k in range(50):
+        opus = enc.encode(pcm[k * 3840 : (k + 1) * 3840])
+        sink.on_audio(
+            listening.AudioFrame(discord.Object(id=5), 9, k, 960 * k, opus, listening.FrameKind.opus, 960 * k, 0.0)
+        )
+    sink.on_stop(48000)
+    sink.cleanup()
+    out_dir = tmp_path / "rec"
+    assert (
+        main(
+            [
+                "worker",
+                "record",
+                "--redis",
+                redis_url,
+                "--stream",
+                "listening:77",
+                "--output",
+                str(out_dir),
+                "--timeout",
+                "10",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "50 frames from listening:77" in printed and str(out_dir / "mixed.wav") in printed
+    assert sorted(p.name for p in out_dir.iterdir()) == ["5-unknown.wav", "mixed.wav"]  # the stream has ids, not names
+    assert (
+        main(["worker", "record", "--redis", "redis://127.0.0.1:9/0", "--stream", "x", "--output", str(out_dir)]) == 1
+    )
+    assert "the worker failed" in capsys.readouterr().err

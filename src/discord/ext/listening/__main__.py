@@ -52,7 +52,37 @@ def _parser() -> argparse.ArgumentParser:
         help="record only these members (user ids, comma-separated); the others are not in any file",
     )
     rec.add_argument("--workers", type=int, default=2, help="decode worker processes")
+    worker = sub.add_parser("worker", help="work on frames a bot publishes to Redis (RedisStreamSink)")
+    jobs = worker.add_subparsers(dest="job", required=True)
+    wrec = jobs.add_parser("record", help="record one guild's stream into files, as the bot would have")
+    wrec.add_argument("--redis", required=True, help="redis:// or rediss:// URL (credentials from the URL)")
+    wrec.add_argument("--stream", required=True, help="the stream's key, e.g. listening:<guild id>")
+    wrec.add_argument("--output", type=Path, default=Path("recordings"), help="directory (default: recordings)")
+    wrec.add_argument("--format", choices=_FORMATS, default="wav")
+    wrec.add_argument("--no-mixed", action="store_true", help="do not write the mixed track")
+    wrec.add_argument("--timeout", type=float, default=None, help="give up after this many seconds without a stop")
     return p
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from .files import FORMATS
+    from .redis_worker import StreamRecorder
+
+    try:
+        recorder = StreamRecorder(
+            args.redis, args.stream, args.output, file_type=FORMATS[args.format], mixed=not args.no_mixed
+        )
+        paths = recorder.run(args.timeout)
+    except TimeoutError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except Exception as exc:  # Redis unreachable, a file that cannot be written...
+        print(f"the worker failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"{recorder.frames} frames from {args.stream}; {len(paths)} files:")
+    for path in paths:
+        print(f"  {path}")
+    return 0
 
 
 def _user_ids(text: str) -> frozenset[int]:
@@ -78,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(
             run_demo(args.output, file_format=args.format, loss=args.loss, seed=args.seed, workers=args.workers)
         )
+    if args.command == "worker":
+        return _run_worker(args)
     from .recorder import run_record
 
     return run_record(args)
