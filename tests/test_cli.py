@@ -71,8 +71,18 @@ def best_clip(audio: np.ndarray, clips: dict[str, bytes]) -> tuple[str, float]:
 
 
 def test_demo_records_every_member_and_the_mix(tmp_path: Path) -> None:
+    _run_demo_and_check(tmp_path)
+
+
+def test_demo_through_redis_records_the_same_with_a_worker_beside_the_bot(tmp_path: Path, redis_url: str) -> None:
+    """``demo --redis URL``: the bot publishes Opus to Redis, a worker beside it writes the files
+    (member names come through the stream)."""
+    _run_demo_and_check(tmp_path, "--redis", redis_url)
+
+
+def _run_demo_and_check(tmp_path: Path, *options: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "discord.ext.listening", "demo", "--output", str(tmp_path / "out")],
+        [sys.executable, "-m", "discord.ext.listening", "demo", "--output", str(tmp_path / "out"), *options],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -35,12 +35,25 @@ async def test_every_frame_reaches_the_stream_in_order_with_its_metadata(pool, r
     client = redis.Redis.from_url(redis_url)
     entries = client.xrange(f"listening:{vc.guild.id}")
     kinds = [fields[b"type"] for _, fields in entries]
-    assert kinds[0] == b"start" and kinds[-1] == b"stop" and set(kinds[1:-1]) == {b"frame"}
+    assert kinds[0] == b"start" and kinds[-1] == b"stop" and set(kinds[1:-1]) == {b"frame", b"member"}
     assert entries[0][1][b"guild"] == str(vc.guild.id).encode()
+    # each member is named once, before their first frame
+    named = {
+        fields[b"user"]: (i, fields[b"name"]) for i, (_, fields) in enumerate(entries) if fields[b"type"] == b"member"
+    }
+    assert {u: n for u, (_, n) in named.items()} == {b"10100": b"alice", b"10101": b"bob"}
+    for user, (at, _) in named.items():
+        first = next(
+            i
+            for i, (_, f) in enumerate(entries)
+            if f[b"type"] == b"frame" and struct.unpack("<q", f[b"meta"][:8])[0] == int(user)
+        )
+        assert at < first
+    entries = [e for e in entries if e[1][b"type"] != b"member"]
     # the documented layout of "meta", read here with struct, not with the library's reader
     layout = struct.Struct("<qIHIqdB")
     frames = [(layout.unpack(fields[b"meta"]), fields[b"audio"]) for _, fields in entries[1:-1]]
-    assert sink.published == len(entries) and sink.dropped == 0
+    assert sink.published == len(entries) + 2 and sink.dropped == 0
     opus = list(listening.FrameKind).index(listening.FrameKind.opus)
     for member, spurt in ((alice, spurts[0]), (bob, spurts[1])):
         mine = [(m, a) for m, a in frames if m[0] == member.user_id]
@@ -133,7 +146,7 @@ async def test_a_redis_restart_mid_recording_costs_a_counted_gap_and_publishing_
     assert resumed - (first + 20) == sink.dropped > 0 and len(sent) - resumed >= 20
     assert entries[-1][1][b"type"] == b"stop" and sink.reconnects >= 1
     # every entry was either accepted by a Redis or dropped and counted (start and stop included)
-    assert sink.published + sink.dropped == len(sent) + 2
+    assert sink.published + sink.dropped == len(sent) + 3  # start, member, stop
 
 
 def test_the_worker_command_records_a_stream_and_says_where(redis_url: str, tmp_path, capsys) -> None:

@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--loss", type=float, default=0.03, help="simulated packet loss, 0..0.5 (default 0.03)")
     demo.add_argument("--seed", type=int, default=1, help="seed of the simulated network")
     demo.add_argument("--workers", type=int, default=2, help="decode worker processes")
+    demo.add_argument("--redis", default=None, metavar="URL", help="publish to Redis and record with a worker beside")
 
     rec = sub.add_parser("record", help="record a real voice channel (token from $DISCORD_TOKEN)")
     rec.add_argument("--guild", type=int, required=True, help="guild (server) id")
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         help="record only these members (user ids, comma-separated); the others are not in any file",
     )
     rec.add_argument("--workers", type=int, default=2, help="decode worker processes")
+    rec.add_argument("--redis", default=None, metavar="URL", help="publish to Redis and record with a worker beside")
     worker = sub.add_parser("worker", help="work on frames a bot publishes to Redis (RedisStreamSink)")
     jobs = worker.add_subparsers(dest="job", required=True)
     wrec = jobs.add_parser("record", help="record one guild's stream into files, as the bot would have")
@@ -106,7 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run_demo
 
         return asyncio.run(
-            run_demo(args.output, file_format=args.format, loss=args.loss, seed=args.seed, workers=args.workers)
+            run_demo(
+                args.output,
+                file_format=args.format,
+                loss=args.loss,
+                seed=args.seed,
+                workers=args.workers,
+                redis=args.redis,
+            )
         )
     if args.command == "worker":
         return _run_worker(args)

@@ -58,6 +58,7 @@ async def run_demo(
     workers: int = 2,
     clips: int | None = None,
     progress_interval: float = 1.0,
+    redis: str | None = None,
 ) -> int:
     """Run the demo: simulated members speak through the local voice server into files.
 
@@ -77,6 +78,8 @@ async def run_demo(
         Only the first this many members of :data:`CLIPS` (default: all).
     progress_interval: :class:`float`
         Seconds between progress lines.
+    redis: Optional[:class:`str`]
+        A Redis URL: the bot publishes to it and a worker beside it writes the files.
 
     Returns
     -------
@@ -126,6 +129,7 @@ async def run_demo(
                 filename="{user_name}",
                 names=names,
                 interval=progress_interval,
+                redis=redis,
             )
     stats = recording.stats
     total = stats.total

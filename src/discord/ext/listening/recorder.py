@@ -20,6 +20,8 @@ from .file_sink import AudioFileSink
 from .files import FORMATS, RecordingError
 from .filters import UserFilter
 from .pool import AudioProcessPool
+from .redis_sink import RedisStreamSink
+from .redis_worker import StreamRecorder
 from .report import ProgressPrinter, SpeechMeter, summary_table
 from .sink import AudioSink, FanOutSink
 from .stats import ListenStats
@@ -99,6 +101,7 @@ async def record_channel(
     users: Iterable[int] | None = None,
     max_file_seconds: float | None = None,
     max_file_bytes: int | None = None,
+    redis: str | None = None,
 ) -> Recording:
     """Record a connected voice client to files, printing progress and a closing summary.
 
@@ -139,6 +142,9 @@ async def record_channel(
         Record only these members (user ids): nobody else is in any file, the mix included.
     max_file_seconds, max_file_bytes: Optional[:class:`float`], Optional[:class:`int`]
         Write numbered parts (see :class:`AudioFileSink`).
+    redis: Optional[:class:`str`]
+        A Redis URL: the bot publishes Opus to the guild's stream (``decode`` off) and a
+        :class:`StreamRecorder` beside it writes the same files from the stream.
 
     Returns
     -------
@@ -152,14 +158,23 @@ async def record_channel(
     asyncio.TimeoutError
         Listening did not end within 30 s of being stopped.
     """
-    files = AudioFileSink(
-        FORMATS[file_format],
-        out_dir,
-        mixed=mixed,
-        filename=filename,
-        max_file_seconds=max_file_seconds,
-        max_file_bytes=max_file_bytes,
-    )
+    options: dict[str, Any] = {
+        "mixed": mixed,
+        "filename": filename,
+        "max_file_seconds": max_file_seconds,
+        "max_file_bytes": max_file_bytes,
+    }
+    worker: StreamRecorder | None = None
+    working: asyncio.Future[Any] | None = None
+    if redis is None:
+        files = AudioFileSink(FORMATS[file_format], out_dir, **options)
+        output: AudioSink = files
+    else:  # the bot publishes, a worker beside it writes: the thin-bot shape, on one machine
+        output = RedisStreamSink(redis, guild_id=vc.guild.id)
+        worker = StreamRecorder(redis, output.stream, out_dir, file_type=FORMATS[file_format], **options)
+        files = worker.sink
+        working = asyncio.ensure_future(asyncio.to_thread(worker.run))
+        decode = False
     meter = SpeechMeter()
     finished = asyncio.Event()
     result: dict[str, BaseException | None] = {}
@@ -168,7 +183,7 @@ async def record_channel(
         result["error"] = error
         finished.set()
 
-    sink: AudioSink = FanOutSink(files, meter)
+    sink: AudioSink = FanOutSink(output, meter)
     if users is not None:
         sink = UserFilter(sink, users)
     vc.listen(sink, pool, after=after, decode=decode)
@@ -190,6 +205,8 @@ async def record_channel(
         ended.cancel()
     vc.stop_listening()
     await asyncio.wait_for(finished.wait(), 30)
+    if working is not None:  # the worker ends at the stream's stop record
+        await asyncio.wait_for(working, 60)
     paths = await files.convert_files()
     await vc.disconnect()
     if names is None:  # whoever was heard, also those whose file could not be written
@@ -268,6 +285,7 @@ async def _record(args: argparse.Namespace, token: str) -> int:
                 users=args.users,
                 max_file_seconds=args.split,
                 max_file_bytes=None if args.max_size is None else round(args.max_size * 1_000_000),
+                redis=args.redis,
             )
         return recording.exit_code
     finally:

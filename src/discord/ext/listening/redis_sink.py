@@ -8,7 +8,8 @@ a blocked receiver. Redis Streams (Redis 6.2+ or Valkey) give the workers consum
 acknowledgements and the claiming of a dead worker's entries.
 
 Entries: ``type`` is ``start`` (with ``guild``), ``stop`` (with ``pos``, where every track of
-the recording ends) or ``frame``. A frame has two more fields: ``audio`` (the frame's bytes) and
+the recording ends), ``member`` (``user``, ``name``, ``display_name``: once per member, before
+their first frame, when the bot knows their name) or ``frame``. A frame has two more fields: ``audio`` (the frame's bytes) and
 ``meta``, 35 bytes packed as :data:`META` (little-endian): user id (``q``, -1 when unknown), SSRC
 (``I``), RTP sequence (``H``), RTP timestamp (``I``), timeline position in samples (``q``),
 arrival (``d``, seconds on the receiver's monotonic clock), kind (``B``, an index into
@@ -104,6 +105,7 @@ class RedisStreamSink(AudioSink):
             raise TypeError(f"redis must be a URL or a redis.Redis client, got {type(redis).__name__}")
         self._pending: deque[dict[Any, Any]] = deque()
         self._pack = META.pack
+        self._named: set[int] = set()  # members whose names were published
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
@@ -118,6 +120,12 @@ class RedisStreamSink(AudioSink):
 
     def on_audio(self, frame: AudioFrame) -> None:
         uid = frame.user_id
+        if uid is not None and uid not in self._named:
+            name = getattr(frame.user, "name", None)
+            if name is not None:  # a cached Member: the workers name files as the bot would
+                self._named.add(uid)
+                display = getattr(frame.user, "display_name", None) or name
+                self._put({"type": b"member", "user": str(uid), "name": name, "display_name": display})
         meta = self._pack(
             -1 if uid is None else uid,
             frame.ssrc,

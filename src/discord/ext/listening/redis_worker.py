@@ -21,7 +21,7 @@ from .files import AudioFile, WaveAudioFile
 from .frames import AudioFrame
 from .redis_sink import KINDS, META
 
-__all__ = ("StreamRecorder",)
+__all__ = ("StreamMember", "StreamRecorder", "frame_of")
 
 _log = logging.getLogger(__name__)
 
@@ -29,12 +29,21 @@ _log = logging.getLogger(__name__)
 _BATCH = 512
 
 
-def frame_of(fields: dict[bytes, bytes]) -> AudioFrame:
-    """The :class:`AudioFrame` a ``frame`` entry of :class:`RedisStreamSink` carries."""
-    user, ssrc, seq, ts, pos, arrival, kind = META.unpack(fields[b"meta"])
-    return AudioFrame(
-        discord.Object(id=user) if user >= 0 else None, ssrc, seq, ts, fields[b"audio"], KINDS[kind], pos, arrival
-    )
+class StreamMember(discord.Object):
+    """A member as a stream names them (``member`` entries): id, name and display name."""
+
+    def __init__(self, id: int, name: str, display_name: str) -> None:
+        super().__init__(id=id)
+        self.name = name
+        self.display_name = display_name
+
+
+def frame_of(fields: dict[bytes, bytes], members: dict[int, StreamMember] | None = None) -> AudioFrame:
+    """The :class:`AudioFrame` a ``frame`` entry of :class:`RedisStreamSink` carries (its user
+    from ``members`` when the stream named them, else a :class:`discord.Object`)."""
+    uid, ssrc, seq, ts, pos, arrival, kind = META.unpack(fields[b"meta"])
+    user = None if uid < 0 else (members or {}).get(uid) or discord.Object(id=uid)
+    return AudioFrame(user, ssrc, seq, ts, fields[b"audio"], KINDS[kind], pos, arrival)
 
 
 class StreamRecorder:
@@ -79,6 +88,8 @@ class StreamRecorder:
         self.sink = AudioFileSink(file_type, output_dir, **sink_options)
         self.frames = 0
         self.finished = False
+        #: Members the stream named, by user id.
+        self.members: dict[int, StreamMember] = {}
         self._newest = 0
         try:
             redis.xgroup_create(stream, group, id="0", mkstream=True)
@@ -101,10 +112,15 @@ class StreamRecorder:
                 ids.append(entry_id)
                 kind = fields.get(b"type")
                 if kind == b"frame":
-                    frame = frame_of(fields)
+                    frame = frame_of(fields, self.members)
                     self.sink.on_audio(frame)
                     self.frames += 1
                     self._newest = max(self._newest, frame.position + frame.samples)
+                elif kind == b"member":
+                    uid = int(fields[b"user"])
+                    self.members[uid] = StreamMember(
+                        uid, fields[b"name"].decode(errors="replace"), fields[b"display_name"].decode(errors="replace")
+                    )
                 elif kind == b"stop":
                     stopped = int(fields[b"pos"])
         if stopped is not None:
