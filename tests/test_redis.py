@@ -72,6 +72,8 @@ def test_an_unreachable_redis_costs_counted_drops_never_a_blocked_sink() -> None
     for _ in range(50):
         sink.on_audio(frame)  # returns at once, whatever Redis does
     assert sink.dropped == 50 + 1 - 10  # the start record took a place too
+    sink.on_stop(960)  # a worker needs the stop record: it gets in past the bound
+    assert sink.dropped == 41
     sink.cleanup()
     assert sink.published == 0 and sink.reconnects >= 1
 

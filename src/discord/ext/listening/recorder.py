@@ -205,8 +205,12 @@ async def record_channel(
         ended.cancel()
     vc.stop_listening()
     await asyncio.wait_for(finished.wait(), 30)
-    if working is not None:  # the worker ends at the stream's stop record
-        await asyncio.wait_for(working, 60)
+    if working is not None and worker is not None:  # the worker ends at the stream's stop record
+        try:
+            await asyncio.wait_for(asyncio.shield(working), 60)
+        except TimeoutError:
+            worker.abandon()  # its thread returns within a poll; the files stay as far as written
+            raise
     paths = await files.convert_files()
     await vc.disconnect()
     if names is None:  # whoever was heard, also those whose file could not be written

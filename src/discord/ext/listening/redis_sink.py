@@ -65,8 +65,9 @@ class RedisStreamSink(AudioSink):
         Entries Redis keeps in the stream (approximately: trimmed in whole nodes). Defaults to
         100000 (about 3 minutes of 10 speakers).
     buffer: :class:`int`
-        Entries the sink holds while Redis is slow or down; past it new ones are dropped and
-        counted in :attr:`dropped`. Defaults to 50000.
+        Frames the sink holds while Redis is slow or down; past it new ones are dropped and
+        counted in :attr:`dropped` (the start, member and stop records always get in).
+        Defaults to 50000.
 
     Attributes
     ----------
@@ -114,7 +115,7 @@ class RedisStreamSink(AudioSink):
         self.reconnects = 0
         self._thread = threading.Thread(target=self._publish_loop, name=f"listening-redis:{guild_id}", daemon=True)
         self._thread.start()
-        self._put({"type": "start", "guild": str(guild_id)})
+        self._put({"type": "start", "guild": str(guild_id)}, always=True)
 
     # -- the sink (dispatcher thread) -------------------------------------------------
 
@@ -125,7 +126,7 @@ class RedisStreamSink(AudioSink):
             if name is not None:  # a cached Member: the workers name files as the bot would
                 self._named.add(uid)
                 display = getattr(frame.user, "display_name", None) or name
-                self._put({"type": b"member", "user": str(uid), "name": name, "display_name": display})
+                self._put({"type": b"member", "user": str(uid), "name": name, "display_name": display}, always=True)
         meta = self._pack(
             -1 if uid is None else uid,
             frame.ssrc,
@@ -138,7 +139,7 @@ class RedisStreamSink(AudioSink):
         self._put({"type": b"frame", "meta": meta, "audio": frame.audio})
 
     def on_stop(self, position: int) -> None:
-        self._put({"type": "stop", "guild": str(self.guild_id), "pos": str(position)})
+        self._put({"type": "stop", "guild": str(self.guild_id), "pos": str(position)}, always=True)
 
     def cleanup(self) -> None:
         """Publish what is buffered (waiting up to 5 s for Redis), then stop the publisher."""
@@ -148,9 +149,10 @@ class RedisStreamSink(AudioSink):
         if self._pending:
             _log.warning("%d entries for %s were never published (Redis unreachable)", len(self._pending), self.stream)
 
-    def _put(self, entry: dict[Any, Any]) -> None:
+    def _put(self, entry: dict[Any, Any], *, always: bool = False) -> None:
+        # ``always``: records a worker needs (start, member, stop) pass the bound; frames do not
         with self._lock:
-            if len(self._pending) >= self.buffer:
+            if len(self._pending) >= self.buffer and not always:
                 self.dropped += 1
                 return
             self._pending.append(entry)

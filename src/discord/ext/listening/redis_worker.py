@@ -88,6 +88,7 @@ class StreamRecorder:
         self.sink = AudioFileSink(file_type, output_dir, **sink_options)
         self.frames = 0
         self.finished = False
+        self._abandoned = False
         #: Members the stream named, by user id.
         self.members: dict[int, StreamMember] = {}
         self._newest = 0
@@ -135,6 +136,10 @@ class StreamRecorder:
             raise self.sink.error
         return self.finished
 
+    def abandon(self) -> None:
+        """Make :meth:`run` return (raising) within a poll, from any thread."""
+        self._abandoned = True
+
     def run(self, timeout: float | None = None) -> list[Path]:
         """Record until the stream's ``stop`` record (or ``timeout`` seconds); returns the files."""
         import time
@@ -143,6 +148,8 @@ class StreamRecorder:
         while not self.poll():
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"no stop record in {self.stream} within {timeout} s")
+            if self._abandoned:
+                raise RuntimeError(f"recording {self.stream} was abandoned before its stop record")
         return [
             f.path
             for f in [*self.sink.output_files.values(), *([self.sink.mixed_file] if self.sink.mixed_file else [])]
