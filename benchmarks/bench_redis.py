@@ -6,6 +6,11 @@ the dispatcher hands them over) go through ``RedisStreamSink.on_audio`` as fast 
 them, in rounds of one 10 ms engine round's worth; CPU of this process (the sink's caller and
 its publisher thread: what the bot pays) per frame, and of the server apart. Then a
 ``StreamRecorder`` writes them to WAV files: the worker's CPU per frame.
+
+Then in real time: the same speakers paced at 50 frames a second each (10 ms rounds) for
+``LIVE_SECONDS``, a worker process recording the stream meanwhile; the latency from a frame's
+``on_audio`` in the bot to the worker having written and synced it (the moment it acknowledges),
+p50 and p99 (one host: both processes read the same monotonic clock).
 """
 
 from __future__ import annotations
@@ -26,6 +31,43 @@ import common
 
 SPEAKERS = 100
 SECONDS = 10.0
+LIVE_SECONDS = 5.0
+
+
+def run_worker(url: str, stream: str) -> None:
+    """The worker process of the live phase: records, noting each frame's latency at its sync."""
+    from discord.ext import listening
+
+    with tempfile.TemporaryDirectory() as tmp:
+        worker = listening.StreamRecorder(url, stream, tmp, mixed=True, filename="{user_id}")
+        arrivals: list[float] = []
+        latencies: list[float] = []
+        write = worker.sink.on_audio
+
+        def on_audio(frame: Any) -> None:
+            arrivals.append(frame.arrival)
+            write(frame)
+
+        worker.sink.on_audio = on_audio  # type: ignore[method-assign]
+        t0 = time.process_time()
+        while not worker.poll(block=0.05):
+            now = time.monotonic()  # the batch is written and synced: it is acknowledged now
+            latencies += [now - a for a in arrivals]
+            arrivals.clear()
+        cpu = time.process_time() - t0
+    latencies.sort()
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "frames": worker.frames,
+                "p50_ms": 1000 * latencies[len(latencies) // 2],
+                "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
+                "cpu_us_per_frame": cpu / max(1, worker.frames) * 1e6,
+            }
+        ),
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -70,6 +112,29 @@ def main() -> None:
             worker = listening.StreamRecorder(url, "listening:1", tmp, mixed=True, filename="{user_id}")
             worker.run(timeout=600)
             out["worker_us_per_frame"] = (time.process_time() - t2) / len(frames) * 1e6
+        # live: paced publishing, a worker process recording meanwhile
+        import subprocess
+
+        proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker", url, "listening:2"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)  # the worker is up and blocked on the stream
+        live = listening.RedisStreamSink(url, guild_id=2, maxlen=len(frames) + 10, buffer=len(frames) + 10)
+        rounds = int(LIVE_SECONDS * 100)
+        start = time.monotonic()
+        for r in range(rounds):
+            k = r // 2
+            for i in range(SPEAKERS // 2 * (r % 2), SPEAKERS // 2 * (r % 2 + 1)):  # half the speakers each 10 ms
+                f = frames[k * SPEAKERS + i]
+                f.arrival = time.monotonic()
+                live.on_audio(f)
+            time.sleep(max(0.0, start + (r + 1) * 0.01 - time.monotonic()))
+        live.on_stop(rounds // 2 * 960)
+        live.cleanup()
+        stdout, _ = proc.communicate(timeout=120)
+        out["live"] = json.loads(stdout.split("RESULT ", 1)[1])
     finally:
         server.stop()
         tmp_dir.cleanup()
@@ -77,4 +142,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
+        run_worker(sys.argv[2], sys.argv[3])
+    else:
+        main()

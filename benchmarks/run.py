@@ -606,6 +606,13 @@ def table(res: dict[str, Any], late_ms: float) -> str:
             rd["bot_us_per_frame"] <= 10.0,
         )
         add("8 redis", "StreamRecorder to WAV + mix (worker)", f"{rd['worker_us_per_frame']:.1f} us a frame")
+        lv = rd.get("live") or {}
+        if lv:
+            add(
+                "8 redis",
+                f"live, {sp} speakers: bot on_audio -> worker synced",
+                f"p50 {lv['p50_ms']:.1f} ms, p99 {lv['p99_ms']:.1f} ms (worker {lv['cpu_us_per_frame']:.0f} us a frame)",
+            )
     for name, v in (res.get("vad") or {}).items():
         if not isinstance(v, dict):
             continue
