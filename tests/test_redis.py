@@ -85,7 +85,12 @@ def test_bad_arguments_say_what_is_wrong() -> None:
         listening.RedisStreamSink("redis://127.0.0.1:9/0", guild_id=1, maxlen=0)
 
 
-async def test_a_worker_writes_the_files_the_bot_would_have_written(pool, redis_url: str, tmp_path) -> None:
+@pytest.mark.parametrize("decode", [False, True], ids=["opus", "pcm"])
+async def test_a_worker_writes_the_files_the_bot_would_have_written(
+    pool, redis_url: str, tmp_path, decode: bool
+) -> None:
+    """Opus (the bot decodes nothing; the worker's files decode it) or PCM (``listen(decode=True)``:
+    the frames go decoded): either way the worker's files are the bot's, byte for byte."""
     in_bot = tmp_path / "in-bot"
     async with VoiceServerEmulator(seed=102, dave=False, loss=0.03) as server:
         alice = await server.add_member(10200, "alice")
@@ -93,7 +98,7 @@ async def test_a_worker_writes_the_files_the_bot_would_have_written(pool, redis_
         vc = await server.connect(cls=listening.VoiceClient)
         files = listening.AudioFileSink(listening.WaveAudioFile, in_bot, mixed=True, filename="{user_id}")
         published = listening.RedisStreamSink(redis_url, guild_id=vc.guild.id)
-        done = await listen_until_done(vc, listening.FanOutSink(files, published), pool, decode=False)
+        done = await listen_until_done(vc, listening.FanOutSink(files, published), pool, decode=decode)
         await asyncio.gather(alice.speak(speechlike(1.0, seed=3)), bob.speak(speechlike(0.7, seed=4)))
         await server.drain()
         await asyncio.sleep(0.3)
