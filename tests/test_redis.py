@@ -197,3 +197,55 @@ def test_the_worker_command_records_a_stream_and_says_where(redis_url: str, tmp_
         main(["worker", "record", "--redis", "redis://127.0.0.1:9/0", "--stream", "x", "--output", str(out_dir)]) == 1
     )
     assert "the worker failed" in capsys.readouterr().err
+
+
+async def test_a_killed_worker_is_replaced_and_the_files_are_whole_with_nothing_twice(
+    pool, redis_url: str, tmp_path
+) -> None:
+    """A worker process is SIGKILLed mid-recording; another takes over (replaying the stream up
+    to what the group handed out, claiming the dead one's pending entries) and finishes: its
+    files are the bot's, byte for byte."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    in_bot = tmp_path / "in-bot"
+    stream = None
+    async with VoiceServerEmulator(seed=104, dave=False) as server:
+        alice = await server.add_member(10400, "alice")
+        bob = await server.add_member(10401, "bob")
+        vc = await server.connect(cls=listening.VoiceClient)
+        stream = f"listening:{vc.guild.id}"
+        files = listening.AudioFileSink(listening.WaveAudioFile, in_bot, mixed=True, filename="{user_id}")
+        published = listening.RedisStreamSink(redis_url, guild_id=vc.guild.id)
+        done = await listen_until_done(vc, listening.FanOutSink(files, published), pool, decode=False)
+        script = (
+            "import sys; from discord.ext import listening; "
+            "listening.StreamRecorder(sys.argv[1], sys.argv[2], sys.argv[3], mixed=True, filename='{user_id}', "
+            "consumer='first').run()"
+        )
+        first = subprocess.Popen([sys.executable, "-c", script, redis_url, stream, str(tmp_path / "first")])
+        talk = asyncio.gather(alice.speak(speechlike(1.5, seed=6)), bob.speak(speechlike(1.2, seed=7)))
+        client = redis.Redis.from_url(redis_url)
+
+        def handed_out() -> int:  # entries the group gave its consumers (Redis 6.2 has no "entries-read")
+            groups = client.xinfo_groups(stream)
+            return len(client.xrange(stream, "-", groups[0]["last-delivered-id"])) if groups else 0
+
+        await server.wait_until(lambda: handed_out() > 60, timeout=10, what="the first worker at work")
+        os.kill(first.pid, signal.SIGKILL)  # mid-recording: no clean-up of any kind
+        first.wait(5)
+        await talk
+        await server.drain()
+        await asyncio.sleep(0.3)
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 15)
+    second = listening.StreamRecorder(
+        redis_url, stream, tmp_path / "second", mixed=True, filename="{user_id}", consumer="second", take_over=True
+    )
+    paths = await asyncio.to_thread(second.run, 10)
+    assert sorted(p.name for p in paths) == ["10400.wav", "10401.wav", "mixed.wav"]
+    for p in paths:
+        assert p.read_bytes() == (in_bot / p.name).read_bytes(), p.name  # nothing lost, nothing twice
+    assert client.xpending(stream, "listening-recorders")["pending"] == 0

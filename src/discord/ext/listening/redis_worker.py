@@ -29,6 +29,10 @@ _log = logging.getLogger(__name__)
 _BATCH = 512
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class StreamMember(discord.Object):
     """A member as a stream names them (``member`` entries): id, name and display name."""
 
@@ -62,6 +66,12 @@ class StreamRecorder:
     group, consumer: :class:`str`
         The consumer group (created at the stream's start if missing) and this worker's name
         in it (default: host and pid).
+    take_over: :class:`bool`
+        Replace a worker of the group that died (killed, its machine gone): rewrite the files
+        from the stream's first entry up to the last one the group handed out, claim the
+        group's pending entries (``XAUTOCLAIM``) and go on from there. Nothing is lost or
+        written twice as long as the stream still holds its start (``maxlen``). Only with no
+        other worker of the group alive: it takes their entries too.
     **sink_options
         Passed to the :class:`AudioFileSink` (``mixed=True``, ``filename=...``, parts...).
     """
@@ -75,6 +85,7 @@ class StreamRecorder:
         file_type: type[AudioFile] = WaveAudioFile,
         group: str = "listening-recorders",
         consumer: str | None = None,
+        take_over: bool = False,
         **sink_options: Any,
     ) -> None:
         if isinstance(redis, str):
@@ -97,6 +108,59 @@ class StreamRecorder:
         except Exception as exc:  # BUSYGROUP: another worker made it first
             if "BUSYGROUP" not in str(exc):
                 raise
+        if take_over:
+            self._take_over()
+
+    def _take_over(self) -> None:
+        groups = self.redis.xinfo_groups(self.stream)
+        info = next(g for g in groups if _text(g["name"]) == self.group)
+        last = _text(info["last-delivered-id"])
+        if last != "0-0":
+            start = "-"
+            while True:  # everything handed out before: the files are rebuilt from the start
+                entries = self.redis.xrange(self.stream, min=start, max=last, count=_BATCH)
+                if not entries:
+                    break
+                self._handle(entries)
+                start = "(" + _text(entries[-1][0])
+        cursor = "0-0"
+        for _ in range(1_000_000):  # claim what the dead worker never acknowledged: it is written now
+            # (redis-py drops the cursor from a JUSTID reply: take whole entries and their ids)
+            reply = self.redis.xautoclaim(self.stream, self.group, self.consumer, 0, cursor, _BATCH)
+            cursor, claimed = reply[0], [entry_id for entry_id, _ in reply[1]]
+            if claimed:
+                self.redis.xack(self.stream, self.group, *claimed)
+            if _text(cursor) == "0-0":
+                break
+
+    def _handle(self, entries: list[Any]) -> list[Any]:
+        """Write a batch of entries; returns their ids."""
+        ids = []
+        stopped = None
+        for entry_id, fields in entries:
+            ids.append(entry_id)
+            kind = fields.get(b"type")
+            if kind == b"frame":
+                frame = frame_of(fields, self.members)
+                self.sink.on_audio(frame)
+                self.frames += 1
+                self._newest = max(self._newest, frame.position + frame.samples)
+            elif kind == b"member":
+                uid = int(fields[b"user"])
+                self.members[uid] = StreamMember(
+                    uid, fields[b"name"].decode(errors="replace"), fields[b"display_name"].decode(errors="replace")
+                )
+            elif kind == b"stop":
+                stopped = int(fields[b"pos"])
+        if stopped is not None:
+            self.sink.on_stop(stopped)
+            self.sink.cleanup()
+            self.finished = True
+        elif ids:
+            self.sink.on_tick(self._newest)  # syncs every file: what is acknowledged is on disk
+        if self.sink.error is not None:
+            raise self.sink.error
+        return ids
 
     def poll(self, block: float = 1.0) -> bool:
         """Read, write and acknowledge what is there (waiting up to ``block`` seconds for it);
@@ -106,34 +170,10 @@ class StreamRecorder:
         got = self.redis.xreadgroup(
             self.group, self.consumer, {self.stream: ">"}, count=_BATCH, block=round(block * 1000)
         )
-        ids = []
-        stopped = None
         for _key, entries in got or ():
-            for entry_id, fields in entries:
-                ids.append(entry_id)
-                kind = fields.get(b"type")
-                if kind == b"frame":
-                    frame = frame_of(fields, self.members)
-                    self.sink.on_audio(frame)
-                    self.frames += 1
-                    self._newest = max(self._newest, frame.position + frame.samples)
-                elif kind == b"member":
-                    uid = int(fields[b"user"])
-                    self.members[uid] = StreamMember(
-                        uid, fields[b"name"].decode(errors="replace"), fields[b"display_name"].decode(errors="replace")
-                    )
-                elif kind == b"stop":
-                    stopped = int(fields[b"pos"])
-        if stopped is not None:
-            self.sink.on_stop(stopped)
-            self.sink.cleanup()
-            self.finished = True
-        elif ids:
-            self.sink.on_tick(self._newest)  # syncs every file: what is acknowledged is on disk
-        if ids:
-            self.redis.xack(self.stream, self.group, *ids)
-        if self.sink.error is not None:
-            raise self.sink.error
+            ids = self._handle(entries)
+            if ids:
+                self.redis.xack(self.stream, self.group, *ids)
         return self.finished
 
     def abandon(self) -> None:
