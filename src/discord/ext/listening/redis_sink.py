@@ -107,7 +107,6 @@ class RedisStreamSink(AudioSink):
         self._pending: deque[dict[Any, Any]] = deque()
         self._pack = META.pack
         self._named: set[int] = set()  # members whose names were published
-        self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
         self.published = 0
@@ -150,20 +149,22 @@ class RedisStreamSink(AudioSink):
             _log.warning("%d entries for %s were never published (Redis unreachable)", len(self._pending), self.stream)
 
     def _put(self, entry: dict[Any, Any], *, always: bool = False) -> None:
-        # ``always``: records a worker needs (start, member, stop) pass the bound; frames do not
-        with self._lock:
-            if len(self._pending) >= self.buffer and not always:
-                self.dropped += 1
-                return
-            self._pending.append(entry)
-        self._wake.set()
+        # ``always``: records a worker needs (start, member, stop) pass the bound; frames do not.
+        # No lock: one producer (a sink's calls never overlap) appends, the publisher pops from
+        # the other end, both atomic on a deque; the bound is approximate by a batch at most.
+        if len(self._pending) >= self.buffer and not always:
+            self.dropped += 1
+            return
+        self._pending.append(entry)
+        if not self._wake.is_set():  # one wake-up a batch, not one a frame (set() takes a lock)
+            self._wake.set()
 
     # -- the publisher thread ---------------------------------------------------------
 
     def _publish_loop(self) -> None:
         delay = _RETRY_FIRST
         while True:
-            self._wake.wait()  # set by every entry and by cleanup: no polling while quiet
+            self._wake.wait()  # set by new entries and by cleanup: no polling while quiet
             self._wake.clear()
             while self._pending:
                 batch = [self._pending[i] for i in range(min(len(self._pending), 256))]
@@ -182,9 +183,8 @@ class RedisStreamSink(AudioSink):
                     delay = min(delay * 2, _RETRY_MAX)
                     continue
                 delay = _RETRY_FIRST
-                with self._lock:
-                    for _ in batch:
-                        self._pending.popleft()
+                for _ in batch:
+                    self._pending.popleft()
                 self.published += len(batch)
             if self._closing:
                 return
