@@ -200,6 +200,8 @@ class ReceiveEngine:
             heapq.heappush(self._heap, (due, next(self._order), client))
 
     def _end_round(self) -> None:
+        if not self._after:
+            return
         after, self._after = self._after, {}
         for callback in after:
             try:

@@ -268,6 +268,12 @@ class _LoopQueue(Generic[T]):
             await waiter
 
 
+def _is_silent(frame: AudioFrame) -> bool:
+    """Whether a PCM frame is silence: a silence frame, or every sample within SILENT_PEAK of zero."""
+    pcm = np.frombuffer(frame.audio, "<i2")
+    return frame.kind is FrameKind.silence or not pcm.size or int(np.abs(pcm).max()) <= SILENT_PEAK
+
+
 def _wake(waiter: asyncio.Future[None]) -> None:
     def done() -> None:
         if not waiter.done():
@@ -517,8 +523,7 @@ class AudioStream(AudioSink):
                 fc.queue.put(item)
         utterances = self._utterance_consumers
         if utterances:
-            pcm = np.frombuffer(frame.audio, "<i2")
-            silent = frame.kind is FrameKind.silence or not pcm.size or int(np.abs(pcm).max()) <= SILENT_PEAK
+            silent = _is_silent(frame)
             for uc, segmenter in utterances:
                 if uc.wants(uid):
                     for utterance in segmenter.push(frame, silent):
@@ -620,8 +625,7 @@ class Subscription(AudioStream):
             return
         super().on_audio(frame)
         if self._silence is not None:
-            pcm = np.frombuffer(frame.audio, "<i2")
-            if frame.kind is not FrameKind.silence and pcm.size and int(np.abs(pcm).max()) > SILENT_PEAK:
+            if not _is_silent(frame):
                 self._voiced_end = frame.position + FRAME_SAMPLES
             elif self._voiced_end is not None and frame.position - self._voiced_end >= self._silence:
                 self.close()

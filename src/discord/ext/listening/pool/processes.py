@@ -322,6 +322,8 @@ class AudioProcessPool:
         for all of its streams. Never blocks on a pipe: what does not fit in it now goes
         to the worker's writer thread."""
         for slot in self._slots:
+            if not slot.pending:  # (unlocked: a worker with nothing deferred costs no lock)
+                continue
             with slot.lock:
                 inc = slot.inc
                 if not slot.pending:
