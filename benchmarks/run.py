@@ -610,8 +610,14 @@ def table(res: dict[str, Any], late_ms: float) -> str:
         if lv:
             add(
                 "8 redis",
-                f"live, {sp} speakers: bot on_audio -> worker synced",
+                f"live, {sp} speakers: bot on_audio -> worker wrote it",
                 f"p50 {lv['p50_ms']:.1f} ms, p99 {lv['p99_ms']:.1f} ms (worker {lv['cpu_us_per_frame']:.0f} us a frame)",
+            )
+        for sc in rd.get("scale") or ():
+            add(
+                "8 redis",
+                f"worker throughput, {sc['workers']} worker process(es), WAV + mix",
+                f"{sc['realtime_speakers']:.0f} speakers in real time ({sc['cpu_us_per_frame']:.0f} us a frame)",
             )
     for name, v in (res.get("vad") or {}).items():
         if not isinstance(v, dict):

@@ -33,7 +33,8 @@ from .opus import OpusDecoder, OpusEncoder
 from .pcm import PCMConverter, PCMFormat
 from .pool import AudioProcessPool, init_audio_processing_pool
 from .redis_sink import RedisStreamSink
-from .redis_worker import StreamRecorder
+from .redis_stream import StreamMember, StreamRecorder, StreamWorker
+from .redis_worker import RedisWorker, StreamLease
 from .rtp import (
     ApplicationDefined,
     Feedback,
@@ -85,6 +86,7 @@ __all__ = (
     "ReceiverReport",
     "RecordingError",
     "RedisStreamSink",
+    "RedisWorker",
     "ReportBlock",
     "RotatingAudioFile",
     "SenderReport",
@@ -92,7 +94,10 @@ __all__ = (
     "SinkFilter",
     "SourceDescription",
     "StreamFrame",
+    "StreamLease",
+    "StreamMember",
     "StreamRecorder",
+    "StreamWorker",
     "Subscription",
     "TimedFilter",
     "UserFilter",

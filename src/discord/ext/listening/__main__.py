@@ -1,4 +1,4 @@
-"""Command line: ``python -m discord.ext.listening {demo,record}``.
+"""Command line: ``python -m discord.ext.listening {demo,record,worker}``.
 
 ``demo`` records simulated members through a local voice server (no token, no network).
 ``record`` records a real Discord voice channel; the bot token comes from the
@@ -54,37 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("--workers", type=int, default=2, help="decode worker processes")
     rec.add_argument("--redis", default=None, metavar="URL", help="publish to Redis and record with a worker beside")
-    worker = sub.add_parser("worker", help="work on frames a bot publishes to Redis (RedisStreamSink)")
-    jobs = worker.add_subparsers(dest="job", required=True)
-    wrec = jobs.add_parser("record", help="record one guild's stream into files, as the bot would have")
-    wrec.add_argument("--redis", required=True, help="redis:// or rediss:// URL (credentials from the URL)")
-    wrec.add_argument("--stream", required=True, help="the stream's key, e.g. listening:<guild id>")
-    wrec.add_argument("--output", type=Path, default=Path("recordings"), help="directory (default: recordings)")
-    wrec.add_argument("--format", choices=_FORMATS, default="wav")
-    wrec.add_argument("--no-mixed", action="store_true", help="do not write the mixed track")
-    wrec.add_argument("--timeout", type=float, default=None, help="give up after this many seconds without a stop")
+    from .worker_commands import add_worker_commands
+
+    add_worker_commands(sub, _FORMATS)
     return p
-
-
-def _run_worker(args: argparse.Namespace) -> int:
-    from .files import FORMATS
-    from .redis_worker import StreamRecorder
-
-    try:
-        recorder = StreamRecorder(
-            args.redis, args.stream, args.output, file_type=FORMATS[args.format], mixed=not args.no_mixed
-        )
-        paths = recorder.run(args.timeout)
-    except TimeoutError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    except Exception as exc:  # Redis unreachable, a file that cannot be written...
-        print(f"the worker failed: {exc}", file=sys.stderr)
-        return 1
-    print(f"{recorder.frames} frames from {args.stream}; {len(paths)} files:")
-    for path in paths:
-        print(f"  {path}")
-    return 0
 
 
 def _user_ids(text: str) -> frozenset[int]:
@@ -118,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     if args.command == "worker":
-        return _run_worker(args)
+        from .worker_commands import run_worker_command
+
+        return run_worker_command(args)
     from .recorder import run_record
 
     return run_record(args)

@@ -22,6 +22,13 @@ def check_seconds(name: str, value: object, *, positive: bool = False) -> float:
     return check_number(name, value, positive=positive, what="number of seconds")
 
 
+def check_text(name: str, value: object) -> str:
+    """``value`` if it is a non-empty str, else TypeError."""
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{name} must be a non-empty str, got {value!r}")
+    return value
+
+
 def check_int(name: str, value: object, low: int, high: int) -> int:
     """``value`` if it is an int within ``low..high``, else TypeError/ValueError."""
     if isinstance(value, bool) or not isinstance(value, int):

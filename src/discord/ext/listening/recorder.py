@@ -21,7 +21,7 @@ from .files import FORMATS, RecordingError
 from .filters import UserFilter
 from .pool import AudioProcessPool
 from .redis_sink import RedisStreamSink
-from .redis_worker import StreamRecorder
+from .redis_stream import StreamRecorder
 from .report import ProgressPrinter, SpeechMeter, summary_table
 from .sink import AudioSink, FanOutSink
 from .stats import ListenStats

@@ -10,10 +10,12 @@ acknowledgements and the claiming of a dead worker's entries.
 Entries: ``type`` is ``start`` (with ``guild``), ``stop`` (with ``pos``, where every track of
 the recording ends), ``member`` (``user``, ``name``, ``display_name``: once per member, before
 their first frame, when the bot knows their name) or ``frame``. A frame has two more fields: ``audio`` (the frame's bytes) and
-``meta``, 35 bytes packed as :data:`META` (little-endian): user id (``q``, -1 when unknown), SSRC
+``meta``, 43 bytes packed as :data:`META` (little-endian): user id (``q``, -1 when unknown), SSRC
 (``I``), RTP sequence (``H``), RTP timestamp (``I``), timeline position in samples (``q``),
 arrival (``d``, seconds on the receiver's monotonic clock), kind (``B``, an index into
-:data:`KINDS`). Packed, not one field each: redis-py spends ~1 us a field packing a command,
+:data:`KINDS`), tick (``q``: the position of the sink's last ``on_tick`` before this frame, -1
+if none came since the frame before). The ticks let a worker replay the sink's calls as they
+were: a mix or an utterance that depends on when the clock moved comes out the same. Packed, not one field each: redis-py spends ~1 us a field packing a command,
 which at 100 speakers is most of the bot's cost.
 """
 
@@ -26,7 +28,7 @@ import time
 from collections import deque
 from typing import Any
 
-from .checks import check_int
+from .checks import check_int, check_seconds, check_text
 from .frames import AudioFrame, FrameKind
 from .sink import AudioSink
 
@@ -35,7 +37,7 @@ __all__ = ("KINDS", "META", "RedisStreamSink")
 _log = logging.getLogger(__name__)
 
 #: The layout of a frame entry's ``meta`` field.
-META = struct.Struct("<qIHIqdB")
+META = struct.Struct("<qIHIqdBq")
 #: Frame kinds by their index in ``meta``.
 KINDS: tuple[FrameKind, ...] = tuple(FrameKind)
 _KIND_INDEX = {kind: i for i, kind in enumerate(KINDS)}
@@ -60,7 +62,9 @@ class RedisStreamSink(AudioSink):
     guild_id: :class:`int`
         The guild listened to: it names the stream and is in every entry.
     stream: :class:`str`
-        The stream's key; ``{guild_id}`` is replaced. Defaults to ``"listening:{guild_id}"``.
+        The stream's key; ``{guild_id}`` and ``{started}`` (when the sink was made, UTC, to the
+        millisecond: ``20261203-174512-345``) are replaced. A stream holds one recording, so
+        the default, ``"listening:{guild_id}:{started}"``, makes a new one each time.
     maxlen: :class:`int`
         Entries Redis keeps in the stream (approximately: trimmed in whole nodes). Defaults to
         100000 (about 3 minutes of 10 speakers).
@@ -68,6 +72,9 @@ class RedisStreamSink(AudioSink):
         Frames the sink holds while Redis is slow or down; past it new ones are dropped and
         counted in :attr:`dropped` (the start, member and stop records always get in).
         Defaults to 50000.
+    keep: Optional[:class:`float`]
+        Seconds Redis keeps the stream after its stop record (``EXPIRE``), for workers that
+        were down to catch up. Defaults to one day; ``None`` keeps it until deleted.
 
     Attributes
     ----------
@@ -84,18 +91,21 @@ class RedisStreamSink(AudioSink):
         redis: Any,
         *,
         guild_id: int,
-        stream: str = "listening:{guild_id}",
+        stream: str = "listening:{guild_id}:{started}",
         maxlen: int = 100_000,
         buffer: int = 50_000,
+        keep: float | None = 86400.0,
     ) -> None:
         super().__init__()
         check_int("guild_id", guild_id, 0, 2**64 - 1)
         self.maxlen = check_int("maxlen", maxlen, 1, 2**63 - 1)
         self.buffer = check_int("buffer", buffer, 1, 10_000_000)
-        if not isinstance(stream, str) or not stream:
-            raise TypeError(f"stream must be a non-empty str, got {stream!r}")
+        check_text("stream", stream)
+        self.keep = None if keep is None else max(1, round(check_seconds("keep", keep, positive=True)))
         self.guild_id = guild_id
-        self.stream = stream.format(guild_id=guild_id)
+        now = time.time()
+        started = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + f"-{int(now % 1 * 1000):03d}"
+        self.stream = stream.format(guild_id=guild_id, started=started)
         if isinstance(redis, str):
             import redis as redis_py
 
@@ -107,6 +117,7 @@ class RedisStreamSink(AudioSink):
         self._pending: deque[dict[Any, Any]] = deque()
         self._pack = META.pack
         self._named: set[int] = set()  # members whose names were published
+        self._tick = -1
         self._wake = threading.Event()
         self._closing = False
         self.published = 0
@@ -134,8 +145,13 @@ class RedisStreamSink(AudioSink):
             frame.position,
             frame.arrival,
             _KIND_INDEX[frame.kind],
+            self._tick,
         )
+        self._tick = -1
         self._put({"type": b"frame", "meta": meta, "audio": frame.audio})
+
+    def on_tick(self, position: int) -> None:
+        self._tick = position  # rides on the next frame: no entry while nobody speaks
 
     def on_stop(self, position: int) -> None:
         self._put({"type": "stop", "guild": str(self.guild_id), "pos": str(position)}, always=True)
@@ -172,6 +188,8 @@ class RedisStreamSink(AudioSink):
                     pipe = self._client.pipeline(transaction=False)
                     for entry in batch:
                         pipe.xadd(self.stream, entry, maxlen=self.maxlen, approximate=True)
+                        if self.keep is not None and entry["type"] == "stop":
+                            pipe.expire(self.stream, self.keep)
                     pipe.execute()
                 except Exception as exc:  # Redis slow or down: keep the entries, try again
                     self.reconnects += 1
