@@ -14,6 +14,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .captions import TranscriptWriter
 from .file_sink import AudioFileSink, Mixer
 from .files import (
     FORMATS,
@@ -47,10 +48,13 @@ from .rtp import (
     SourceDescription,
 )
 from .sink import AudioHandlingSink, AudioSink, FanOutSink
+from .sphinx import PocketSphinxRecognizer
 from .stats import DropReason, ListenStats, UserStats
 from .stream import AfterDuration, AfterSilence, AudioStream, MixedFrame, StreamFrame, Subscription, Utterance
+from .transcribe import Recognition, Recognizer, Transcriber, Transcript, Word, transcribe
 from .vad import SileroVAD, VoiceActivityDetector, WebRTCVAD
 from .voice_client import VoiceClient
+from .whisper import WhisperRecognizer
 
 __all__ = (
     "FORMATS",
@@ -81,9 +85,12 @@ __all__ = (
     "OpusEncoder",
     "PCMConverter",
     "PCMFormat",
+    "PocketSphinxRecognizer",
     "RTCPMessageType",
     "RTCPPacket",
     "ReceiverReport",
+    "Recognition",
+    "Recognizer",
     "RecordingError",
     "RedisStreamSink",
     "RedisWorker",
@@ -100,6 +107,9 @@ __all__ = (
     "StreamWorker",
     "Subscription",
     "TimedFilter",
+    "Transcriber",
+    "Transcript",
+    "TranscriptWriter",
     "UserFilter",
     "UserStats",
     "Utterance",
@@ -108,6 +118,9 @@ __all__ = (
     "VolumeTransformer",
     "WaveAudioFile",
     "WebRTCVAD",
+    "WhisperRecognizer",
+    "Word",
     "init_audio_processing_pool",
     "repair_wav",
+    "transcribe",
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1, help="seed of the simulated network")
     demo.add_argument("--workers", type=int, default=2, help="decode worker processes")
     demo.add_argument("--redis", default=None, metavar="URL", help="publish to Redis and record with a worker beside")
+    demo.add_argument("--transcribe", action="store_true", help="print what members say (PocketSphinx, [speech])")
 
     rec = sub.add_parser("record", help="record a real voice channel (token from $DISCORD_TOKEN)")
     rec.add_argument("--guild", type=int, required=True, help="guild (server) id")
@@ -54,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("--workers", type=int, default=2, help="decode worker processes")
     rec.add_argument("--redis", default=None, metavar="URL", help="publish to Redis and record with a worker beside")
+    rec.add_argument("--transcript", action="store_true", help="write transcript.vtt/.jsonl beside the audio")
     from .worker_commands import add_worker_commands
 
     add_worker_commands(sub, _FORMATS)
@@ -74,6 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(args, "transcribe", False) or getattr(args, "transcript", False):
+        if args.redis is not None:
+            print(
+                "a transcript needs the bot to decode: not with --redis (run `worker stream` beside it)",
+                file=sys.stderr,
+            )
+            return 2
+        if importlib.util.find_spec("pocketsphinx") is None:
+            print("transcribing needs PocketSphinx: pip install 'discord-ext-listening[speech]'", file=sys.stderr)
+            return 2
     if args.command == "demo":
         if not 0.0 <= args.loss <= 0.5:
             print("--loss must be within 0..0.5", file=sys.stderr)
@@ -88,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 workers=args.workers,
                 redis=args.redis,
+                transcribe=args.transcribe,
             )
         )
     if args.command == "worker":

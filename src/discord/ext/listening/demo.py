@@ -20,6 +20,7 @@ import numpy as np
 from .pool import AudioProcessPool
 from .recorder import record_channel
 from .report import ProgressPrinter
+from .sphinx import PocketSphinxRecognizer
 from .voice_client import VoiceClient
 
 __all__ = ("CLIPS", "load_clip", "run_demo")
@@ -49,6 +50,11 @@ def load_clip(name: str) -> bytes:
     return np.concatenate(chunks).astype("<i2").tobytes()
 
 
+def clip_text(name: str) -> str:
+    """What a bundled speech clip says (``data/<name>.txt``)."""
+    return resources.files(__package__).joinpath("data", f"{name}.txt").read_text(encoding="utf-8").strip()
+
+
 async def run_demo(
     output: Path,
     *,
@@ -59,6 +65,7 @@ async def run_demo(
     clips: int | None = None,
     progress_interval: float = 1.0,
     redis: str | None = None,
+    transcribe: bool = False,
 ) -> int:
     """Run the demo: simulated members speak through the local voice server into files.
 
@@ -80,6 +87,9 @@ async def run_demo(
         Seconds between progress lines.
     redis: Optional[:class:`str`]
         A Redis URL: the bot publishes to it and a worker beside it writes the files.
+    transcribe: :class:`bool`
+        Print what each member says as they say it (PocketSphinx), and write it beside the
+        audio as ``transcript.vtt`` and ``transcript.jsonl``.
 
     Returns
     -------
@@ -130,6 +140,8 @@ async def run_demo(
                 names=names,
                 interval=progress_interval,
                 redis=redis,
+                transcript=PocketSphinxRecognizer() if transcribe else None,
+                print_lines=transcribe,
             )
     stats = recording.stats
     total = stats.total

@@ -16,6 +16,7 @@ from typing import Any
 
 import discord
 
+from .captions import TranscriptWriter
 from .file_sink import AudioFileSink
 from .files import FORMATS, RecordingError
 from .filters import UserFilter
@@ -24,7 +25,9 @@ from .redis_sink import RedisStreamSink
 from .redis_stream import StreamRecorder
 from .report import ProgressPrinter, SpeechMeter, summary_table
 from .sink import AudioSink, FanOutSink
+from .sphinx import PocketSphinxRecognizer
 from .stats import ListenStats
+from .transcribe import Recognizer, transcribe
 from .voice_client import VoiceClient
 
 __all__ = ("RecordError", "Recording", "record_channel", "run_record")
@@ -102,6 +105,8 @@ async def record_channel(
     max_file_seconds: float | None = None,
     max_file_bytes: int | None = None,
     redis: str | None = None,
+    transcript: Recognizer | None = None,
+    print_lines: bool = False,
 ) -> Recording:
     """Record a connected voice client to files, printing progress and a closing summary.
 
@@ -145,6 +150,11 @@ async def record_channel(
     redis: Optional[:class:`str`]
         A Redis URL: the bot publishes Opus to the guild's stream (``decode`` off) and a
         :class:`StreamRecorder` beside it writes the same files from the stream.
+    transcript: Optional[:class:`Recognizer`]
+        Also transcribe what members say, into ``transcript.vtt`` and ``transcript.jsonl``
+        beside the audio (not with ``redis``: the bot then decodes nothing).
+    print_lines: :class:`bool`
+        Print each transcript line as it comes.
 
     Returns
     -------
@@ -186,7 +196,10 @@ async def record_channel(
     sink: AudioSink = FanOutSink(output, meter)
     if users is not None:
         sink = UserFilter(sink, users)
-    vc.listen(sink, pool, after=after, decode=decode)
+    if transcript is not None and redis is not None:
+        raise ValueError("a transcript needs the bot to decode: not with redis (run `worker stream` beside it)")
+    vc.listen(sink, pool, after=after, decode=decode or transcript is not None)
+    lines = None if transcript is None else asyncio.ensure_future(_write_lines(vc, transcript, out_dir, print_lines))
     stats = vc.listen_stats
     assert stats is not None
     progress = ProgressPrinter(stats, meter, dict(names or {}))
@@ -205,6 +218,8 @@ async def record_channel(
         ended.cancel()
     vc.stop_listening()
     await asyncio.wait_for(finished.wait(), 30)
+    if lines is not None:  # the last utterances are being recognised
+        await asyncio.wait_for(lines, 120)
     if working is not None and worker is not None:  # the worker ends at the stream's stop record
         try:
             await asyncio.wait_for(asyncio.shield(working), 60)
@@ -230,6 +245,15 @@ async def record_channel(
     if error is not None:
         print(f"error: {error}", file=sys.stderr)
     return Recording(1 if error is not None else 0, error, paths, files, meter, stats)
+
+
+async def _write_lines(vc: VoiceClient, recognizer: Recognizer, out_dir: Path, print_lines: bool) -> None:
+    with TranscriptWriter(out_dir) as writer:
+        async for line in transcribe(vc, recognizer, workers=2):  # one core each: lines keep up with 2-4 speakers
+            writer.write(line)
+            if print_lines:
+                who = getattr(line.user, "display_name", None) or line.user_id
+                print(f"  [{line.start:6.1f} s] {who}: {line.text}", flush=True)
 
 
 async def _record(args: argparse.Namespace, token: str) -> int:
@@ -290,6 +314,7 @@ async def _record(args: argparse.Namespace, token: str) -> int:
                 max_file_seconds=args.split,
                 max_file_bytes=None if args.max_size is None else round(args.max_size * 1_000_000),
                 redis=args.redis,
+                transcript=PocketSphinxRecognizer() if args.transcript else None,
             )
         return recording.exit_code
     finally:

@@ -1,0 +1,90 @@
+"""Speech to text with PocketSphinx, offline: :class:`PocketSphinxRecognizer`.
+
+The optional extra ``[speech]`` installs it; its wheel ships a US English acoustic model,
+language model and dictionary, so nothing is downloaded. It is fast and small, and far less
+accurate than Whisper on open speech: the demo's and the tests' default, and the engine of
+:class:`~discord.ext.listening.VoiceCommands` (a closed vocabulary, where it does well).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+import numpy as np
+
+from .pcm import PCMFormat
+from .transcribe import Recognition, Word
+
+__all__ = ("PocketSphinxRecognizer", "sphinx_decoder")
+
+#: Frames a second in PocketSphinx's word times.
+FRAME_RATE = 100
+_ALTERNATE = re.compile(r"\(\d+\)$")  # "read(2)": the dictionary's second pronunciation
+_NOT_WORDS = frozenset({"<s>", "</s>", "<sil>", "(NULL)"})
+
+
+def sphinx_decoder(**config: Any) -> Any:
+    """A ``pocketsphinx.Decoder`` with the bundled model and ``config`` (its option names)."""
+    try:
+        import pocketsphinx
+    except ImportError as exc:
+        raise ImportError("PocketSphinx is not installed: pip install 'discord-ext-listening[speech]'") from exc
+    return pocketsphinx.Decoder(**{"loglevel": "FATAL", **config})
+
+
+def words_of(decoder: Any) -> tuple[Word, ...]:
+    """The words of the decoder's last utterance, with their times (fillers and silence left out)."""
+    words = []
+    for seg in decoder.seg():
+        w = seg.word
+        if w in _NOT_WORDS or w.startswith("[") or w.startswith("++"):
+            continue
+        words.append(Word(_ALTERNATE.sub("", w), seg.start_frame / FRAME_RATE, (seg.end_frame + 1) / FRAME_RATE))
+    return tuple(words)
+
+
+class PocketSphinxRecognizer:
+    """A :class:`Recognizer` running PocketSphinx with its bundled US English model.
+
+    Parameters
+    ----------
+    **config
+        PocketSphinx options (``hmm``, ``lm``, ``dict``, ``beam``...), to use another model
+        or tune it; the bundled model's defaults otherwise.
+    """
+
+    format = PCMFormat(16000, 1, "int16")
+    #: PocketSphinx holds the GIL while it decodes: it runs in processes.
+    releases_gil = False
+
+    def __init__(self, **config: Any) -> None:
+        self.config = config
+        self._decoder: Any = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:  # to worker processes: settings, not the decoder
+        return {"config": self.config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state["config"])  # type: ignore[misc]
+
+    def __copy__(self) -> PocketSphinxRecognizer:
+        return PocketSphinxRecognizer(**self.config)
+
+    def recognize(self, audio: np.ndarray) -> Recognition:
+        """The text of one utterance (16 kHz mono int16), with word times."""
+        pcm = np.asarray(audio)
+        if pcm.dtype != np.int16:
+            raise TypeError(f"PocketSphinxRecognizer takes int16 samples, got {pcm.dtype}")
+        with self._lock:
+            if self._decoder is None:
+                self._decoder = sphinx_decoder(**self.config)
+            decoder = self._decoder
+            decoder.start_utt()
+            decoder.process_raw(pcm.tobytes(), full_utt=True)
+            decoder.end_utt()
+            hyp = decoder.hyp()
+            text = hyp.hypstr if hyp is not None else ""
+            return Recognition(text, words_of(decoder) if text else ())
