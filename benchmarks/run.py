@@ -358,6 +358,10 @@ class Bench:
         log("voice activity detectors on our speech and noise")
         self.results["vad"] = run_json([sys.executable, str(HERE / "bench_vad.py")], timeout=300)
 
+    def speech(self) -> None:
+        log("speech to text: PocketSphinx, faster-whisper (a tiny random model)")
+        self.results["speech"] = run_json([sys.executable, str(HERE / "bench_speech.py")], timeout=900)
+
     def redis(self) -> None:
         log("Redis: what publishing costs the bot, and what recording costs a worker")
         self.results["redis"] = run_json([sys.executable, str(HERE / "bench_redis.py")], timeout=600)
@@ -619,6 +623,19 @@ def table(res: dict[str, Any], late_ms: float) -> str:
                 f"worker throughput, {sc['workers']} worker process(es), WAV + mix",
                 f"{sc['realtime_speakers']:.0f} speakers in real time ({sc['cpu_us_per_frame']:.0f} us a frame)",
             )
+    for name, sp in (res.get("speech") or {}).items():
+        if not isinstance(sp, dict):
+            continue
+        if "error" in sp:
+            add("9 speech", name, sp["error"])
+            continue
+        waits = sp.get("latency_ms") or [0]
+        wer = f", word error rate on the clips {sum(sp['wer']) / len(sp['wer']):.2f}" if "wer" in sp else ""
+        add(
+            "9 speech",
+            f"{name}: CPU a second of speech, speakers a core; last sound -> line",
+            f"{sp['cpu_per_second']:.3f} s, {sp['speakers_per_core']:.1f} speakers; {min(waits)}-{max(waits)} ms{wer}",
+        )
     for name, v in (res.get("vad") or {}).items():
         if not isinstance(v, dict):
             continue
@@ -781,7 +798,9 @@ def main() -> int:
     p.add_argument("--late-ms", type=float, default=200.0, help="a frame later than this counts against capacity")
     p.add_argument("--start", type=int, default=60, help="first guess for the one-guild capacity search")
     p.add_argument(
-        "--only", default="", help="comma list of sections: floors,growth,comparison,capacity,dave,engine,stream"
+        "--only",
+        default="",
+        help="comma list of sections: floors,growth,comparison,capacity,dave,engine,stream,redis,speech",
     )
     p.add_argument("--out", default=str(RESULTS / "latest.json"))
     args = p.parse_args()
@@ -823,6 +842,8 @@ def main() -> int:
         bench.stream()
     if want("redis"):
         bench.redis()
+    if want("speech"):
+        bench.speech()
     bench.results["wall_s"] = time.monotonic() - t0
     bench.results["trials"] = bench.trials
     out = Path(args.out)

@@ -770,3 +770,27 @@ async def test_readme_sink_and_emulator_snippets_run(
     assert len(lines) > 30, "the level meter printed no frames of alice"
     peaks = [int(line.split()[-1]) for line in lines]
     assert max(peaks) > 1000, "alice's frames are silent"
+
+
+async def test_transcriber_bot_posts_a_caption_per_utterance_naming_the_member(pool, clips) -> None:
+    """examples/transcriber_bot.py: each member's clip becomes one caption, in the order
+    spoken, naming who said it, posted with no mentions; the text is PocketSphinx's."""
+    bot = load_example("transcriber_bot")
+    channel = bot.PrintChannel()
+    async with VoiceServerEmulator(dave=True, seed=29) as server:
+        alice = await server.add_member(1001, "alice")
+        bob = await server.add_member(1002, "bob")
+        vc = await server.connect(cls=listening.VoiceClient)
+        vc.listen(listening.AudioSink(), pool, decode=True)
+        posting = asyncio.create_task(bot.post_captions(vc, channel, listening.PocketSphinxRecognizer()))
+        await alice.speak(clips["alice"][: SECOND * 3])
+        await asyncio.sleep(0.8)
+        await bob.speak(clips["bob"][: SECOND * 3])
+        await server.drain()
+        await asyncio.sleep(0.5)
+        vc.stop_listening()
+        posted = await asyncio.wait_for(posting, 60)
+        await vc.disconnect()
+    assert posted == len(channel.messages) == 2
+    assert [m.split("**")[1] for m in channel.messages] == ["alice", "bob"]
+    assert all(m.startswith("`00:0") and len(m.split("**: ", 1)[1]) > 3 for m in channel.messages)

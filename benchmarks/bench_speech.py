@@ -1,0 +1,137 @@
+"""What speech to text costs, per recogniser: CPU per second of speech, how many speakers one
+core keeps up with, the latency from the end of an utterance to its text, and (PocketSphinx)
+the word error rate on the bundled clips.
+
+Prints ``RESULT {json}``. The bundled clips (48 kHz, decoded from Opus as a receiver would)
+are converted to each recogniser's format with the package's own converter and recognised one
+utterance at a time in this process: CPU (``time.process_time``) per second of audio. Then the
+latency through ``listening.transcribe`` as a bot runs it: an ``AudioStream`` fed the clips'
+frames as the dispatcher would, in real time, one member after the other; from the moment the
+utterance's last sound was fed to its line on the event loop (the pause that ends it, the hop
+to a worker process and the recognition).
+
+faster-whisper runs a tiny random model made here (no download is possible in a benchmark):
+its numbers are the adapter's and the engine's floor, not a real model's; a real ``small.en``
+costs one to two orders of magnitude more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+CLIPS = ("alice", "bob", "carol", "dave")
+
+
+def clip_audio(fmt: Any) -> dict[str, np.ndarray]:
+    from discord.ext.listening import PCMConverter
+    from discord.ext.listening.demo import load_clip
+
+    return {name: PCMConverter(fmt).convert(load_clip(name), last=True) for name in CLIPS}
+
+
+def cpu_per_second(recognizer: Any) -> dict[str, Any]:
+    from discord.ext.listening.demo import clip_text
+    from discord.ext.listening.testing.scoring import word_error_rate
+
+    audio = clip_audio(recognizer.format)
+    recognizer.recognize(audio["alice"][: recognizer.format.rate])  # load the engine first
+    seconds = cpu = 0.0
+    errors = []
+    for name, pcm in audio.items():
+        t0 = time.process_time()
+        text = recognizer.recognize(pcm).text
+        cpu += time.process_time() - t0
+        seconds += len(pcm) / recognizer.format.rate
+        errors.append(word_error_rate(clip_text(name), text))
+    return {
+        "cpu_per_second": cpu / seconds,
+        "speakers_per_core": seconds / cpu,
+        "wer": errors,
+        "audio_seconds": seconds,
+    }
+
+
+async def latency(recognizer: Any, processes: bool) -> dict[str, Any]:
+    """Utterance end -> line, through transcribe(), the clips fed in real time one by one."""
+    import discord
+    from discord.ext import listening
+    from discord.ext.listening.demo import load_clip
+    from discord.ext.listening.opus import FRAME_BYTES, FRAME_SAMPLES
+
+    stream = listening.AudioStream(format=recognizer.format)
+    fed: dict[int, float] = {}  # timeline position -> when the frame ending there was fed
+    transcriber = listening.transcribe(stream, recognizer, processes=processes, workers=1)
+    lines: list[tuple[float, float]] = []
+
+    async def collect() -> None:
+        async for line in transcriber:
+            lines.append((line.end, time.monotonic()))
+
+    task = asyncio.create_task(collect())
+    await asyncio.sleep(3.0 if processes else 0.5)  # the worker process starts and loads its engine
+
+    def feed() -> None:
+        position = 0
+        start = time.monotonic()
+        k = 0
+        for i, name in enumerate(CLIPS):
+            pcm = load_clip(name)
+            user = discord.Object(id=1000 + i)
+            for off in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES):
+                frame = listening.AudioFrame(
+                    user, i, k, k * 960, pcm[off : off + FRAME_BYTES], listening.FrameKind.decoded, position, 0.0
+                )
+                stream.on_audio(frame)
+                position += FRAME_SAMPLES
+                fed[position] = time.monotonic()
+                k += 1
+                if k % 25 == 0:
+                    stream.on_tick(position)
+                time.sleep(max(0.0, start + k * 0.02 - time.monotonic()))
+            position += 48000  # a second's pause before the next member
+            for _ in range(4):
+                stream.on_tick(position)
+        stream.on_stop(position)
+
+    await asyncio.to_thread(feed)
+    await asyncio.wait_for(task, 300)
+    # from the utterance's last sound (its end on the timeline) to its line: the pause that
+    # ends it (0.6 s, seen at the next 0.5 s tick) plus recognition
+    waits = sorted(at - fed[round(end * 48000)] for end, at in lines)
+    return {"lines": len(lines), "latency_ms": [round(w * 1000) for w in waits]}
+
+
+def main() -> None:
+    from discord.ext import listening
+
+    out: dict[str, Any] = {}
+    sphinx = listening.PocketSphinxRecognizer()
+    out["pocketsphinx"] = cpu_per_second(sphinx)
+    out["pocketsphinx"].update(asyncio.run(latency(sphinx, processes=True)))
+    try:
+        from discord.ext.listening.testing.tiny_whisper import make_tiny_whisper
+    except ImportError as exc:
+        out["whisper"] = {"error": f"faster-whisper missing: {exc}"}
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            model = make_tiny_whisper(Path(tmp))
+            whisper = listening.WhisperRecognizer(model, local_files_only=True, beam_size=1, language="en")
+            out["whisper_tiny_random"] = cpu_per_second(whisper)
+            out["whisper_tiny_random"].pop("wer")  # its text is planted, not recognised
+            out["whisper_tiny_random"].update(asyncio.run(latency(whisper, processes=False)))
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
