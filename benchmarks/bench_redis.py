@@ -134,6 +134,7 @@ def scale(url: str, workers: int, group: str) -> dict[str, Any]:
     return {
         "workers": workers,
         "frames": frames,
+        "frames_per_worker": [r["frames"] for r in results],
         "wall_s": wall,
         "realtime_speakers": frames * 0.02 / wall,
         "cpu_us_per_frame": sum(r["cpu"] for r in results) / frames * 1e6,
