@@ -1,14 +1,13 @@
 """One stream of :class:`~discord.ext.listening.RedisStreamSink` into a sink, on a worker.
 
 :class:`StreamWorker` reads one recording's stream through a consumer group and replays its
-entries into any :class:`~discord.ext.listening.AudioSink`, with the frames' own timeline
-positions, so the sink sees what it would have seen in the bot. The sink gets the calls the bot's sink
-got, in the same order: frames, and ``on_tick`` where the bot's clock moved, so what depends on
-timing (the mixed track, where an utterance ends) comes out the same. An entry is acknowledged
-once the sink has handled it; a worker that dies leaves the rest pending in the group, and the
-worker that takes its stream over rebuilds the output from the stream's start, so nothing the
-dead worker wrote is needed. :class:`StreamRecorder` is the worker that writes the files an ``AudioFileSink`` in the
-bot would have written, sample for sample.
+entries into any :class:`~discord.ext.listening.AudioSink`: the calls the bot's sink got, in
+the same order, frames at their own timeline positions and ``on_tick`` where the bot's clock
+moved, so what depends on timing (the mixed track, where an utterance ends) comes out the same.
+An entry is acknowledged once the sink has handled it; a worker that dies leaves the rest
+pending in the group, and the worker that takes its stream over rebuilds the output from the
+stream's start, so nothing the dead worker wrote is needed. :class:`StreamRecorder` is the
+worker that writes the files an ``AudioFileSink`` in the bot would have written, byte for byte.
 
 A stream holds one recording: a ``start`` record, the frames, a ``stop`` record.
 """
