@@ -238,9 +238,19 @@ class RedisWorker:
     def _fail(self, stream: str, exc: BaseException) -> None:
         _log.error("work on %s failed: %r", stream, exc)
         self.failed[stream] = exc
+        self._drop(stream)
+
+    def _drop(self, stream: str) -> None:
+        """Let a stream go unfinished: close its sink (its files play up to here) and give the
+        lease up (if still ours), so another worker takes it over."""
         job = self._jobs.pop(stream, None)
-        if job is not None:
-            job.lease.release()
+        if job is None:
+            return
+        try:
+            job.worker.sink.cleanup()
+        except Exception as exc:  # a sink that cannot even close: the files are the new owner's job
+            _log.warning("closing the sink of %s failed: %r", stream, exc)
+        job.lease.release()
 
     def _check(self, stream: str) -> None:
         job = self._jobs[stream]
@@ -258,7 +268,7 @@ class RedisWorker:
                 continue
             if not job.lease.renew():  # stalled past the lease: another worker owns it now
                 _log.warning("lost the lease on %s; leaving it to its new owner", stream)
-                del self._jobs[stream]
+                self._drop(stream)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -289,8 +299,8 @@ class RedisWorker:
 
     def stop(self) -> None:
         """Make :meth:`run` return after the current round, from any thread. Streams not
-        finished keep their entries pending; their leases expire and another worker (or this
-        one, run again) takes them over."""
+        finished are let go (their sinks closed, their leases given up): their entries stay
+        pending, and another worker (or this one, run again) takes them over."""
         self._stop.set()
 
     def run(self, *, idle_exit: float | None = None, timeout: float | None = None) -> list[StreamWorker]:
@@ -321,4 +331,6 @@ class RedisWorker:
                 break
             if timeout is not None and now - started >= timeout:
                 break
+        for stream in list(self._jobs):  # stopped early: another worker (or a run again) goes on
+            self._drop(stream)
         return self.finished
