@@ -629,6 +629,17 @@ def table(res: dict[str, Any], late_ms: float) -> str:
         if "error" in sp:
             add("9 speech", name, sp["error"])
             continue
+        if "precision" in sp:  # voice commands
+            p50, p95 = sp["cpu_per_utterance_ms_p50_p95"]
+            add(
+                "9 speech",
+                f"{name}: precision, recall ({sp['commands']} commands, {sp['distractors']} distractors); CPU",
+                f"{sp['precision']:.2f}, {sp['recall']:.2f}; {sp['cpu_per_second']:.3f} s a second of speech,"
+                f" {p50}-{p95} ms an utterance (p50-p95)",
+                ">= 0.95 each",
+                sp["precision"] >= 0.95 and sp["recall"] >= 0.95,
+            )
+            continue
         waits = sp.get("latency_ms") or [0]
         wer = f", word error rate on the clips {sum(sp['wer']) / len(sp['wer']):.2f}" if "wer" in sp else ""
         add(

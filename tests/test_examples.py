@@ -794,3 +794,49 @@ async def test_transcriber_bot_posts_a_caption_per_utterance_naming_the_member(p
     assert posted == len(channel.messages) == 2
     assert [m.split("**")[1] for m in channel.messages] == ["alice", "bob"]
     assert all(m.startswith("`00:0") and len(m.split("**: ", 1)[1]) > 3 for m in channel.messages)
+
+
+# ---------------------------------------------------------------------------------------
+# voice_commands.py
+# ---------------------------------------------------------------------------------------
+
+
+async def test_voice_commands_example_records_only_between_start_and_stop(pool, tmp_path) -> None:
+    """examples/voice_commands.py: a member says other things, "start recording", more, then
+    "stop recording". The bot obeys both, naming the member, and its WAV file is silent where
+    the member spoke before the first command and holds what was said between the two."""
+    ex = load_example("voice_commands")
+    said: list[str] = []
+
+    async def announce(text: str) -> None:
+        said.append(text)
+
+    async with VoiceServerEmulator(dave=True, seed=31) as server:
+        alice = await server.add_member(1001, "alice")
+        vc = await server.connect(cls=listening.VoiceClient)
+        recorder = ex.VoiceRecorder(vc, tmp_path, announce)
+        running = asyncio.create_task(recorder.run(pool))
+        t0 = server.sender_now()
+        spurts = []
+        for clip in ex.spoken_clips(ex.SAYS):
+            spurts.append(await alice.speak(clip))
+            await asyncio.sleep(1.0)
+        await server.drain()
+        await settle(server, vc, (alice, spurts))
+        await asyncio.sleep(1.0)
+        vc.stop_listening()
+        await asyncio.wait_for(running, 60)
+        await vc.disconnect()
+    assert said == ["Recording, as alice asked.", "Recording stopped by alice."]
+    assert recorder.commands.fired >= 2
+    with wave.open(str(tmp_path / "1001-alice.wav"), "rb") as f:
+        track = np.frombuffer(f.readframes(f.getnframes()), "<i2").reshape(-1, 2)[:, 0]
+
+    def peak(spurt) -> int:
+        start = round((spurt.start - t0) * 48000)
+        part = track[start : start + len(spurt.frames) * 960]
+        return int(np.abs(part).max()) if len(part) else 0
+
+    hello, _, _, asked, _ = spurts
+    assert peak(hello) == 0  # said before anyone asked: not recorded
+    assert peak(asked) > 1000  # said while recording

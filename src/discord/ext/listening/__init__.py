@@ -54,6 +54,7 @@ from .stream import AfterDuration, AfterSilence, AudioStream, MixedFrame, Stream
 from .transcribe import Recognition, Recognizer, Transcriber, Transcript, Word, transcribe
 from .vad import SileroVAD, VoiceActivityDetector, WebRTCVAD
 from .voice_client import VoiceClient
+from .voice_commands import CommandMatch, CommandRecognizer, VoiceCommand, VoiceCommands
 from .whisper import WhisperRecognizer
 
 __all__ = (
@@ -68,6 +69,8 @@ __all__ = (
     "AudioProcessPool",
     "AudioSink",
     "AudioStream",
+    "CommandMatch",
+    "CommandRecognizer",
     "ConditionalFilter",
     "DropReason",
     "FLACAudioFile",
@@ -115,6 +118,8 @@ __all__ = (
     "Utterance",
     "VoiceActivityDetector",
     "VoiceClient",
+    "VoiceCommand",
+    "VoiceCommands",
     "VolumeTransformer",
     "WaveAudioFile",
     "WebRTCVAD",

@@ -17,7 +17,7 @@ import numpy as np
 from .pcm import PCMFormat
 from .transcribe import Recognition, Word
 
-__all__ = ("PocketSphinxRecognizer", "sphinx_decoder")
+__all__ = ("PocketSphinxRecognizer", "decode_utterance", "sphinx_decoder")
 
 #: Frames a second in PocketSphinx's word times.
 FRAME_RATE = 100
@@ -32,6 +32,15 @@ def sphinx_decoder(**config: Any) -> Any:
     except ImportError as exc:
         raise ImportError("PocketSphinx is not installed: pip install 'discord-ext-listening[speech]'") from exc
     return pocketsphinx.Decoder(**{"loglevel": "FATAL", **config})
+
+
+def decode_utterance(decoder: Any, pcm: bytes) -> Any:
+    """Decode one whole utterance (16 kHz mono s16le) with the decoder's active search; its
+    hypothesis, or ``None`` (its segments are then in ``decoder.seg()``)."""
+    decoder.start_utt()
+    decoder.process_raw(pcm, full_utt=True)
+    decoder.end_utt()
+    return decoder.hyp()
 
 
 def words_of(decoder: Any) -> tuple[Word, ...]:
@@ -82,9 +91,6 @@ class PocketSphinxRecognizer:
             if self._decoder is None:
                 self._decoder = sphinx_decoder(**self.config)
             decoder = self._decoder
-            decoder.start_utt()
-            decoder.process_raw(pcm.tobytes(), full_utt=True)
-            decoder.end_utt()
-            hyp = decoder.hyp()
+            hyp = decode_utterance(decoder, pcm.tobytes())
             text = hyp.hypstr if hyp is not None else ""
             return Recognition(text, words_of(decoder) if text else ())
