@@ -19,6 +19,7 @@ US English voices (BENCHMARKS.md).
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import itertools
 import logging
@@ -118,11 +119,12 @@ def _write_command_lm(path: str, phrases: tuple[str, ...], fillers: list[tuple[s
     weights = np.array([10 ** known.get(w, rare) for w in vocab])
     probs = np.log10(weights / weights.sum() * (1 - prior))
     unigram = dict(zip(vocab, probs.tolist(), strict=True))
+    firsts = collections.Counter(p.split()[0] for p in phrases)  # "volume up", "volume down"
     bigrams: dict[tuple[str, str], float] = {}
     for phrase in phrases:
         words = ["<s>", *phrase.split(), "</s>"]
         for a, b in itertools.pairwise(words):
-            bigrams[(a, b)] = math.log10(prior / len(phrases)) if a == "<s>" else math.log10(0.9)
+            bigrams[(a, b)] = math.log10(prior * firsts[b] / len(phrases)) if a == "<s>" else math.log10(0.9)
     lines = ["\\data\\", f"ngram 1={len(vocab) + 2}", f"ngram 2={len(bigrams)}", "", "\\1-grams:"]
     lines += ["-99 <s> 0", f"{math.log10(0.1):.4f} </s> 0"]
     lines += [f"{unigram[w]:.4f} {w} {math.log10(0.1) if w in phrase_words else 0.0:.4f}" for w in vocab]
