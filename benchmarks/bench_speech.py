@@ -123,9 +123,8 @@ async def latency(recognizer: Any, processes: bool, clips: list[bytes] | None = 
 
 def voice_commands() -> dict[str, Any]:
     """Precision, recall and CPU of ``CommandRecognizer`` on the tests' spoken commands."""
-    import av
-
     from discord.ext import listening
+    from discord.ext.listening.demo import decode_audio_file
     from discord.ext.listening.opus import FRAME_BYTES, OpusDecoder, OpusEncoder
 
     data = Path(__file__).resolve().parents[1] / "tests" / "data" / "voice_commands"
@@ -139,9 +138,7 @@ def voice_commands() -> dict[str, Any]:
     missed = []
     said_commands: list[bytes] = []
     for member in script["members"]:
-        with av.open(str(data / member["file"])) as container:
-            resampler = av.AudioResampler(format="s16", layout="stereo", rate=48000)
-            pcm = b"".join(o.to_ndarray().tobytes() for f in container.decode(audio=0) for o in resampler.resample(f))
+        pcm = decode_audio_file(data / member["file"])
         encoder, decoder = OpusEncoder(64000), OpusDecoder()
         for item in member["items"]:
             said = pcm[item["start"] * 4 : item["end"] * 4]

@@ -131,17 +131,15 @@ def spoken_clips(texts: list[str]) -> list[Any]:
     """48 kHz mono int16 clips of ``texts`` from the tests' spoken commands."""
     import json
 
-    import av
     import numpy as np
+
+    from discord.ext.listening.demo import decode_audio_file
 
     data = Path(__file__).resolve().parents[1] / "tests" / "data" / "voice_commands"
     script = json.loads((data / "script.json").read_text())
     clips: dict[str, Any] = {}
     for member in script["members"]:
-        with av.open(str(data / member["file"])) as container:
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=48000)
-            frames = [o.to_ndarray().reshape(-1) for f in container.decode(audio=0) for o in resampler.resample(f)]
-        audio = np.concatenate(frames)
+        audio = np.frombuffer(decode_audio_file(data / member["file"], "mono"), "<i2")
         for item in member["items"]:
             clips.setdefault(item["text"], audio[item["start"] : item["end"]])
     return [clips[t] for t in texts]

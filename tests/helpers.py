@@ -261,6 +261,18 @@ def locate(track: np.ndarray, ref: np.ndarray) -> tuple[float, int]:
     return best
 
 
+def first_voiced_time(server: VoiceServerEmulator, spurt: SpurtRecord) -> float:
+    """When the member's client captured the spurt's first audible frame (the loop's clock):
+    what was said starts then, however late the packet left (the loop may be busy)."""
+    from discord.ext.listening.stream import SILENT_PEAK
+
+    dec = OpusDecoder()
+    for f in spurt.frames:
+        if int(np.abs(np.frombuffer(dec.decode(f.opus), "<i2")).max()) > SILENT_PEAK:
+            return float(server._to_loop_time(f.send_time))
+    raise AssertionError("a silent spurt")
+
+
 def voiced_pcm(seconds: float, seed: int = 0) -> bytes:
     """Voiced, speech-like stereo s16le PCM (a gliding harmonic tone with an envelope), the
     kind of signal for which Opus runs SILK and embeds FEC."""

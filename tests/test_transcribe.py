@@ -14,24 +14,11 @@ import pytest
 
 from discord.ext import listening
 from discord.ext.listening.demo import clip_text, load_clip
-from discord.ext.listening.stream import SILENT_PEAK
 from discord.ext.listening.testing import VoiceServerEmulator, speechlike
 from discord.ext.listening.testing.scoring import word_error_rate
-from helpers import listen_until_done, settle
+from helpers import first_voiced_time, listen_until_done, settle
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _first_voiced_time(server, spurt) -> float:
-    """When the member's client captured the spurt's first audible frame (monotonic clock):
-    what was said starts then, however late the packet left (the loop may be busy)."""
-    from discord.ext.listening.opus import OpusDecoder
-
-    dec = OpusDecoder()
-    for f in spurt.frames:
-        if int(np.abs(np.frombuffer(dec.decode(f.opus), "<i2")).max()) > SILENT_PEAK:
-            return float(server._to_loop_time(f.send_time))
-    raise AssertionError("a silent spurt")
 
 
 async def _say_in_turn(server, vc, done, turns) -> list:
@@ -74,7 +61,7 @@ async def test_pocketsphinx_lines_name_the_speaker_at_the_time_spoken_beside_a_w
     assert transcriber.recognized == 2 and transcriber.dropped == transcriber.failed == 0
     errors = []
     for line, (member, spurt), clip in zip(lines, spoken, ("alice", "bob"), strict=True):
-        said = _first_voiced_time(server, spurt) - origin
+        said = first_voiced_time(server, spurt) - origin
         assert abs(line.start - said) <= 0.1, (member.name, line.start, said)
         assert line.end > line.start + 5  # the whole clip is one utterance (~7 s)
         assert line.words and all(line.start <= w.start <= w.end <= line.end + 0.05 for w in line.words)

@@ -15,15 +15,13 @@ import asyncio
 import json
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
 from discord.ext import listening
-from discord.ext.listening.opus import OpusDecoder
-from discord.ext.listening.stream import SILENT_PEAK
+from discord.ext.listening.demo import decode_audio_file
 from discord.ext.listening.testing import VoiceServerEmulator
-from helpers import listen_until_done, settle
+from helpers import first_voiced_time, listen_until_done, settle
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -32,24 +30,6 @@ DATA = Path(__file__).parent / "data" / "voice_commands"
 
 def _script() -> dict:
     return json.loads((DATA / "script.json").read_text())
-
-
-def _member_audio(name: str) -> np.ndarray:
-    """A member's file as 48 kHz mono int16."""
-    with av.open(str(DATA / name)) as container:
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=48000)
-        chunks = [out.to_ndarray().reshape(-1) for f in container.decode(audio=0) for out in resampler.resample(f)]
-        chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
-    return np.concatenate(chunks)
-
-
-def _first_voiced_time(server, spurt) -> float:
-    """When the member's client captured the spurt's first audible frame (loop clock)."""
-    dec = OpusDecoder()
-    for f in spurt.frames:
-        if int(np.abs(np.frombuffer(dec.decode(f.opus), "<i2")).max()) > SILENT_PEAK:
-            return float(server._to_loop_time(f.send_time))
-    raise AssertionError("a silent spurt")
 
 
 async def test_each_spoken_command_fires_once_for_its_member_and_no_distractor_does(pool, capsys) -> None:
@@ -70,7 +50,7 @@ async def test_each_spoken_command_fires_once_for_its_member_and_no_distractor_d
         running = asyncio.create_task(commands.run(vc))
 
         async def say_all(member, entry) -> list:
-            audio = _member_audio(entry["file"])
+            audio = np.frombuffer(decode_audio_file(DATA / entry["file"], "mono"), "<i2")
             said = []
             for item in entry["items"]:
                 spurt = await member.speak(audio[item["start"] : item["end"]])
@@ -90,7 +70,7 @@ async def test_each_spoken_command_fires_once_for_its_member_and_no_distractor_d
     expected = []
     for member, items in zip(members, said, strict=True):
         for text, spurt in items:
-            when = _first_voiced_time(server, spurt) - origin
+            when = first_voiced_time(server, spurt) - origin
             spoken.setdefault(member.user_id, []).append((text, when))
             if text in script["commands"]:
                 expected.append((member.user_id, text, when))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -36,11 +37,11 @@ CLIPS: tuple[tuple[int, str, str, float, bool], ...] = (
 )
 
 
-def load_clip(name: str) -> bytes:
-    """Decode a bundled speech clip to 48 kHz stereo s16le PCM."""
-    ref = resources.files(__package__).joinpath("data", f"{name}.opus")
-    with resources.as_file(ref) as path, av.open(str(path)) as container:
-        resampler = av.AudioResampler(format="s16", layout="stereo", rate=48000)
+def decode_audio_file(path: str | os.PathLike[str], layout: str = "stereo") -> bytes:
+    """Decode an audio file PyAV reads (Ogg Opus, WAV...) to 48 kHz s16le PCM, interleaved
+    ``"stereo"`` or ``"mono"`` (FFmpeg's mono-to-stereo upmix is 3 dB down a channel)."""
+    with av.open(os.fspath(path)) as container:
+        resampler = av.AudioResampler(format="s16", layout=layout, rate=48000)
         chunks = []
         for frame in container.decode(audio=0):
             for out in resampler.resample(frame):
@@ -48,6 +49,13 @@ def load_clip(name: str) -> bytes:
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray().reshape(-1))
     return np.concatenate(chunks).astype("<i2").tobytes()
+
+
+def load_clip(name: str) -> bytes:
+    """Decode a bundled speech clip to 48 kHz stereo s16le PCM."""
+    ref = resources.files(__package__).joinpath("data", f"{name}.opus")
+    with resources.as_file(ref) as path:
+        return decode_audio_file(path)
 
 
 def clip_text(name: str) -> str:

@@ -22,7 +22,7 @@ __all__ = ("PocketSphinxRecognizer", "decode_utterance", "sphinx_decoder")
 #: Frames a second in PocketSphinx's word times.
 FRAME_RATE = 100
 _ALTERNATE = re.compile(r"\(\d+\)$")  # "read(2)": the dictionary's second pronunciation
-_NOT_WORDS = frozenset({"<s>", "</s>", "<sil>", "(NULL)"})
+_NOT_WORDS = frozenset({"<s>", "</s>", "<sil>", "(NULL)"})  # and fillers: "[NOISE]", "++UH++"
 
 
 def sphinx_decoder(**config: Any) -> Any:
@@ -43,15 +43,20 @@ def decode_utterance(decoder: Any, pcm: bytes) -> Any:
     return decoder.hyp()
 
 
+def spoken(segments: Any) -> list[Any]:
+    """The segments that are words (fillers, silence and sentence marks left out)."""
+    return [s for s in segments if not (s.word in _NOT_WORDS or s.word.startswith(("[", "++")))]
+
+
+def as_word(segment: Any, offset: float = 0.0) -> Word:
+    """A word segment as a :class:`Word` ("read(2)" -> "read"), ``offset`` seconds earlier."""
+    start, end = segment.start_frame / FRAME_RATE, (segment.end_frame + 1) / FRAME_RATE
+    return Word(_ALTERNATE.sub("", segment.word), start - offset, end - offset)
+
+
 def words_of(decoder: Any) -> tuple[Word, ...]:
     """The words of the decoder's last utterance, with their times (fillers and silence left out)."""
-    words = []
-    for seg in decoder.seg():
-        w = seg.word
-        if w in _NOT_WORDS or w.startswith("[") or w.startswith("++"):
-            continue
-        words.append(Word(_ALTERNATE.sub("", w), seg.start_frame / FRAME_RATE, (seg.end_frame + 1) / FRAME_RATE))
-    return tuple(words)
+    return tuple(as_word(s) for s in spoken(decoder.seg()))
 
 
 class PocketSphinxRecognizer:

@@ -36,7 +36,7 @@ import numpy as np
 
 from .checks import check_int, check_number, check_seconds
 from .pcm import PCMFormat
-from .sphinx import FRAME_RATE, decode_utterance, sphinx_decoder
+from .sphinx import FRAME_RATE, as_word, decode_utterance, sphinx_decoder, spoken
 from .transcribe import Recognition, Transcriber, Word
 
 if TYPE_CHECKING:
@@ -53,7 +53,6 @@ MIN_SCORE = -30.0
 #: Default :attr:`CommandRecognizer.min_coverage`.
 MIN_COVERAGE = 0.75
 _WORD = re.compile(r"[a-z][a-z']*")
-_ALTERNATE = re.compile(r"\(\d+\)$")
 _LOG_BASE = math.log(1.0001)  # PocketSphinx's log base
 # PocketSphinx reports a grammar's word scores before the 10-bit shift applied to path and
 # phone-loop scores; dividing by it puts both on one scale.
@@ -249,21 +248,22 @@ class CommandRecognizer:
         return clone
 
     def _check_words(self) -> None:
-        decoder = sphinx_decoder()  # only its dictionary: the searches are built where they run
+        decoder = sphinx_decoder(lm=None)  # only its dictionary: the searches are built where they run
         unknown = sorted({w for p in self.phrases for w in p.split() if decoder.lookup_word(w) is None})
         if unknown:
             raise ValueError(f"PocketSphinx's dictionary does not know {unknown}: choose other words")
 
     def _load(self) -> None:
         if self._grammar is None:
-            grammar = sphinx_decoder()
+            # lm=None: each decoder gets only its own search, not the bundled 27 MB model too
+            grammar = sphinx_decoder(lm=None)
             rules = " | ".join(self.phrases)
             grammar.add_jsgf_string("commands", f"#JSGF V1.0; grammar commands; public <command> = {rules};")
             grammar.activate_search("commands")
-            phones = sphinx_decoder()
+            phones = sphinx_decoder(lm=None)
             phones.add_allphone_file("phones")  # no phone language model: every sequence allowed
             phones.activate_search("phones")
-            open_decoder = sphinx_decoder()
+            open_decoder = sphinx_decoder(lm=None)
             with tempfile.TemporaryDirectory(prefix="listening-commands-") as tmp:
                 path = os.path.join(tmp, "commands.arpa")
                 _write_command_lm(path, self.phrases, _common_words(_FILLERS), _PHRASE_PRIOR)
@@ -307,12 +307,8 @@ class CommandRecognizer:
             heard, _ = self._decode(self._open, data)
         nearest = hyp.hypstr
         open_words = [w for w in (heard.hypstr.split() if heard is not None else []) if not w.startswith(("<", "["))]
-        words = [s for s in segments if s.word not in ("<s>", "</s>", "<sil>", "(NULL)") and not s.word.startswith("[")]
-        times = tuple(
-            Word(_ALTERNATE.sub("", s.word), (s.start_frame - len(lead) // _FRAME) / FRAME_RATE,
-                 (s.end_frame + 1 - len(lead) // _FRAME) / FRAME_RATE)
-            for s in words
-        )  # fmt: skip
+        words = spoken(segments)
+        times = tuple(as_word(s, _LEAD) for s in words)
         if nearest not in self.phrases or not words:  # the grammar ran out of audio mid-phrase
             return CommandMatch(None, None, -math.inf, 0.0, times)
         # The phone loop's score a frame, each phone's spread over its frames.
