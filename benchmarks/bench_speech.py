@@ -163,7 +163,7 @@ def voice_commands() -> dict[str, Any]:
                 else:
                     false += 1
             elif is_command:
-                missed.append([member["voice"], item["text"], found.nearest, found.heard])
+                missed.append([member["voice"], item["text"], found.candidate, found.heard])
     timing = asyncio.run(latency(recognizer, processes=True, clips=said_commands[:8]))
     return {
         "latency_ms": timing["latency_ms"],

@@ -1,9 +1,9 @@
 """Voice commands through a real listening session: eight members of the local voice server
 (Discord-like defaults, DAVE) each say four commands and five distractors, all at once; every
 command must fire once, for the member who said it, at the time they said it, and no
-distractor may fire. Precision and recall are printed; precision is held to 95%, recall to
-90%: the issue's 95% is not reached by PocketSphinx on these voices (30 of 32 commands heard
-here; the misses and the measurements on larger sets are in BENCHMARKS.md).
+distractor may fire. Precision and recall are printed and held to the issue's 95% each (31
+of 32 commands are heard here; the miss and the measurements on larger sets are in
+BENCHMARKS.md).
 
 The audio is espeak-ng speech made once by ``scripts/make_command_clips.py`` and committed
 (``tests/data/voice_commands``): the same samples on every run.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,7 @@ async def test_each_spoken_command_fires_once_for_its_member_and_no_distractor_d
             f" missed {[(u, p) for u, p, _ in missed]}"
         )
     assert len(found) == len(right), "a command fired twice"
-    assert precision >= 0.95 and recall >= 0.9, (precision, recall)
+    assert precision >= 0.95 and recall >= 0.95, (precision, recall)
     assert commands.fired == len(heard)
     assert commands.failed == sum(c.phrase == "volume down" for c in heard) > 0
     assert commands.transcriber is not None and commands.transcriber.dropped == 0
@@ -124,3 +125,26 @@ def test_bad_phrases_and_arguments_say_what_is_wrong() -> None:
         recognizer.match(np.zeros(16000, np.float32))
     silence = recognizer.match(np.zeros(16000, np.int16))
     assert silence.phrase is None and recognizer.recognize(np.zeros(16000, np.int16)).text == ""
+
+
+def test_a_phrase_with_digital_silence_between_its_words_is_still_heard() -> None:
+    """espeak-ng's en-us "volume down" (set A in BENCHMARKS.md, through Opus, 16 kHz) has exact
+    zeros between its words: PocketSphinx's grammar search cannot finish the phrase on it and
+    returns "volume". The recogniser must still hear "volume down", with its words in place."""
+    from discord.ext.listening.sphinx import decode_utterance, sphinx_decoder
+
+    with wave.open(str(DATA / "volume_down_gaps.wav"), "rb") as f:
+        audio = np.frombuffer(f.readframes(f.getnframes()), "<i2")
+    # The premise: a grammar of the phrase alone stops after its first word on this audio.
+    grammar = sphinx_decoder(lm=None)
+    grammar.add_jsgf_string("p", "#JSGF V1.0; grammar p; public <p> = volume down;")
+    grammar.activate_search("p")
+    padded = np.concatenate([np.zeros(3200, np.int16), audio, np.zeros(8000, np.int16)])
+    assert decode_utterance(grammar, padded.tobytes()).hypstr == "volume"
+
+    found = listening.CommandRecognizer(_script()["commands"]).match(audio)
+    assert found.phrase == "volume down", found
+    assert [w.text for w in found.words] == ["volume", "down"]
+    voiced = np.flatnonzero(np.abs(audio) > 300)
+    assert abs(found.words[0].start - voiced[0] / 16000) < 0.06
+    assert found.words[1].end > voiced[-1] / 16000 - 0.1

@@ -1,19 +1,20 @@
 """Voice commands: :class:`VoiceCommands` calls back when a member says one of a few phrases.
 
 A command is an utterance that is the phrase and nothing else ("stop recording", said between
-two pauses), the way people address a bot. PocketSphinx decodes each short utterance three
-times (:class:`CommandRecognizer`):
+two pauses), the way people address a bot. PocketSphinx judges each short utterance in two
+steps (:class:`CommandRecognizer`):
 
-* against a grammar of the phrases alone, which always finds the nearest phrase;
-* with a free phone loop, the best any sequence of English sounds can score;
-* with a small language model of the phrases and the 1,000 commonest English words, so that
-  "stop talking" can come out as itself instead of as the nearest phrase.
+* an open decode, with a small language model of the phrases and the 1,000 commonest English
+  words, says what was heard: "stop talking" comes out as itself, not as the phrase it is
+  nearest to. Unless it heard exactly one of the phrases, the utterance is not a command.
+* that phrase is then checked: aligned to the audio alone (a grammar of that phrase) and
+  scored against a free phone loop, the best any sequence of English sounds can score.
 
-The phrase is accepted only when the grammar's path starts where the voice starts and spans
-most of what was voiced (a phrase inside a longer sentence does not fire), every word of it scores close to the phone loop over
-the same frames (the log-likelihood ratio test of keyword verification), and the open decode
-heard the same phrase. The two limits are parameters; their defaults were chosen on synthetic
-US English voices (BENCHMARKS.md).
+The phrase is accepted only when its aligned words start where the voice starts and span most
+of what was voiced (a phrase inside a longer sentence does not fire), and every word of it
+scores close to the phone loop over the same frames (the log-likelihood ratio test of keyword
+verification). The two limits are parameters; their defaults were chosen on synthetic US
+English voices (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ _LEAD, _TAIL = 0.2, 0.5  # silence put around an utterance (it arrives trimmed)
 _MAX_LEAD_FRAMES = 6  # voiced frames allowed before the phrase's first word ("the next slide")
 _FILLERS = 1000  # common words the open decode may hear instead of a phrase
 _PHRASE_PRIOR = 0.9  # the open decode's prior that an utterance is one of the phrases
+_NOISE_FLOOR = 3.0  # int16 standard deviation (-80 dBFS) of the retry's noise floor
 
 
 def _raw(value: float) -> float:
@@ -89,6 +91,12 @@ def _voiced_span(pcm: np.ndarray) -> tuple[int, int]:
     level = 10 * np.log10((frames**2).mean(axis=1) + 1.0)
     voiced = np.flatnonzero(level > level.max() - _VOICED_DB)
     return int(voiced[0]), int(voiced[-1])
+
+
+def _with_noise_floor(pcm: np.ndarray) -> bytes:
+    """``pcm`` with a faint, always the same, Gaussian noise floor added, as s16le."""
+    noise = np.random.default_rng(0).normal(0.0, _NOISE_FLOOR, len(pcm))
+    return np.clip(pcm + noise, -32768, 32767).astype(np.int16).tobytes()
 
 
 def _common_words(count: int) -> list[tuple[str, float]]:
@@ -139,31 +147,27 @@ class CommandMatch:
     Attributes
     ----------
     phrase: Optional[:class:`str`]
-        The phrase heard, or ``None`` when it was rejected.
-    nearest: Optional[:class:`str`]
-        The grammar's nearest phrase, accepted or not (``None`` when it found none).
+        The phrase accepted, or ``None``.
+    candidate: Optional[:class:`str`]
+        The phrase the open decode heard, accepted or not; ``None`` when it heard anything
+        else (the utterance was then not checked further).
     score: :class:`float`
-        The worst word's score against the phone loop, log units a frame (0 = as good as any
-        sound sequence; lower is worse); ``-inf`` when there was nothing to score.
+        The candidate's worst word's score against the phone loop, log units a frame (0 = as
+        good as any sound sequence; lower is worse); ``-inf`` when there was nothing to score.
     coverage: :class:`float`
-        The share of the voiced audio the phrase's words span.
+        The share of the voiced audio the candidate's words span.
     words: Tuple[:class:`Word`, ...]
-        The nearest phrase's words, seconds from the start of the audio.
+        The candidate's words as aligned, seconds from the start of the audio.
     heard: :class:`str`
         What the open decode (the phrases among common words) heard.
     """
 
     phrase: str | None
-    nearest: str | None
+    candidate: str | None
     score: float
     coverage: float
     words: tuple[Word, ...] = ()
     heard: str = ""
-
-    @property
-    def agreed(self) -> bool:
-        """Whether the open decode heard the nearest phrase."""
-        return self.nearest is not None and self.heard == self.nearest
 
 
 class CommandRecognizer:
@@ -221,7 +225,7 @@ class CommandRecognizer:
             raise ValueError(f"min_coverage must be within 0..1, got {min_coverage!r}")
         self.max_seconds = check_seconds("max_seconds", max_seconds, positive=True)
         self._lock = threading.Lock()
-        self._grammar: Any = None
+        self._align: Any = None
         self._phones: Any = None
         self._open: Any = None
         self._check_words()
@@ -240,7 +244,7 @@ class CommandRecognizer:
         self.min_coverage = state["min_coverage"]
         self.max_seconds = state["max_seconds"]
         self._lock = threading.Lock()
-        self._grammar = self._phones = self._open = None
+        self._align = self._phones = self._open = None
 
     def __copy__(self) -> CommandRecognizer:
         clone = CommandRecognizer.__new__(CommandRecognizer)
@@ -254,12 +258,11 @@ class CommandRecognizer:
             raise ValueError(f"PocketSphinx's dictionary does not know {unknown}: choose other words")
 
     def _load(self) -> None:
-        if self._grammar is None:
-            # lm=None: each decoder gets only its own search, not the bundled 27 MB model too
-            grammar = sphinx_decoder(lm=None)
-            rules = " | ".join(self.phrases)
-            grammar.add_jsgf_string("commands", f"#JSGF V1.0; grammar commands; public <command> = {rules};")
-            grammar.activate_search("commands")
+        if self._align is None:
+            # lm=None: each decoder gets only its own searches, not the bundled 27 MB model too
+            align = sphinx_decoder(lm=None)
+            for i, phrase in enumerate(self.phrases):  # one grammar a phrase, to align it alone
+                align.add_jsgf_string(f"phrase{i}", f"#JSGF V1.0; grammar phrase{i}; public <phrase> = {phrase};")
             phones = sphinx_decoder(lm=None)
             phones.add_allphone_file("phones")  # no phone language model: every sequence allowed
             phones.activate_search("phones")
@@ -269,7 +272,7 @@ class CommandRecognizer:
                 _write_command_lm(path, self.phrases, _common_words(_FILLERS), _PHRASE_PRIOR)
                 open_decoder.add_lm_file("commands", path)
             open_decoder.activate_search("commands")
-            self._grammar, self._phones, self._open = grammar, phones, open_decoder
+            self._align, self._phones, self._open = align, phones, open_decoder
 
     @staticmethod
     def _decode(decoder: Any, pcm: bytes) -> tuple[Any, list[Any]]:
@@ -300,17 +303,23 @@ class CommandRecognizer:
         data = pcm.tobytes()
         with self._lock:
             self._load()
-            hyp, segments = self._decode(self._grammar, data)
-            if hyp is None or not hyp.hypstr:
-                return CommandMatch(None, None, -math.inf, 0.0)
+            heard_hyp, _ = self._decode(self._open, data)
+            heard = " ".join(as_word(s).text for s in spoken(self._open.seg())) if heard_hyp is not None else ""
+            if heard not in self.phrases:
+                return CommandMatch(None, None, -math.inf, 0.0, (), heard)
+            self._align.activate_search(f"phrase{self.phrases.index(heard)}")
+            hyp, segments = self._decode(self._align, data)
+            if hyp is None or hyp.hypstr != heard:
+                # The grammar search can fail to reach the phrase's end across digital
+                # silence (a gap between words, the zeros around the utterance): it returns
+                # the words before it. A copy with a faint noise floor lets it finish.
+                data = _with_noise_floor(pcm)
+                hyp, segments = self._decode(self._align, data)
+                if hyp is None or hyp.hypstr != heard:
+                    return CommandMatch(None, heard, -math.inf, 0.0, (), heard)
             _, phone_segments = self._decode(self._phones, data)
-            heard, _ = self._decode(self._open, data)
-        nearest = hyp.hypstr
-        open_words = [w for w in (heard.hypstr.split() if heard is not None else []) if not w.startswith(("<", "["))]
         words = spoken(segments)
         times = tuple(as_word(s, _LEAD) for s in words)
-        if nearest not in self.phrases or not words:  # the grammar ran out of audio mid-phrase
-            return CommandMatch(None, None, -math.inf, 0.0, times)
         # The phone loop's score a frame, each phone's spread over its frames.
         per_frame = np.zeros(len(pcm) // _FRAME + 2)
         for s in phone_segments:
@@ -321,13 +330,11 @@ class CommandRecognizer:
             for s in words
         )
         coverage = (words[-1].end_frame - words[0].start_frame + 1) / voiced
-        heard = " ".join(open_words)
-        agreed = heard == nearest
         # A phrase starts where the voice does; its end may fade below the grammar's last
         # word (releases, fricatives), which the coverage limit allows for.
         starts_first = words[0].start_frame - first <= _MAX_LEAD_FRAMES
-        accepted = score >= self.min_score and coverage >= self.min_coverage and agreed and starts_first
-        return CommandMatch(nearest if accepted else None, nearest, float(score), float(coverage), times, heard)
+        accepted = score >= self.min_score and coverage >= self.min_coverage and starts_first
+        return CommandMatch(heard if accepted else None, heard, float(score), float(coverage), times, heard)
 
     def recognize(self, audio: np.ndarray) -> Recognition:
         """The phrase said in ``audio`` (16 kHz mono int16), or empty text."""
