@@ -359,7 +359,7 @@ class Bench:
         self.results["vad"] = run_json([sys.executable, str(HERE / "bench_vad.py")], timeout=300)
 
     def speech(self) -> None:
-        log("speech to text: PocketSphinx, faster-whisper (a tiny random model)")
+        log("speech to text: PocketSphinx, faster-whisper (a tiny random model, then tiny.en)")
         self.results["speech"] = run_json([sys.executable, str(HERE / "bench_speech.py")], timeout=900)
 
     def redis(self) -> None:
