@@ -160,3 +160,19 @@ def test_bad_arguments_say_what_is_wrong() -> None:
         )
     with pytest.raises(TypeError, match="PocketSphinxRecognizer takes int16"):
         listening.PocketSphinxRecognizer().recognize(np.zeros(160, np.float32))
+    with pytest.raises(TypeError, match="no option"):
+        listening.PocketSphinxRecognizer(beem=1e-40)
+    with pytest.raises(ValueError, match="cannot read"):
+        listening.PocketSphinxRecognizer(beam="wide")
+
+
+def test_pocketsphinx_options_the_model_also_sets_are_honoured() -> None:
+    """The bundled model's feat.params sets cmn, remove_noise and other feature options: one
+    given by the user must win over it, not be dropped without a word."""
+    pcm = listening.PCMConverter(listening.PocketSphinxRecognizer.format).convert(load_clip("dave"), last=True)
+    audio = np.frombuffer(pcm, "<i2")
+    default = listening.PocketSphinxRecognizer().recognize(audio).text
+    assert word_error_rate(clip_text("dave"), default) < 0.5
+    # no cepstral mean normalisation: the model hears nonsense, so the option took effect
+    unnormalised = listening.PocketSphinxRecognizer(cmn="none").recognize(audio).text
+    assert word_error_rate(clip_text("dave"), unnormalised) > 0.8

@@ -8,6 +8,7 @@ accurate than Whisper on open speech: the demo's and the tests' default, and the
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from typing import Any
@@ -25,13 +26,43 @@ _ALTERNATE = re.compile(r"\(\d+\)$")  # "read(2)": the dictionary's second pronu
 _NOT_WORDS = frozenset({"<s>", "</s>", "<sil>", "(NULL)"})  # and fillers: "[NOISE]", "++UH++"
 
 
-def sphinx_decoder(**config: Any) -> Any:
-    """A ``pocketsphinx.Decoder`` with the bundled model and ``config`` (its option names)."""
+def _pocketsphinx() -> Any:
     try:
         import pocketsphinx
     except ImportError as exc:
         raise ImportError("PocketSphinx is not installed: pip install 'discord-ext-listening[speech]'") from exc
-    return pocketsphinx.Decoder(**{"loglevel": "FATAL", **config})
+    return pocketsphinx
+
+
+def check_sphinx_options(config: dict[str, Any]) -> None:
+    """Raise ``TypeError`` for an option PocketSphinx does not have, ``ValueError`` for a value
+    it cannot read."""
+    pocketsphinx = _pocketsphinx()
+    try:
+        pocketsphinx.Config(**config)
+    except KeyError as exc:
+        raise TypeError(f"PocketSphinx has no option among {sorted(config)}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"a PocketSphinx option has a value it cannot read ({config}): {exc}") from None
+
+
+def sphinx_decoder(**config: Any) -> Any:
+    """A ``pocketsphinx.Decoder`` with the bundled model and ``config`` (its option names)."""
+    pocketsphinx = _pocketsphinx()
+    decoder = pocketsphinx.Decoder(**{"loglevel": "FATAL", **config})
+    # The model's feat.params overrides the feature options given here (cmn, remove_noise...)
+    # without a word; give them back.
+    params = os.path.join(decoder.config["hmm"], "feat.params")
+    from_model = set()
+    if os.path.exists(params):
+        with open(params, encoding="utf-8") as f:
+            from_model = {line.split()[0].lstrip("-") for line in f if line.startswith("-")}
+    lost = {k: v for k, v in config.items() if k in from_model and decoder.config[k] != v}
+    if lost:
+        for key, value in lost.items():
+            decoder.config[key] = value
+        decoder.reinit_feat()
+    return decoder
 
 
 def decode_utterance(decoder: Any, pcm: bytes) -> Any:
@@ -66,7 +97,17 @@ class PocketSphinxRecognizer:
     ----------
     **config
         PocketSphinx options (``hmm``, ``lm``, ``dict``, ``beam``...), to use another model
-        or tune it; the bundled model's defaults otherwise.
+        or tune it; the bundled model's defaults otherwise. Feature options the model's
+        ``feat.params`` also sets (``cmn``, ``remove_noise``...) are honoured over it.
+
+    Raises
+    ------
+    TypeError
+        An option PocketSphinx does not have.
+    ValueError
+        An option's value it cannot read.
+    ImportError
+        PocketSphinx is not installed.
     """
 
     format = PCMFormat(16000, 1, "int16")
@@ -74,6 +115,7 @@ class PocketSphinxRecognizer:
     releases_gil = False
 
     def __init__(self, **config: Any) -> None:
+        check_sphinx_options(config)
         self.config = config
         self._decoder: Any = None
         self._lock = threading.Lock()
