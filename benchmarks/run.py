@@ -362,6 +362,10 @@ class Bench:
         log("speech to text: PocketSphinx, faster-whisper (a tiny random model, then tiny.en)")
         self.results["speech"] = run_json([sys.executable, str(HERE / "bench_speech.py")], timeout=900)
 
+    def formats(self) -> None:
+        log("file formats: CPU to write a second of speech and of silence")
+        self.results["formats"] = run_json([sys.executable, str(HERE / "bench_formats.py")], timeout=300)
+
     def redis(self) -> None:
         log("Redis: what publishing costs the bot, and what recording costs a worker")
         self.results["redis"] = run_json([sys.executable, str(HERE / "bench_redis.py")], timeout=600)
@@ -648,6 +652,16 @@ def table(res: dict[str, Any], late_ms: float) -> str:
             f"{name}: CPU a second of speech, speakers a core; last sound -> line",
             f"{sp['cpu_per_second']:.3f} s, {sp['speakers_per_core']:.1f} speakers; {min(waits)}-{max(waits)} ms{wer}",
         )
+    formats = res.get("formats") or {}
+    if "error" in formats:
+        add("10 formats", "file formats", formats["error"])
+    for name, fm in formats.items():
+        if isinstance(fm, dict):
+            add(
+                "10 formats",
+                f"{name}: CPU a second of speech; kbit/s; CPU a second of silence",
+                f"{1000 * fm['cpu_per_second']:.2f} ms; {fm['kbit_s']:.0f}; {1000 * fm['silence_cpu_per_second']:.3f} ms",
+            )
     for name, v in (res.get("vad") or {}).items():
         if not isinstance(v, dict):
             continue
@@ -812,7 +826,7 @@ def main() -> int:
     p.add_argument(
         "--only",
         default="",
-        help="comma list of sections: floors,growth,comparison,capacity,dave,engine,stream,redis,speech",
+        help="comma list of sections: floors,growth,comparison,capacity,dave,engine,stream,redis,speech,formats",
     )
     p.add_argument("--out", default=str(RESULTS / "latest.json"))
     args = p.parse_args()
@@ -856,6 +870,8 @@ def main() -> int:
         bench.redis()
     if want("speech"):
         bench.speech()
+    if want("formats"):
+        bench.formats()
     bench.results["wall_s"] = time.monotonic() - t0
     bench.results["trials"] = bench.trials
     out = Path(args.out)

@@ -167,6 +167,17 @@ def _decode(data: bytes) -> np.ndarray:
     return out.astype(np.float64) * (32768.0 if out.dtype.kind == "f" else 1.0)
 
 
+def _snapshot_after(file_type: type, path: Path, frames: list[listening.AudioFrame], count: int) -> bytes:
+    """The bytes on disk after alice's first ``count`` frames and a sync, as a killed process leaves them."""
+    f = file_type(path, sync_interval=0.1)
+    for frame in [fr for fr in frames if fr.user_id == 1001][:count]:
+        f.write(frame)
+    f.sync()
+    snapshot = path.read_bytes()
+    f.close()
+    return snapshot
+
+
 def test_matroska_reads_back_with_the_right_length_and_the_audio_and_survives_a_kill(tmp_path: Path) -> None:
     frames, end = _scenario()
     wav = _record(tmp_path / "wav", listening.WaveAudioFile, frames, end)
@@ -179,15 +190,41 @@ def test_matroska_reads_back_with_the_right_length_and_the_audio_and_survives_a_
         noise = got - ref
         snr = 10 * np.log10((ref**2).sum() / max((noise**2).sum(), 1e-9))
         assert snr > 15, (path.name, snr)  # Opus at 96 kbit/s, sample-aligned: no shift
-    # a killed process: the file as it stands after a second of audio plays that second
-    f = listening.MatroskaAudioFile(tmp_path / "killed.mka", sync_interval=0.1)
-    alice = [fr for fr in frames if fr.user_id == 1001]
-    for frame in alice[:50]:
-        f.write(frame)
-    f.sync()
-    snapshot = (tmp_path / "killed.mka").read_bytes()
-    f.close()
+    # a killed process: the file as it stands after a second of audio plays that second,
     # all but the open cluster (one sync interval) and what the encoder holds (two frames)
+    snapshot = _snapshot_after(listening.MatroskaAudioFile, tmp_path / "killed.mka", frames, 50)
     assert len(_decode(snapshot)) >= OFFSET + 50 * 960 - round(0.1 * SR) - 2 * 960
     with pytest.raises(ValueError, match=r"bitrate must be an int within 6000\.\.510000"):
         listening.MatroskaAudioFile(tmp_path / "x.mka", bitrate=1000)
+
+
+# -- Ogg Vorbis --------------------------------------------------------------------------------
+
+
+def test_ogg_vorbis_reads_back_aligned_with_the_right_length_and_its_tags_and_survives_a_kill(tmp_path: Path) -> None:
+    frames, end = _scenario()
+    wav = _record(tmp_path / "wav", listening.WaveAudioFile, frames, end)
+    ogg = _record(tmp_path / "ogg", listening.OggVorbisAudioFile, frames, end, tags={"title": "standup"})
+    assert [p.suffix for p in ogg] == [".ogg"] * 3 and listening.FORMATS["vorbis"] is listening.OggVorbisAudioFile
+    for ref_path, path in zip(wav, ogg):
+        ref = _read(ref_path).astype(np.float64)
+        for got in (_read(path).astype(np.float64), _decode(path.read_bytes())):  # libsndfile, then FFmpeg
+            assert len(got) == len(ref) == end, path.name  # the last page's granule position trims the padding
+            noise = got - ref
+            snr = 10 * np.log10((ref**2).sum() / max((noise**2).sum(), 1e-9))
+            # 20-26 dB here; shifted by one sample, bob's track falls to 14.7 dB
+            assert snr > 18, (path.name, snr)
+        with soundfile.SoundFile(path) as f:
+            assert f.title == "standup"
+    # a killed process: what is on disk plays, all but the Ogg page being filled (about 4 kB)
+    kept = len(_decode(_snapshot_after(listening.OggVorbisAudioFile, tmp_path / "killed.ogg", frames, 100)))
+    assert OFFSET + 100 * 960 - SR <= kept < OFFSET + 100 * 960, kept
+    # in memory: the same bytes as on disk
+    buffer = io.BytesIO()
+    g = listening.OggVorbisAudioFile(buffer)
+    for frame in [fr for fr in frames if fr.user_id == 1001][:10]:
+        g.write(frame)
+    g.close()
+    assert len(_read(io.BytesIO(buffer.getvalue()))) == OFFSET + 10 * 960 and not buffer.closed
+    with pytest.raises(ValueError, match=r"quality must be a number within 0\.0\.\.1\.0"):
+        listening.OggVorbisAudioFile(tmp_path / "x.ogg", quality=2)

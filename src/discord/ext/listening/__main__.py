@@ -16,7 +16,7 @@ from pathlib import Path
 
 __all__ = ("main",)
 
-_FORMATS = ("wav", "flac", "mp3", "opus", "mka")
+_FORMATS = ("wav", "flac", "mp3", "opus", "mka", "vorbis")
 
 
 def _parser() -> argparse.ArgumentParser:
