@@ -226,5 +226,11 @@ def test_ogg_vorbis_reads_back_aligned_with_the_right_length_and_its_tags_and_su
         g.write(frame)
     g.close()
     assert len(_read(io.BytesIO(buffer.getvalue()))) == OFFSET + 10 * 960 and not buffer.closed
+    # numbered parts: each a file of its own, exactly its second of the timeline
+    parts = _record(tmp_path / "parts", listening.OggVorbisAudioFile, frames, end, max_file_seconds=1.0)
+    lengths = {p.name: len(_read(p)) for p in parts}
+    assert lengths == {
+        f"{t}-00{n}.ogg": SR if n < 3 else end - 2 * SR for t in ("1001", "mixed") for n in (1, 2, 3)
+    } | {f"1002-00{n}.ogg": SR if n < 3 else end - 2 * SR for n in (2, 3)}
     with pytest.raises(ValueError, match=r"quality must be a number within 0\.0\.\.1\.0"):
         listening.OggVorbisAudioFile(tmp_path / "x.ogg", quality=2)
