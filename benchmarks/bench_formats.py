@@ -50,6 +50,7 @@ def main() -> None:
         ("flac", listening.FLACAudioFile, {}),
         ("mp3 128k", listening.MP3AudioFile, {}),
         ("mka opus 96k", listening.MatroskaAudioFile, {}),
+        ("m4a aac 128k", listening.M4AAudioFile, {}),
         ("vorbis q0.5", listening.OggVorbisAudioFile, {}),
         ("vorbis q0.0", listening.OggVorbisAudioFile, {"quality": 0.0}),
     ]

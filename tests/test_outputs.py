@@ -167,6 +167,17 @@ def _decode(data: bytes) -> np.ndarray:
     return out.astype(np.float64) * (32768.0 if out.dtype.kind == "f" else 1.0)
 
 
+def _beside_wav(tmp_path: Path, file_type: type, frames: list, end: int, **options) -> list[tuple[np.ndarray, Path]]:
+    """The scenario recorded as WAV and as ``file_type``: each track's WAV samples and its other file."""
+    wav = _record(tmp_path / "wav", listening.WaveAudioFile, frames, end)
+    other = _record(tmp_path / file_type.extension[1:], file_type, frames, end, **options)
+    return [(_read(w).astype(np.float64), p) for w, p in zip(wav, other, strict=True)]
+
+
+def _snr(ref: np.ndarray, got: np.ndarray) -> float:
+    return float(10 * np.log10((ref**2).sum() / max(((got - ref) ** 2).sum(), 1e-9)))
+
+
 def _snapshot_after(file_type: type, path: Path, frames: list[listening.AudioFrame], count: int) -> bytes:
     """The bytes on disk after alice's first ``count`` frames and a sync, as a killed process leaves them."""
     f = file_type(path, sync_interval=0.1)
@@ -178,18 +189,25 @@ def _snapshot_after(file_type: type, path: Path, frames: list[listening.AudioFra
     return snapshot
 
 
+def _in_memory(file_type: type, frames: list[listening.AudioFrame]) -> bytes:
+    """Alice's first ten frames recorded into a BytesIO, which is left open."""
+    buffer = io.BytesIO()
+    f = file_type(buffer)
+    for frame in [fr for fr in frames if fr.user_id == 1001][:10]:
+        f.write(frame)
+    f.close()
+    assert not buffer.closed
+    return buffer.getvalue()
+
+
 def test_matroska_reads_back_with_the_right_length_and_the_audio_and_survives_a_kill(tmp_path: Path) -> None:
     frames, end = _scenario()
-    wav = _record(tmp_path / "wav", listening.WaveAudioFile, frames, end)
-    mka = _record(tmp_path / "mka", listening.MatroskaAudioFile, frames, end)
-    assert [p.suffix for p in mka] == [".mka"] * 3 and listening.FORMATS["mka"] is listening.MatroskaAudioFile
-    for ref_path, path in zip(wav, mka):
-        ref = _read(ref_path).astype(np.float64)
+    tracks = _beside_wav(tmp_path, listening.MatroskaAudioFile, frames, end)
+    assert [p.suffix for _, p in tracks] == [".mka"] * 3 and listening.FORMATS["mka"] is listening.MatroskaAudioFile
+    for ref, path in tracks:
         got = _decode(path.read_bytes())
         assert len(got) == len(ref) == end, path.name  # pre-skip and end padding are in the container
-        noise = got - ref
-        snr = 10 * np.log10((ref**2).sum() / max((noise**2).sum(), 1e-9))
-        assert snr > 15, (path.name, snr)  # Opus at 96 kbit/s, sample-aligned: no shift
+        assert _snr(ref, got) > 15, path.name  # Opus at 96 kbit/s, sample-aligned: no shift
     # a killed process: the file as it stands after a second of audio plays that second,
     # all but the open cluster (one sync interval) and what the encoder holds (two frames)
     snapshot = _snapshot_after(listening.MatroskaAudioFile, tmp_path / "killed.mka", frames, 50)
@@ -203,29 +221,19 @@ def test_matroska_reads_back_with_the_right_length_and_the_audio_and_survives_a_
 
 def test_ogg_vorbis_reads_back_aligned_with_the_right_length_and_its_tags_and_survives_a_kill(tmp_path: Path) -> None:
     frames, end = _scenario()
-    wav = _record(tmp_path / "wav", listening.WaveAudioFile, frames, end)
-    ogg = _record(tmp_path / "ogg", listening.OggVorbisAudioFile, frames, end, tags={"title": "standup"})
-    assert [p.suffix for p in ogg] == [".ogg"] * 3 and listening.FORMATS["vorbis"] is listening.OggVorbisAudioFile
-    for ref_path, path in zip(wav, ogg):
-        ref = _read(ref_path).astype(np.float64)
+    tracks = _beside_wav(tmp_path, listening.OggVorbisAudioFile, frames, end, tags={"title": "standup"})
+    assert [p.suffix for _, p in tracks] == [".ogg"] * 3 and listening.FORMATS["vorbis"] is listening.OggVorbisAudioFile
+    for ref, path in tracks:
         for got in (_read(path).astype(np.float64), _decode(path.read_bytes())):  # libsndfile, then FFmpeg
             assert len(got) == len(ref) == end, path.name  # the last page's granule position trims the padding
-            noise = got - ref
-            snr = 10 * np.log10((ref**2).sum() / max((noise**2).sum(), 1e-9))
             # 20-26 dB here; shifted by one sample, bob's track falls to 14.7 dB
-            assert snr > 18, (path.name, snr)
+            assert _snr(ref, got) > 18, path.name
         with soundfile.SoundFile(path) as f:
             assert f.title == "standup"
     # a killed process: what is on disk plays, all but the Ogg page being filled (about 4 kB)
     kept = len(_decode(_snapshot_after(listening.OggVorbisAudioFile, tmp_path / "killed.ogg", frames, 100)))
     assert OFFSET + 100 * 960 - SR <= kept < OFFSET + 100 * 960, kept
-    # in memory: the same bytes as on disk
-    buffer = io.BytesIO()
-    g = listening.OggVorbisAudioFile(buffer)
-    for frame in [fr for fr in frames if fr.user_id == 1001][:10]:
-        g.write(frame)
-    g.close()
-    assert len(_read(io.BytesIO(buffer.getvalue()))) == OFFSET + 10 * 960 and not buffer.closed
+    assert len(_read(io.BytesIO(_in_memory(listening.OggVorbisAudioFile, frames)))) == OFFSET + 10 * 960
     # numbered parts: each a file of its own, exactly its second of the timeline
     parts = _record(tmp_path / "parts", listening.OggVorbisAudioFile, frames, end, max_file_seconds=1.0)
     lengths = {p.name: len(_read(p)) for p in parts}
@@ -234,3 +242,27 @@ def test_ogg_vorbis_reads_back_aligned_with_the_right_length_and_its_tags_and_su
     } | {f"1002-00{n}.ogg": SR if n < 3 else end - 2 * SR for n in (2, 3)}
     with pytest.raises(ValueError, match=r"quality must be a number within 0\.0\.\.1\.0"):
         listening.OggVorbisAudioFile(tmp_path / "x.ogg", quality=2)
+
+
+# -- M4A ----------------------------------------------------------------------------------------
+
+
+def test_m4a_starts_on_the_timeline_ends_within_an_aac_frame_and_survives_a_kill(tmp_path: Path) -> None:
+    frames, end = _scenario()
+    tracks = _beside_wav(tmp_path, listening.M4AAudioFile, frames, end, tags={"title": "standup"})
+    assert [p.suffix for _, p in tracks] == [".m4a"] * 3 and listening.FORMATS["m4a"] is listening.M4AAudioFile
+    for ref, path in tracks:
+        got = _decode(path.read_bytes())
+        # the priming is in the edit list; the last frame's padding (< 1024 samples) is not marked
+        assert end <= len(got) < end + 1024, (path.name, len(got))
+        assert _snr(ref, got[:end]) > 25, path.name  # 31-32 dB here; shifted by one sample, 15-16 dB
+    import av
+
+    with av.open(str(tracks[0][1])) as container:
+        assert container.metadata["title"] == "standup"
+    # a killed process: all but the open fragment (one sync interval) and the encoder's frames
+    kept = len(_decode(_snapshot_after(listening.M4AAudioFile, tmp_path / "killed.m4a", frames, 100)))
+    assert OFFSET + 100 * 960 - round(0.1 * SR) - 2 * 1024 <= kept < OFFSET + 100 * 960, kept
+    assert 0 <= len(_decode(_in_memory(listening.M4AAudioFile, frames))) - (OFFSET + 10 * 960) < 1024
+    with pytest.raises(ValueError, match=r"bitrate must be an int within 32000\.\.512000"):
+        listening.M4AAudioFile(tmp_path / "x.m4a", bitrate=8000)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 __all__ = ("main",)
 
-_FORMATS = ("wav", "flac", "mp3", "opus", "mka", "vorbis")
+_FORMATS = ("wav", "flac", "mp3", "opus", "mka", "m4a", "vorbis")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -82,7 +82,7 @@ async def run_demo(
     output: :class:`~pathlib.Path`
         The parent directory; the files go to a sub-directory named after the start time.
     file_format: :class:`str`
-        A key of :data:`FORMATS` (``wav``, ``flac``, ``mp3``, ``opus``, ``mka``, ``vorbis``).
+        A key of :data:`FORMATS` (``wav``, ``flac``, ``mp3``, ``opus``, ``mka``, ``m4a``, ``vorbis``).
     loss: :class:`float`
         Simulated packet loss, 0..0.5.
     seed: :class:`int`

@@ -129,7 +129,7 @@ async def record_channel(
         finishes when the awaitable it returns completes (an exception it raises is
         raised here). It is cancelled if the recording finishes first.
     file_format: :class:`str`
-        A key of :data:`FORMATS` (``wav``, ``flac``, ``mp3``, ``opus``, ``mka``, ``vorbis``).
+        A key of :data:`FORMATS` (``wav``, ``flac``, ``mp3``, ``opus``, ``mka``, ``m4a``, ``vorbis``).
     mixed: :class:`bool`
         Also write the mixed track.
     filename: :class:`str`

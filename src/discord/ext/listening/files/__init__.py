@@ -18,13 +18,14 @@ Formats
   Ogg Opus stream written by hand (:mod:`.ogg`).
 - :class:`MatroskaAudioFile`: Opus re-encoded by PyAV, in live Matroska.
 - :class:`OggVorbisAudioFile`: Vorbis, encoded and put in Ogg by libsndfile (``soundfile``).
+- :class:`M4AAudioFile`: AAC by PyAV, in fragmented MP4.
 
 Silence is cheap: WAV gaps are holes in a sparse file, FLAC and MP3 gaps are hand-made silent
 frames (a FLAC CONSTANT frame, an MP3 frame with no spectral data), Ogg Opus gaps are Opus
 silence packets; the encoders only see short gaps. Memory stays bounded whatever the gap, and
 two hours of silence take well under a second to write (MP3: the time to write its 115 MB of
-constant-bitrate frames at 128 kbit/s). Matroska and Ogg Vorbis are the exceptions: their
-encoders are fed the silence (2.5 and 3.7 ms of CPU a second of it, so 9 and 13 s for an hour).
+constant-bitrate frames at 128 kbit/s). Matroska, M4A and Ogg Vorbis are the exceptions: their
+encoders are fed the silence (2.5-3.7 ms of CPU a second of it, 9-13 s for an hour).
 
 Names
 -----
@@ -38,7 +39,7 @@ Where things are
 - :mod:`.base`: :class:`AudioFile`, the placement and error handling all formats share, and the
   hooks a format fills in;
 - :mod:`.wav`, :mod:`.flac` (with :mod:`.flac_bits`, FLAC's CRCs and hand-made frames),
-  :mod:`.mp3` and :mod:`.matroska` (on :mod:`.av_encoded`, the PyAV plumbing), :mod:`.oggopus`
+  :mod:`.mp3`, :mod:`.matroska` and :mod:`.m4a` (on :mod:`.av_encoded`, the PyAV plumbing), :mod:`.oggopus`
   (on :mod:`.ogg`, the Ogg page writer), :mod:`.vorbis`: one module per format.
 """
 
@@ -49,6 +50,7 @@ from typing import Final
 
 from .base import AudioFile, RecordingError
 from .flac import FLACAudioFile
+from .m4a import M4AAudioFile
 from .matroska import MatroskaAudioFile
 from .mp3 import MP3AudioFile
 from .naming import render_filename, sanitize_filename, unique_path
@@ -61,6 +63,7 @@ __all__ = (
     "FORMATS",
     "AudioFile",
     "FLACAudioFile",
+    "M4AAudioFile",
     "MP3AudioFile",
     "MatroskaAudioFile",
     "OggOpusAudioFile",
@@ -84,4 +87,5 @@ FORMATS: Final[Mapping[str, type[AudioFile]]] = {
     "mka": MatroskaAudioFile,
     "ogg": OggOpusAudioFile,
     "vorbis": OggVorbisAudioFile,
+    "m4a": M4AAudioFile,
 }

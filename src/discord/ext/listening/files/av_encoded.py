@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Final, cast
 from ..opus import SAMPLE_RATE
 from .base import AudioFile
 from .naming import StrPath
-from .output import BYTES_PER_SAMPLE
+from .output import BYTES_PER_SAMPLE, silence_chunks
 
 if TYPE_CHECKING:
     import av
     import av.audio.stream
     import av.container
 
-__all__ = ("TIME_BASE", "AVEncodedAudioFile", "load_av")
+__all__ = ("TIME_BASE", "AVEncodedAudioFile", "EncoderFedAudioFile", "load_av")
 
 _log = logging.getLogger(__name__)
 
@@ -137,3 +137,47 @@ class AVEncodedAudioFile(AudioFile):
             except Exception as exc:  # already failing: the descriptor below still gets closed
                 _log.debug("closing the container of %s: %r", self._path, exc)
         super()._release()
+
+
+class EncoderFedAudioFile(AVEncodedAudioFile):
+    """A format whose encoder is fed everything, silence included, in whole codec frames of
+    ``_frame_samples``; the container records the last frame's padding where it can."""
+
+    _frame_samples: ClassVar[int]
+
+    def __init__(self, path: StrPath | BinaryIO, **options: Any) -> None:
+        self._fed = 0  # samples handed to the encoder
+        super().__init__(path, **options)
+
+    def _encode(self, pcm: bytes | bytearray | memoryview | None) -> None:
+        """Encode whole frames now, the rest when more comes; ``None`` ends the stream (the
+        last, shorter frame included)."""
+        data = self._whole_frames(pcm, self._frame_samples)
+        if data:
+            frame = self._frame(data, self._fed)
+            self._fed += len(data) // BYTES_PER_SAMPLE
+            self._mux_all(self._stream.encode(frame))
+        if pcm is None:
+            self._mux_all(self._stream.encode(None))
+
+    def _mux_all(self, packets: Any) -> None:
+        assert self._container is not None
+        for packet in packets:
+            self._container.mux_one(packet)
+
+    def _append_pcm(self, pcm: bytes | bytearray | memoryview) -> None:
+        self._encode(pcm)
+
+    def _append_silence(self, samples: int) -> None:
+        for chunk in silence_chunks(samples):
+            self._encode(chunk)
+
+    def _sync(self) -> None:
+        pass  # the muxer hands each cluster or fragment to the file whole, as it closes
+
+    def _finalize(self) -> None:
+        self._encode(None)
+        self._close_container()
+
+    def _salvage(self) -> None:
+        pass  # every cluster or fragment on disk plays

@@ -10,18 +10,15 @@ give back exactly the samples written.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from .av_encoded import AVEncodedAudioFile
+from .av_encoded import EncoderFedAudioFile
 from .naming import StrPath
-from .output import BYTES_PER_SAMPLE, silence_chunks
 
 __all__ = ("MatroskaAudioFile",)
 
-_OPUS_FRAME = 960  # 20 ms: what libopus takes per call at 48 kHz
 
-
-class MatroskaAudioFile(AVEncodedAudioFile):
+class MatroskaAudioFile(EncoderFedAudioFile):
     """Opus (libopus through PyAV) in Matroska audio, 48 kHz stereo.
 
     Unlike :class:`OggOpusAudioFile` it re-encodes decoded PCM (for received Opus kept as it
@@ -38,6 +35,7 @@ class MatroskaAudioFile(AVEncodedAudioFile):
     _format = "matroska"
     _codec = "libopus"
     _codec_format = "s16"
+    _frame_samples = 960  # 20 ms: what libopus takes per call at 48 kHz
 
     def __init__(
         self,
@@ -50,7 +48,6 @@ class MatroskaAudioFile(AVEncodedAudioFile):
     ) -> None:
         if isinstance(bitrate, bool) or not isinstance(bitrate, int) or not 6000 <= bitrate <= 510000:
             raise ValueError(f"bitrate must be an int within 6000..510000, got {bitrate!r}")
-        self._fed = 0  # samples handed to the encoder
         super().__init__(path, origin=origin, sync_interval=sync_interval, tags=tags, bit_rate=bitrate)
 
     def _muxer_options(self) -> Mapping[str, str]:
@@ -58,36 +55,3 @@ class MatroskaAudioFile(AVEncodedAudioFile):
         # to the file when it closes, so clusters last one sync interval: what a killed
         # process can lose, as for every format.
         return {"live": "1", "cluster_time_limit": str(max(20, round(self._sync_interval * 1000)))}
-
-    def _encode(self, pcm: bytes | bytearray | memoryview | None) -> None:
-        """Encode whole 20 ms frames now, the rest when more comes; ``None`` ends the stream
-        (the last, shorter frame included: the container records its padding)."""
-        data = self._whole_frames(pcm, _OPUS_FRAME)
-        if data:
-            frame = self._frame(data, self._fed)
-            self._fed += len(data) // BYTES_PER_SAMPLE
-            self._mux_all(self._stream.encode(frame))
-        if pcm is None:
-            self._mux_all(self._stream.encode(None))
-
-    def _mux_all(self, packets: Any) -> None:
-        assert self._container is not None
-        for packet in packets:
-            self._container.mux_one(packet)
-
-    def _append_pcm(self, pcm: bytes | bytearray | memoryview) -> None:
-        self._encode(pcm)
-
-    def _append_silence(self, samples: int) -> None:
-        for chunk in silence_chunks(samples):
-            self._encode(chunk)
-
-    def _sync(self) -> None:
-        pass  # live Matroska has no header to keep current; every packet reaches the OS as muxed
-
-    def _finalize(self) -> None:
-        self._encode(None)
-        self._close_container()
-
-    def _salvage(self) -> None:
-        pass  # what was muxed plays as it is
