@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, Final
 from ..opus import CHANNELS, SAMPLE_RATE
 from .base import AudioFile
 from .naming import StrPath
-from .output import silence_chunks
+from .output import Output, silence_chunks
 
 __all__ = ("OggVorbisAudioFile",)
 
@@ -31,6 +31,31 @@ def _soundfile() -> Any:
     except ImportError as exc:
         raise ImportError("Ogg Vorbis needs soundfile: pip install 'discord-ext-listening[vorbis]'") from exc
     return soundfile
+
+
+class _KeepsErrors:
+    """The file object libsndfile writes through. An exception raised inside its callbacks
+    would be printed by cffi and lost, and libsndfile would go on; this keeps the first I/O
+    error and reports a short write instead, so the file can raise it."""
+
+    def __init__(self, out: Output) -> None:
+        self.out = out
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        if self.error is not None:
+            return 0
+        try:
+            return self.out.write(data)
+        except OSError as exc:
+            self.error = exc
+            return 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.out.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.out.tell()
 
 
 class OggVorbisAudioFile(AudioFile):
@@ -74,9 +99,11 @@ class OggVorbisAudioFile(AudioFile):
         soundfile = _soundfile()
         super().__init__(path, origin=origin, sync_interval=sync_interval, tags=tags)
         self._encoder: Any = None
+        self._target: _KeepsErrors | None = None
         with self._creating() as out:
+            self._target = _KeepsErrors(out)
             self._encoder = soundfile.SoundFile(
-                out,
+                self._target,
                 "w",
                 samplerate=SAMPLE_RATE,
                 channels=CHANNELS,
@@ -88,8 +115,18 @@ class OggVorbisAudioFile(AudioFile):
                 if key in _TAGS:  # before the first samples: they go into the header
                     setattr(self._encoder, key, str(value))
 
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
+        """Call the encoder; an I/O error underneath comes out as that :exc:`OSError`."""
+        assert self._target is not None
+        try:
+            getattr(self._encoder, method)(*args, **kwargs)
+        except RuntimeError as exc:  # soundfile.LibsndfileError
+            raise self._target.error or OSError(str(exc)) from exc
+        if self._target.error is not None:
+            raise self._target.error
+
     def _append_pcm(self, pcm: bytes | bytearray | memoryview) -> None:
-        self._encoder.buffer_write(bytes(pcm), dtype="int16")
+        self._call("buffer_write", bytes(pcm), dtype="int16")
 
     def _append_silence(self, samples: int) -> None:
         for chunk in silence_chunks(samples):
@@ -98,11 +135,10 @@ class OggVorbisAudioFile(AudioFile):
     def _sync(self) -> None:
         # libsndfile hands each Ogg page to the file object once it is full (about 4 kB);
         # this flush is what it offers, and it does not end the open page.
-        self._encoder.flush()
+        self._call("flush")
 
     def _finalize(self) -> None:
-        encoder, self._encoder = self._encoder, None
-        encoder.close()  # the last page, with the exact sample count
+        self._call("close")  # the last page, with the exact sample count
 
     def _salvage(self) -> None:
         pass  # every page on disk is complete and plays
