@@ -20,8 +20,8 @@ the latency as above with eight of the commands (in a bot, add the 0.6 s pause t
 utterance).
 
 faster-whisper runs twice. First with a tiny random model made here: the adapter's and the
-engine's floor. Then with a real model: OpenAI's ``tiny.en`` converted for CTranslate2, as the
-set-up fetched it from PyPI (:mod:`discord.ext.listening.testing.whisper_model`).
+engine's floor. Then with a real model: OpenAI's ``tiny.en`` converted for CTranslate2, from
+PyPI (:mod:`discord.ext.listening.testing.whisper_model`; fetched once, by ``dev.py test`` or here).
 ``LISTENING_WHISPER_MODEL`` names another model directory (``small.en`` converted, say) to
 measure instead.
 """
@@ -46,7 +46,7 @@ CLIPS = ("alice", "bob", "carol", "dave")
 
 def whisper_model() -> tuple[str, Path]:
     """A real faster-whisper model: its name and directory (``LISTENING_WHISPER_MODEL``, or
-    tiny.en as the set-up fetched it)."""
+    tiny.en, fetched from PyPI if no one has yet)."""
     from discord.ext.listening.testing.whisper_model import fetch_tiny_en
 
     if os.environ.get("LISTENING_WHISPER_MODEL"):
