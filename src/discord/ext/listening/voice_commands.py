@@ -303,8 +303,8 @@ class CommandRecognizer:
         data = pcm.tobytes()
         with self._lock:
             self._load()
-            heard_hyp, _ = self._decode(self._open, data)
-            heard = " ".join(as_word(s).text for s in spoken(self._open.seg())) if heard_hyp is not None else ""
+            _, open_segments = self._decode(self._open, data)  # no segments when it heard nothing
+            heard = " ".join(as_word(s).text for s in spoken(open_segments))
             if heard not in self.phrases:
                 return CommandMatch(None, None, -math.inf, 0.0, (), heard)
             self._align.activate_search(f"phrase{self.phrases.index(heard)}")
